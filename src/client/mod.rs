@@ -1,0 +1,1 @@
+//! gRPC client (filled by the client work).

@@ -1,0 +1,1 @@
+//! ferroctl (filled by the ctl work).

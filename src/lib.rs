@@ -1,0 +1,19 @@
+//! ferrocd: an etcd v3 compatible key-value store, built thread-per-core on glommio.
+//!
+//! Layers, from the inside out (see ARCHITECTURE.md):
+//! - [`mvcc`]: the pure multi-version index with etcd's revision semantics; no I/O.
+//! - [`kv`]: executes decoded etcd requests against the index on the shard that owns the state.
+//! - [`server`]: glommio shards, HTTP/2 + gRPC framing, cross-shard forwarding.
+//! - [`config`]: etcd's configuration keys, from a YAML file and from flags.
+//! - [`client`] and [`ctl`]: the gRPC client and the `ferroctl` command line.
+
+pub mod client;
+pub mod config;
+pub mod ctl;
+pub mod error;
+pub mod kv;
+pub mod limits;
+pub mod mvcc;
+pub mod server;
+
+pub use ferrocd_proto as proto;

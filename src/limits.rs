@@ -1,0 +1,21 @@
+//! Every limit of the server in one place, with its unit in its name.
+
+/// Largest gRPC request accepted (etcd's `--max-request-bytes` default, 1.5 MiB).
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// gRPC adds this much room on top of the request limit before refusing a frame outright
+/// (etcd: grpcOverheadBytes); requests between the two get etcd's "request is too large".
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Largest response a client is expected to accept (etcd's clients default to math.MaxInt32).
+pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+/// Most operations in one Txn (etcd's `--max-txn-ops` default).
+pub const MAX_TXN_OPS_DEFAULT: usize = 128;
+/// Requests one shard may have in flight towards the owner shard before senders wait.
+pub const SHARD_QUEUE_DEPTH: usize = 1024;
+/// Concurrent HTTP/2 streams per client connection (grpc-go's default in etcd is 2^32-1;
+/// we bound it so one connection cannot queue unbounded work).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// HTTP/2 flow-control windows.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 1 << 20;
+pub const H2_CONN_WINDOW_BYTES: u32 = 8 << 20;
+/// Largest HTTP/1.1 request head accepted on the client port.
+pub const HTTP1_MAX_HEAD_BYTES: usize = 16 * 1024;

@@ -1,0 +1,1 @@
+//! Server runtime (filled by the server work).
