@@ -5,8 +5,13 @@
 //! [`KvState::execute`]. The response travels back and is encoded by the accepting shard.
 //! Nothing here touches sockets, files or clocks.
 
+use bytes::Bytes;
+
 use crate::error::EtcdError;
+use crate::mvcc::{KeySpan, MvccError, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
 use crate::proto::etcdserverpb as pb;
+use crate::proto::mvccpb::KeyValue;
+use pb::request_op::Request as Op;
 
 /// A request the owner shard executes.
 #[derive(Debug)]
@@ -54,23 +59,658 @@ pub struct KvOptions {
     pub max_txn_ops: usize,
 }
 
-/// The state owned by one shard: the MVCC index and the member's metadata.
+/// The state owned by one shard: the MVCC store, alarms and the member's metadata.
 pub struct KvState {
     opts: KvOptions,
+    store: Store,
+    alarms: Vec<pb::AlarmMember>,
+    /// Raft term reported in headers; a single node without Raft stays in term 1.
+    term: u64,
 }
 
 impl KvState {
     pub fn new(opts: KvOptions) -> KvState {
-        KvState { opts }
+        KvState {
+            opts,
+            store: Store::default(),
+            alarms: Vec::new(),
+            term: 1,
+        }
     }
 
     pub fn options(&self) -> &KvOptions {
         &self.opts
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Executes one request. Expected failures come back as etcd errors.
     pub fn execute(&mut self, req: Request) -> Result<Response> {
-        let _ = req;
-        Err(EtcdError::Stopped)
+        Ok(match req {
+            Request::Range(r) => {
+                check_range(&r)?;
+                let mut resp = range(&self.store, &r, |s, span, o| s.range(span, o))?;
+                self.fill(&mut resp.header);
+                Response::Range(resp)
+            }
+            Request::Put(r) => {
+                check_put(&r)?;
+                self.check_space()?;
+                // etcd looks the lease up before anything else of a plain put.
+                if r.lease != 0 && !lease_exists(r.lease) {
+                    return Err(EtcdError::LeaseNotFound);
+                }
+                let mut resp = put(&mut self.store.write(), &r)?;
+                self.fill(&mut resp.header);
+                Response::Put(resp)
+            }
+            Request::DeleteRange(r) => {
+                check_delete(&r)?;
+                let mut resp = delete_range(&mut self.store.write(), &r)?;
+                self.fill(&mut resp.header);
+                Response::DeleteRange(resp)
+            }
+            Request::Txn(r) => {
+                check_txn(&r, self.opts.max_txn_ops)?;
+                if !txn_is_read_only(&r) {
+                    self.check_space()?;
+                }
+                let mut resp = txn(&mut self.store, &r)?;
+                self.fill(&mut resp.header);
+                Response::Txn(resp)
+            }
+            Request::Compact(r) => {
+                self.store.compact(r.revision)?;
+                let mut resp = pb::CompactionResponse {
+                    header: Some(header(self.store.rev())),
+                };
+                self.fill(&mut resp.header);
+                Response::Compact(resp)
+            }
+            Request::Status(_) => Response::Status(self.status()),
+            Request::MemberList(_) => Response::MemberList(self.member_list()),
+            Request::Alarm(r) => Response::Alarm(self.alarm(&r)),
+        })
     }
+
+    /// etcd's header.fill: identity and term always; the current revision unless set.
+    fn fill(&self, h: &mut Option<pb::ResponseHeader>) {
+        let h = h.get_or_insert_with(Default::default);
+        h.cluster_id = self.opts.identity.cluster_id;
+        h.member_id = self.opts.identity.member_id;
+        h.raft_term = self.term;
+        if h.revision == 0 {
+            h.revision = self.store.rev();
+        }
+    }
+
+    fn check_space(&self) -> Result<()> {
+        let nospace = pb::AlarmType::Nospace as i32;
+        if self.alarms.iter().any(|a| a.alarm == nospace) {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> pb::StatusResponse {
+        let values = self.store.values();
+        let mut resp = pb::StatusResponse {
+            header: None,
+            version: ETCD_API_VERSION.to_string(),
+            db_size: values.total_bytes() as i64,
+            leader: self.opts.identity.member_id,
+            raft_index: self.store.rev() as u64,
+            raft_term: self.term,
+            raft_applied_index: self.store.rev() as u64,
+            errors: self
+                .alarms
+                .iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect(),
+            db_size_in_use: values.live_bytes() as i64,
+            is_learner: false,
+            storage_version: String::new(),
+        };
+        self.fill(&mut resp.header);
+        resp
+    }
+
+    fn member_list(&self) -> pb::MemberListResponse {
+        let id = &self.opts.identity;
+        // etcd's cluster server header carries no revision.
+        pb::MemberListResponse {
+            header: Some(pb::ResponseHeader {
+                cluster_id: id.cluster_id,
+                member_id: id.member_id,
+                revision: 0,
+                raft_term: self.term,
+            }),
+            members: vec![pb::Member {
+                id: id.member_id,
+                name: id.name.clone(),
+                peer_ur_ls: id.peer_urls.clone(),
+                client_ur_ls: id.client_urls.clone(),
+                is_learner: false,
+            }],
+        }
+    }
+
+    fn alarm(&mut self, r: &pb::AlarmRequest) -> pb::AlarmResponse {
+        let none = pb::AlarmType::None as i32;
+        let mut resp = pb::AlarmResponse::default();
+        match pb::alarm_request::AlarmAction::try_from(r.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => {
+                resp.alarms = self
+                    .alarms
+                    .iter()
+                    .filter(|a| r.alarm == none || a.alarm == r.alarm)
+                    .cloned()
+                    .collect();
+            }
+            Ok(pb::alarm_request::AlarmAction::Activate) => {
+                let exists = self
+                    .alarms
+                    .iter()
+                    .any(|a| a.member_id == r.member_id && a.alarm == r.alarm);
+                if r.alarm != none && !exists {
+                    let m = pb::AlarmMember {
+                        member_id: r.member_id,
+                        alarm: r.alarm,
+                    };
+                    self.alarms.push(m.clone());
+                    resp.alarms.push(m);
+                }
+            }
+            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
+                if let Some(i) = self
+                    .alarms
+                    .iter()
+                    .position(|a| a.member_id == r.member_id && a.alarm == r.alarm)
+                {
+                    resp.alarms.push(self.alarms.remove(i));
+                }
+            }
+            Err(_) => {}
+        }
+        self.fill(&mut resp.header);
+        resp
+    }
+}
+
+/// The etcd API version ferrocd serves (what Status and /version report).
+pub const ETCD_API_VERSION: &str = "3.5.13";
+
+fn alarm_name(a: i32) -> &'static str {
+    pb::AlarmType::try_from(a)
+        .map(|t| t.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+/// Leases arrive with the Lease service; until then no lease exists, so a put naming one fails
+/// exactly as etcd's does for an unknown lease.
+fn lease_exists(_id: i64) -> bool {
+    false
+}
+
+fn header(revision: i64) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+// ---- Validation (etcd's v3rpc/key.go), before anything is executed ----
+
+fn check_range(r: &pb::RangeRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if pb::range_request::SortOrder::try_from(r.sort_order).is_err()
+        || pb::range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
+        return Err(EtcdError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+fn check_put(r: &pb::PutRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+fn check_delete(r: &pb::DeleteRangeRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+fn check_txn(r: &pb::TxnRequest, max_txn_ops: usize) -> Result<()> {
+    check_txn_ops(r, max_txn_ops)?;
+    // Overlapping writes are checked after the cheap checks, as etcd does, to bound the work.
+    check_intervals(&r.success)?;
+    check_intervals(&r.failure)?;
+    Ok(())
+}
+
+fn check_txn_ops(r: &pb::TxnRequest, max_txn_ops: usize) -> Result<()> {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if opc > max_txn_ops {
+        return Err(EtcdError::TooManyOps);
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(Op::RequestRange(q)) => check_range(q)?,
+            Some(Op::RequestPut(q)) => check_put(q)?,
+            Some(Op::RequestDeleteRange(q)) => check_delete(q)?,
+            Some(Op::RequestTxn(q)) => check_txn_ops(q, max_txn_ops)?,
+            None => return Err(EtcdError::KeyNotFound),
+        }
+    }
+    Ok(())
+}
+
+/// A key interval as etcd's duplicate check sees it.
+enum Interval<'a> {
+    /// Exactly one key.
+    Point(&'a [u8]),
+    /// [begin, end). A delete with range_end "\0" gives [key, "\0"), which contains no
+    /// non-empty key: etcd does not see from-key deletes as overlapping, nor do we.
+    Span(&'a [u8], &'a [u8]),
+}
+
+impl Interval<'_> {
+    fn contains(&self, k: &[u8]) -> bool {
+        match *self {
+            Interval::Point(p) => p == k,
+            Interval::Span(b, e) => b <= k && k < e,
+        }
+    }
+}
+
+/// The puts of one level of a txn, and the delete intervals of it and its children; a put
+/// that collides with another put or a delete is etcd's "duplicate key" error.
+fn check_intervals(reqs: &[pb::RequestOp]) -> Result<(Vec<&[u8]>, Vec<Interval<'_>>)> {
+    let mut dels: Vec<Interval<'_>> = reqs
+        .iter()
+        .filter_map(|r| match &r.request {
+            Some(Op::RequestDeleteRange(d)) if d.range_end.is_empty() => {
+                Some(Interval::Point(&d.key))
+            }
+            Some(Op::RequestDeleteRange(d)) => Some(Interval::Span(&d.key, &d.range_end)),
+            _ => None,
+        })
+        .collect();
+    let mut puts: Vec<&[u8]> = Vec::new();
+    let collides = |puts: &[&[u8]], dels: &[Interval<'_>], k: &[u8]| {
+        puts.contains(&k) || dels.iter().any(|d| d.contains(k))
+    };
+    for r in reqs {
+        let Some(Op::RequestTxn(t)) = &r.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for &k in &puts_then {
+            if collides(&puts, &dels, k) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.push(k);
+        }
+        for &k in &puts_else {
+            // then and else exclude each other: the same key in both is fine.
+            let in_other_put = puts.contains(&k) && !puts_then.contains(&k);
+            if in_other_put || dels.iter().any(|d| d.contains(k)) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.push(k);
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for r in reqs {
+        let Some(Op::RequestPut(p)) = &r.request else {
+            continue;
+        };
+        if collides(&puts, &dels, &p.key) {
+            return Err(EtcdError::DuplicateKey);
+        }
+        puts.push(&p.key);
+    }
+    Ok((puts, dels))
+}
+
+// ---- Execution (etcd's apply.go) ----
+
+/// A Range, at the store or inside a write transaction (`read` does the index read).
+fn range<S>(
+    src: &S,
+    r: &pb::RangeRequest,
+    read: impl Fn(&S, KeySpan<'_>, ReadOpts) -> std::result::Result<RangeResult, MvccError>,
+) -> Result<pb::RangeResponse> {
+    use pb::range_request::{SortOrder, SortTarget};
+    let sort_order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    let sort_target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
+    let filtered = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    // Sorting or filtering needs every match; otherwise one more than the limit tells `more`.
+    let limit = if sort_order != SortOrder::None || filtered || r.limit <= 0 {
+        0
+    } else {
+        r.limit as usize + 1
+    };
+    let opts = ReadOpts {
+        rev: r.revision,
+        limit,
+        count_only: r.count_only,
+        keys_only: r.keys_only && sort_target != SortTarget::Value,
+    };
+    let rr = read(src, KeySpan::new(&r.key, &r.range_end), opts)?;
+    let mut kvs = rr.kvs;
+    if r.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
+    }
+    if r.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= r.min_mod_revision);
+    }
+    if r.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= r.max_create_revision);
+    }
+    if r.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
+    }
+    // The index returns keys in ascending order, so etcd sorts by default only when the
+    // target is not the key.
+    let order = match (sort_order, sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    if order != SortOrder::None {
+        let key = |a: &KeyValue, b: &KeyValue| match sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        // Stable, with the comparison reversed for DESCEND (not a reversed result), which is
+        // what Go's sort gives for the small slices clients usually ask for.
+        if order == SortOrder::Descend {
+            kvs.sort_by(|a, b| key(b, a));
+        } else {
+            kvs.sort_by(key);
+        }
+    }
+    let mut more = false;
+    if r.limit > 0 && kvs.len() > r.limit as usize {
+        kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value = Bytes::new());
+    }
+    Ok(pb::RangeResponse {
+        header: Some(header(rr.rev)),
+        kvs,
+        more,
+        count: rr.count as i64,
+    })
+}
+
+fn read_in_txn<V: ValueStore>(
+    t: &WriteTxn<'_, V>,
+    span: KeySpan<'_>,
+    o: ReadOpts,
+) -> std::result::Result<RangeResult, MvccError> {
+    t.range(span, o)
+}
+
+/// The checks etcd makes of a put before any write of its transaction happens.
+fn check_put_target<V: ValueStore>(
+    t: &WriteTxn<'_, V>,
+    r: &pb::PutRequest,
+    lease_exists: &dyn Fn(i64) -> bool,
+) -> Result<()> {
+    if r.ignore_value || r.ignore_lease {
+        let rr = t.range(KeySpan::Single(&r.key), ReadOpts::default())?;
+        if rr.kvs.is_empty() {
+            return Err(EtcdError::KeyNotFound);
+        }
+    }
+    if r.lease != 0 && !lease_exists(r.lease) {
+        return Err(EtcdError::LeaseNotFound);
+    }
+    Ok(())
+}
+
+fn put<V: ValueStore>(t: &mut WriteTxn<'_, V>, r: &pb::PutRequest) -> Result<pb::PutResponse> {
+    let mut prev = None;
+    if r.ignore_value || r.ignore_lease || r.prev_kv {
+        prev = t
+            .range(KeySpan::Single(&r.key), ReadOpts::default())?
+            .kvs
+            .pop();
+        if (r.ignore_value || r.ignore_lease) && prev.is_none() {
+            return Err(EtcdError::KeyNotFound);
+        }
+    }
+    let value = match (&prev, r.ignore_value) {
+        (Some(p), true) => p.value.clone(),
+        _ => r.value.clone(),
+    };
+    let lease = match (&prev, r.ignore_lease) {
+        (Some(p), true) => p.lease,
+        _ => r.lease,
+    };
+    let rev = t.put(&r.key, &value, lease);
+    Ok(pb::PutResponse {
+        header: Some(header(rev)),
+        prev_kv: if r.prev_kv { prev } else { None },
+    })
+}
+
+fn delete_range<V: ValueStore>(
+    t: &mut WriteTxn<'_, V>,
+    r: &pb::DeleteRangeRequest,
+) -> Result<pb::DeleteRangeResponse> {
+    let span = KeySpan::new(&r.key, &r.range_end);
+    let prev_kvs = if r.prev_kv {
+        t.range(span, ReadOpts::default())?.kvs
+    } else {
+        Vec::new()
+    };
+    let (deleted, rev) = t.delete_range(span);
+    Ok(pb::DeleteRangeResponse {
+        header: Some(header(rev)),
+        deleted,
+        prev_kvs,
+    })
+}
+
+fn txn_is_read_only(r: &pb::TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(_)) | None => true,
+            Some(Op::RequestTxn(t)) => txn_is_read_only(t),
+            _ => false,
+        })
+}
+
+/// etcd's compareKV: a missing target field compares as zero / empty.
+fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use std::cmp::Ordering;
+    let ord: Ordering = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value[..].cmp(v)
+        }
+        Ok(t) => {
+            let want = match (t, &c.target_union) {
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v)))
+                | (CompareTarget::Mod, Some(TargetUnion::ModRevision(v)))
+                | (CompareTarget::Version, Some(TargetUnion::Version(v)))
+                | (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => *v,
+                _ => 0,
+            };
+            let have = match t {
+                CompareTarget::Create => kv.create_revision,
+                CompareTarget::Mod => kv.mod_revision,
+                CompareTarget::Version => kv.version,
+                _ => kv.lease,
+            };
+            have.cmp(&want)
+        }
+        // An unknown target compares equal (etcd's switch falls through with result 0).
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord.is_eq(),
+        Ok(CompareResult::NotEqual) => ord.is_ne(),
+        Ok(CompareResult::Greater) => ord.is_gt(),
+        Ok(CompareResult::Less) => ord.is_lt(),
+        Err(_) => true,
+    }
+}
+
+fn apply_compare(s: &Store, c: &pb::Compare) -> bool {
+    let Ok(rr) = s.range(KeySpan::new(&c.key, &c.range_end), ReadOpts::default()) else {
+        return false;
+    };
+    if rr.kvs.is_empty() {
+        // A missing key has no value to compare, not even an empty one.
+        if c.target == pb::compare::CompareTarget::Value as i32 {
+            return false;
+        }
+        return compare_kv(c, &KeyValue::default());
+    }
+    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+}
+
+/// Every compare of a txn and of the nested txns on the taken branches is evaluated against
+/// the store as it was before the txn (etcd's compareToPath).
+fn compare_to_path(s: &Store, r: &pb::TxnRequest, path: &mut Vec<bool>) {
+    let ok = r.compare.iter().all(|c| apply_compare(s, c));
+    path.push(ok);
+    for op in if ok { &r.success } else { &r.failure } {
+        if let Some(Op::RequestTxn(t)) = &op.request {
+            compare_to_path(s, t, path);
+        }
+    }
+}
+
+/// Checks of the ops on the taken branches, before any write (etcd's checkRequests): puts
+/// first (`check_puts`), then ranges, so the put's error wins when both would fail.
+///
+/// `dels` collects the deletes met so far in apply order. etcd's duplicate-key rule lets a
+/// from-key delete through, so a later `ignore_value`/`ignore_lease` put of a key it deleted
+/// passes etcd's checks and then fails halfway through the apply, which panics etcd 3.4
+/// ("unexpected error during txn"). Here it fails before any write, with etcd's error.
+fn check_requests<'a, V: ValueStore>(
+    t: &WriteTxn<'_, V>,
+    r: &'a pb::TxnRequest,
+    path: &[bool],
+    check_puts: bool,
+    dels: &mut Vec<KeySpan<'a>>,
+) -> Result<usize> {
+    let mut used = 1;
+    for op in if path[0] { &r.success } else { &r.failure } {
+        match &op.request {
+            Some(Op::RequestPut(p)) if check_puts => {
+                let ignores = p.ignore_value || p.ignore_lease;
+                if ignores && dels.iter().any(|d| d.contains(&p.key)) {
+                    return Err(EtcdError::KeyNotFound);
+                }
+                check_put_target(t, p, &lease_exists)?;
+            }
+            Some(Op::RequestDeleteRange(d)) => dels.push(KeySpan::new(&d.key, &d.range_end)),
+            Some(Op::RequestRange(q)) if !check_puts && q.revision != 0 => {
+                if q.revision > t.read_rev() {
+                    return Err(EtcdError::FutureRev);
+                }
+                if q.revision < t.store().compact_rev() {
+                    return Err(EtcdError::Compacted);
+                }
+            }
+            Some(Op::RequestTxn(n)) => {
+                used += check_requests(t, n, &path[used..], check_puts, dels)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(used)
+}
+
+fn txn(s: &mut Store, r: &pb::TxnRequest) -> Result<pb::TxnResponse> {
+    let mut path = Vec::new();
+    compare_to_path(s, r, &mut path);
+    let mut t = s.write();
+    let read_only = txn_is_read_only(r);
+    if !read_only {
+        check_requests(&t, r, &path, true, &mut Vec::new())?;
+    }
+    check_requests(&t, r, &path, false, &mut Vec::new())?;
+    // Every failure an op can have was checked above; one now would leave the txn half
+    // applied, so it is a bug, not an input error (etcd panics here too).
+    let mut resp = apply_txn(&mut t, r, &path, &mut 0)
+        .unwrap_or_else(|e| panic!("txn failed after its checks passed: {e}"));
+    let rev = t.read_rev();
+    drop(t);
+    resp.header = Some(header(rev));
+    Ok(resp)
+}
+
+/// Applies the taken branch; `at` walks `path` in the order nested txns were evaluated.
+fn apply_txn<V: ValueStore>(
+    t: &mut WriteTxn<'_, V>,
+    r: &pb::TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<pb::TxnResponse> {
+    use pb::response_op::Response as R;
+    let succeeded = path[*at];
+    *at += 1;
+    let ops = if succeeded { &r.success } else { &r.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(Op::RequestRange(q)) => Some(R::ResponseRange(range(t, q, read_in_txn)?)),
+            Some(Op::RequestPut(q)) => Some(R::ResponsePut(put(t, q)?)),
+            Some(Op::RequestDeleteRange(q)) => Some(R::ResponseDeleteRange(delete_range(t, q)?)),
+            Some(Op::RequestTxn(q)) => {
+                let mut nested = apply_txn(t, q, path, at)?;
+                // etcd leaves the headers of nested txn responses empty.
+                nested.header = Some(pb::ResponseHeader::default());
+                Some(R::ResponseTxn(nested))
+            }
+            None => None,
+        };
+        responses.push(pb::ResponseOp { response });
+    }
+    Ok(pb::TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
 }

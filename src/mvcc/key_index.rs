@@ -1,0 +1,313 @@
+//! The history of one key: generations of revisions, as etcd's `keyIndex`.
+//!
+//! A generation runs from a key's creation to its deletion (the tombstone is the generation's
+//! last revision); a key that is deleted and put again starts a new generation. The last
+//! generation is the live one and may be empty (the key is currently deleted).
+//!
+//! Example, for puts at 1.0, 2.0, a delete at 3.0, puts at 4.0, 5.0 and a delete at 6.0:
+//!
+//! ```text
+//! generations: {empty}, {4.0, 5.0, 6.0(t)}, {1.0, 2.0, 3.0(t)}
+//! compact(4): {empty}, {4.0, 5.0, 6.0(t)}        - the older generation ended before 4
+//! compact(5): {empty}, {5.0, 6.0(t)}
+//! compact(6): {empty}                             - key index removed by the caller
+//! ```
+//!
+//! A version counts the puts of the generation; compaction drops revisions but never changes
+//! the version of those that remain, so each revision's version is derived from `ver`.
+
+use super::Revision;
+
+/// Where a revision's value lives (an opaque handle of the value store), or none (tombstone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueRef(pub u64);
+
+impl ValueRef {
+    pub const NONE: ValueRef = ValueRef(u64::MAX);
+}
+
+/// One revision of a key: when it was written, its lease and where its value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevEntry {
+    pub rev: Revision,
+    pub lease: i64,
+    pub value: ValueRef,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Puts in this generation, compacted ones included.
+    ver: i64,
+    /// Revision of the put that created the key in this generation.
+    created: Revision,
+    revs: Vec<RevEntry>,
+}
+
+impl Generation {
+    fn is_empty(&self) -> bool {
+        self.revs.is_empty()
+    }
+
+    /// Index of the newest revision with main <= at_rev.
+    fn newest_at(&self, at_rev: i64) -> Option<usize> {
+        // Revisions are sorted; partition_point finds the first with main > at_rev.
+        let n = self.revs.partition_point(|e| e.rev.main <= at_rev);
+        n.checked_sub(1)
+    }
+}
+
+/// What a read of a key at a revision finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub entry: RevEntry,
+    pub created: Revision,
+    pub version: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyIndex {
+    /// Oldest first; never empty; the last one is the live (possibly empty) generation.
+    generations: Vec<Generation>,
+}
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex {
+            generations: vec![Generation::default()],
+        }
+    }
+}
+
+impl KeyIndex {
+    /// True when the index holds no revision at all (the caller removes it).
+    pub fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].is_empty()
+    }
+
+    /// The newest revision recorded (put or tombstone).
+    pub fn modified(&self) -> Option<Revision> {
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last())
+            .map(|e| e.rev)
+    }
+
+    /// True when the key exists now (its live generation has a put).
+    pub fn is_live(&self) -> bool {
+        !self.live().is_empty()
+    }
+
+    fn live(&self) -> &Generation {
+        self.generations.last().expect("key index has a generation")
+    }
+
+    /// Records a put. Revisions must grow strictly: anything else is a bug in the caller.
+    pub fn put(&mut self, entry: RevEntry) {
+        if let Some(m) = self.modified() {
+            assert!(
+                entry.rev > m,
+                "put at {:?} not after last modification {:?}",
+                entry.rev,
+                m
+            );
+        }
+        let g = self
+            .generations
+            .last_mut()
+            .expect("key index has a generation");
+        if g.revs.is_empty() {
+            g.created = entry.rev;
+        }
+        g.revs.push(entry);
+        g.ver += 1;
+    }
+
+    /// Records a deletion; false (and no change) when the key does not exist now.
+    pub fn tombstone(&mut self, rev: Revision) -> bool {
+        if !self.is_live() {
+            return false;
+        }
+        self.put(RevEntry {
+            rev,
+            lease: 0,
+            value: ValueRef::NONE,
+        });
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// The generation the key was in at `at_rev`, or None when the key did not exist then.
+    fn generation_at(&self, at_rev: i64) -> Option<&Generation> {
+        let last = self.generations.len() - 1;
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            let Some(first) = g.revs.first() else {
+                continue;
+            };
+            if i != last {
+                let tomb = g.revs.last().expect("non-empty").rev.main;
+                if tomb <= at_rev {
+                    return None;
+                }
+            }
+            if first.rev.main <= at_rev {
+                return Some(g);
+            }
+        }
+        None
+    }
+
+    /// The key's state at `at_rev`: its newest put at or before it, when the key existed.
+    pub fn get(&self, at_rev: i64) -> Option<Found> {
+        let g = self.generation_at(at_rev)?;
+        let n = g.newest_at(at_rev)?;
+        Some(Found {
+            entry: g.revs[n],
+            created: g.created,
+            version: g.ver - (g.revs.len() - n - 1) as i64,
+        })
+    }
+
+    /// Removes every revision with main <= at_rev except the newest of them, which stays
+    /// readable, unless it is a tombstone (then the whole finished generation goes).
+    /// `released` receives the value handles no longer referenced.
+    pub fn compact(&mut self, at_rev: i64, released: &mut impl FnMut(ValueRef)) {
+        assert!(!self.is_empty(), "compacting an empty key index");
+        // The first generation that still matters: it contains at_rev or was created after it.
+        let mut gen_idx = 0;
+        while gen_idx < self.generations.len() - 1 {
+            let tomb = self.generations[gen_idx].revs.last().expect("finished").rev;
+            if tomb.main > at_rev {
+                break;
+            }
+            gen_idx += 1;
+        }
+        for g in self.generations.drain(..gen_idx) {
+            g.revs.iter().for_each(|e| released(e.value));
+        }
+        let last = self.generations.len() - 1;
+        let g = &mut self.generations[0];
+        if g.is_empty() {
+            return;
+        }
+        if let Some(keep) = g.newest_at(at_rev) {
+            g.revs.drain(..keep).for_each(|e| released(e.value));
+            // The only revision left of a finished generation is its tombstone: drop it.
+            if g.revs.len() == 1 && last != 0 {
+                released(g.revs[0].value);
+                self.generations.remove(0);
+            }
+        }
+    }
+
+    /// Every revision still recorded, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &RevEntry> {
+        self.generations.iter().flat_map(|g| g.revs.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(main: i64) -> RevEntry {
+        RevEntry {
+            rev: Revision { main, sub: 0 },
+            lease: 0,
+            value: ValueRef(main as u64),
+        }
+    }
+
+    fn r(main: i64) -> Revision {
+        Revision { main, sub: 0 }
+    }
+
+    /// The worked example of etcd's key_index.go: puts and deletes across three generations.
+    fn example() -> KeyIndex {
+        let mut ki = KeyIndex::default();
+        ki.put(e(2));
+        ki.put(e(4));
+        assert!(ki.tombstone(r(6)));
+        ki.put(e(8));
+        ki.put(e(10));
+        assert!(ki.tombstone(r(12)));
+        ki.put(e(14));
+        ki.put(e(16));
+        ki
+    }
+
+    #[test]
+    fn get_follows_generations() {
+        let ki = example();
+        assert_eq!(ki.get(1), None);
+        let f = ki.get(3).unwrap();
+        assert_eq!((f.entry.rev.main, f.created.main, f.version), (2, 2, 1));
+        let f = ki.get(5).unwrap();
+        assert_eq!((f.entry.rev.main, f.version), (4, 2));
+        assert_eq!(ki.get(6), None, "deleted at 6");
+        assert_eq!(ki.get(7), None);
+        let f = ki.get(11).unwrap();
+        assert_eq!((f.entry.rev.main, f.created.main, f.version), (10, 8, 2));
+        assert_eq!(ki.get(13), None);
+        let f = ki.get(100).unwrap();
+        assert_eq!((f.entry.rev.main, f.created.main, f.version), (16, 14, 2));
+    }
+
+    #[test]
+    fn compact_keeps_the_newest_revision_at_or_below() {
+        let mut ki = example();
+        let mut released = vec![];
+        ki.compact(5, &mut |v| released.push(v.0));
+        assert_eq!(released, vec![2]);
+        let f = ki.get(5).unwrap();
+        assert_eq!(
+            (f.entry.rev.main, f.version),
+            (4, 2),
+            "version survives compaction"
+        );
+        released.clear();
+        ki.compact(6, &mut |v| released.push(v.0));
+        // The first generation is finished at 6: 4 and the tombstone go.
+        assert_eq!(released, vec![4, ValueRef::NONE.0]);
+        assert_eq!(ki.get(6), None);
+        let f = ki.get(9).unwrap();
+        assert_eq!((f.entry.rev.main, f.version), (8, 1));
+        released.clear();
+        ki.compact(15, &mut |v| released.push(v.0));
+        assert_eq!(
+            released,
+            vec![8, 10, ValueRef::NONE.0],
+            "second generation gone"
+        );
+        let f = ki.get(15).unwrap();
+        assert_eq!((f.entry.rev.main, f.version), (14, 1));
+        assert!(!ki.is_empty());
+    }
+
+    #[test]
+    fn compact_at_tombstone_of_last_generation_empties_the_index() {
+        let mut ki = KeyIndex::default();
+        ki.put(e(2));
+        assert!(ki.tombstone(r(3)));
+        ki.compact(3, &mut |_| {});
+        assert!(ki.is_empty());
+    }
+
+    #[test]
+    fn tombstone_of_a_deleted_key_is_refused() {
+        let mut ki = KeyIndex::default();
+        assert!(!ki.tombstone(r(2)));
+        ki.put(e(2));
+        assert!(ki.tombstone(r(3)));
+        assert!(!ki.tombstone(r(4)));
+        assert_eq!(ki.modified(), Some(r(3)));
+    }
+
+    #[test]
+    #[should_panic(expected = "not after last modification")]
+    fn put_must_move_forward() {
+        let mut ki = KeyIndex::default();
+        ki.put(e(5));
+        ki.put(e(4));
+    }
+}

@@ -1,0 +1,504 @@
+//! The multi-version store: a B-tree from key to [`KeyIndex`], the current and compacted
+//! revisions, and the value store the index points into.
+//!
+//! Semantics are etcd's `mvcc` package: revision 1 is the empty store; each write transaction
+//! that changes anything takes the next main revision, and its changes take sub revisions 0, 1,
+//! ... in order. Reads inside a write transaction see the transaction's own earlier changes.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::key_index::{KeyIndex, RevEntry, ValueRef};
+use super::{MvccError, Revision};
+use crate::proto::mvccpb::KeyValue;
+
+/// Where the index's values live. The in-memory implementation serves until the durable log
+/// (values read from the log's mapping) replaces it.
+pub trait ValueStore {
+    /// Stores a value written at `rev`; returns its handle.
+    fn append(&mut self, rev: Revision, key: &[u8], value: &[u8]) -> ValueRef;
+    /// The value behind a handle the index still references.
+    fn get(&self, r: ValueRef) -> Bytes;
+    /// The index no longer references `r` (compaction).
+    fn release(&mut self, r: ValueRef);
+    /// Bytes of values still referenced.
+    fn live_bytes(&self) -> u64;
+    /// Bytes held in all, referenced or not (what the backend occupies).
+    fn total_bytes(&self) -> u64;
+}
+
+/// Values on the heap, in a slab. Values are copied in so that the index never pins a request
+/// buffer (a small key must not keep a large decoded request alive).
+#[derive(Default)]
+pub struct MemValues {
+    slots: Vec<Option<Bytes>>,
+    free: Vec<u64>,
+    live_bytes: u64,
+}
+
+impl ValueStore for MemValues {
+    fn append(&mut self, _rev: Revision, _key: &[u8], value: &[u8]) -> ValueRef {
+        let v = Bytes::copy_from_slice(value);
+        self.live_bytes += v.len() as u64;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(v);
+                ValueRef(i)
+            }
+            None => {
+                self.slots.push(Some(v));
+                ValueRef(self.slots.len() as u64 - 1)
+            }
+        }
+    }
+
+    fn get(&self, r: ValueRef) -> Bytes {
+        self.slots[r.0 as usize]
+            .clone()
+            .unwrap_or_else(|| panic!("value {r:?} read after release"))
+    }
+
+    fn release(&mut self, r: ValueRef) {
+        if r == ValueRef::NONE {
+            return;
+        }
+        let v = self.slots[r.0 as usize]
+            .take()
+            .unwrap_or_else(|| panic!("value {r:?} released twice"));
+        self.live_bytes -= v.len() as u64;
+        self.free.push(r.0);
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+}
+
+/// Which keys a request names, with etcd's conventions already resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpan<'a> {
+    /// Exactly this key.
+    Single(&'a [u8]),
+    /// Keys in [from, to).
+    Range(&'a [u8], &'a [u8]),
+    /// Every key >= from.
+    From(&'a [u8]),
+}
+
+impl<'a> KeySpan<'a> {
+    /// etcd's reading of (key, range_end): empty end is one key, "\0" is every key >= key.
+    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> KeySpan<'a> {
+        match range_end {
+            [] => KeySpan::Single(key),
+            [0] => KeySpan::From(key),
+            end => KeySpan::Range(key, end),
+        }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match *self {
+            KeySpan::Single(key) => k == key,
+            KeySpan::Range(from, to) => from <= k && k < to,
+            KeySpan::From(from) => from <= k,
+        }
+    }
+}
+
+/// Options of a read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOpts {
+    /// Revision to read at; 0 or less means the current one.
+    pub rev: i64,
+    /// At most this many key-values (0: no limit). `count` still counts every match.
+    pub limit: usize,
+    /// Count only; return no key-values.
+    pub count_only: bool,
+    /// Leave values out.
+    pub keys_only: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys matching, regardless of the limit.
+    pub count: usize,
+    /// The store's revision the read saw (the header revision).
+    pub rev: i64,
+}
+
+pub struct Store<V: ValueStore = MemValues> {
+    index: BTreeMap<Bytes, KeyIndex>,
+    current_rev: i64,
+    /// Main revision of the last compaction; -1 before any (etcd's compactMainRev).
+    compact_rev: i64,
+    values: V,
+    /// Revision entries held by the index (puts and tombstones).
+    revisions: u64,
+}
+
+impl Default for Store<MemValues> {
+    fn default() -> Self {
+        Store::new(MemValues::default())
+    }
+}
+
+impl<V: ValueStore> Store<V> {
+    pub fn new(values: V) -> Self {
+        Store {
+            index: BTreeMap::new(),
+            current_rev: 1,
+            compact_rev: -1,
+            values,
+            revisions: 0,
+        }
+    }
+
+    /// The revision of the last completed write.
+    pub fn rev(&self) -> i64 {
+        self.current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+
+    pub fn values(&self) -> &V {
+        &self.values
+    }
+
+    /// Keys in the index (live or with history).
+    pub fn keys_indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Revision entries in the index.
+    pub fn revisions_indexed(&self) -> u64 {
+        self.revisions
+    }
+
+    /// A read at the current revision.
+    pub fn range(&self, span: KeySpan<'_>, opts: ReadOpts) -> Result<RangeResult, MvccError> {
+        self.range_at(span, opts, self.current_rev)
+    }
+
+    /// A read where `cur_rev` is the newest revision visible (inside a write transaction that
+    /// has changes, one more than the store's).
+    fn range_at(
+        &self,
+        span: KeySpan<'_>,
+        opts: ReadOpts,
+        cur_rev: i64,
+    ) -> Result<RangeResult, MvccError> {
+        if opts.rev > cur_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut out = RangeResult {
+            kvs: Vec::new(),
+            count: 0,
+            rev: cur_rev,
+        };
+        self.visit(span, |key, ki| {
+            if let Some(found) = ki.get(rev) {
+                if !opts.count_only && (opts.limit == 0 || out.kvs.len() < opts.limit) {
+                    out.kvs.push(self.key_value(key, found, opts.keys_only));
+                }
+                out.count += 1;
+            }
+        });
+        Ok(out)
+    }
+
+    fn key_value(&self, key: &Bytes, f: super::key_index::Found, keys_only: bool) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: f.created.main,
+            mod_revision: f.entry.rev.main,
+            version: f.version,
+            value: if keys_only {
+                Bytes::new()
+            } else {
+                self.values.get(f.entry.value)
+            },
+            lease: f.entry.lease,
+        }
+    }
+
+    fn visit(&self, span: KeySpan<'_>, mut f: impl FnMut(&Bytes, &KeyIndex)) {
+        let range = match span {
+            KeySpan::Single(key) => {
+                if let Some((k, ki)) = self.index.get_key_value(key) {
+                    f(k, ki);
+                }
+                return;
+            }
+            KeySpan::Range(from, to) => {
+                if to <= from {
+                    return;
+                }
+                self.index
+                    .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+            }
+            KeySpan::From(from) => self
+                .index
+                .range::<[u8], _>((Bound::Included(from), Bound::Unbounded)),
+        };
+        for (k, ki) in range {
+            f(k, ki);
+        }
+    }
+
+    /// Starts a write transaction. Its changes share one main revision.
+    pub fn write(&mut self) -> WriteTxn<'_, V> {
+        let begin_rev = self.current_rev;
+        WriteTxn {
+            store: self,
+            begin_rev,
+            changes: 0,
+        }
+    }
+
+    /// Drops every revision older than `rev` that a read at `rev` or later cannot see.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let values = &mut self.values;
+        let mut released = 0u64;
+        self.index.retain(|_, ki| {
+            ki.compact(rev, &mut |v| {
+                released += 1;
+                values.release(v);
+            });
+            !ki.is_empty()
+        });
+        self.revisions -= released;
+        self.compact_rev = rev;
+        Ok(())
+    }
+}
+
+/// A write transaction (etcd's `TxnWrite`). Dropping it ends it: if it changed anything, the
+/// store's revision moves to the transaction's revision.
+pub struct WriteTxn<'a, V: ValueStore> {
+    store: &'a mut Store<V>,
+    begin_rev: i64,
+    changes: i64,
+}
+
+impl<V: ValueStore> WriteTxn<'_, V> {
+    /// The revision this transaction's writes get.
+    pub fn write_rev(&self) -> i64 {
+        self.begin_rev + 1
+    }
+
+    /// The newest revision a read inside the transaction sees.
+    pub fn read_rev(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin_rev + 1
+        } else {
+            self.begin_rev
+        }
+    }
+
+    pub fn changes(&self) -> i64 {
+        self.changes
+    }
+
+    pub fn range(&self, span: KeySpan<'_>, opts: ReadOpts) -> Result<RangeResult, MvccError> {
+        self.store.range_at(span, opts, self.read_rev())
+    }
+
+    pub fn store(&self) -> &Store<V> {
+        self.store
+    }
+
+    /// Writes `key`; returns the revision written.
+    pub fn put(&mut self, key: &Bytes, value: &[u8], lease: i64) -> i64 {
+        let rev = Revision {
+            main: self.begin_rev + 1,
+            sub: self.changes,
+        };
+        let value = self.store.values.append(rev, key, value);
+        let entry = RevEntry { rev, lease, value };
+        match self.store.index.get_mut(&key[..]) {
+            Some(ki) => ki.put(entry),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(entry);
+                // Copy: the index must not pin the request buffer the key was decoded from.
+                self.store.index.insert(Bytes::copy_from_slice(key), ki);
+            }
+        }
+        self.store.revisions += 1;
+        self.changes += 1;
+        rev.main
+    }
+
+    /// Deletes every existing key in `span`; returns (keys deleted, header revision).
+    pub fn delete_range(&mut self, span: KeySpan<'_>) -> (i64, i64) {
+        let main = self.begin_rev + 1;
+        let mut deleted = 0;
+        let mut sub = self.changes;
+        let mut tombstone = |ki: &mut KeyIndex| {
+            if ki.tombstone(Revision { main, sub }) {
+                sub += 1;
+                deleted += 1;
+            }
+        };
+        let index = &mut self.store.index;
+        match span {
+            KeySpan::Single(key) => {
+                if let Some(ki) = index.get_mut(key) {
+                    tombstone(ki);
+                }
+            }
+            KeySpan::Range(from, to) => {
+                if from < to {
+                    index
+                        .range_mut::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+                        .for_each(|(_, ki)| tombstone(ki));
+                }
+            }
+            KeySpan::From(from) => index
+                .range_mut::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+                .for_each(|(_, ki)| tombstone(ki)),
+        }
+        self.store.revisions += deleted as u64;
+        self.changes += deleted;
+        if deleted != 0 || self.changes > 0 {
+            (deleted, self.begin_rev + 1)
+        } else {
+            (0, self.begin_rev)
+        }
+    }
+}
+
+impl<V: ValueStore> Drop for WriteTxn<'_, V> {
+    fn drop(&mut self) {
+        if self.changes > 0 {
+            self.store.current_rev = self.begin_rev + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn get(s: &Store, key: &str, rev: i64) -> Option<KeyValue> {
+        let r = s
+            .range(
+                KeySpan::Single(key.as_bytes()),
+                ReadOpts {
+                    rev,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        r.kvs.into_iter().next()
+    }
+
+    #[test]
+    fn revisions_start_at_one_and_group_per_txn() {
+        let mut s = Store::default();
+        assert_eq!(s.rev(), 1);
+        {
+            let mut t = s.write();
+            assert_eq!(t.put(&b("a"), b"1", 0), 2);
+            assert_eq!(t.put(&b("b"), b"2", 0), 2);
+            assert_eq!(t.read_rev(), 2);
+            let r = t.range(KeySpan::From(b"\0"), ReadOpts::default()).unwrap();
+            assert_eq!(r.count, 2, "a write txn reads its own writes");
+        }
+        assert_eq!(s.rev(), 2);
+        {
+            let mut t = s.write();
+            assert_eq!(t.delete_range(KeySpan::Single(b"zz")), (0, 2));
+        }
+        assert_eq!(s.rev(), 2, "a txn without changes takes no revision");
+        let kv = get(&s, "b", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+    }
+
+    #[test]
+    fn delete_and_recreate_restarts_version() {
+        let mut s = Store::default();
+        s.write().put(&b("k"), b"v1", 0);
+        s.write().put(&b("k"), b"v2", 0);
+        assert_eq!(s.write().delete_range(KeySpan::Single(b"k")), (1, 4));
+        s.write().put(&b("k"), b"v3", 0);
+        let kv = get(&s, "k", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+        assert_eq!(&get(&s, "k", 3).unwrap().value[..], b"v2");
+        assert_eq!(get(&s, "k", 4), None);
+    }
+
+    #[test]
+    fn compacted_and_future_reads_fail() {
+        let mut s = Store::default();
+        for i in 0..5 {
+            s.write().put(&b("k"), format!("{i}").as_bytes(), 0);
+        }
+        assert_eq!(s.rev(), 6);
+        s.compact(4).unwrap();
+        let at = |rev| {
+            s.range(
+                KeySpan::Single(b"k"),
+                ReadOpts {
+                    rev,
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(at(3).unwrap_err(), MvccError::Compacted);
+        assert_eq!(&at(4).unwrap().kvs[0].value[..], b"2");
+        assert_eq!(at(7).unwrap_err(), MvccError::FutureRev);
+        assert_eq!(s.compact(4).unwrap_err(), MvccError::Compacted);
+        assert_eq!(s.compact(7).unwrap_err(), MvccError::FutureRev);
+        assert_eq!(
+            s.values().live_bytes(),
+            3,
+            "values of revisions 2 and 3 released"
+        );
+    }
+
+    #[test]
+    fn limit_counts_everything() {
+        let mut s = Store::default();
+        for k in ["a", "b", "c", "d"] {
+            s.write().put(&b(k), b"x", 0);
+        }
+        let r = s
+            .range(
+                KeySpan::Range(b"a", b"d"),
+                ReadOpts {
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.kvs.len(), 2);
+        assert_eq!(r.count, 3);
+        let r = s
+            .range(KeySpan::Range(b"d", b"a"), ReadOpts::default())
+            .unwrap();
+        assert_eq!(r.count, 0, "inverted range is empty, not a panic");
+    }
+}
