@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod error;
 pub mod kv;
 pub mod limits;
+pub mod log;
 pub mod mvcc;
 pub mod server;
 
