@@ -1,1 +1,547 @@
-//! Configuration (filled by the config work).
+//! etcd's configuration: the keys of its YAML config file, and the flags of the same names.
+//!
+//! Flags and YAML go through one path: flags are turned into the same key/value map a YAML
+//! file gives, and one deserializer (which refuses unknown keys) reads both. As etcd does, when
+//! `--config-file` is given every other flag is ignored (with a warning).
+//!
+//! Keys etcd has that ferrocd does not implement yet are recognised and refused at start with a
+//! message naming them: a setting is never silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::limits::{MAX_REQUEST_BYTES_DEFAULT, MAX_TXN_OPS_DEFAULT};
+
+/// A configuration error; the message names the key or value at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("ferrocd: {0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Keys etcd accepts that later work implements; setting one is refused for now.
+pub const NOT_IMPLEMENTED: &[&str] = &[
+    "wal-dir",
+    "snapshot-count",
+    "heartbeat-interval",
+    "election-timeout",
+    "initial-election-tick-advance",
+    "max-snapshots",
+    "max-wals",
+    "cors",
+    "quota-backend-bytes",
+    "backend-batch-limit",
+    "backend-batch-interval",
+    "backend-bbolt-freelist-type",
+    "grpc-keepalive-min-time",
+    "grpc-keepalive-interval",
+    "grpc-keepalive-timeout",
+    "listen-client-http-urls",
+    "discovery",
+    "discovery-fallback",
+    "discovery-proxy",
+    "discovery-srv",
+    "discovery-srv-name",
+    "strict-reconfig-check",
+    "enable-pprof",
+    "proxy",
+    "proxy-failure-wait",
+    "proxy-refresh-interval",
+    "proxy-dial-timeout",
+    "proxy-write-timeout",
+    "proxy-read-timeout",
+    "client-transport-security",
+    "peer-transport-security",
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "client-crl-file",
+    "trusted-ca-file",
+    "auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-client-cert-auth",
+    "peer-trusted-ca-file",
+    "peer-auto-tls",
+    "peer-crl-file",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "enable-log-rotation",
+    "log-rotation-config-json",
+    "auth-token",
+    "auth-token-ttl",
+    "bcrypt-cost",
+    "enable-authorization",
+    "listen-metrics-urls",
+    "metrics",
+    "self-signed-cert-validity",
+    "force-new-cluster",
+    "unsafe-no-fsync",
+    "socket-reuse-port",
+    "socket-reuse-address",
+    "enable-grpc-gateway",
+    "pre-vote",
+    "max-learners",
+    "experimental-initial-corrupt-check",
+    "experimental-corrupt-check-time",
+    "experimental-enable-v2v3",
+    "experimental-enable-lease-checkpoint",
+    "experimental-compaction-batch-limit",
+    "experimental-peer-skip-client-san-verification",
+    "experimental-watch-progress-notify-interval",
+    "experimental-warning-apply-duration",
+    "experimental-memory-mlock",
+    "experimental-txn-mode-write-with-shared-buffer",
+    "experimental-bootstrap-defrag-threshold-megabytes",
+];
+
+/// Keys read now (the YAML spelling; flags use the same names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Raw {
+    name: Option<String>,
+    data_dir: Option<String>,
+    listen_client_urls: Option<String>,
+    advertise_client_urls: Option<String>,
+    listen_peer_urls: Option<String>,
+    initial_advertise_peer_urls: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_token: Option<String>,
+    initial_cluster_state: Option<String>,
+    max_request_bytes: Option<u64>,
+    max_txn_ops: Option<u64>,
+    log_level: Option<String>,
+    logger: Option<String>,
+    log_outputs: Option<String>,
+    enable_v2: Option<bool>,
+    /// ferrocd's own: executors (one per core).
+    shards: Option<usize>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: String,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// name -> peer URLs, sorted.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_token: String,
+    pub initial_cluster_state: String,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub log_level: String,
+    pub shards: usize,
+    /// Flags ignored because --config-file was given (etcd warns about them too).
+    pub ignored_flags: Vec<String>,
+}
+
+/// What `--help` prints.
+pub const HELP: &str = "\
+usage: ferrocd [flags]
+
+Starts a ferrocd member. Flags have etcd's names and meanings; the same names are the keys of
+the YAML file given with --config-file. When --config-file is given, other flags are ignored
+(as etcd does).
+
+  --config-file FILE                 YAML configuration file with etcd's keys
+  --name NAME                        member name (default \"default\")
+  --data-dir DIR                     data directory (default \"${name}.ferrocd\")
+  --listen-client-urls URLS          client URLs to listen on (default http://localhost:2379)
+  --advertise-client-urls URLS       client URLs advertised to the cluster (default http://localhost:2379)
+  --listen-peer-urls URLS            peer URLs to listen on (default http://localhost:2380)
+  --initial-advertise-peer-urls URLS peer URLs advertised to the cluster (default http://localhost:2380)
+  --initial-cluster NAME=URL,...     initial cluster configuration (default \"default=http://localhost:2380\")
+  --initial-cluster-token TOKEN      initial cluster token (default \"etcd-cluster\")
+  --initial-cluster-state STATE      new or existing (default \"new\")
+  --max-request-bytes N              largest client request accepted (default 1572864)
+  --max-txn-ops N                    most operations in one txn (default 128)
+  --log-level LEVEL                  debug, info, warn or error (default info)
+  --shards N                         executors, one per core (default: the available cores)
+  --version                          print the version and exit
+  -h, --help                         print this help
+
+etcd keys that ferrocd recognises but does not implement yet are refused at start, naming the
+key (see ARCHITECTURE.md, state of the build).
+";
+
+impl Config {
+    /// Reads the arguments (without the program name).
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Config, ConfigError> {
+        let mut flags = Mapping::new();
+        let mut config_file = None;
+        let mut order = Vec::new();
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+                return err(format!("unexpected argument {arg:?}; see 'ferrocd --help'"));
+            };
+            let (key, value) = match flag.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let v = it
+                        .next()
+                        .ok_or_else(|| ConfigError(format!("flag --{flag} needs a value")))?;
+                    (flag.to_string(), v)
+                }
+            };
+            if key == "config-file" {
+                config_file = Some(value);
+                continue;
+            }
+            order.push(key.clone());
+            flags.insert(Value::String(key), scalar(&value));
+        }
+        let (map, ignored) = match config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError(format!("cannot read config file {path}: {e}")))?;
+                let v: Value = serde_yaml_ng::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {path}: {e}")))?;
+                match v {
+                    Value::Mapping(m) => (m, order),
+                    Value::Null => (Mapping::new(), order),
+                    _ => return err(format!("config file {path}: not a mapping of keys")),
+                }
+            }
+            None => (flags, Vec::new()),
+        };
+        Self::from_map(map, ignored)
+    }
+
+    fn from_map(map: Mapping, ignored_flags: Vec<String>) -> Result<Config, ConfigError> {
+        for key in map.keys() {
+            let k = key.as_str().unwrap_or_default();
+            if NOT_IMPLEMENTED.contains(&k) {
+                return err(format!("{k} is recognised but not implemented yet"));
+            }
+        }
+        let raw: Raw = serde_yaml_ng::from_value(Value::Mapping(map)).map_err(|e| {
+            let msg = e.to_string();
+            ConfigError(match msg.strip_prefix("unknown field `") {
+                Some(rest) => format!(
+                    "unknown configuration key or flag '{}'; see 'ferrocd --help'",
+                    rest.split('`').next().unwrap_or(rest)
+                ),
+                None => format!("invalid configuration: {msg}"),
+            })
+        })?;
+        Self::resolve(raw, ignored_flags)
+    }
+
+    fn resolve(raw: Raw, ignored_flags: Vec<String>) -> Result<Config, ConfigError> {
+        let name = raw.name.unwrap_or_else(|| "default".into());
+        let urls =
+            |key: &str, v: Option<String>, default: &str| -> Result<Vec<String>, ConfigError> {
+                let list = v.unwrap_or_else(|| default.to_string());
+                let list: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+                for u in &list {
+                    check_url(key, u)?;
+                }
+                Ok(list)
+            };
+        let listen_client_urls = urls(
+            "listen-client-urls",
+            raw.listen_client_urls,
+            "http://localhost:2379",
+        )?;
+        let advertise_client_urls = urls(
+            "advertise-client-urls",
+            raw.advertise_client_urls,
+            "http://localhost:2379",
+        )?;
+        let listen_peer_urls = urls(
+            "listen-peer-urls",
+            raw.listen_peer_urls,
+            "http://localhost:2380",
+        )?;
+        let initial_advertise_peer_urls = urls(
+            "initial-advertise-peer-urls",
+            raw.initial_advertise_peer_urls,
+            "http://localhost:2380",
+        )?;
+        for u in listen_client_urls.iter().chain(&listen_peer_urls) {
+            if u.starts_with("https://") {
+                return err(format!(
+                    "{u}: https URLs need TLS, which is recognised but not implemented yet"
+                ));
+            }
+        }
+        let initial_cluster = match raw.initial_cluster {
+            Some(s) => parse_cluster(&s)?,
+            None => BTreeMap::from([(name.clone(), sorted(initial_advertise_peer_urls.clone()))]),
+        };
+        match initial_cluster.get(&name) {
+            None => {
+                return err(format!(
+                    "couldn't find local name {name:?} in the initial cluster configuration"
+                ))
+            }
+            Some(urls) if *urls != sorted(initial_advertise_peer_urls.clone()) => {
+                return err(format!(
+                    "--initial-cluster has {name}={} but --initial-advertise-peer-urls is {}",
+                    urls.join(","),
+                    initial_advertise_peer_urls.join(",")
+                ))
+            }
+            Some(_) => {}
+        }
+        let state = raw.initial_cluster_state.unwrap_or_else(|| "new".into());
+        if state != "new" && state != "existing" {
+            return err(format!(
+                "initial-cluster-state must be new or existing, not {state:?}"
+            ));
+        }
+        if state == "existing" {
+            return err("initial-cluster-state existing (joining a cluster) is recognised but not implemented yet");
+        }
+        if initial_cluster.len() > 1 {
+            return err("an initial-cluster of several members needs Raft, which is recognised but not implemented yet");
+        }
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&log_level.as_str()) {
+            return err(format!("unknown log-level {log_level:?}"));
+        }
+        if raw.logger.as_deref().is_some_and(|l| l != "zap") {
+            return err("logger: only \"zap\" (structured logs to stderr) is supported");
+        }
+        if raw
+            .log_outputs
+            .as_deref()
+            .is_some_and(|l| l != "stderr" && l != "default")
+        {
+            return err("log-outputs: only stderr is supported yet");
+        }
+        if raw.enable_v2 == Some(true) {
+            return err("enable-v2: the v2 API is not supported");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = raw.shards.unwrap_or(cores);
+        if shards == 0 || shards > 1024 {
+            return err(format!("shards must be between 1 and 1024, not {shards}"));
+        }
+        Ok(Config {
+            data_dir: raw.data_dir.unwrap_or_else(|| format!("{name}.ferrocd")),
+            name,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_token: raw
+                .initial_cluster_token
+                .unwrap_or_else(|| "etcd-cluster".into()),
+            initial_cluster_state: state,
+            max_request_bytes: raw
+                .max_request_bytes
+                .map_or(MAX_REQUEST_BYTES_DEFAULT, |v| v as usize),
+            max_txn_ops: raw.max_txn_ops.map_or(MAX_TXN_OPS_DEFAULT, |v| v as usize),
+            log_level,
+            shards,
+            ignored_flags,
+        })
+    }
+
+    /// The socket addresses of the client listen URLs (`localhost` resolved).
+    pub fn client_socket_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        let mut out = Vec::new();
+        for u in &self.listen_client_urls {
+            let host_port = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            let host_port = host_port.trim_end_matches('/');
+            let addrs = host_port
+                .to_socket_addrs()
+                .map_err(|e| ConfigError(format!("listen-client-urls: {u}: {e}")))?;
+            // localhost resolves to both families; etcd listens on the first address.
+            let first = addrs
+                .into_iter()
+                .find(|a| a.is_ipv4())
+                .ok_or_else(|| ConfigError(format!("listen-client-urls: {u}: no IPv4 address")))?;
+            if !out.contains(&first) {
+                out.push(first);
+            }
+        }
+        Ok(out)
+    }
+
+    /// This member's id, computed as etcd computes it for a new cluster: the first 8 bytes of
+    /// SHA-1 over the sorted peer URLs joined, then the cluster token.
+    pub fn member_id(&self) -> u64 {
+        member_id(
+            &self.initial_cluster[&self.name],
+            &self.initial_cluster_token,
+        )
+    }
+
+    /// The cluster id, as etcd: SHA-1 over the sorted member ids (big endian).
+    pub fn cluster_id(&self) -> u64 {
+        let mut ids: Vec<u64> = self
+            .initial_cluster
+            .values()
+            .map(|urls| member_id(urls, &self.initial_cluster_token))
+            .collect();
+        ids.sort_unstable();
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+        first_8_of_sha1(&bytes)
+    }
+}
+
+fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut b = sorted(peer_urls.to_vec()).concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    first_8_of_sha1(&b)
+}
+
+fn first_8_of_sha1(b: &[u8]) -> u64 {
+    let digest = sha1_smol::Sha1::from(b).digest().bytes();
+    u64::from_be_bytes(digest[..8].try_into().expect("sha1 has 20 bytes"))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A flag's value as the YAML scalar it would be in a file ("true" is a bool, "5" a number).
+fn scalar(v: &str) -> Value {
+    match serde_yaml_ng::from_str::<Value>(v) {
+        Ok(s @ (Value::Bool(_) | Value::Number(_))) => s,
+        _ => Value::String(v.to_string()),
+    }
+}
+
+fn check_url(key: &str, u: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| err(format!("{key}: invalid URL {u:?}: {why}"));
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return bad("no scheme (http:// or https://)");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("scheme must be http or https");
+    }
+    let host_port = rest.trim_end_matches('/');
+    if host_port.contains('/') {
+        return bad("a path is not allowed");
+    }
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return bad("host and a numeric port are needed");
+    }
+    if host.contains('<') || host.contains('>') {
+        return bad("placeholder left in the host");
+    }
+    Ok(())
+}
+
+fn parse_cluster(s: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return err(format!("initial-cluster: {part:?} is not NAME=URL"));
+        };
+        check_url("initial-cluster", url)?;
+        out.entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    for urls in out.values_mut() {
+        urls.sort();
+    }
+    if out.is_empty() {
+        return err("initial-cluster is empty");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_are_etcds() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, "default.ferrocd");
+        assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(c.initial_cluster_token, "etcd-cluster");
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(
+            c.client_socket_addrs().unwrap(),
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn flags_and_yaml_agree() {
+        let flags = args(&[
+            "--name",
+            "n1",
+            "--listen-client-urls=http://127.0.0.1:3379",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:3380",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:3380",
+            "--max-txn-ops",
+            "7",
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yml");
+        std::fs::write(
+            &path,
+            "name: n1\nlisten-client-urls: http://127.0.0.1:3379\ninitial-advertise-peer-urls: http://127.0.0.1:3380\ninitial-cluster: n1=http://127.0.0.1:3380\nmax-txn-ops: 7\n",
+        )
+        .unwrap();
+        let yaml = args(&["--config-file", path.to_str().unwrap()]).unwrap();
+        assert_eq!(flags, yaml);
+        // Other flags are ignored when a config file is given, as etcd does.
+        let y2 = args(&["--config-file", path.to_str().unwrap(), "--name", "zz"]).unwrap();
+        assert_eq!(y2.name, "n1");
+        assert_eq!(y2.ignored_flags, vec!["name"]);
+    }
+
+    #[test]
+    fn errors_name_the_key_or_value() {
+        let e = args(&["--no-such-flag", "1"]).unwrap_err();
+        assert!(e.0.contains("'no-such-flag'"), "{e}");
+        let e = args(&["--listen-client-urls", "127.0.0.1:2379"]).unwrap_err();
+        assert!(e.0.contains("\"127.0.0.1:2379\""), "{e}");
+        let e = args(&["--auto-compaction-retention", "1h"]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "auto-compaction-retention is recognised but not implemented yet"
+        );
+        let e = args(&[
+            "--name",
+            "x",
+            "--initial-cluster",
+            "y=http://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("couldn't find local name"), "{e}");
+    }
+
+    #[test]
+    fn ids_follow_etcds_derivation() {
+        // What etcd reports when started with no flags at all.
+        let c = args(&[]).unwrap();
+        assert_eq!(format!("{:x}", c.member_id()), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", c.cluster_id()), "cdf818194e3a8c32");
+    }
+}

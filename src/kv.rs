@@ -219,7 +219,7 @@ impl KvState {
                         member_id: r.member_id,
                         alarm: r.alarm,
                     };
-                    self.alarms.push(m.clone());
+                    self.alarms.push(m);
                     resp.alarms.push(m);
                 }
             }
@@ -543,7 +543,8 @@ fn delete_range<V: ValueStore>(
     })
 }
 
-fn txn_is_read_only(r: &pb::TxnRequest) -> bool {
+/// True when a txn only reads (etcd serves those without Raft and without the size limit).
+pub fn txn_is_read_only(r: &pb::TxnRequest) -> bool {
     r.success
         .iter()
         .chain(&r.failure)

@@ -17,5 +17,7 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// HTTP/2 flow-control windows.
 pub const H2_STREAM_WINDOW_BYTES: u32 = 1 << 20;
 pub const H2_CONN_WINDOW_BYTES: u32 = 8 << 20;
+/// Largest HTTP/2 header block accepted from a client.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Largest HTTP/1.1 request head accepted on the client port.
 pub const HTTP1_MAX_HEAD_BYTES: usize = 16 * 1024;

@@ -166,7 +166,7 @@ impl Model {
         };
         match order {
             SortOrder::Ascend => all.sort_by_key(field),
-            SortOrder::Descend => all.sort_by(|a, b| field(b).cmp(&field(a))),
+            SortOrder::Descend => all.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
             SortOrder::None => {}
         }
         let mut more = false;

@@ -1,1 +1,89 @@
-fn main() {}
+//! The ferrocd server: reads etcd's configuration, then runs the shards.
+
+use ferrocd::config::{Config, HELP};
+use ferrocd::kv::{Identity, KvOptions, ETCD_API_VERSION};
+use ferrocd::server::{self, ServerOptions};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{HELP}");
+        return;
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!(
+            "ferrocd Version: {}\netcd API Version: {ETCD_API_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
+    let cfg = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(cfg) {
+        eprintln!("ferrocd: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let level = match cfg.log_level.as_str() {
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" | "panic" | "fatal" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if !cfg.ignored_flags.is_empty() {
+        tracing::warn!(
+            flags = ?cfg.ignored_flags,
+            "--config-file is set: other flags are ignored, as etcd does"
+        );
+    }
+    create_data_dir(&cfg.data_dir)?;
+    tracing::warn!(
+        data_dir = %cfg.data_dir,
+        "data is kept in memory only: it is lost when ferrocd stops (durable storage is not built yet)"
+    );
+    let opts = ServerOptions {
+        client_addrs: cfg.client_socket_addrs()?,
+        shards: cfg.shards,
+        max_request_bytes: cfg.max_request_bytes,
+        kv: KvOptions {
+            identity: Identity {
+                cluster_id: cfg.cluster_id(),
+                member_id: cfg.member_id(),
+                name: cfg.name.clone(),
+                peer_urls: cfg.initial_advertise_peer_urls.clone(),
+                client_urls: cfg.advertise_client_urls.clone(),
+            },
+            max_txn_ops: cfg.max_txn_ops,
+        },
+    };
+    tracing::info!(
+        name = %cfg.name,
+        member_id = %format!("{:x}", opts.kv.identity.member_id),
+        cluster_id = %format!("{:x}", opts.kv.identity.cluster_id),
+        "starting ferrocd {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    server::run(opts)?;
+    Ok(())
+}
+
+fn create_data_dir(dir: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create data dir {dir}: {e}")))
+}

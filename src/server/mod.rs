@@ -1,1 +1,106 @@
-//! Server runtime (filled by the server work).
+//! The server runtime: one glommio executor per shard, each accepting client connections on
+//! every client address (`SO_REUSEPORT`: the kernel spreads connections over the shards).
+//!
+//! Shard 0 owns the state ([`crate::kv::KvState`]); the other shards decode requests and
+//! forward them over bounded cross-shard channels ([`shard`]), then encode the answers
+//! themselves, so the expensive per-request work (HTTP/2, protobuf) spreads over the cores
+//! while the state has one writer and no locks.
+
+mod conn;
+mod grpc;
+mod http1;
+mod shard;
+
+pub use grpc::{parse_timeout, percent_decode, percent_encode};
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::kv::{KvOptions, KvState};
+
+/// What the etcd API's /version and Status report as the server version.
+pub use crate::kv::ETCD_API_VERSION;
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub client_addrs: Vec<SocketAddr>,
+    pub shards: usize,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    pub kv: KvOptions,
+}
+
+/// Per-shard settings shared by the connection handlers of a shard.
+pub(crate) struct ShardCtx {
+    pub max_request_bytes: usize,
+    pub owner: shard::Owner,
+}
+
+/// Starts every shard and blocks until they stop (they run until the process is killed:
+/// there is no durable state yet, so SIGTERM's default action is a correct shutdown).
+pub fn run(opts: ServerOptions) -> std::io::Result<()> {
+    let shards = opts.shards.max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::with_capacity(shards);
+    // Each shard reports whether its listeners are bound; `run` fails if any could not bind.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    for (id, links) in shard::mesh(shards).into_iter().enumerate() {
+        let opts = opts.clone();
+        let ready = ready_tx.clone();
+        let placement = if shards <= cpus {
+            Placement::Fixed(id)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                let owner = links.connect(|| KvState::new(opts.kv.clone())).await;
+                let ctx = Rc::new(ShardCtx {
+                    max_request_bytes: opts.max_request_bytes,
+                    owner,
+                });
+                let mut listeners = Vec::new();
+                for addr in &opts.client_addrs {
+                    match glommio::net::TcpListener::bind(addr) {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => {
+                            let msg = format!("cannot listen on client address {addr}: {e}");
+                            let _ = ready.send(Err(std::io::Error::other(msg)));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready.send(Ok(()));
+                let accepts: Vec<_> = listeners
+                    .into_iter()
+                    .map(|l| glommio::spawn_local(conn::accept_loop(l, ctx.clone())))
+                    .collect();
+                for a in accepts {
+                    a.await;
+                }
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other("a shard stopped while starting")),
+        }
+    }
+    tracing::info!(
+        addresses = ?opts.client_addrs,
+        shards,
+        "ready to serve client requests"
+    );
+    for h in handles {
+        h.join()
+            .map_err(|e| std::io::Error::other(format!("shard failed: {e:?}")))?;
+    }
+    Ok(())
+}

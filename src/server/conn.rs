@@ -1,0 +1,137 @@
+//! Accepting connections and telling the protocols apart: the HTTP/2 client preface means
+//! gRPC (served by `h2`), an HTTP/1.x request line means the HTTP/1.1 handler, and anything
+//! else is closed. One port serves both, as etcd's does (it uses cmux).
+
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use super::{grpc, http1, ShardCtx};
+use crate::limits::{
+    H2_CONN_WINDOW_BYTES, H2_MAX_HEADER_LIST_BYTES, H2_STREAM_WINDOW_BYTES, MAX_CONCURRENT_STREAMS,
+};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes read before deciding the protocol.
+const SNIFF_BYTES: usize = 4;
+
+pub(crate) async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = serve(stream, ctx).await {
+                        tracing::debug!(error = %e, "connection closed");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: log, back off a little, go on.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut head = [0u8; SNIFF_BYTES];
+    let mut got = 0;
+    while got < SNIFF_BYTES {
+        let n = stream.read(&mut head[got..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        got += n;
+    }
+    let prefixed = Prefixed {
+        prefix: Bytes::copy_from_slice(&head),
+        inner: stream,
+    };
+    if H2_PREFACE.starts_with(&head) {
+        serve_h2(prefixed, ctx).await;
+        Ok(())
+    } else if http1::looks_like_request(&head) {
+        http1::serve(prefixed, ctx).await
+    } else {
+        tracing::debug!(first_bytes = ?head, "not HTTP: closing");
+        Ok(())
+    }
+}
+
+async fn serve_h2(io: Prefixed<TcpStream>, ctx: Rc<ShardCtx>) {
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONN_WINDOW_BYTES)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .handshake::<_, Bytes>(io.compat())
+        .await;
+    let mut conn = match handshake {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    while let Some(next) = conn.accept().await {
+        match next {
+            Ok((req, respond)) => {
+                glommio::spawn_local(grpc::handle(req, respond, ctx.clone())).detach();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 connection error");
+                return;
+            }
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it (the protocol sniff).
+pub(crate) struct Prefixed<S> {
+    prefix: Bytes,
+    pub(crate) inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[..n]);
+            let _ = self.prefix.split_to(n);
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}

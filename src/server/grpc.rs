@@ -1,0 +1,428 @@
+//! gRPC over one HTTP/2 stream: routing by path, the 5-byte message framing, size limits,
+//! `grpc-timeout`, and status trailers. Wording of transport errors follows grpc-go, which is
+//! what etcd's clients see from etcd.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use prost::Message;
+
+use super::ShardCtx;
+use crate::error::{Code, EtcdError, Status};
+use crate::kv;
+use crate::limits::GRPC_OVERHEAD_BYTES;
+use crate::proto::etcdserverpb as pb;
+
+/// The unary methods served today.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+    Status,
+    Alarm,
+    MemberList,
+}
+
+/// Every service and method of etcd's API, to tell "not implemented yet" from "unknown".
+const SERVICES: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &["Range", "Put", "DeleteRange", "Txn", "Compact"],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+];
+
+fn route(path: &str) -> Result<Method, Status> {
+    let unimplemented = |m: String| Err(Status::new(Code::Unimplemented, m));
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return unimplemented(format!("malformed method name: {path:?}"));
+    };
+    let m = match (service, method) {
+        ("etcdserverpb.KV", "Range") => Method::Range,
+        ("etcdserverpb.KV", "Put") => Method::Put,
+        ("etcdserverpb.KV", "DeleteRange") => Method::DeleteRange,
+        ("etcdserverpb.KV", "Txn") => Method::Txn,
+        ("etcdserverpb.KV", "Compact") => Method::Compact,
+        ("etcdserverpb.Maintenance", "Status") => Method::Status,
+        ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
+        ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
+        _ => {
+            return match SERVICES.iter().find(|(s, _)| *s == service) {
+                None => unimplemented(format!("unknown service {service}")),
+                Some((_, methods)) if !methods.contains(&method) => {
+                    unimplemented(format!("unknown method {method} for service {service}"))
+                }
+                Some(_) => {
+                    unimplemented(format!("ferrocd does not implement {service}/{method} yet"))
+                }
+            };
+        }
+    };
+    Ok(m)
+}
+
+/// Serves one HTTP/2 stream. Never panics on input; every failure becomes a status.
+pub(crate) async fn handle(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    ctx: Rc<ShardCtx>,
+) {
+    let (parts, body) = req.into_parts();
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if parts.method != http::Method::POST || !grpc {
+        // Not gRPC: grpc-go answers 415 for a wrong content type.
+        let resp = Response::builder()
+            .status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .body(())
+            .expect("static response");
+        let _ = respond.send_response(resp, true);
+        return;
+    }
+    let deadline = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timeout);
+    let work = async {
+        let method = route(parts.uri.path())?;
+        let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let msg = read_message(body, limit).await?;
+        call(method, msg, &ctx).await
+    };
+    let result = match deadline {
+        Some(d) => {
+            futures_lite::future::or(work, async {
+                glommio::timer::sleep(d).await;
+                Err(Status::new(
+                    Code::DeadlineExceeded,
+                    "context deadline exceeded",
+                ))
+            })
+            .await
+        }
+        None => work.await,
+    };
+    let sent = match result {
+        Ok(frame) => send_message(&mut respond, frame),
+        Err(status) => send_status(&mut respond, &status),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "client went away before the response");
+    }
+}
+
+/// Reads one length-prefixed message of at most `limit` bytes.
+async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Status> {
+    let mut buf = BytesMut::new();
+    let mut declared: Option<usize> = None;
+    loop {
+        if declared.is_none() && buf.len() >= 5 {
+            if buf[0] != 0 {
+                return Err(Status::new(
+                    Code::Unimplemented,
+                    "grpc: compressed messages are not supported",
+                ));
+            }
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > limit {
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    format!("grpc: received message larger than max ({len} vs. {limit})"),
+                ));
+            }
+            buf.reserve(5 + len - buf.len().min(5 + len));
+            declared = Some(len);
+        }
+        if let Some(len) = declared {
+            if buf.len() >= 5 + len {
+                buf.advance(5);
+                buf.truncate(len);
+                return Ok(buf.freeze());
+            }
+        }
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                if declared.is_none() && buf.len() > 5 + limit {
+                    return Err(Status::new(Code::ResourceExhausted, "message too large"));
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Status::new(
+                    Code::Internal,
+                    format!("grpc: error reading request: {e}"),
+                ))
+            }
+            None => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: error reading request: unexpected EOF",
+                ))
+            }
+        }
+    }
+}
+
+fn decode<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
+    M::decode(msg).map_err(|e| {
+        Status::new(
+            Code::Internal,
+            format!("grpc: error unmarshalling request: {e}"),
+        )
+    })
+}
+
+/// etcd refuses a request that goes through Raft when it is larger than --max-request-bytes.
+fn check_size(msg: &Bytes, ctx: &ShardCtx) -> Result<(), Status> {
+    if msg.len() > ctx.max_request_bytes {
+        return Err(EtcdError::RequestTooLarge.into());
+    }
+    Ok(())
+}
+
+async fn call(method: Method, msg: Bytes, ctx: &ShardCtx) -> Result<Bytes, Status> {
+    let req = match method {
+        Method::Range => kv::Request::Range(decode(msg)?),
+        Method::Put => {
+            check_size(&msg, ctx)?;
+            kv::Request::Put(decode(msg)?)
+        }
+        Method::DeleteRange => {
+            check_size(&msg, ctx)?;
+            kv::Request::DeleteRange(decode(msg)?)
+        }
+        Method::Txn => {
+            let len = msg.len();
+            let txn: pb::TxnRequest = decode(msg)?;
+            if len > ctx.max_request_bytes && !kv::txn_is_read_only(&txn) {
+                return Err(EtcdError::RequestTooLarge.into());
+            }
+            kv::Request::Txn(txn)
+        }
+        Method::Compact => kv::Request::Compact(decode(msg)?),
+        Method::Status => kv::Request::Status(decode(msg)?),
+        Method::Alarm => kv::Request::Alarm(decode(msg)?),
+        Method::MemberList => kv::Request::MemberList(decode(msg)?),
+    };
+    let resp = ctx.owner.call(req).await.map_err(Status::from)?;
+    Ok(match resp {
+        kv::Response::Range(r) => frame(&r),
+        kv::Response::Put(r) => frame(&r),
+        kv::Response::DeleteRange(r) => frame(&r),
+        kv::Response::Txn(r) => frame(&r),
+        kv::Response::Compact(r) => frame(&r),
+        kv::Response::Status(r) => frame(&r),
+        kv::Response::MemberList(r) => frame(&r),
+        kv::Response::Alarm(r) => frame(&r),
+    })
+}
+
+/// Encodes `m` with the gRPC prefix, in one buffer.
+pub(crate) fn frame<M: Message>(m: &M) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    m.encode(&mut buf).expect("buffer has room");
+    buf.freeze()
+}
+
+fn send_message(respond: &mut SendResponse<Bytes>, frame: Bytes) -> Result<(), h2::Error> {
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .expect("static response");
+    let mut stream = respond.send_response(resp, false)?;
+    stream.send_data(frame, false)?;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    stream.send_trailers(trailers)
+}
+
+/// A trailers-only response: the status in the headers, and the stream ends.
+fn send_status(respond: &mut SendResponse<Bytes>, status: &Status) -> Result<(), h2::Error> {
+    let message = HeaderValue::from_str(&percent_encode(&status.message))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("grpc-status", status.code.as_i32())
+        .header("grpc-message", message)
+        .body(())
+        .expect("valid headers");
+    respond.send_response(resp, true).map(drop)
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC spec says: bytes outside printable ASCII, and
+/// '%', become %XX.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`percent_encode`]; malformed escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/etcdserverpb.KV/Range"), Ok(Method::Range));
+        let e = route("/etcdserverpb.KV/Nope").unwrap_err();
+        assert_eq!(e.code, Code::Unimplemented);
+        assert_eq!(e.message, "unknown method Nope for service etcdserverpb.KV");
+        let e = route("/foo.Bar/Baz").unwrap_err();
+        assert_eq!(e.message, "unknown service foo.Bar");
+        let e = route("/etcdserverpb.Watch/Watch").unwrap_err();
+        assert!(e.message.contains("does not implement"), "{}", e.message);
+        assert!(route("nonsense").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(parse_timeout("123456789S"), None, "at most 8 digits");
+        assert_eq!(parse_timeout("S"), None);
+        assert_eq!(parse_timeout(""), None);
+        assert_eq!(parse_timeout("5x"), None);
+        assert_eq!(parse_timeout("-5S"), None);
+    }
+
+    #[test]
+    fn percent_round_trip() {
+        let m = "etcdserver: 100% sure\nnot ascii: é";
+        let e = percent_encode(m);
+        assert_eq!(e, "etcdserver: 100%25 sure%0Anot ascii: %C3%A9");
+        assert_eq!(percent_decode(&e), m);
+        assert_eq!(percent_decode("bad %zz and %4"), "bad %zz and %4");
+    }
+
+    #[test]
+    fn frames_have_the_grpc_prefix() {
+        let f = frame(&pb::CompactionRequest {
+            revision: 3,
+            physical: false,
+        });
+        assert_eq!(&f[..], &[0, 0, 0, 0, 2, 0x08, 3]);
+    }
+}
