@@ -1,0 +1,187 @@
+//! The `etcd-client` crate (tonic-based, as Rust users talk to etcd) against ferrocd: KV, Txn,
+//! compaction, and the gRPC codes and messages of the errors.
+
+mod common;
+
+use common::Server;
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn client(s: &Server) -> Client {
+    Client::connect([s.url()], None).await.expect("connect")
+}
+
+fn status(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a gRPC status: {other:?}"),
+    }
+}
+
+#[test]
+fn kv_txn_and_compaction() {
+    let server = Server::ferrocd(&[]);
+    rt().block_on(async {
+        let mut c = client(&server).await;
+        let r = c.put("k1", "v1", None).await.unwrap();
+        assert_eq!(r.header().unwrap().revision(), 2);
+        c.put("k2", "v2", None).await.unwrap();
+        let r = c
+            .put("k1", "v1b", Some(PutOptions::new().with_prev_key()))
+            .await
+            .unwrap();
+        assert_eq!(r.prev_key().unwrap().value(), b"v1");
+
+        let r = c
+            .get(
+                "k",
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Mod, SortOrder::Descend),
+                ),
+            )
+            .await
+            .unwrap();
+        let keys: Vec<_> = r.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+        assert_eq!(keys, ["k1", "k2"]);
+        assert_eq!(r.kvs()[0].version(), 2);
+        assert_eq!(r.kvs()[0].create_revision(), 2);
+        assert_eq!(r.kvs()[0].mod_revision(), 4);
+
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix().with_limit(1)))
+            .await
+            .unwrap();
+        assert!(r.more());
+        assert_eq!(r.count(), 2);
+
+        // Txn: the success branch writes and reads in one revision.
+        let txn = Txn::new()
+            .when([Compare::value("k1", CompareOp::Equal, "v1b")])
+            .and_then([TxnOp::put("k3", "v3", None), TxnOp::get("k3", None)])
+            .or_else([TxnOp::put("never", "x", None)]);
+        let r = c.txn(txn).await.unwrap();
+        assert!(r.succeeded());
+        assert_eq!(r.header().unwrap().revision(), 5);
+        match &r.op_responses()[1] {
+            TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"v3"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let txn = Txn::new()
+            .when([Compare::version("k1", CompareOp::Greater, 5)])
+            .and_then([TxnOp::put("never", "x", None)])
+            .or_else([TxnOp::delete("k3", None)]);
+        let r = c.txn(txn).await.unwrap();
+        assert!(!r.succeeded());
+        assert_eq!(c.get("never", None).await.unwrap().count(), 0);
+        assert_eq!(c.get("k3", None).await.unwrap().count(), 0);
+
+        let r = c
+            .delete("k", Some(DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(r.deleted(), 2);
+
+        // History and compaction.
+        let r = c
+            .get("k1", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap();
+        assert_eq!(r.kvs()[0].value(), b"v1");
+        c.compact(4, None).await.unwrap();
+        let e = c
+            .get("k1", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted".into()
+            )
+        );
+        let e = c
+            .get("k1", Some(GetOptions::new().with_revision(1000)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision".into()
+            )
+        );
+    });
+}
+
+#[test]
+fn errors_carry_etcds_codes_and_messages() {
+    let server = Server::ferrocd(&["--max-request-bytes", "1024", "--max-txn-ops", "4"]);
+    rt().block_on(async {
+        let mut c = client(&server).await;
+        let e = c.put("", "v", None).await.unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: key is not provided".into()
+            )
+        );
+        let e = c
+            .put("k", "v", Some(PutOptions::new().with_lease(42)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found".into()
+            )
+        );
+        let e = c.put("k", vec![b'x'; 2048], None).await.unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large".into()
+            )
+        );
+        let ops: Vec<_> = (0..5)
+            .map(|i| TxnOp::put(format!("t{i}"), "v", None))
+            .collect();
+        let e = c.txn(Txn::new().and_then(ops)).await.unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: too many operations in txn request".into()
+            )
+        );
+        let dup = Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
+        let e = c.txn(dup).await.unwrap_err();
+        assert_eq!(
+            status(e),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request".into()
+            )
+        );
+        // Nothing of the refused requests was written.
+        let r = c
+            .get("\0", Some(GetOptions::new().with_from_key()))
+            .await
+            .unwrap();
+        assert_eq!(r.count(), 0);
+        assert_eq!(r.header().unwrap().revision(), 1);
+    });
+}
