@@ -57,7 +57,7 @@ async fn call(port: u16, path: &str, content_type: &str, body: Bytes) -> Reply {
     let header = |h: &http::HeaderMap, k: &str| {
         h.get(k)
             .and_then(|v| v.to_str().ok())
-            .map(|s| ferrocd::server::percent_decode(s))
+            .map(ferrocd::server::percent_decode)
     };
     let mut reply = Reply {
         http: parts.status.as_u16(),
