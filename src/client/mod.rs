@@ -1,1 +1,219 @@
-//! gRPC client (filled by the client work).
+//! A minimal gRPC client over `h2` on a glommio socket (no tokio runtime), for `ferroctl` and
+//! for tools that want to talk to any etcd v3 endpoint without a heavy stack.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use glommio::net::TcpStream;
+use prost::Message;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::error::{Code, Status};
+use crate::proto::etcdserverpb as pb;
+use crate::server::percent_decode;
+
+/// One HTTP/2 connection to an endpoint.
+pub struct Client {
+    send: h2::client::SendRequest<Bytes>,
+    authority: String,
+}
+
+fn unavailable(msg: String) -> Status {
+    Status::new(Code::Unavailable, msg)
+}
+
+impl Client {
+    /// Connects to `endpoint` ("host:port", optionally with an http:// scheme).
+    pub async fn connect(endpoint: &str, dial_timeout: Duration) -> Result<Client, Status> {
+        let authority = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let dial = async {
+            let tcp = TcpStream::connect(authority.as_str())
+                .await
+                .map_err(|e| unavailable(format!("dial {authority}: {e}")))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| unavailable(format!("dial {authority}: {e}")))?;
+            let (send, conn) = h2::client::handshake(tcp.compat())
+                .await
+                .map_err(|e| unavailable(format!("HTTP/2 handshake with {authority}: {e}")))?;
+            glommio::spawn_local(async move {
+                let _ = conn.await;
+            })
+            .detach();
+            Ok(send)
+        };
+        let send = with_deadline(dial, dial_timeout).await?;
+        Ok(Client { send, authority })
+    }
+
+    /// One unary call.
+    pub async fn unary<Req: Message, Resp: Message + Default>(
+        &mut self,
+        path: &str,
+        req: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, Status> {
+        let call = async {
+            let mut builder = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{}{path}", self.authority))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if let Some(t) = timeout {
+                builder = builder.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+            }
+            let request = builder
+                .body(())
+                .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
+            let mut send = self
+                .send
+                .clone()
+                .ready()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let (response, mut body_tx) = send
+                .send_request(request, false)
+                .map_err(|e| unavailable(e.to_string()))?;
+            let len = req.encoded_len();
+            let mut buf = BytesMut::with_capacity(5 + len);
+            buf.put_u8(0);
+            buf.put_u32(len as u32);
+            req.encode(&mut buf)
+                .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
+            body_tx
+                .send_data(buf.freeze(), true)
+                .map_err(|e| unavailable(e.to_string()))?;
+            let response = response.await.map_err(|e| unavailable(e.to_string()))?;
+            let (parts, mut body) = response.into_parts();
+            if let Some(status) = grpc_status(&parts.headers) {
+                return Err(status.unwrap_or_else(|| unexpected("trailers-only OK")));
+            }
+            let mut data = BytesMut::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|e| unavailable(e.to_string()))?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            let trailers = body
+                .trailers()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .unwrap_or_default();
+            match grpc_status(&trailers) {
+                Some(Some(status)) => return Err(status),
+                Some(None) => {}
+                None => return Err(unexpected("no grpc-status")),
+            }
+            if data.len() < 5 {
+                return Err(unexpected("short response"));
+            }
+            data.advance(5);
+            Resp::decode(data.freeze()).map_err(|e| {
+                Status::new(
+                    Code::Internal,
+                    format!("grpc: failed to unmarshal the received message: {e}"),
+                )
+            })
+        };
+        match timeout {
+            Some(t) => with_deadline(call, t).await,
+            None => call.await,
+        }
+    }
+
+    pub async fn range(
+        &mut self,
+        r: &pb::RangeRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::RangeResponse, Status> {
+        self.unary("/etcdserverpb.KV/Range", r, t).await
+    }
+
+    pub async fn put(
+        &mut self,
+        r: &pb::PutRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::PutResponse, Status> {
+        self.unary("/etcdserverpb.KV/Put", r, t).await
+    }
+
+    pub async fn delete_range(
+        &mut self,
+        r: &pb::DeleteRangeRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::DeleteRangeResponse, Status> {
+        self.unary("/etcdserverpb.KV/DeleteRange", r, t).await
+    }
+
+    pub async fn txn(
+        &mut self,
+        r: &pb::TxnRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::TxnResponse, Status> {
+        self.unary("/etcdserverpb.KV/Txn", r, t).await
+    }
+
+    pub async fn compact(
+        &mut self,
+        r: &pb::CompactionRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::CompactionResponse, Status> {
+        self.unary("/etcdserverpb.KV/Compact", r, t).await
+    }
+
+    pub async fn status(&mut self, t: Option<Duration>) -> Result<pb::StatusResponse, Status> {
+        self.unary("/etcdserverpb.Maintenance/Status", &pb::StatusRequest {}, t)
+            .await
+    }
+
+    pub async fn member_list(
+        &mut self,
+        t: Option<Duration>,
+    ) -> Result<pb::MemberListResponse, Status> {
+        let req = pb::MemberListRequest { linearizable: true };
+        self.unary("/etcdserverpb.Cluster/MemberList", &req, t)
+            .await
+    }
+
+    pub async fn alarm(
+        &mut self,
+        r: &pb::AlarmRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::AlarmResponse, Status> {
+        self.unary("/etcdserverpb.Maintenance/Alarm", r, t).await
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::new(Code::Internal, format!("malformed gRPC response: {what}"))
+}
+
+/// The status in `h`: None when absent, Some(None) for OK, Some(Some(status)) otherwise.
+fn grpc_status(h: &http::HeaderMap) -> Option<Option<Status>> {
+    let code: i32 = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    if code == 0 {
+        return Some(None);
+    }
+    let message = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    Some(Some(Status::new(Code::from_i32(code), message)))
+}
+
+async fn with_deadline<T>(
+    f: impl std::future::Future<Output = Result<T, Status>>,
+    d: Duration,
+) -> Result<T, Status> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(d).await;
+        Err(Status::new(
+            Code::DeadlineExceeded,
+            "context deadline exceeded",
+        ))
+    })
+    .await
+}
