@@ -64,6 +64,21 @@ fn kv_txn_and_compaction() {
             .unwrap();
         assert!(r.more());
         assert_eq!(r.count(), 2);
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.count(), r.kvs().len()),
+            (2, 0),
+            "count only: no key-values"
+        );
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .unwrap();
+        assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
+        assert_eq!(r.kvs().len(), 2);
 
         // Txn: the success branch writes and reads in one revision.
         let txn = Txn::new()

@@ -235,7 +235,7 @@ async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Statu
     }
 }
 
-fn decode<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
+fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
     M::decode(msg).map_err(|e| {
         Status::new(
             Code::Internal,
@@ -244,49 +244,66 @@ fn decode<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
     })
 }
 
-/// etcd refuses a request that goes through Raft when it is larger than --max-request-bytes.
-fn check_size(msg: &Bytes, ctx: &ShardCtx) -> Result<(), Status> {
-    if msg.len() > ctx.max_request_bytes {
-        return Err(EtcdError::RequestTooLarge.into());
-    }
-    Ok(())
+async fn call(method: Method, msg: Bytes, ctx: &ShardCtx) -> Result<Bytes, Status> {
+    let req = decode(method, msg, ctx.max_request_bytes)?;
+    let resp = ctx.owner.call(req).await.map_err(Status::from)?;
+    Ok(encode_response(&resp))
 }
 
-async fn call(method: Method, msg: Bytes, ctx: &ShardCtx) -> Result<Bytes, Status> {
-    let req = match method {
-        Method::Range => kv::Request::Range(decode(msg)?),
+/// Routes and decodes one gRPC message (without its 5-byte prefix) into a request.
+pub fn decode_request(
+    path: &str,
+    msg: Bytes,
+    max_request_bytes: usize,
+) -> Result<kv::Request, Status> {
+    decode(route(path)?, msg, max_request_bytes)
+}
+
+fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Request, Status> {
+    // etcd refuses a request that goes through Raft when it is larger than the limit.
+    let check_size = |msg: &Bytes| {
+        if msg.len() > max_request_bytes {
+            return Err(Status::from(EtcdError::RequestTooLarge));
+        }
+        Ok(())
+    };
+    Ok(match method {
+        Method::Range => kv::Request::Range(decode_msg(msg)?),
         Method::Put => {
-            check_size(&msg, ctx)?;
-            kv::Request::Put(decode(msg)?)
+            check_size(&msg)?;
+            kv::Request::Put(decode_msg(msg)?)
         }
         Method::DeleteRange => {
-            check_size(&msg, ctx)?;
-            kv::Request::DeleteRange(decode(msg)?)
+            check_size(&msg)?;
+            kv::Request::DeleteRange(decode_msg(msg)?)
         }
         Method::Txn => {
             let len = msg.len();
-            let txn: pb::TxnRequest = decode(msg)?;
-            if len > ctx.max_request_bytes && !kv::txn_is_read_only(&txn) {
+            let txn: pb::TxnRequest = decode_msg(msg)?;
+            if len > max_request_bytes && !kv::txn_is_read_only(&txn) {
                 return Err(EtcdError::RequestTooLarge.into());
             }
             kv::Request::Txn(txn)
         }
-        Method::Compact => kv::Request::Compact(decode(msg)?),
-        Method::Status => kv::Request::Status(decode(msg)?),
-        Method::Alarm => kv::Request::Alarm(decode(msg)?),
-        Method::MemberList => kv::Request::MemberList(decode(msg)?),
-    };
-    let resp = ctx.owner.call(req).await.map_err(Status::from)?;
-    Ok(match resp {
-        kv::Response::Range(r) => frame(&r),
-        kv::Response::Put(r) => frame(&r),
-        kv::Response::DeleteRange(r) => frame(&r),
-        kv::Response::Txn(r) => frame(&r),
-        kv::Response::Compact(r) => frame(&r),
-        kv::Response::Status(r) => frame(&r),
-        kv::Response::MemberList(r) => frame(&r),
-        kv::Response::Alarm(r) => frame(&r),
+        Method::Compact => kv::Request::Compact(decode_msg(msg)?),
+        Method::Status => kv::Request::Status(decode_msg(msg)?),
+        Method::Alarm => kv::Request::Alarm(decode_msg(msg)?),
+        Method::MemberList => kv::Request::MemberList(decode_msg(msg)?),
     })
+}
+
+/// Encodes a response as one framed gRPC message.
+pub fn encode_response(resp: &kv::Response) -> Bytes {
+    match resp {
+        kv::Response::Range(r) => frame(r),
+        kv::Response::Put(r) => frame(r),
+        kv::Response::DeleteRange(r) => frame(r),
+        kv::Response::Txn(r) => frame(r),
+        kv::Response::Compact(r) => frame(r),
+        kv::Response::Status(r) => frame(r),
+        kv::Response::MemberList(r) => frame(r),
+        kv::Response::Alarm(r) => frame(r),
+    }
 }
 
 /// Encodes `m` with the gRPC prefix, in one buffer.

@@ -11,7 +11,7 @@ mod grpc;
 mod http1;
 mod shard;
 
-pub use grpc::{parse_timeout, percent_decode, percent_encode};
+pub use grpc::{decode_request, encode_response, parse_timeout, percent_decode, percent_encode};
 
 use std::net::SocketAddr;
 use std::rc::Rc;
