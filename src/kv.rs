@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use crate::error::EtcdError;
+use crate::log::values::Values;
 use crate::mvcc::{KeySpan, MvccError, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb::KeyValue;
@@ -62,7 +63,7 @@ pub struct KvOptions {
 /// The state owned by one shard: the MVCC store, alarms and the member's metadata.
 pub struct KvState {
     opts: KvOptions,
-    store: Store,
+    store: Store<Values>,
     alarms: Vec<pb::AlarmMember>,
     /// Raft term reported in headers; a single node without Raft stays in term 1.
     term: u64,
@@ -72,7 +73,7 @@ impl KvState {
     pub fn new(opts: KvOptions) -> KvState {
         KvState {
             opts,
-            store: Store::default(),
+            store: Store::new(Values::default()),
             alarms: Vec::new(),
             term: 1,
         }
@@ -82,8 +83,37 @@ impl KvState {
         &self.opts
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Store<Values> {
         &self.store
+    }
+
+    pub fn values_mut(&mut self) -> &mut Values {
+        self.store.values_mut()
+    }
+
+    /// The checks that need no state, plus the space alarm: what must pass before a write is
+    /// logged (etcd's v3rpc checks, made before a request enters Raft).
+    pub fn precheck(&self, req: &Request) -> Result<()> {
+        match req {
+            Request::Range(r) => check_range(r),
+            Request::Put(r) => {
+                check_put(r)?;
+                self.check_space()
+            }
+            Request::DeleteRange(r) => check_delete(r),
+            Request::Txn(r) => {
+                check_txn(r, self.opts.max_txn_ops)?;
+                if txn_is_read_only(r) {
+                    Ok(())
+                } else {
+                    self.check_space()
+                }
+            }
+            Request::Compact(_)
+            | Request::Status(_)
+            | Request::MemberList(_)
+            | Request::Alarm(_) => Ok(()),
+        }
     }
 
     /// Executes one request. Expected failures come back as etcd errors.
@@ -237,6 +267,51 @@ impl KvState {
         self.fill(&mut resp.header);
         resp
     }
+}
+
+/// Requests that change the state go to the log before they are executed.
+pub fn is_write(req: &Request) -> bool {
+    match req {
+        Request::Put(_) | Request::DeleteRange(_) | Request::Compact(_) => true,
+        Request::Txn(t) => !txn_is_read_only(t),
+        Request::Range(_) | Request::Status(_) | Request::MemberList(_) | Request::Alarm(_) => {
+            false
+        }
+    }
+}
+
+/// A write as a log payload: one tag byte, then the request's protobuf encoding (so that a
+/// decoded put's value is a slice of the payload, and so of the log's mapping).
+pub fn encode_write(req: &Request) -> Vec<u8> {
+    use prost::Message;
+    let (tag, body) = match req {
+        Request::Put(r) => (1u8, r.encode_to_vec()),
+        Request::DeleteRange(r) => (2, r.encode_to_vec()),
+        Request::Txn(r) => (3, r.encode_to_vec()),
+        Request::Compact(r) => (4, r.encode_to_vec()),
+        other => panic!("not a write: {other:?}"),
+    };
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(tag);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The inverse of [`encode_write`], without copying: bytes fields are slices of `payload`.
+pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
+    use prost::Message;
+    let Some(&tag) = payload.first() else {
+        return Err("empty log payload".into());
+    };
+    let body = payload.slice(1..);
+    let e = |e: prost::DecodeError| format!("undecodable log payload (tag {tag}): {e}");
+    Ok(match tag {
+        1 => Request::Put(pb::PutRequest::decode(body).map_err(e)?),
+        2 => Request::DeleteRange(pb::DeleteRangeRequest::decode(body).map_err(e)?),
+        3 => Request::Txn(pb::TxnRequest::decode(body).map_err(e)?),
+        4 => Request::Compact(pb::CompactionRequest::decode(body).map_err(e)?),
+        t => return Err(format!("unknown log payload tag {t}")),
+    })
 }
 
 /// The etcd API version ferrocd serves (what Status and /version report).
@@ -595,7 +670,7 @@ fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
     }
 }
 
-fn apply_compare(s: &Store, c: &pb::Compare) -> bool {
+fn apply_compare<V: ValueStore>(s: &Store<V>, c: &pb::Compare) -> bool {
     let Ok(rr) = s.range(KeySpan::new(&c.key, &c.range_end), ReadOpts::default()) else {
         return false;
     };
@@ -611,7 +686,7 @@ fn apply_compare(s: &Store, c: &pb::Compare) -> bool {
 
 /// Every compare of a txn and of the nested txns on the taken branches is evaluated against
 /// the store as it was before the txn (etcd's compareToPath).
-fn compare_to_path(s: &Store, r: &pb::TxnRequest, path: &mut Vec<bool>) {
+fn compare_to_path<V: ValueStore>(s: &Store<V>, r: &pb::TxnRequest, path: &mut Vec<bool>) {
     let ok = r.compare.iter().all(|c| apply_compare(s, c));
     path.push(ok);
     for op in if ok { &r.success } else { &r.failure } {
@@ -663,7 +738,7 @@ fn check_requests<'a, V: ValueStore>(
     Ok(used)
 }
 
-fn txn(s: &mut Store, r: &pb::TxnRequest) -> Result<pb::TxnResponse> {
+fn txn<V: ValueStore>(s: &mut Store<V>, r: &pb::TxnRequest) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(s, r, &mut path);
     let mut t = s.write();

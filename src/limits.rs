@@ -11,6 +11,8 @@ pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 /// Requests one shard may have in flight towards the owner shard before senders wait.
 pub const SHARD_QUEUE_DEPTH: usize = 1024;
+/// Most requests the owner shard takes into one apply batch (one log write, one fdatasync).
+pub const APPLY_BATCH_REQUESTS_MAX: usize = 4096;
 /// Concurrent HTTP/2 streams per client connection (grpc-go's default in etcd is 2^32-1;
 /// we bound it so one connection cannot queue unbounded work).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;

@@ -49,10 +49,6 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     create_data_dir(&cfg.data_dir)?;
-    tracing::warn!(
-        data_dir = %cfg.data_dir,
-        "data is kept in memory only: it is lost when ferrocd stops (durable storage is not built yet)"
-    );
     let opts = ServerOptions {
         client_addrs: cfg.client_socket_addrs()?,
         shards: cfg.shards,
@@ -67,6 +63,12 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             },
             max_txn_ops: cfg.max_txn_ops,
         },
+        log_dir: Some(
+            std::path::Path::new(&cfg.data_dir)
+                .join("member")
+                .join("log"),
+        ),
+        segment_bytes: ferrocd::log::SEGMENT_BYTES_DEFAULT,
     };
     tracing::info!(
         name = %cfg.name,

@@ -18,12 +18,28 @@
 
 use super::Revision;
 
-/// Where a revision's value lives (an opaque handle of the value store), or none (tombstone).
+/// Where a revision's value lives: a location the value store interprets (for the log: a
+/// segment, an offset in it and a length), or none (a tombstone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ValueRef(pub u64);
+pub struct ValueRef {
+    pub seg: u32,
+    pub off: u32,
+    pub len: u32,
+}
 
 impl ValueRef {
-    pub const NONE: ValueRef = ValueRef(u64::MAX);
+    /// A tombstone's: no value.
+    pub const NONE: ValueRef = ValueRef {
+        seg: u32::MAX,
+        off: u32::MAX,
+        len: u32::MAX,
+    };
+    /// The empty value (it needs no storage).
+    pub const EMPTY: ValueRef = ValueRef {
+        seg: u32::MAX,
+        off: 0,
+        len: 0,
+    };
 }
 
 /// One revision of a key: when it was written, its lease and where its value is.
@@ -214,7 +230,11 @@ mod tests {
         RevEntry {
             rev: Revision { main, sub: 0 },
             lease: 0,
-            value: ValueRef(main as u64),
+            value: ValueRef {
+                seg: 0,
+                off: main as u32,
+                len: 1,
+            },
         }
     }
 
@@ -257,7 +277,7 @@ mod tests {
     fn compact_keeps_the_newest_revision_at_or_below() {
         let mut ki = example();
         let mut released = vec![];
-        ki.compact(5, &mut |v| released.push(v.0));
+        ki.compact(5, &mut |v| released.push(v.off));
         assert_eq!(released, vec![2]);
         let f = ki.get(5).unwrap();
         assert_eq!(
@@ -266,17 +286,17 @@ mod tests {
             "version survives compaction"
         );
         released.clear();
-        ki.compact(6, &mut |v| released.push(v.0));
+        ki.compact(6, &mut |v| released.push(v.off));
         // The first generation is finished at 6: 4 and the tombstone go.
-        assert_eq!(released, vec![4, ValueRef::NONE.0]);
+        assert_eq!(released, vec![4, ValueRef::NONE.off]);
         assert_eq!(ki.get(6), None);
         let f = ki.get(9).unwrap();
         assert_eq!((f.entry.rev.main, f.version), (8, 1));
         released.clear();
-        ki.compact(15, &mut |v| released.push(v.0));
+        ki.compact(15, &mut |v| released.push(v.off));
         assert_eq!(
             released,
-            vec![8, 10, ValueRef::NONE.0],
+            vec![8, 10, ValueRef::NONE.off],
             "second generation gone"
         );
         let f = ki.get(15).unwrap();

@@ -34,41 +34,58 @@ pub trait ValueStore {
 #[derive(Default)]
 pub struct MemValues {
     slots: Vec<Option<Bytes>>,
-    free: Vec<u64>,
+    free: Vec<u32>,
     live_bytes: u64,
+}
+
+impl MemValues {
+    /// The segment number heap values report in their [`ValueRef`].
+    pub const SEG: u32 = u32::MAX - 1;
 }
 
 impl ValueStore for MemValues {
     fn append(&mut self, _rev: Revision, _key: &[u8], value: &[u8]) -> ValueRef {
+        if value.is_empty() {
+            return ValueRef::EMPTY;
+        }
         let v = Bytes::copy_from_slice(value);
         self.live_bytes += v.len() as u64;
-        match self.free.pop() {
+        let len = v.len() as u32;
+        let off = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(v);
-                ValueRef(i)
+                i
             }
             None => {
                 self.slots.push(Some(v));
-                ValueRef(self.slots.len() as u64 - 1)
+                self.slots.len() as u32 - 1
             }
+        };
+        ValueRef {
+            seg: Self::SEG,
+            off,
+            len,
         }
     }
 
     fn get(&self, r: ValueRef) -> Bytes {
-        self.slots[r.0 as usize]
+        if r == ValueRef::EMPTY {
+            return Bytes::new();
+        }
+        self.slots[r.off as usize]
             .clone()
             .unwrap_or_else(|| panic!("value {r:?} read after release"))
     }
 
     fn release(&mut self, r: ValueRef) {
-        if r == ValueRef::NONE {
+        if r == ValueRef::NONE || r == ValueRef::EMPTY {
             return;
         }
-        let v = self.slots[r.0 as usize]
+        let v = self.slots[r.off as usize]
             .take()
             .unwrap_or_else(|| panic!("value {r:?} released twice"));
         self.live_bytes -= v.len() as u64;
-        self.free.push(r.0);
+        self.free.push(r.off);
     }
 
     fn live_bytes(&self) -> u64 {
@@ -170,6 +187,10 @@ impl<V: ValueStore> Store<V> {
 
     pub fn values(&self) -> &V {
         &self.values
+    }
+
+    pub fn values_mut(&mut self) -> &mut V {
+        &mut self.values
     }
 
     /// Keys in the index (live or with history).

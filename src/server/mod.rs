@@ -14,11 +14,12 @@ mod shard;
 pub use grpc::{decode_request, encode_response, parse_timeout, percent_decode, percent_encode};
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::kv::{KvOptions, KvState};
+use crate::kv::KvOptions;
 
 /// What the etcd API's /version and Status report as the server version.
 pub use crate::kv::ETCD_API_VERSION;
@@ -31,6 +32,10 @@ pub struct ServerOptions {
     /// `--max-request-bytes`.
     pub max_request_bytes: usize,
     pub kv: KvOptions,
+    /// Where the log lives; None keeps the state in memory only (tests).
+    pub log_dir: Option<PathBuf>,
+    /// Size of a log segment file.
+    pub segment_bytes: u64,
 }
 
 /// Per-shard settings shared by the connection handlers of a shard.
@@ -39,8 +44,9 @@ pub(crate) struct ShardCtx {
     pub owner: shard::Owner,
 }
 
-/// Starts every shard and blocks until they stop (they run until the process is killed:
-/// there is no durable state yet, so SIGTERM's default action is a correct shutdown).
+/// Starts every shard and blocks until they stop. They run until the process is killed:
+/// nothing is acknowledged before it is durable, so SIGTERM's (or SIGKILL's) default action
+/// is a correct shutdown.
 pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     let shards = opts.shards.max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -58,7 +64,18 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
-                let owner = links.connect(|| KvState::new(opts.kv.clone())).await;
+                let state_opts = shard::StateOptions {
+                    kv: opts.kv.clone(),
+                    log_dir: opts.log_dir.clone(),
+                    segment_bytes: opts.segment_bytes,
+                };
+                let owner = match links.connect(state_opts).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
                 let ctx = Rc::new(ShardCtx {
                     max_request_bytes: opts.max_request_bytes,
                     owner,

@@ -1,23 +1,42 @@
-//! Cross-shard forwarding: every shard but the owner sends decoded requests to shard 0 over a
-//! bounded channel and gets the answers back over another, matched by a request id.
+//! The owner shard's apply loop, and cross-shard forwarding to it.
 //!
-//! Bounded both ways (`limits::SHARD_QUEUE_DEPTH`): a sender waits when the owner is behind,
-//! which pushes back on the connection that produced the request instead of queueing.
+//! Every request, from shard 0's own connections or forwarded by another shard over a bounded
+//! channel, enters one bounded queue. The apply loop takes everything queued (up to
+//! `limits::APPLY_BATCH_REQUESTS_MAX`), appends the batch's writes to the log with one write
+//! and one fdatasync (group commit), then executes the batch in arrival order and answers.
+//! Reads of a batch are answered after its fdatasync too, so no client ever sees a write that
+//! could still be lost. While one batch's fdatasync is in flight, the next batch gathers.
+//!
+//! Each write is executed as decoded back from the log's mapping, so the index's values point
+//! into the log; recovery replays the log through the same `KvState::execute`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
 
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
 use crate::error::EtcdError;
-use crate::kv::{KvState, Request, Response};
-use crate::limits::SHARD_QUEUE_DEPTH;
+use crate::kv::{self, KvOptions, KvState, Request, Response};
+use crate::limits::{APPLY_BATCH_REQUESTS_MAX, SHARD_QUEUE_DEPTH};
+use crate::log::Log;
 
 type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
 type FromOwner = (u64, Answer);
+type Job = (Request, LocalSender<Answer>);
+
+/// Where the state lives and how it is made durable.
+#[derive(Clone, Debug)]
+pub(crate) struct StateOptions {
+    pub kv: KvOptions,
+    /// The log's directory; None keeps everything in memory (tests).
+    pub log_dir: Option<PathBuf>,
+    pub segment_bytes: u64,
+}
 
 /// The ends one shard takes with it.
 pub(crate) enum Links {
@@ -44,30 +63,41 @@ pub(crate) fn mesh(shards: usize) -> Vec<Links> {
 }
 
 impl Links {
-    /// Connects this shard's channel ends (on the shard's own executor); on the owner, creates
-    /// the state and starts one task per forwarding shard.
-    pub async fn connect(self, make_state: impl FnOnce() -> KvState) -> Owner {
+    /// Connects this shard's channel ends (on the shard's own executor). On the owner: opens
+    /// the log, replays it into a new state, and starts the apply loop and one forwarding task
+    /// per other shard.
+    pub async fn connect(self, opts: StateOptions) -> io::Result<Owner> {
         match self {
             Links::Owner(ends) => {
-                let state = Rc::new(RefCell::new(make_state()));
+                let (state, log) = recover(opts).await?;
+                let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
+                glommio::spawn_local(apply_loop(rx, state, log)).detach();
+                let tx = Rc::new(tx);
                 for (req_rx, ans_tx) in ends {
-                    let state = state.clone();
+                    let tx = tx.clone();
                     glommio::spawn_local(async move {
                         let req_rx = req_rx.connect().await;
-                        let ans_tx = ans_tx.connect().await;
+                        let ans_tx = Rc::new(ans_tx.connect().await);
                         while let Some((id, req)) = req_rx.recv().await {
-                            let answer = state.borrow_mut().execute(req);
-                            if ans_tx.send((id, answer)).await.is_err() {
+                            let (rtx, rrx) = local_channel::new_bounded(1);
+                            if tx.send((req, rtx)).await.is_err() {
                                 break;
                             }
+                            let ans_tx = ans_tx.clone();
+                            glommio::spawn_local(async move {
+                                let answer = rrx.recv().await.unwrap_or(Err(EtcdError::Stopped));
+                                let _ = ans_tx.send((id, answer)).await;
+                            })
+                            .detach();
                         }
                     })
                     .detach();
                 }
-                Owner::Local(state)
+                Ok(Owner::Local(tx))
             }
             Links::Forwarder(req_tx, ans_rx) => {
-                let waiting: Rc<RefCell<HashMap<u64, LocalSender<Answer>>>> = Rc::default();
+                let waiting: Rc<std::cell::RefCell<HashMap<u64, LocalSender<Answer>>>> =
+                    Rc::default();
                 let req_tx = req_tx.connect().await;
                 let w = waiting.clone();
                 glommio::spawn_local(async move {
@@ -81,45 +111,143 @@ impl Links {
                     }
                 })
                 .detach();
-                Owner::Remote(Rc::new(Remote {
+                Ok(Owner::Remote(Rc::new(Remote {
                     req_tx,
                     waiting,
                     next_id: Cell::new(0),
-                }))
+                })))
             }
         }
     }
 }
 
+/// Opens the log and replays it into a fresh state.
+async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
+    let mut state = KvState::new(opts.kv);
+    let Some(dir) = opts.log_dir else {
+        return Ok((state, None));
+    };
+    let rec = Log::open(&dir, opts.segment_bytes).await?;
+    for m in rec.log.segment_maps() {
+        state.values_mut().add_segment(m.clone());
+    }
+    let records = rec.payloads.len();
+    for p in rec.payloads {
+        let req = kv::decode_write(p)
+            .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
+        // Failures replay as they happened the first time (the request was answered with them).
+        let _ = state.execute(req);
+    }
+    state.values_mut().set_disk_bytes(rec.log.disk_bytes());
+    tracing::info!(
+        records,
+        revision = state.store().rev(),
+        keys = state.store().keys_indexed(),
+        "log replayed"
+    );
+    Ok((state, Some(rec.log)))
+}
+
+async fn apply_loop(rx: LocalReceiver<Job>, mut state: KvState, mut log: Option<Log>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
+    while let Some(job) = rx.recv().await {
+        batch.push(job);
+        while batch.len() < APPLY_BATCH_REQUESTS_MAX {
+            match futures_lite::future::poll_once(rx.recv()).await {
+                Some(Some(job)) => batch.push(job),
+                _ => break,
+            }
+        }
+        run_batch(&mut state, log.as_mut(), &mut batch).await;
+    }
+}
+
+enum Step {
+    Answered(LocalSender<Answer>, Answer),
+    Logged(usize, LocalSender<Answer>),
+    Direct(Request, LocalSender<Answer>),
+}
+
+async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<Job>) {
+    let mut payloads = Vec::new();
+    let mut steps = Vec::with_capacity(batch.len());
+    for (req, tx) in batch.drain(..) {
+        if let Err(e) = state.precheck(&req) {
+            steps.push(Step::Answered(tx, Err(e)));
+        } else if log.is_some() && kv::is_write(&req) {
+            payloads.push(kv::encode_write(&req));
+            steps.push(Step::Logged(payloads.len() - 1, tx));
+        } else {
+            steps.push(Step::Direct(req, tx));
+        }
+    }
+    let mut written = Vec::new();
+    if let Some(log) = log {
+        if !payloads.is_empty() {
+            written = match log.append(&payloads).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // Nothing of this batch was acknowledged; what was is durable. A failed
+                    // write or fdatasync is never retried: the node stops.
+                    tracing::error!(error = %e, "log write failed: stopping the node");
+                    std::process::exit(1);
+                }
+            };
+            let known = state.values_mut().segments();
+            for m in log.segment_maps().skip(known) {
+                state.values_mut().add_segment(m.clone());
+            }
+            state.values_mut().set_disk_bytes(log.disk_bytes());
+        }
+    }
+    for step in steps {
+        let (tx, answer) = match step {
+            Step::Answered(tx, a) => (tx, a),
+            Step::Logged(i, tx) => {
+                let req = kv::decode_write(written[i].clone())
+                    .unwrap_or_else(|e| panic!("a record just written does not decode: {e}"));
+                (tx, state.execute(req))
+            }
+            Step::Direct(req, tx) => (tx, state.execute(req)),
+        };
+        // The caller may have given up (deadline).
+        let _ = tx.try_send(answer);
+    }
+}
+
 pub(crate) struct Remote {
     req_tx: ConnectedSender<ToOwner>,
-    waiting: Rc<RefCell<HashMap<u64, LocalSender<Answer>>>>,
+    waiting: Rc<std::cell::RefCell<HashMap<u64, LocalSender<Answer>>>>,
     next_id: Cell<u64>,
 }
 
 /// How a shard reaches the state.
 #[derive(Clone)]
 pub(crate) enum Owner {
-    Local(Rc<RefCell<KvState>>),
+    Local(Rc<LocalSender<Job>>),
     Remote(Rc<Remote>),
 }
 
 impl Owner {
     /// Executes `req` on the owner shard.
     pub async fn call(&self, req: Request) -> Answer {
+        let (tx, rx) = local_channel::new_bounded(1);
         match self {
-            Owner::Local(state) => state.borrow_mut().execute(req),
+            Owner::Local(queue) => {
+                if queue.send((req, tx)).await.is_err() {
+                    return Err(EtcdError::Stopped);
+                }
+            }
             Owner::Remote(r) => {
                 let id = r.next_id.get();
                 r.next_id.set(id.wrapping_add(1));
-                let (tx, rx) = local_channel::new_bounded(1);
                 r.waiting.borrow_mut().insert(id, tx);
                 if r.req_tx.send((id, req)).await.is_err() {
                     r.waiting.borrow_mut().remove(&id);
                     return Err(EtcdError::Stopped);
                 }
-                rx.recv().await.unwrap_or(Err(EtcdError::Stopped))
             }
         }
+        rx.recv().await.unwrap_or(Err(EtcdError::Stopped))
     }
 }

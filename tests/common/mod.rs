@@ -40,6 +40,8 @@ pub fn free_port() -> u16 {
 /// A server process, killed and reaped on drop.
 pub struct Server {
     child: Child,
+    bin: String,
+    args: Vec<String>,
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: tempfile::TempDir,
@@ -100,16 +102,11 @@ impl Server {
             format!("t={peer}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let child = spawn(bin, &args, &log);
         let mut s = Server {
             child,
+            bin: bin.to_string(),
+            args,
             client_port,
             peer_port,
             dir,
@@ -145,6 +142,18 @@ impl Server {
         }
     }
 
+    /// SIGKILLs the process and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same server again (same data dir and ports), after `kill9`.
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.bin, &self.args, &self.log);
+        self.wait_healthy();
+    }
+
     /// True while the process runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -156,6 +165,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }
 
 /// A bounded HTTP/1.1 GET on loopback: (status, body).

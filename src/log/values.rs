@@ -1,0 +1,118 @@
+//! The value store of a durable node: a value is a location in a log segment, and reading it
+//! is a slice of the segment's mapping (a reference count, no copy). Values that do not come
+//! from the log (the in-memory mode of tests and benches) go to a heap slab.
+
+use bytes::Bytes;
+
+use crate::mvcc::store::MemValues;
+use crate::mvcc::{Revision, ValueRef, ValueStore};
+
+#[derive(Default)]
+pub struct Values {
+    /// Each segment's mapping, by segment number.
+    segments: Vec<Bytes>,
+    heap: MemValues,
+    /// Bytes of log values the index references.
+    log_live_bytes: u64,
+    /// Bytes the log's files occupy (set by the owner of the log).
+    disk_bytes: u64,
+}
+
+impl Values {
+    /// Makes a segment's values addressable; returns its number.
+    pub fn add_segment(&mut self, map: Bytes) -> u32 {
+        self.segments.push(map);
+        self.segments.len() as u32 - 1
+    }
+
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn set_disk_bytes(&mut self, b: u64) {
+        self.disk_bytes = b;
+    }
+
+    /// The segment holding `value`, and its offset there, if the value is a slice of one.
+    fn locate(&self, value: &[u8]) -> Option<(u32, u32)> {
+        let p = value.as_ptr() as usize;
+        // Nearly always the newest segment.
+        self.segments.iter().enumerate().rev().find_map(|(i, m)| {
+            let base = m.as_ptr() as usize;
+            (base <= p && p + value.len() <= base + m.len()).then(|| (i as u32, (p - base) as u32))
+        })
+    }
+}
+
+impl ValueStore for Values {
+    fn append(&mut self, rev: Revision, key: &[u8], value: &[u8]) -> ValueRef {
+        if value.is_empty() {
+            return ValueRef::EMPTY;
+        }
+        match self.locate(value) {
+            Some((seg, off)) => {
+                self.log_live_bytes += value.len() as u64;
+                ValueRef {
+                    seg,
+                    off,
+                    len: value.len() as u32,
+                }
+            }
+            None => self.heap.append(rev, key, value),
+        }
+    }
+
+    fn get(&self, r: ValueRef) -> Bytes {
+        if r == ValueRef::EMPTY {
+            return Bytes::new();
+        }
+        if r.seg == MemValues::SEG {
+            return self.heap.get(r);
+        }
+        let start = r.off as usize;
+        self.segments[r.seg as usize].slice(start..start + r.len as usize)
+    }
+
+    fn release(&mut self, r: ValueRef) {
+        if r == ValueRef::NONE || r == ValueRef::EMPTY {
+            return;
+        }
+        if r.seg == MemValues::SEG {
+            self.heap.release(r);
+        } else {
+            self.log_live_bytes -= r.len as u64;
+        }
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.log_live_bytes + self.heap.live_bytes()
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.disk_bytes + self.heap.total_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_inside_a_segment_are_located_not_copied() {
+        let mut v = Values::default();
+        let seg = Bytes::from(b"....hello....".to_vec());
+        v.add_segment(seg.clone());
+        let r = v.append(Revision::default(), b"k", &seg[4..9]);
+        assert_eq!((r.seg, r.off, r.len), (0, 4, 5));
+        let got = v.get(r);
+        assert_eq!(&got[..], b"hello");
+        assert_eq!(got.as_ptr(), seg[4..].as_ptr(), "a slice of the mapping");
+        let h = v.append(Revision::default(), b"k", b"elsewhere");
+        assert_eq!(h.seg, MemValues::SEG);
+        assert_eq!(&v.get(h)[..], b"elsewhere");
+        assert_eq!(v.live_bytes(), 5 + 9);
+        v.release(r);
+        v.release(h);
+        assert_eq!(v.live_bytes(), 0);
+    }
+}
