@@ -12,7 +12,9 @@ use crate::error::{Code, Status};
 use crate::proto::etcdserverpb as pb;
 use crate::server::percent_decode;
 
-/// One HTTP/2 connection to an endpoint.
+/// One HTTP/2 connection to an endpoint. Clones share the connection: each call is its own
+/// HTTP/2 stream, so many calls can be in flight at once.
+#[derive(Clone)]
 pub struct Client {
     send: h2::client::SendRequest<Bytes>,
     authority: String,
