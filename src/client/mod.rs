@@ -10,7 +10,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::error::{Code, Status};
 use crate::proto::etcdserverpb as pb;
-use crate::server::percent_decode;
+use crate::server::{percent_decode, with_deadline};
 
 /// One HTTP/2 connection to an endpoint. Clones share the connection: each call is its own
 /// HTTP/2 stream, so many calls can be in flight at once.
@@ -204,18 +204,4 @@ fn grpc_status(h: &http::HeaderMap) -> Option<Option<Status>> {
         .map(percent_decode)
         .unwrap_or_default();
     Some(Some(Status::new(Code::from_i32(code), message)))
-}
-
-async fn with_deadline<T>(
-    f: impl std::future::Future<Output = Result<T, Status>>,
-    d: Duration,
-) -> Result<T, Status> {
-    futures_lite::future::or(f, async {
-        glommio::timer::sleep(d).await;
-        Err(Status::new(
-            Code::DeadlineExceeded,
-            "context deadline exceeded",
-        ))
-    })
-    .await
 }

@@ -92,30 +92,39 @@ const GLOBAL_BOOL_FLAGS: &[&str] = &[
     "insecure-skip-tls-verify",
 ];
 
+/// Flags of put, get and del (also inside a txn).
+const OP_VALUE_FLAGS: &[&str] = &["lease", "limit", "rev", "sort-by", "order", "consistency"];
+const OP_BOOL_FLAGS: &[&str] = &[
+    "prev-kv",
+    "ignore-value",
+    "ignore-lease",
+    "prefix",
+    "from-key",
+    "keys-only",
+    "count-only",
+];
+/// Flags of the other commands.
+const OTHER_BOOL_FLAGS: &[&str] = &[
+    "print-value-only",
+    "physical",
+    "interactive",
+    "i",
+    "cluster",
+];
+
 fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failure> {
-    let (cmd_value, cmd_bool): (&[&str], &[&str]) = (
-        &["lease", "limit", "rev", "sort-by", "order", "consistency"],
-        &[
-            "prev-kv",
-            "ignore-value",
-            "ignore-lease",
-            "prefix",
-            "from-key",
-            "keys-only",
-            "count-only",
-            "print-value-only",
-            "physical",
-            "interactive",
-            "i",
-            "cluster",
-        ],
-    );
+    let cmd_value = OP_VALUE_FLAGS;
+    let cmd_bool: Vec<&str> = OP_BOOL_FLAGS
+        .iter()
+        .chain(OTHER_BOOL_FLAGS)
+        .copied()
+        .collect();
     let value_flags: Vec<&str> = GLOBAL_VALUE_FLAGS
         .iter()
         .chain(cmd_value)
         .copied()
         .collect();
-    let bool_flags: Vec<&str> = GLOBAL_BOOL_FLAGS.iter().chain(cmd_bool).copied().collect();
+    let bool_flags: Vec<&str> = GLOBAL_BOOL_FLAGS.iter().chain(&cmd_bool).copied().collect();
     let f = Flags::parse(&args, &value_flags, &bool_flags)?;
     for unsupported in ["user", "password", "cacert", "cert", "key"] {
         if f.value(unsupported).is_some() {

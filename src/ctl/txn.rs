@@ -109,17 +109,7 @@ fn argify(line: &str) -> Vec<String> {
 
 fn parse_op(line: &str) -> Result<Op, Failure> {
     let args = argify(line);
-    let value_flags = ["lease", "limit", "rev", "sort-by", "order", "consistency"];
-    let bool_flags = [
-        "prev-kv",
-        "ignore-value",
-        "ignore-lease",
-        "prefix",
-        "from-key",
-        "keys-only",
-        "count-only",
-    ];
-    let f = super::flags::Flags::parse(&args, &value_flags, &bool_flags)?;
+    let f = super::flags::Flags::parse(&args, super::OP_VALUE_FLAGS, super::OP_BOOL_FLAGS)?;
     let pos: Vec<&str> = f.positional.iter().map(String::as_str).collect();
     match pos.as_slice() {
         ["get", rest @ ..] => Ok(Op::RequestRange(get_request(rest, &f)?)),

@@ -161,16 +161,7 @@ pub(crate) async fn handle(
         call(method, msg, &ctx).await
     };
     let result = match deadline {
-        Some(d) => {
-            futures_lite::future::or(work, async {
-                glommio::timer::sleep(d).await;
-                Err(Status::new(
-                    Code::DeadlineExceeded,
-                    "context deadline exceeded",
-                ))
-            })
-            .await
-        }
+        Some(d) => with_deadline(work, d).await,
         None => work.await,
     };
     let sent = match result {
@@ -180,6 +171,21 @@ pub(crate) async fn handle(
     if let Err(e) = sent {
         tracing::debug!(error = %e, "client went away before the response");
     }
+}
+
+/// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d`.
+pub async fn with_deadline<T>(
+    f: impl std::future::Future<Output = Result<T, Status>>,
+    d: Duration,
+) -> Result<T, Status> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(d).await;
+        Err(Status::new(
+            Code::DeadlineExceeded,
+            "context deadline exceeded",
+        ))
+    })
+    .await
 }
 
 /// Reads one length-prefixed message of at most `limit` bytes.

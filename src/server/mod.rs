@@ -11,7 +11,9 @@ mod grpc;
 mod http1;
 mod shard;
 
-pub use grpc::{decode_request, encode_response, parse_timeout, percent_decode, percent_encode};
+pub use grpc::{
+    decode_request, encode_response, parse_timeout, percent_decode, percent_encode, with_deadline,
+};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
