@@ -220,6 +220,14 @@ async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Statu
         match body.data().await {
             Some(Ok(chunk)) => {
                 let _ = body.flow_control().release_capacity(chunk.len());
+                // The common case: the whole message in the first DATA frame. Slice it
+                // instead of copying it.
+                if buf.is_empty() && chunk.len() >= 5 && chunk[0] == 0 {
+                    let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
+                    if len <= limit && chunk.len() >= 5 + len {
+                        return Ok(chunk.slice(5..5 + len));
+                    }
+                }
                 buf.extend_from_slice(&chunk);
                 if declared.is_none() && buf.len() > 5 + limit {
                     return Err(Status::new(Code::ResourceExhausted, "message too large"));

@@ -22,7 +22,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 use crate::error::EtcdError;
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{APPLY_BATCH_REQUESTS_MAX, SHARD_QUEUE_DEPTH};
-use crate::log::Log;
+use crate::log::{Log, LogStats};
 
 type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
@@ -150,6 +150,7 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
 
 async fn apply_loop(rx: LocalReceiver<Job>, mut state: KvState, mut log: Option<Log>) {
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
+    let mut reported = (std::time::Instant::now(), LogStats::default());
     while let Some(job) = rx.recv().await {
         batch.push(job);
         while batch.len() < APPLY_BATCH_REQUESTS_MAX {
@@ -159,7 +160,32 @@ async fn apply_loop(rx: LocalReceiver<Job>, mut state: KvState, mut log: Option<
             }
         }
         run_batch(&mut state, log.as_mut(), &mut batch).await;
+        if let Some(log) = &log {
+            if reported.0.elapsed() >= LOG_STATS_INTERVAL {
+                report(&reported.1, &log.stats());
+                reported = (std::time::Instant::now(), log.stats());
+            }
+        }
     }
+}
+
+/// How often the log's group-commit figures are logged (until the metrics endpoint exists).
+const LOG_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn report(before: &LogStats, now: &LogStats) {
+    let batches = now.batches - before.batches;
+    if batches == 0 {
+        return;
+    }
+    let records = now.records - before.records;
+    tracing::info!(
+        batches,
+        records,
+        records_per_fdatasync = format!("{:.1}", records as f64 / batches as f64),
+        fdatasync_avg_us = (now.fsync_micros_total - before.fsync_micros_total) / batches,
+        fdatasync_max_us_since_start = now.fsync_micros_max,
+        "log group commit"
+    );
 }
 
 enum Step {
