@@ -5,13 +5,14 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use prost::Message;
 
-use super::ShardCtx;
+use super::stream::MessageReader;
+use super::{snapshot, ShardCtx};
 use crate::error::{Code, EtcdError, Status};
 use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
@@ -28,6 +29,8 @@ enum Method {
     Status,
     Alarm,
     MemberList,
+    /// Server streaming.
+    Snapshot,
 }
 
 /// Every service and method of etcd's API, to tell "not implemented yet" from "unknown".
@@ -112,6 +115,7 @@ fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.KV", "Compact") => Method::Compact,
         ("etcdserverpb.Maintenance", "Status") => Method::Status,
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
+        ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         _ => {
             return match SERVICES.iter().find(|(s, _)| *s == service) {
@@ -154,10 +158,24 @@ pub(crate) async fn handle(
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_timeout);
+    let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut reader = MessageReader::new(body, limit);
+    if route(parts.uri.path()) == Ok(Method::Snapshot) {
+        let result = match reader.one().await {
+            Ok(msg) => match decode_msg::<pb::SnapshotRequest>(msg) {
+                Ok(_) => snapshot::serve(&mut respond, &ctx).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(status) = result {
+            let _ = send_status(&mut respond, &status);
+        }
+        return;
+    }
     let work = async {
         let method = route(parts.uri.path())?;
-        let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let msg = read_message(body, limit).await?;
+        let msg = reader.one().await?;
         call(method, msg, &ctx).await
     };
     let result = match deadline {
@@ -186,67 +204,6 @@ pub async fn with_deadline<T>(
         ))
     })
     .await
-}
-
-/// Reads one length-prefixed message of at most `limit` bytes.
-async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Status> {
-    let mut buf = BytesMut::new();
-    let mut declared: Option<usize> = None;
-    loop {
-        if declared.is_none() && buf.len() >= 5 {
-            if buf[0] != 0 {
-                return Err(Status::new(
-                    Code::Unimplemented,
-                    "grpc: compressed messages are not supported",
-                ));
-            }
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len > limit {
-                return Err(Status::new(
-                    Code::ResourceExhausted,
-                    format!("grpc: received message larger than max ({len} vs. {limit})"),
-                ));
-            }
-            buf.reserve(5 + len - buf.len().min(5 + len));
-            declared = Some(len);
-        }
-        if let Some(len) = declared {
-            if buf.len() >= 5 + len {
-                buf.advance(5);
-                buf.truncate(len);
-                return Ok(buf.freeze());
-            }
-        }
-        match body.data().await {
-            Some(Ok(chunk)) => {
-                let _ = body.flow_control().release_capacity(chunk.len());
-                // The common case: the whole message in the first DATA frame. Slice it
-                // instead of copying it.
-                if buf.is_empty() && chunk.len() >= 5 && chunk[0] == 0 {
-                    let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
-                    if len <= limit && chunk.len() >= 5 + len {
-                        return Ok(chunk.slice(5..5 + len));
-                    }
-                }
-                buf.extend_from_slice(&chunk);
-                if declared.is_none() && buf.len() > 5 + limit {
-                    return Err(Status::new(Code::ResourceExhausted, "message too large"));
-                }
-            }
-            Some(Err(e)) => {
-                return Err(Status::new(
-                    Code::Internal,
-                    format!("grpc: error reading request: {e}"),
-                ))
-            }
-            None => {
-                return Err(Status::new(
-                    Code::Internal,
-                    "grpc: error reading request: unexpected EOF",
-                ))
-            }
-        }
-    }
 }
 
 fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
@@ -303,6 +260,7 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::Status => kv::Request::Status(decode_msg(msg)?),
         Method::Alarm => kv::Request::Alarm(decode_msg(msg)?),
         Method::MemberList => kv::Request::MemberList(decode_msg(msg)?),
+        Method::Snapshot => unreachable!("a streaming method is not decoded as a unary request"),
     })
 }
 
@@ -321,7 +279,7 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
 }
 
 /// Encodes `m` with the gRPC prefix, in one buffer.
-pub(crate) fn frame<M: Message>(m: &M) -> Bytes {
+pub fn frame<M: Message>(m: &M) -> Bytes {
     let len = m.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);

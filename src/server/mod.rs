@@ -10,6 +10,10 @@ mod conn;
 mod grpc;
 mod http1;
 mod shard;
+mod snapshot;
+mod stream;
+
+pub use snapshot::SNAPSHOT_MAGIC;
 
 pub use grpc::{
     decode_request, encode_response, parse_timeout, percent_decode, percent_encode, with_deadline,
