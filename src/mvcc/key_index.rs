@@ -134,6 +134,9 @@ impl KeyIndex {
             .expect("key index has a generation");
         if g.revs.is_empty() {
             g.created = entry.rev;
+            // Most keys are written once between compactions: room for exactly one revision
+            // (a plain push would reserve four, 120 bytes more per key).
+            g.revs.reserve_exact(1);
         }
         g.revs.push(entry);
         g.ver += 1;
