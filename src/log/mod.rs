@@ -38,6 +38,8 @@ pub struct LogStats {
 }
 
 pub struct Log {
+    /// Holds the directory's exclusive lock for as long as the log is open.
+    _lock: std::fs::File,
     dir: PathBuf,
     segment_bytes: u64,
     /// Oldest first; the last one takes the appends.
@@ -64,6 +66,7 @@ impl Log {
     /// acknowledged data, naming the file and offset.
     pub async fn open(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create log directory", e))?;
+        let lock = lock_dir(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| err(dir, "cannot list", e))? {
             let path = entry.map_err(|e| err(dir, "cannot list", e))?.path();
@@ -78,6 +81,7 @@ impl Log {
                     // A segment whose creation did not complete: never written to.
                     let _ = std::fs::remove_file(&path);
                 }
+                None if path.file_name().is_some_and(|n| n == LOCK_FILE) => {}
                 None => return Err(err(&path, "unexpected file in the log directory", "")),
             }
         }
@@ -142,6 +146,7 @@ impl Log {
         };
         Ok(Recovered {
             log: Log {
+                _lock: lock,
                 dir: dir.to_path_buf(),
                 segment_bytes,
                 segments,
@@ -237,6 +242,31 @@ impl Log {
     }
 }
 
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes an exclusive lock on the log directory: two processes appending to one log would
+/// interleave their records. The lock goes with the process (even on kill -9).
+fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(&path, "cannot open", e))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(err(
+            dir,
+            "the data directory is in use by another process (cannot lock)",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
+}
+
 fn tail_is_zero(b: &[u8], from: usize) -> bool {
     b[from.min(b.len())..].iter().all(|&x| x == 0)
 }
@@ -323,6 +353,17 @@ mod tests {
             let rec = Log::open(&path, 1 << 20).await.unwrap();
             assert_eq!(rec.payloads.len(), 3);
         });
+    }
+
+    #[test]
+    fn a_second_opener_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let e = run(async move {
+            let _first = Log::open(&path, 1 << 20).await.unwrap();
+            Log::open(&path, 1 << 20).await.err().unwrap().to_string()
+        });
+        assert!(e.contains("in use by another process"), "{e}");
     }
 
     #[test]
