@@ -1,0 +1,79 @@
+//! The tutorial's etcd configuration file (tests/data/seed-etcd-config.yml, a copy of the
+//! user's seed) parses as it is. Until TLS and auth land, starting with it is refused, naming
+//! the first key ferrocd does not implement yet; never silently ignored.
+
+use ferrocd::config::Config;
+
+fn seed_with_ip(ip: &str) -> tempfile::NamedTempFile {
+    let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text.replace("<NODE-IP>", ip)).unwrap();
+    f
+}
+
+#[test]
+fn the_seed_config_is_read_and_refused_naming_the_first_unimplemented_key() {
+    let f = seed_with_ip("127.0.0.1");
+    let e = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
+        .unwrap_err();
+    assert_eq!(e.0, "auth-token is recognised but not implemented yet");
+}
+
+#[test]
+fn the_seed_without_the_unimplemented_keys_starts_a_config() {
+    let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
+    // Keep only what ferrocd implements today: drop auth, compaction and TLS sections, and the
+    // second member (clusters need Raft).
+    let mut kept = Vec::new();
+    let mut skipping_section = false;
+    for line in text.replace("<NODE-IP>", "127.0.0.1").lines() {
+        let is_key = !line.starts_with(' ') && !line.starts_with('#') && line.contains(':');
+        if is_key {
+            let key = line.split(':').next().unwrap();
+            skipping_section = [
+                "auth-token",
+                "enable-authorization",
+                "auto-compaction-mode",
+                "auto-compaction-retention",
+                "client-transport-security",
+                "peer-transport-security",
+            ]
+            .contains(&key);
+        }
+        if skipping_section {
+            continue;
+        }
+        if line.starts_with("initial-cluster:") {
+            kept.push("initial-cluster: node-1=http://127.0.0.1:2380".to_string());
+        } else {
+            kept.push(line.to_string());
+        }
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), kept.join("\n")).unwrap();
+    let c = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
+        .unwrap();
+    assert_eq!(c.name, "node-1");
+    assert_eq!(c.data_dir, "/var/lib/etcd/default.etcd");
+    assert_eq!(
+        c.listen_client_urls,
+        ["http://127.0.0.1:2379", "http://127.0.0.1:2379"]
+    );
+    assert_eq!(c.initial_cluster_token, "etcd-cluster-1");
+}
+
+#[test]
+fn a_placeholder_left_in_a_url_is_named() {
+    let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    // Without the unimplemented keys, the next problem is the <NODE-IP> placeholder.
+    let cut: String = text
+        .lines()
+        .take_while(|l| !l.starts_with("# Enable authentication"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(f.path(), cut).unwrap();
+    let e = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
+        .unwrap_err();
+    assert!(e.0.contains("<NODE-IP>"), "{e}");
+}
