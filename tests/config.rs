@@ -51,8 +51,8 @@ fn the_seed_without_the_unimplemented_keys_starts_a_config() {
     }
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), kept.join("\n")).unwrap();
-    let c = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
-        .unwrap();
+    let c =
+        Config::from_args(["--config-file".to_string(), f.path().display().to_string()]).unwrap();
     assert_eq!(c.name, "node-1");
     assert_eq!(c.data_dir, "/var/lib/etcd/default.etcd");
     assert_eq!(

@@ -89,6 +89,11 @@ struct Workload {
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     key_space: u64,
+    /// Open loop: offered requests per second in all (0: closed loop). Latency is measured
+    /// from each request's intended send time, so a server that falls behind is not hidden
+    /// by the clients waiting for it (coordinated omission).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// loadgen's own threads (one glommio executor each).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -105,6 +110,8 @@ struct Report {
     hist: Histogram<u64>,
     server_cpu_s: Option<f64>,
     own_cpu_s: f64,
+    /// Open loop: how late loadgen itself sent each request (part of the latency above).
+    lateness: Histogram<u64>,
 }
 
 impl Report {
@@ -134,6 +141,13 @@ impl Report {
             self.q_ms(0.999),
             self.hist.max() as f64 / 1000.0
         );
+        if !self.lateness.is_empty() {
+            println!(
+                "{name}: open loop: loadgen sent late by p50 {:.3} ms, p99 {:.3} ms (counted in the latency)",
+                self.lateness.value_at_quantile(0.5) as f64 / 1000.0,
+                self.lateness.value_at_quantile(0.99) as f64 / 1000.0
+            );
+        }
         if let Some(us) = self.server_us_per_req() {
             println!("{name}: server CPU {us:.1} us per request");
         }
@@ -220,25 +234,29 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     let threads = w.threads.max(1);
     let server_before = cpu_seconds(server_pid);
     let own_before = cpu_seconds(None).unwrap_or(0.0);
-    let start = Instant::now();
+    let start = Instant::now() + Duration::from_millis(200);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let endpoints = endpoints.to_vec();
             let w = w.clone();
             let issued = issued.clone();
+            // Connections are set up first; the load starts at `start`.
+            let start_at = start;
             std::thread::spawn(move || {
                 glommio::LocalExecutorBuilder::default()
                     .make()
                     .expect("executor")
-                    .run(thread_main(t, threads, endpoints, w, issued))
+                    .run(thread_main(t, threads, endpoints, w, issued, start_at))
             })
         })
         .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut errors = 0;
+    let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     for h in handles {
-        let (hh, e) = h.join().expect("loadgen thread");
+        let (hh, e, l) = h.join().expect("loadgen thread");
         hist.add(hh).expect("same bounds");
+        lateness.add(l).expect("same bounds");
         errors += e;
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -252,6 +270,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         },
         own_cpu_s: cpu_seconds(None).unwrap_or(0.0) - own_before,
         hist,
+        lateness,
     }
 }
 
@@ -261,12 +280,19 @@ async fn thread_main(
     endpoints: Vec<String>,
     w: Workload,
     issued: Arc<AtomicU64>,
-) -> (Histogram<u64>, u64) {
+    start_at: Instant,
+) -> (Histogram<u64>, u64, Histogram<u64>) {
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
     let errors = Rc::new(RefCell::new(0u64));
+    let lateness = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
     let conns: Vec<usize> = (0..w.conns.max(1)).filter(|c| c % threads == t).collect();
+    // Global client numbers: thread t's clients follow those of the threads before it.
+    let issued_clients = std::cell::Cell::new(t * (w.clients / threads.max(1)));
+    let started = start_at;
     let mut tasks = Vec::new();
     let value = Bytes::from(vec![b'v'; w.val_size]);
     for (ci, c) in conns.iter().enumerate() {
@@ -279,23 +305,50 @@ async fn thread_main(
             (w.clients / w.conns.max(1)).max(1) + usize::from(ci + t < w.clients % w.conns.max(1));
         for _ in 0..per_conn {
             let mut client = client.clone();
-            let (w, issued, hist, errors, value) = (
+            let (w, issued, hist, errors, value, lateness) = (
                 w.clone(),
                 issued.clone(),
                 hist.clone(),
                 errors.clone(),
                 value.clone(),
+                lateness.clone(),
             );
+            // Open loop: this client sends requests gi, gi + clients, gi + 2 * clients, ...
+            // each at start + k / rate.
+            let gi = issued_clients.get();
+            issued_clients.set(gi + 1);
             tasks.push(glommio::spawn_local(async move {
+                let mut k = gi as u64;
+                // Everyone starts together, once every connection is up.
+                let now = Instant::now();
+                if started > now {
+                    glommio::timer::sleep(started - now).await;
+                }
                 loop {
-                    let i = issued.fetch_add(1, Ordering::Relaxed);
-                    if i >= w.total {
-                        break;
-                    }
+                    let (i, intended) = if w.rate > 0.0 {
+                        if k >= w.total {
+                            break;
+                        }
+                        let at = started + Duration::from_secs_f64(k as f64 / w.rate);
+                        let this = k;
+                        k += w.clients.max(1) as u64;
+                        let now = Instant::now();
+                        if at > now {
+                            glommio::timer::sleep(at - now).await;
+                        }
+                        let late = at.elapsed().as_micros().max(1) as u64;
+                        let _ = lateness.borrow_mut().record(late.min(60_000_000));
+                        (this, at)
+                    } else {
+                        let i = issued.fetch_add(1, Ordering::Relaxed);
+                        if i >= w.total {
+                            break;
+                        }
+                        (i, Instant::now())
+                    };
                     let n = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
-                    let start = Instant::now();
                     if one(&mut client, &w, n, &value).await {
-                        let us = start.elapsed().as_micros().max(1) as u64;
+                        let us = intended.elapsed().as_micros().max(1) as u64;
                         let _ = hist.borrow_mut().record(us.min(60_000_000));
                     } else {
                         *errors.borrow_mut() += 1;
@@ -309,7 +362,8 @@ async fn thread_main(
     }
     let h = hist.borrow().clone();
     let e = *errors.borrow();
-    (h, e)
+    let l = lateness.borrow().clone();
+    (h, e, l)
 }
 
 fn write_hgrm(path: &str, r: &Report) {

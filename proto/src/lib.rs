@@ -4,25 +4,64 @@
 //! message names, field names and numbers, so that the wire format is identical and real etcd
 //! clients talk to ferrocd unchanged. They are compiled at build time by protox (no system
 //! protoc needed) and prost; every `bytes` field is a `bytes::Bytes`.
+//!
+//! The modules are siblings named after the proto packages because the generated code of
+//! `etcdserverpb` refers to `super::mvccpb` and `super::authpb` (and the election and lock
+//! services to `super::etcdserverpb`). Field names are prost's snake case of etcd's names:
+//! `ID` is `id`, `TTL` is `ttl`, `dbSize` is `db_size`, and `peerURLs`/`clientURLs` become
+//! `peer_ur_ls`/`client_ur_ls`.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
-
+/// Key-values and watch events (`mvccpb`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
 
+/// Users, roles and permissions (`authpb`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
 pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
 }
 
+/// The KV, Watch, Lease, Cluster, Maintenance and Auth services (`etcdserverpb`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
+/// The Election service (`v3electionpb`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
 }
 
+/// The Lock service (`v3lockpb`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
 }
@@ -63,11 +102,14 @@ mod tests {
             max_create_revision: 1,
             ..Default::default()
         };
-        // field 5 varint 2, field 6 varint 3, field 13 varint 1
-        assert_eq!(
-            req.encode_to_vec(),
-            [0x0a, 1, b'a', 0x28, 2, 0x30, 3, 0x68, 1]
-        );
+        // field 1 LEN "a", field 5 varint 2, field 6 varint 3, field 13 varint 1 (tag 13 << 3 = 0x68)
+        let bytes = req.encode_to_vec();
+        assert_eq!(bytes, [0x0a, 1, b'a', 0x28, 2, 0x30, 3, 0x68, 1]);
+        let back = RangeRequest::decode(&bytes[..]).unwrap();
+        assert_eq!(back.sort_order(), range_request::SortOrder::Descend);
+        assert_eq!(back.sort_target(), range_request::SortTarget::Mod);
+        assert_eq!(back, req);
+
         let c = Compare {
             key: Bytes::from_static(b"k"),
             target: compare::CompareTarget::Mod as i32,
@@ -75,16 +117,81 @@ mod tests {
             range_end: Bytes::from_static(b"z"),
             ..Default::default()
         };
-        // field 2 varint 2, field 3 LEN, field 6 varint 6, field 64 LEN (tag 0x82 0x04)
+        // result EQUAL(0) is omitted; field 2 varint 2, field 3 LEN "k", field 6 varint 6,
+        // field 64 LEN "z" (tag 64 << 3 | 2 = 514, varint 0x82 0x04)
+        let bytes = c.encode_to_vec();
         assert_eq!(
-            c.encode_to_vec(),
+            bytes,
             [0x10, 2, 0x1a, 1, b'k', 0x30, 6, 0x82, 0x04, 1, b'z']
         );
+        let back = Compare::decode(&bytes[..]).unwrap();
+        assert_eq!(back.result(), compare::CompareResult::Equal);
+        assert_eq!(
+            back.target_union,
+            Some(compare::TargetUnion::ModRevision(6))
+        );
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn oneofs_and_packed_enums() {
+        // RequestOp.request_put is field 2; the nested PutRequest has key "k" only.
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::from_static(b"k"),
+                ..Default::default()
+            })),
+        };
+        let bytes = op.encode_to_vec();
+        assert_eq!(bytes, [0x12, 3, 0x0a, 1, b'k']);
+        assert_eq!(RequestOp::decode(&bytes[..]).unwrap(), op);
+
+        // WatchRequest.create_request is field 1; filters (field 5) is a packed repeated enum.
+        let w = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    filters: vec![watch_create_request::FilterType::Nodelete as i32],
+                    watch_id: 7,
+                    ..Default::default()
+                },
+            )),
+        };
+        let bytes = w.encode_to_vec();
+        assert_eq!(bytes, [0x0a, 5, 0x2a, 1, 1, 0x38, 7]);
+        assert_eq!(WatchRequest::decode(&bytes[..]).unwrap(), w);
+    }
+
+    #[test]
+    fn bytes_fields_decode_without_copying() {
+        let buf = Bytes::from(
+            PutRequest {
+                key: Bytes::from_static(b"key"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let req = PutRequest::decode(buf.clone()).unwrap();
+        // The decoded key points into the input buffer.
+        assert_eq!(req.key.as_ptr(), buf[2..].as_ptr());
     }
 
     #[test]
     fn descriptor_set_is_embedded() {
-        assert!(super::FILE_DESCRIPTOR_SET.len() > 1000);
-        assert_eq!(super::FILE_DESCRIPTOR_SET[0], 0x0a);
+        let fds = super::FILE_DESCRIPTOR_SET;
+        assert!(fds.len() > 1000);
+        // FileDescriptorSet.file is field 1, LEN: tag 0x0a.
+        assert_eq!(fds[0], 0x0a);
+        for name in [
+            "mvccpb/kv.proto",
+            "authpb/auth.proto",
+            "etcdserverpb/rpc.proto",
+            "v3electionpb/v3election.proto",
+            "v3lockpb/v3lock.proto",
+        ] {
+            assert!(
+                fds.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name} missing from the descriptor set"
+            );
+        }
     }
 }
