@@ -47,6 +47,7 @@ run() {
   echo "| workload | ferrocd req/s | etcd req/s | ratio | ferrocd p50 ms | etcd p50 ms | ferrocd p99 ms | etcd p99 ms | ferrocd CPU us/req | etcd CPU us/req |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   run "$total" --workload put --clients 100 --conns 10
+  run "$total" --workload put --clients 100 --conns 10 --rate 15000
   run $((total / 10)) --workload put --clients 1 --conns 1
   run "$total" --workload txn-put --clients 100 --conns 10
   run "$total" --workload range --clients 100 --conns 10

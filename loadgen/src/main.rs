@@ -442,8 +442,13 @@ fn main() {
                 r.server_us_per_req()
                     .map_or("-".to_string(), |c| format!("{c:.1}"))
             };
+            let rate = if w.rate > 0.0 {
+                format!(" at {:.0}/s", w.rate)
+            } else {
+                String::new()
+            };
             println!(
-                "| {:?} c={} conns={} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                "| {:?} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
                 w.workload,
                 w.clients,
                 w.conns,
