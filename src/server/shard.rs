@@ -27,7 +27,32 @@ use crate::log::{Log, LogStats};
 type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
 type FromOwner = (u64, Answer);
-type Job = (Request, LocalSender<Answer>);
+type Job = (Request, Reply);
+
+/// Where an answer goes: a caller on the owner shard, or a request id on another shard's
+/// answer channel (answered by the apply loop itself: no task or channel per request).
+pub(crate) enum Reply {
+    Local(LocalSender<Answer>),
+    Remote(Rc<ConnectedSender<FromOwner>>, u64),
+}
+
+impl Reply {
+    async fn send(self, answer: Answer) {
+        match self {
+            // The caller may have given up (deadline).
+            Reply::Local(tx) => drop(tx.try_send(answer)),
+            Reply::Remote(tx, id) => {
+                // Wait only when the other shard's answer queue is full (back-pressure).
+                use glommio::{GlommioError, ResourceType};
+                if let Err(GlommioError::WouldBlock(ResourceType::Channel(item))) =
+                    tx.try_send((id, answer))
+                {
+                    let _ = tx.send(item).await;
+                }
+            }
+        }
+    }
+}
 
 /// Where the state lives and how it is made durable.
 #[derive(Clone, Debug)]
@@ -79,16 +104,13 @@ impl Links {
                         let req_rx = req_rx.connect().await;
                         let ans_tx = Rc::new(ans_tx.connect().await);
                         while let Some((id, req)) = req_rx.recv().await {
-                            let (rtx, rrx) = local_channel::new_bounded(1);
-                            if tx.send((req, rtx)).await.is_err() {
+                            if tx
+                                .send((req, Reply::Remote(ans_tx.clone(), id)))
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
-                            let ans_tx = ans_tx.clone();
-                            glommio::spawn_local(async move {
-                                let answer = rrx.recv().await.unwrap_or(Err(EtcdError::Stopped));
-                                let _ = ans_tx.send((id, answer)).await;
-                            })
-                            .detach();
                         }
                     })
                     .detach();
@@ -189,9 +211,9 @@ fn report(before: &LogStats, now: &LogStats) {
 }
 
 enum Step {
-    Answered(LocalSender<Answer>, Answer),
-    Logged(usize, LocalSender<Answer>),
-    Direct(Request, LocalSender<Answer>),
+    Answered(Reply, Answer),
+    Logged(usize, Reply),
+    Direct(Request, Reply),
 }
 
 async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<Job>) {
@@ -236,8 +258,7 @@ async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<J
             }
             Step::Direct(req, tx) => (tx, state.execute(req)),
         };
-        // The caller may have given up (deadline).
-        let _ = tx.try_send(answer);
+        tx.send(answer).await;
     }
 }
 
@@ -260,7 +281,7 @@ impl Owner {
         let (tx, rx) = local_channel::new_bounded(1);
         match self {
             Owner::Local(queue) => {
-                if queue.send((req, tx)).await.is_err() {
+                if queue.send((req, Reply::Local(tx))).await.is_err() {
                     return Err(EtcdError::Stopped);
                 }
             }
