@@ -87,6 +87,11 @@ impl KvState {
         &self.store
     }
 
+    /// Trims up to `max_keys` keys of a pending compaction; false when none is left.
+    pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        self.store.compact_step(max_keys)
+    }
+
     pub fn values_mut(&mut self) -> &mut Values {
         self.store.values_mut()
     }
@@ -152,7 +157,13 @@ impl KvState {
                 Response::Txn(resp)
             }
             Request::Compact(r) => {
-                self.store.compact(r.revision)?;
+                // `physical` asks to return once the index is trimmed; otherwise the apply loop
+                // trims it between batches.
+                if r.physical {
+                    self.store.compact_now(r.revision)?;
+                } else {
+                    self.store.compact(r.revision)?;
+                }
                 let mut resp = pb::CompactionResponse {
                     header: Some(header(self.store.rev())),
                 };

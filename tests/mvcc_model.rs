@@ -668,6 +668,8 @@ enum Step {
     Delete(pb::DeleteRangeRequest),
     Txn(pb::TxnRequest),
     Compact(i64),
+    /// A step of the pending compaction's trimming (invisible to clients).
+    Trim(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -679,6 +681,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => del_req().prop_map(Step::Delete),
         3 => txn_req(max_rev).prop_map(Step::Txn),
         1 => (0..max_rev).prop_map(Step::Compact),
+        2 => (1..4usize).prop_map(Step::Trim),
     ]
 }
 
@@ -690,8 +693,9 @@ fn to_request(s: &Step) -> Request {
         Step::Txn(r) => Request::Txn(r),
         Step::Compact(revision) => Request::Compact(pb::CompactionRequest {
             revision,
-            physical: false,
+            physical: revision % 2 == 0,
         }),
+        Step::Trim(_) => unreachable!("not a request"),
     }
 }
 
@@ -707,6 +711,10 @@ proptest! {
         let mut s = state();
         let mut m = Model::new();
         for (i, st) in steps.iter().enumerate() {
+            if let Step::Trim(keys) = st {
+                s.compact_step(*keys);
+                continue;
+            }
             let got = s.execute(to_request(st));
             let want = m.execute(&to_request(st));
             prop_assert!(

@@ -157,6 +157,8 @@ pub struct Store<V: ValueStore = MemValues> {
     values: V,
     /// Revision entries held by the index (puts and tombstones).
     revisions: u64,
+    /// A compaction still trimming the index: its revision, and the last key done.
+    pending: Option<(i64, Option<Bytes>)>,
 }
 
 impl Default for Store<MemValues> {
@@ -173,6 +175,7 @@ impl<V: ValueStore> Store<V> {
             compact_rev: -1,
             values,
             revisions: 0,
+            pending: None,
         }
     }
 
@@ -288,7 +291,9 @@ impl<V: ValueStore> Store<V> {
         }
     }
 
-    /// Drops every revision older than `rev` that a read at `rev` or later cannot see.
+    /// Compacts at `rev`: reads below it fail from now on; the revisions they alone could see
+    /// are dropped from the index by [`Store::compact_step`], a bounded piece at a time, so a
+    /// large index is never walked in one go.
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
@@ -296,17 +301,62 @@ impl<V: ValueStore> Store<V> {
         if rev > self.current_rev {
             return Err(MvccError::FutureRev);
         }
+        self.compact_rev = rev;
+        // A newer compaction restarts the walk: keys already done were trimmed to the older
+        // revision only.
+        self.pending = Some((rev, None));
+        Ok(())
+    }
+
+    /// True while a compaction still has keys to trim.
+    pub fn compaction_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Trims up to `max_keys` keys of the pending compaction; false once it is complete.
+    pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        let Some((rev, after)) = self.pending.take() else {
+            return false;
+        };
+        let lower = match &after {
+            Some(k) => Bound::Excluded(&k[..]),
+            None => Bound::Unbounded,
+        };
         let values = &mut self.values;
         let mut released = 0u64;
-        self.index.retain(|_, ki| {
+        let mut emptied = Vec::new();
+        let mut last = None;
+        let mut seen = 0;
+        for (k, ki) in self.index.range_mut::<[u8], _>((lower, Bound::Unbounded)) {
+            if seen == max_keys {
+                break;
+            }
+            seen += 1;
             ki.compact(rev, &mut |v| {
                 released += 1;
                 values.release(v);
             });
-            !ki.is_empty()
-        });
+            if ki.is_empty() {
+                emptied.push(k.clone());
+            }
+            last = Some(k.clone());
+        }
+        for k in emptied {
+            self.index.remove(&k[..]);
+        }
         self.revisions -= released;
-        self.compact_rev = rev;
+        if seen == max_keys {
+            self.pending = Some((rev, last));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Compacts at `rev` and trims the whole index before returning.
+    pub fn compact_now(&mut self, rev: i64) -> Result<(), MvccError> {
+        self.compact(rev)?;
+        while self.compact_step(usize::MAX) {}
         Ok(())
     }
 }
@@ -479,6 +529,8 @@ mod tests {
         }
         assert_eq!(s.rev(), 6);
         s.compact(4).unwrap();
+        assert_eq!(s.values().live_bytes(), 5, "nothing trimmed before a step");
+        assert!(!s.compact_step(10), "one key: done in one step");
         let at = |rev| {
             s.range(
                 KeySpan::Single(b"k"),
@@ -498,6 +550,28 @@ mod tests {
             3,
             "values of revisions 2 and 3 released"
         );
+    }
+
+    #[test]
+    fn compaction_proceeds_in_bounded_steps() {
+        let mut s = Store::default();
+        for i in 0..10 {
+            s.write().put(&b(&format!("k{i}")), b"old", 0);
+        }
+        for i in 0..10 {
+            s.write().put(&b(&format!("k{i}")), b"new", 0);
+        }
+        s.write().delete_range(KeySpan::Single(b"k0"));
+        let rev = s.rev();
+        s.compact(rev).unwrap();
+        let mut steps = 1;
+        while s.compact_step(3) {
+            steps += 1;
+        }
+        assert_eq!(steps, 4, "10 keys, 3 per step");
+        assert_eq!(s.keys_indexed(), 9, "k0's history is gone");
+        assert_eq!(s.revisions_indexed(), 9);
+        assert_eq!(s.values().live_bytes(), 27);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 
 use crate::error::EtcdError;
 use crate::kv::{self, KvOptions, KvState, Request, Response};
-use crate::limits::{APPLY_BATCH_REQUESTS_MAX, SHARD_QUEUE_DEPTH};
+use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
 use crate::log::{Log, LogStats};
 
 type Answer = Result<Response, EtcdError>;
@@ -173,7 +173,25 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
 async fn apply_loop(rx: LocalReceiver<Job>, mut state: KvState, mut log: Option<Log>) {
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
     let mut reported = (std::time::Instant::now(), LogStats::default());
-    while let Some(job) = rx.recv().await {
+    loop {
+        // A pending compaction is trimmed a bounded step at a time, between batches, never
+        // holding up requests for long.
+        let job = if state.store().compaction_pending() {
+            match futures_lite::future::poll_once(rx.recv()).await {
+                Some(Some(job)) => job,
+                Some(None) => break,
+                None => {
+                    state.compact_step(COMPACT_KEYS_PER_STEP);
+                    futures_lite::future::yield_now().await;
+                    continue;
+                }
+            }
+        } else {
+            match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            }
+        };
         batch.push(job);
         while batch.len() < APPLY_BATCH_REQUESTS_MAX {
             match futures_lite::future::poll_once(rx.recv()).await {
@@ -182,6 +200,9 @@ async fn apply_loop(rx: LocalReceiver<Job>, mut state: KvState, mut log: Option<
             }
         }
         run_batch(&mut state, log.as_mut(), &mut batch).await;
+        if state.store().compaction_pending() {
+            state.compact_step(COMPACT_KEYS_PER_STEP);
+        }
         if let Some(log) = &log {
             if reported.0.elapsed() >= LOG_STATS_INTERVAL {
                 report(&reported.1, &log.stats());
