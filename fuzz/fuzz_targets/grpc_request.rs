@@ -1,0 +1,40 @@
+//! Arbitrary bytes as a gRPC request of any method: decoding, the checks, and executing what
+//! passes them must never panic.
+#![no_main]
+
+use bytes::Bytes;
+use ferrocd::kv::{Identity, KvOptions, KvState};
+use libfuzzer_sys::fuzz_target;
+
+const METHODS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn",
+    "/etcdserverpb.KV/Compact",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Alarm",
+    "/etcdserverpb.Cluster/MemberList",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&m, body)) = data.split_first() else {
+        return;
+    };
+    let mut s = KvState::new(KvOptions {
+        identity: Identity {
+            cluster_id: 1,
+            member_id: 2,
+            name: "f".into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+        },
+        max_txn_ops: 128,
+    });
+    let path = METHODS[m as usize % METHODS.len()];
+    if let Ok(req) = ferrocd::server::decode_request(path, Bytes::copy_from_slice(body), 1 << 20) {
+        if s.precheck(&req).is_ok() {
+            let _ = s.execute(req);
+        }
+    }
+});
