@@ -7,16 +7,7 @@ use ferrocd::kv::{Identity, KvOptions, KvState};
 use ferrocd::log::record;
 use proptest::prelude::*;
 
-const METHODS: &[&str] = &[
-    "/etcdserverpb.KV/Range",
-    "/etcdserverpb.KV/Put",
-    "/etcdserverpb.KV/DeleteRange",
-    "/etcdserverpb.KV/Txn",
-    "/etcdserverpb.KV/Compact",
-    "/etcdserverpb.Maintenance/Status",
-    "/etcdserverpb.Maintenance/Alarm",
-    "/etcdserverpb.Cluster/MemberList",
-];
+use ferrocd::server::UNARY_METHODS as METHODS;
 
 fn state() -> KvState {
     KvState::new(KvOptions {

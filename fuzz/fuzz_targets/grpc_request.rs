@@ -6,16 +6,7 @@ use bytes::Bytes;
 use ferrocd::kv::{Identity, KvOptions, KvState};
 use libfuzzer_sys::fuzz_target;
 
-const METHODS: &[&str] = &[
-    "/etcdserverpb.KV/Range",
-    "/etcdserverpb.KV/Put",
-    "/etcdserverpb.KV/DeleteRange",
-    "/etcdserverpb.KV/Txn",
-    "/etcdserverpb.KV/Compact",
-    "/etcdserverpb.Maintenance/Status",
-    "/etcdserverpb.Maintenance/Alarm",
-    "/etcdserverpb.Cluster/MemberList",
-];
+use ferrocd::server::UNARY_METHODS as METHODS;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&m, body)) = data.split_first() else {

@@ -285,6 +285,17 @@ mod tests {
             .run(f)
     }
 
+    /// A log in `path` with two batches of two records; returns its segment's path.
+    fn two_batches(path: &Path) -> PathBuf {
+        let path = path.to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20).await.unwrap().log;
+            log.append(&payloads(2, 1)).await.unwrap();
+            log.append(&payloads(2, 2)).await.unwrap();
+            log.segments[0].path().to_path_buf()
+        })
+    }
+
     fn payloads(n: usize, tag: u8) -> Vec<Vec<u8>> {
         (0..n).map(|i| vec![tag; 10 + i * 3]).collect()
     }
@@ -325,15 +336,7 @@ mod tests {
     fn a_torn_tail_is_cut_and_new_records_go_to_a_new_segment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        let seg = run({
-            let path = path.clone();
-            async move {
-                let mut log = Log::open(&path, 1 << 20).await.unwrap().log;
-                log.append(&payloads(2, 1)).await.unwrap();
-                log.append(&payloads(2, 2)).await.unwrap();
-                log.segments[0].path().to_path_buf()
-            }
-        });
+        let seg = two_batches(&path);
         // Tear the second batch: garbage over its first record's payload.
         let mut bytes = std::fs::read(&seg).unwrap();
         let second = 2 * 48 + record::record_bytes(8);
@@ -370,15 +373,7 @@ mod tests {
     fn damage_before_acknowledged_records_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        let seg = run({
-            let path = path.clone();
-            async move {
-                let mut log = Log::open(&path, 1 << 20).await.unwrap().log;
-                log.append(&payloads(2, 1)).await.unwrap();
-                log.append(&payloads(2, 2)).await.unwrap();
-                log.segments[0].path().to_path_buf()
-            }
-        });
+        let seg = two_batches(&path);
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[HEADER_BYTES + 1] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
