@@ -36,6 +36,26 @@ enum Cmd {
         #[command(flatten)]
         w: Workload,
     },
+    /// Raise the offered rate step by step (open loop) until the p99 exceeds --slo-p99-ms or
+    /// the server no longer keeps up; report the highest rate that met the SLO.
+    Sweep {
+        #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// p99 latency objective, in milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        slo_p99_ms: f64,
+        /// First offered rate, requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        start_rate: f64,
+        /// Each step multiplies the rate by this.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 3.0)]
+        step_seconds: f64,
+        #[command(flatten)]
+        w: Workload,
+    },
     /// Run the same workload against two endpoint sets, alternating, and print the ratios.
     Compare {
         #[arg(long, value_delimiter = ',')]
@@ -404,6 +424,50 @@ fn main() {
                 "p999_ms": r.q_ms(0.999), "server_cpu_us_per_req": r.server_us_per_req(),
             });
             println!("{summary}");
+        }
+        Cmd::Sweep {
+            endpoints,
+            slo_p99_ms,
+            start_rate,
+            factor,
+            step_seconds,
+            w,
+        } => {
+            println!("| offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | meets SLO |");
+            println!("|---|---|---|---|---|---|");
+            let mut best = None;
+            let mut rate = start_rate;
+            for _ in 0..40 {
+                let step = Workload {
+                    rate,
+                    total: (rate * step_seconds).max(100.0) as u64,
+                    ..w.clone()
+                };
+                let r = run(&endpoints, &step, None);
+                // Keeping up: the run took no longer than its schedule (5% slack).
+                let kept_up = r.seconds <= step_seconds * 1.05 + 0.05 && r.errors == 0;
+                let ok = kept_up && r.q_ms(0.99) <= slo_p99_ms;
+                println!(
+                    "| {rate:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+                    r.rate(),
+                    r.q_ms(0.5),
+                    r.q_ms(0.99),
+                    r.q_ms(0.999),
+                    if ok { "yes" } else { "no" }
+                );
+                if !ok {
+                    break;
+                }
+                best = Some(rate);
+                rate *= factor.max(1.01);
+            }
+            match best {
+                Some(b) => println!(
+                    "highest offered rate meeting p99 <= {slo_p99_ms} ms: {b:.0} req/s ({:?}, {} clients)",
+                    w.workload, w.clients
+                ),
+                None => println!("no rate met p99 <= {slo_p99_ms} ms"),
+            }
         }
         Cmd::Compare {
             a,
