@@ -124,6 +124,8 @@ struct Raw {
     enable_v2: Option<bool>,
     /// ferrocd's own: executors (one per core).
     shards: Option<usize>,
+    /// ferrocd's own: microseconds to wait for more requests before flushing a small batch.
+    batch_wait_us: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -143,6 +145,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     pub log_level: String,
     pub shards: usize,
+    /// Microseconds the log waits for more requests before flushing a small batch (0: never).
+    pub batch_wait_us: u64,
     /// Flags ignored because --config-file was given (etcd warns about them too).
     pub ignored_flags: Vec<String>,
 }
@@ -169,6 +173,8 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --max-txn-ops N                    most operations in one txn (default 128)
   --log-level LEVEL                  debug, info, warn or error (default info)
   --shards N                         executors, one per core (default: the available cores)
+  --batch-wait-us N                  wait up to N us for more requests before flushing a small
+                                     batch to the log (default 0: flush at once; at most 10000)
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -349,6 +355,7 @@ impl Config {
             max_txn_ops: raw.max_txn_ops.map_or(MAX_TXN_OPS_DEFAULT, |v| v as usize),
             log_level,
             shards,
+            batch_wait_us: raw.batch_wait_us.unwrap_or(0).min(10_000),
             ignored_flags,
         })
     }

@@ -69,6 +69,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                 .join("log"),
         ),
         segment_bytes: ferrocd::log::SEGMENT_BYTES_DEFAULT,
+        batch_wait_us: cfg.batch_wait_us,
     };
     tracing::info!(
         name = %cfg.name,

@@ -43,6 +43,8 @@ pub struct ServerOptions {
     pub log_dir: Option<PathBuf>,
     /// Size of a log segment file.
     pub segment_bytes: u64,
+    /// `--batch-wait-us`.
+    pub batch_wait_us: u64,
 }
 
 /// Per-shard settings shared by the connection handlers of a shard.
@@ -75,6 +77,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     kv: opts.kv.clone(),
                     log_dir: opts.log_dir.clone(),
                     segment_bytes: opts.segment_bytes,
+                    batch_wait_us: opts.batch_wait_us,
                 };
                 let owner = match links.connect(state_opts).await {
                     Ok(o) => o,
