@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferrocd::kv::{Identity, KvOptions, KvState};
+use ferrocd::kv::KvState;
 use ferrocd::proto::etcdserverpb as pb;
 use ferrocd::server::{decode_request, encode_response};
 use prost::Message;
@@ -12,16 +12,7 @@ use prost::Message;
 const KEYS: u64 = 100_000;
 
 fn state() -> KvState {
-    KvState::new(KvOptions {
-        identity: Identity {
-            cluster_id: 1,
-            member_id: 2,
-            name: "b".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-        },
-        max_txn_ops: 128,
-    })
+    KvState::in_memory(1, 2)
 }
 
 fn key(i: u64) -> Bytes {

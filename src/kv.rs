@@ -79,8 +79,18 @@ impl KvState {
         }
     }
 
-    pub fn options(&self) -> &KvOptions {
-        &self.opts
+    /// A state with only in-memory values and the given identity (tests, benches, fuzzers).
+    pub fn in_memory(cluster_id: u64, member_id: u64) -> KvState {
+        KvState::new(KvOptions {
+            identity: Identity {
+                cluster_id,
+                member_id,
+                name: "default".into(),
+                peer_urls: vec![],
+                client_urls: vec![],
+            },
+            max_txn_ops: crate::limits::MAX_TXN_OPS_DEFAULT,
+        })
     }
 
     pub fn store(&self) -> &Store<Values> {

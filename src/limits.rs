@@ -5,8 +5,6 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// gRPC adds this much room on top of the request limit before refusing a frame outright
 /// (etcd: grpcOverheadBytes); requests between the two get etcd's "request is too large".
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-/// Largest response a client is expected to accept (etcd's clients default to math.MaxInt32).
-pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 /// Most operations in one Txn (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 /// Requests one shard may have in flight towards the owner shard before senders wait.

@@ -3,23 +3,14 @@
 //! and reopened through the log's recovery). Property tests, so they run in every CI build.
 
 use bytes::Bytes;
-use ferrocd::kv::{Identity, KvOptions, KvState};
+use ferrocd::kv::KvState;
 use ferrocd::log::record;
 use proptest::prelude::*;
 
 use ferrocd::server::UNARY_METHODS as METHODS;
 
 fn state() -> KvState {
-    KvState::new(KvOptions {
-        identity: Identity {
-            cluster_id: 1,
-            member_id: 2,
-            name: "f".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-        },
-        max_txn_ops: 128,
-    })
+    KvState::in_memory(1, 2)
 }
 
 proptest! {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferrocd::error::EtcdError;
-use ferrocd::kv::{Identity, KvOptions, KvState, Request, Response};
+use ferrocd::kv::{KvState, Request, Response};
 use ferrocd::proto::etcdserverpb as pb;
 use ferrocd::proto::mvccpb::KeyValue;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -22,16 +22,7 @@ const CLUSTER_ID: u64 = 7;
 const MEMBER_ID: u64 = 9;
 
 fn state() -> KvState {
-    KvState::new(KvOptions {
-        identity: Identity {
-            cluster_id: CLUSTER_ID,
-            member_id: MEMBER_ID,
-            name: "t".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-        },
-        max_txn_ops: 128,
-    })
+    KvState::in_memory(CLUSTER_ID, MEMBER_ID)
 }
 
 // ---------------------------------------------------------------- the model

@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use ferrocd::kv::{Identity, KvOptions, KvState};
+use ferrocd::kv::KvState;
 use libfuzzer_sys::fuzz_target;
 
 use ferrocd::server::UNARY_METHODS as METHODS;
@@ -12,16 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&m, body)) = data.split_first() else {
         return;
     };
-    let mut s = KvState::new(KvOptions {
-        identity: Identity {
-            cluster_id: 1,
-            member_id: 2,
-            name: "f".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-        },
-        max_txn_ops: 128,
-    });
+    let mut s = KvState::in_memory(1, 2);
     let path = METHODS[m as usize % METHODS.len()];
     if let Ok(req) = ferrocd::server::decode_request(path, Bytes::copy_from_slice(body), 1 << 20) {
         if s.precheck(&req).is_ok() {

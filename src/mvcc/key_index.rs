@@ -218,11 +218,6 @@ impl KeyIndex {
             }
         }
     }
-
-    /// Every revision still recorded, oldest first.
-    pub fn entries(&self) -> impl Iterator<Item = &RevEntry> {
-        self.generations.iter().flat_map(|g| g.revs.iter())
-    }
 }
 
 #[cfg(test)]
