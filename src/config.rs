@@ -96,7 +96,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "experimental-enable-lease-checkpoint",
     "experimental-compaction-batch-limit",
     "experimental-peer-skip-client-san-verification",
-    "experimental-watch-progress-notify-interval",
     "experimental-warning-apply-duration",
     "experimental-memory-mlock",
     "experimental-txn-mode-write-with-shared-buffer",
@@ -126,6 +125,8 @@ struct Raw {
     shards: Option<usize>,
     /// ferrocd's own: microseconds to wait for more requests before flushing a small batch.
     batch_wait_us: Option<u64>,
+    /// A Go duration ("10m", "1m30s").
+    experimental_watch_progress_notify_interval: Option<String>,
 }
 
 /// The resolved configuration.
@@ -147,6 +148,8 @@ pub struct Config {
     pub shards: usize,
     /// Microseconds the log waits for more requests before flushing a small batch (0: never).
     pub batch_wait_us: u64,
+    /// Seconds between progress notifications to watchers that asked for them.
+    pub watch_progress_notify_secs: u64,
     /// Flags ignored because --config-file was given (etcd warns about them too).
     pub ignored_flags: Vec<String>,
 }
@@ -175,6 +178,9 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --shards N                         executors, one per core (default: the available cores)
   --batch-wait-us N                  wait up to N us for more requests before flushing a small
                                      batch to the log (default 0: flush at once; at most 10000)
+  --experimental-watch-progress-notify-interval DURATION
+                                     progress notifications to watchers that ask for them
+                                     (default 10m; whole seconds, at least 1s)
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -356,6 +362,24 @@ impl Config {
             log_level,
             shards,
             batch_wait_us: raw.batch_wait_us.unwrap_or(0).min(10_000),
+            watch_progress_notify_secs: match &raw.experimental_watch_progress_notify_interval {
+                None => 600,
+                Some(d) => {
+                    let secs = parse_go_duration(d)
+                        .ok_or_else(|| {
+                            ConfigError(format!(
+                                "experimental-watch-progress-notify-interval: invalid duration {d:?}"
+                            ))
+                        })?
+                        .as_secs();
+                    if secs == 0 {
+                        return err(
+                            "experimental-watch-progress-notify-interval: must be at least 1s",
+                        );
+                    }
+                    secs
+                }
+            },
             ignored_flags,
         })
     }
@@ -449,6 +473,41 @@ fn check_url(key: &str, u: &str) -> Result<(), ConfigError> {
         return bad("placeholder left in the host");
     }
     Ok(())
+}
+
+/// A Go duration: one or more numbers with units (ns, us, ms, s, m, h), e.g. "1m30s".
+pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .filter(|&n| n > 0)?;
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(n * secs).ok()?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
 
 fn parse_cluster(s: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {

@@ -3,15 +3,18 @@
 //! The server layer decodes a gRPC payload on whichever shard accepted the connection, sends the
 //! decoded [`Request`] to the owner shard over a bounded channel, and the owner calls
 //! [`KvState::execute`]. The response travels back and is encoded by the accepting shard.
-//! Nothing here touches sockets, files or clocks.
+//! Nothing here touches sockets or files; the clock is read only for lease deadlines.
+
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::error::EtcdError;
+use crate::lease::Lessor;
 use crate::log::values::Values;
 use crate::mvcc::{KeySpan, MvccError, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
 use crate::proto::etcdserverpb as pb;
-use crate::proto::mvccpb::KeyValue;
+use crate::proto::mvccpb::{self, KeyValue};
 use pb::request_op::Request as Op;
 
 /// A request the owner shard executes.
@@ -25,6 +28,56 @@ pub enum Request {
     Status(pb::StatusRequest),
     MemberList(pb::MemberListRequest),
     Alarm(pb::AlarmRequest),
+    /// Granted with the ID already chosen (see [`KvState::prepare`]).
+    LeaseGrant(pb::LeaseGrantRequest),
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    /// Revokes leases whose deadline passed. Sent empty by the owner's ticker;
+    /// [`KvState::prepare`] fills in the expired leases, and only a non-empty one is logged.
+    LeaseExpire(Vec<i64>),
+    LeaseKeepAlive(pb::LeaseKeepAliveRequest),
+    LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
+    LeaseLeases(pb::LeaseLeasesRequest),
+    /// Events for the watchers of one watch stream.
+    WatchPull(WatchPull),
+}
+
+/// What one watcher wants next.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    /// First revision wanted; 0 means the next one (current + 1).
+    pub from: i64,
+    pub prev_kv: bool,
+    pub no_put: bool,
+    pub no_delete: bool,
+}
+
+/// Events for several watchers, at most about `max_events` in all (whole revisions only).
+#[derive(Debug)]
+pub struct WatchPull {
+    pub specs: Vec<WatchSpec>,
+    pub max_events: usize,
+}
+
+/// One watcher's part of a [`WatchPulled`].
+#[derive(Debug)]
+pub enum Pulled {
+    /// Events from the watcher's `from`, in revision order; `next` is the first revision not
+    /// covered (events may have been filtered out, so `next` moves even with none).
+    Events {
+        events: Vec<mvccpb::Event>,
+        next: i64,
+    },
+    /// `from` was compacted; the compacted revision.
+    Compacted(i64),
+}
+
+#[derive(Debug)]
+pub struct WatchPulled {
+    /// The response header, with the store's revision when the events were read.
+    pub header: pb::ResponseHeader,
+    pub results: Vec<Pulled>,
 }
 
 /// The owner shard's answer to a [`Request`], same variant.
@@ -38,6 +91,14 @@ pub enum Response {
     Status(pb::StatusResponse),
     MemberList(pb::MemberListResponse),
     Alarm(pb::AlarmResponse),
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    /// How many leases were revoked.
+    LeaseExpire(usize),
+    LeaseKeepAlive(pb::LeaseKeepAliveResponse),
+    LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
+    LeaseLeases(pb::LeaseLeasesResponse),
+    WatchPull(WatchPulled),
 }
 
 pub type Result<T> = std::result::Result<T, EtcdError>;
@@ -64,6 +125,7 @@ pub struct KvOptions {
 pub struct KvState {
     opts: KvOptions,
     store: Store<Values>,
+    leases: Lessor,
     alarms: Vec<pb::AlarmMember>,
     /// Raft term reported in headers; a single node without Raft stays in term 1.
     term: u64,
@@ -72,6 +134,7 @@ pub struct KvState {
 impl KvState {
     pub fn new(opts: KvOptions) -> KvState {
         KvState {
+            leases: Lessor::new(opts.identity.member_id),
             opts,
             store: Store::new(Values::default()),
             alarms: Vec::new(),
@@ -106,6 +169,20 @@ impl KvState {
         self.store.values_mut()
     }
 
+    /// Decisions made once, before a request is logged, so that a replay repeats them: the ID
+    /// of a lease granted without one, and which leases have expired.
+    pub fn prepare(&mut self, req: &mut Request) {
+        match req {
+            Request::LeaseGrant(r) if r.id == 0 => r.id = self.leases.assign_id(),
+            Request::LeaseExpire(ids) if ids.is_empty() => {
+                *ids = self
+                    .leases
+                    .expired(Instant::now(), crate::limits::LEASE_REVOKES_PER_CHECK);
+            }
+            _ => {}
+        }
+    }
+
     /// The checks that need no state, plus the space alarm: what must pass before a write is
     /// logged (etcd's v3rpc checks, made before a request enters Raft).
     pub fn precheck(&self, req: &Request) -> Result<()> {
@@ -124,10 +201,17 @@ impl KvState {
                     self.check_space()
                 }
             }
+            Request::LeaseGrant(_) => self.check_space(),
             Request::Compact(_)
             | Request::Status(_)
             | Request::MemberList(_)
-            | Request::Alarm(_) => Ok(()),
+            | Request::Alarm(_)
+            | Request::LeaseRevoke(_)
+            | Request::LeaseExpire(_)
+            | Request::LeaseKeepAlive(_)
+            | Request::LeaseTimeToLive(_)
+            | Request::LeaseLeases(_)
+            | Request::WatchPull(_) => Ok(()),
         }
     }
 
@@ -144,7 +228,7 @@ impl KvState {
                 check_put(&r)?;
                 self.check_space()?;
                 // etcd looks the lease up before anything else of a plain put.
-                if r.lease != 0 && !lease_exists(r.lease) {
+                if r.lease != 0 && !self.leases.exists(r.lease) {
                     return Err(EtcdError::LeaseNotFound);
                 }
                 let mut resp = put(&mut self.store.write(), &r)?;
@@ -162,7 +246,7 @@ impl KvState {
                 if !txn_is_read_only(&r) {
                     self.check_space()?;
                 }
-                let mut resp = txn(&mut self.store, &r)?;
+                let mut resp = txn(&mut self.store, &self.leases, &r)?;
                 self.fill(&mut resp.header);
                 Response::Txn(resp)
             }
@@ -183,7 +267,159 @@ impl KvState {
             Request::Status(_) => Response::Status(self.status()),
             Request::MemberList(_) => Response::MemberList(self.member_list()),
             Request::Alarm(r) => Response::Alarm(self.alarm(&r)),
+            Request::LeaseGrant(r) => {
+                self.check_space()?;
+                let ttl = self.leases.grant(r.id, r.ttl, Instant::now())?;
+                let mut resp = pb::LeaseGrantResponse {
+                    header: None,
+                    id: r.id,
+                    ttl,
+                    error: String::new(),
+                };
+                self.fill(&mut resp.header);
+                Response::LeaseGrant(resp)
+            }
+            Request::LeaseRevoke(r) => {
+                self.revoke(r.id)?;
+                let mut resp = pb::LeaseRevokeResponse { header: None };
+                self.fill(&mut resp.header);
+                Response::LeaseRevoke(resp)
+            }
+            Request::LeaseExpire(ids) => {
+                // Each lease is revoked in a revision of its own, as etcd's one revoke per
+                // Raft entry does; one that was revoked meanwhile is skipped.
+                let n = ids.iter().filter(|&&id| self.revoke(id).is_ok()).count();
+                Response::LeaseExpire(n)
+            }
+            Request::LeaseKeepAlive(r) => {
+                // An unknown or expired lease gets TTL 0 on the stream, not an error.
+                let ttl = self.leases.renew(r.id, Instant::now()).unwrap_or(0);
+                let mut resp = pb::LeaseKeepAliveResponse {
+                    header: None,
+                    id: r.id,
+                    ttl,
+                };
+                self.fill(&mut resp.header);
+                Response::LeaseKeepAlive(resp)
+            }
+            Request::LeaseTimeToLive(r) => {
+                let mut resp = match self.leases.time_to_live(r.id, Instant::now()) {
+                    Some((granted, left)) => pb::LeaseTimeToLiveResponse {
+                        header: None,
+                        id: r.id,
+                        ttl: left,
+                        granted_ttl: granted,
+                        keys: if r.keys {
+                            self.store.leased_keys(r.id).cloned().collect()
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                    // etcd answers an unknown lease with TTL -1, not an error.
+                    None => pb::LeaseTimeToLiveResponse {
+                        header: Some(pb::ResponseHeader::default()),
+                        id: r.id,
+                        ttl: -1,
+                        granted_ttl: 0,
+                        keys: Vec::new(),
+                    },
+                };
+                self.fill(&mut resp.header);
+                Response::LeaseTimeToLive(resp)
+            }
+            Request::LeaseLeases(_) => {
+                let mut resp = pb::LeaseLeasesResponse {
+                    header: None,
+                    leases: self
+                        .leases
+                        .ids()
+                        .into_iter()
+                        .map(|id| pb::LeaseStatus { id })
+                        .collect(),
+                };
+                self.fill(&mut resp.header);
+                Response::LeaseLeases(resp)
+            }
+            Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
         })
+    }
+
+    /// Revokes a lease and deletes its keys, in one revision (none if it had no keys).
+    fn revoke(&mut self, id: i64) -> Result<()> {
+        self.leases.revoke(id)?;
+        // In key order, as etcd sorts them so every member deletes in the same order.
+        let keys: Vec<Bytes> = self.store.leased_keys(id).cloned().collect();
+        let mut t = self.store.write();
+        for k in &keys {
+            t.delete_range(KeySpan::Single(k));
+        }
+        Ok(())
+    }
+
+    /// Reads the events each watcher of a pull wants next.
+    fn watch_pull(&self, p: WatchPull) -> WatchPulled {
+        use mvccpb::event::EventType;
+        let revision = self.store.rev();
+        let mut budget = p.max_events.max(1);
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(p.specs.len());
+        for s in &p.specs {
+            let from = if s.from <= 0 { revision + 1 } else { s.from };
+            let key: &[u8] = if s.key.is_empty() { &[0] } else { &s.key };
+            changes.clear();
+            if budget == 0 {
+                results.push(Pulled::Events {
+                    events: Vec::new(),
+                    next: from,
+                });
+                continue;
+            }
+            let next = match self.store.changes_since(
+                KeySpan::new(key, &s.range_end),
+                from,
+                budget,
+                &mut changes,
+            ) {
+                Ok(next) => next,
+                Err(_) => {
+                    results.push(Pulled::Compacted(self.store.compact_rev()));
+                    continue;
+                }
+            };
+            budget = budget.saturating_sub(changes.len());
+            let events = changes
+                .iter()
+                .filter(|c| !(c.is_delete() && s.no_delete || !c.is_delete() && s.no_put))
+                .map(|c| mvccpb::Event {
+                    r#type: if c.is_delete() {
+                        EventType::Delete as i32
+                    } else {
+                        EventType::Put as i32
+                    },
+                    kv: Some(self.store.change_kv(c)),
+                    prev_kv: if s.prev_kv {
+                        let at = ReadOpts {
+                            rev: c.rev.main - 1,
+                            ..Default::default()
+                        };
+                        // Nothing when the previous revision is compacted (as etcd).
+                        self.store
+                            .range(KeySpan::Single(&c.key), at)
+                            .ok()
+                            .and_then(|mut r| r.kvs.pop())
+                    } else {
+                        None
+                    },
+                })
+                .collect();
+            results.push(Pulled::Events { events, next });
+        }
+        let mut header = Some(header(revision));
+        self.fill(&mut header);
+        WatchPulled {
+            header: header.unwrap_or_default(),
+            results,
+        }
     }
 
     /// etcd's header.fill: identity and term always; the current revision unless set.
@@ -293,11 +529,21 @@ impl KvState {
 /// Requests that change the state go to the log before they are executed.
 pub fn is_write(req: &Request) -> bool {
     match req {
-        Request::Put(_) | Request::DeleteRange(_) | Request::Compact(_) => true,
+        Request::Put(_)
+        | Request::DeleteRange(_)
+        | Request::Compact(_)
+        | Request::LeaseGrant(_)
+        | Request::LeaseRevoke(_) => true,
         Request::Txn(t) => !txn_is_read_only(t),
-        Request::Range(_) | Request::Status(_) | Request::MemberList(_) | Request::Alarm(_) => {
-            false
-        }
+        Request::LeaseExpire(ids) => !ids.is_empty(),
+        Request::Range(_)
+        | Request::Status(_)
+        | Request::MemberList(_)
+        | Request::Alarm(_)
+        | Request::LeaseKeepAlive(_)
+        | Request::LeaseTimeToLive(_)
+        | Request::LeaseLeases(_)
+        | Request::WatchPull(_) => false,
     }
 }
 
@@ -310,6 +556,9 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
         Request::DeleteRange(r) => (2, r.encode_to_vec()),
         Request::Txn(r) => (3, r.encode_to_vec()),
         Request::Compact(r) => (4, r.encode_to_vec()),
+        Request::LeaseGrant(r) => (5, r.encode_to_vec()),
+        Request::LeaseRevoke(r) => (6, r.encode_to_vec()),
+        Request::LeaseExpire(ids) => (7, ids.iter().flat_map(|id| id.to_le_bytes()).collect()),
         other => panic!("not a write: {other:?}"),
     };
     let mut out = Vec::with_capacity(1 + body.len());
@@ -331,6 +580,21 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
         2 => Request::DeleteRange(pb::DeleteRangeRequest::decode(body).map_err(e)?),
         3 => Request::Txn(pb::TxnRequest::decode(body).map_err(e)?),
         4 => Request::Compact(pb::CompactionRequest::decode(body).map_err(e)?),
+        5 => Request::LeaseGrant(pb::LeaseGrantRequest::decode(body).map_err(e)?),
+        6 => Request::LeaseRevoke(pb::LeaseRevokeRequest::decode(body).map_err(e)?),
+        7 => {
+            if body.len() % 8 != 0 {
+                return Err(format!(
+                    "undecodable log payload (tag 7): {} bytes",
+                    body.len()
+                ));
+            }
+            Request::LeaseExpire(
+                body.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            )
+        }
         t => return Err(format!("unknown log payload tag {t}")),
     })
 }
@@ -342,12 +606,6 @@ fn alarm_name(a: i32) -> &'static str {
     pb::AlarmType::try_from(a)
         .map(|t| t.as_str_name())
         .unwrap_or("UNKNOWN")
-}
-
-/// Leases arrive with the Lease service; until then no lease exists, so a put naming one fails
-/// exactly as etcd's does for an unknown lease.
-fn lease_exists(_id: i64) -> bool {
-    false
 }
 
 fn header(revision: i64) -> pb::ResponseHeader {
@@ -726,6 +984,7 @@ fn compare_to_path<V: ValueStore>(s: &Store<V>, r: &pb::TxnRequest, path: &mut V
 /// ("unexpected error during txn"). Here it fails before any write, with etcd's error.
 fn check_requests<'a, V: ValueStore>(
     t: &WriteTxn<'_, V>,
+    leases: &Lessor,
     r: &'a pb::TxnRequest,
     path: &[bool],
     check_puts: bool,
@@ -739,7 +998,7 @@ fn check_requests<'a, V: ValueStore>(
                 if ignores && dels.iter().any(|d| d.contains(&p.key)) {
                     return Err(EtcdError::KeyNotFound);
                 }
-                check_put_target(t, p, &lease_exists)?;
+                check_put_target(t, p, &|id| leases.exists(id))?;
             }
             Some(Op::RequestDeleteRange(d)) => dels.push(KeySpan::new(&d.key, &d.range_end)),
             Some(Op::RequestRange(q)) if !check_puts && q.revision != 0 => {
@@ -751,7 +1010,7 @@ fn check_requests<'a, V: ValueStore>(
                 }
             }
             Some(Op::RequestTxn(n)) => {
-                used += check_requests(t, n, &path[used..], check_puts, dels)?;
+                used += check_requests(t, leases, n, &path[used..], check_puts, dels)?;
             }
             _ => {}
         }
@@ -759,15 +1018,19 @@ fn check_requests<'a, V: ValueStore>(
     Ok(used)
 }
 
-fn txn<V: ValueStore>(s: &mut Store<V>, r: &pb::TxnRequest) -> Result<pb::TxnResponse> {
+fn txn<V: ValueStore>(
+    s: &mut Store<V>,
+    leases: &Lessor,
+    r: &pb::TxnRequest,
+) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(s, r, &mut path);
     let mut t = s.write();
     let read_only = txn_is_read_only(r);
     if !read_only {
-        check_requests(&t, r, &path, true, &mut Vec::new())?;
+        check_requests(&t, leases, r, &path, true, &mut Vec::new())?;
     }
-    check_requests(&t, r, &path, false, &mut Vec::new())?;
+    check_requests(&t, leases, r, &path, false, &mut Vec::new())?;
     // Every failure an op can have was checked above; one now would leave the txn half
     // applied, so it is a bug, not an input error (etcd panics here too).
     let mut resp = apply_txn(&mut t, r, &path, &mut 0)

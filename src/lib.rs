@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod limits;
 pub mod log;
 pub mod mvcc;

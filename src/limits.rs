@@ -23,3 +23,12 @@ pub const H2_CONN_WINDOW_BYTES: u32 = 8 << 20;
 pub const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Largest HTTP/1.1 request head accepted on the client port.
 pub const HTTP1_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most expired leases revoked per expiry check (etcd revokes at most 1000 per second).
+pub const LEASE_REVOKES_PER_CHECK: usize = 500;
+/// How often the owner shard looks for expired leases.
+pub const LEASE_CHECK_INTERVAL_MS: u64 = 500;
+/// Events one watch stream takes from the owner per pull (a revision is never split, so one
+/// pull may carry more when a single revision is larger).
+pub const WATCH_PULL_EVENTS_MAX: usize = 1000;
+/// Watchers one watch stream may hold at once.
+pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;

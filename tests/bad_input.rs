@@ -161,8 +161,15 @@ fn malformed_requests_get_errors_and_the_server_keeps_serving() {
             (r.code, r.message.as_str()),
             (Some(12), "unknown service nope.Nope")
         );
-        let r = call(port, "/etcdserverpb.Lease/LeaseGrant", GRPC, range_all()).await;
+        let r = call(port, "/etcdserverpb.Auth/AuthStatus", GRPC, range_all()).await;
         assert_eq!(r.code, Some(12), "{r:?}");
+        // A served service given another message's bytes: etcd's unmarshalling error.
+        let r = call(port, "/etcdserverpb.Lease/LeaseGrant", GRPC, range_all()).await;
+        assert_eq!(r.code, Some(13), "{r:?}");
+        assert!(
+            r.message.starts_with("grpc: error unmarshalling request"),
+            "{r:?}"
+        );
 
         // Not gRPC: HTTP 415.
         let r = call(port, RANGE, "application/json", range_all()).await;

@@ -187,6 +187,35 @@ impl KeyIndex {
         })
     }
 
+    /// Every recorded change with main revision >= `from`, appended to `out` (not sorted
+    /// across keys).
+    pub fn changes_since(
+        &self,
+        key: &bytes::Bytes,
+        from: i64,
+        out: &mut Vec<super::store::Change>,
+    ) {
+        for g in &self.generations {
+            let first = g.revs.partition_point(|e| e.rev.main < from);
+            let n = g.revs.len();
+            for (i, e) in g.revs.iter().enumerate().skip(first) {
+                let deleted = e.value == ValueRef::NONE;
+                out.push(super::store::Change {
+                    rev: e.rev,
+                    key: key.clone(),
+                    created: if deleted { 0 } else { g.created.main },
+                    version: if deleted {
+                        0
+                    } else {
+                        g.ver - (n - i - 1) as i64
+                    },
+                    lease: e.lease,
+                    value: e.value,
+                });
+            }
+        }
+    }
+
     /// Removes every revision with main <= at_rev except the newest of them, which stays
     /// readable, unless it is a tombstone (then the whole finished generation goes).
     /// `released` receives the value handles no longer referenced.

@@ -9,7 +9,7 @@ pub mod key_index;
 pub mod store;
 
 pub use key_index::ValueRef;
-pub use store::{KeySpan, MemValues, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
+pub use store::{Change, KeySpan, MemValues, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
 
 use crate::error::EtcdError;
 

@@ -5,7 +5,7 @@
 //! that changes anything takes the next main revision, and its changes take sub revisions 0, 1,
 //! ... in order. Reads inside a write transaction see the transaction's own earlier changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -149,8 +149,52 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// One change of one key, as a watcher sees it: a put (with the key's creation revision,
+/// version, lease and value handle) or a deletion (`value` is [`ValueRef::NONE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub rev: Revision,
+    pub key: Bytes,
+    pub created: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: ValueRef,
+}
+
+impl Change {
+    pub fn is_delete(&self) -> bool {
+        self.value == ValueRef::NONE
+    }
+}
+
+/// Recent changes in revision order, so that watchers read history without walking the
+/// index; bounded, the oldest dropped first.
+struct History {
+    changes: VecDeque<Change>,
+    capacity: usize,
+    /// Every change with main revision >= floor is held.
+    floor: i64,
+}
+
+impl History {
+    fn push(&mut self, c: Change) {
+        if self.changes.len() == self.capacity {
+            if let Some(old) = self.changes.pop_front() {
+                self.floor = old.rev.main + 1;
+            }
+        }
+        self.changes.push_back(c);
+    }
+}
+
+/// Default number of recent changes held for watchers (about 90 bytes each plus the key).
+pub const HISTORY_CHANGES_DEFAULT: usize = 100_000;
+
 pub struct Store<V: ValueStore = MemValues> {
     index: BTreeMap<Bytes, KeyIndex>,
+    history: History,
+    /// Keys attached to each lease (a key is attached to the lease of its live revision).
+    leased: HashMap<i64, BTreeSet<Bytes>>,
     current_rev: i64,
     /// Main revision of the last compaction; -1 before any (etcd's compactMainRev).
     compact_rev: i64,
@@ -171,6 +215,12 @@ impl<V: ValueStore> Store<V> {
     pub fn new(values: V) -> Self {
         Store {
             index: BTreeMap::new(),
+            history: History {
+                changes: VecDeque::new(),
+                capacity: HISTORY_CHANGES_DEFAULT,
+                floor: 1,
+            },
+            leased: HashMap::new(),
             current_rev: 1,
             compact_rev: -1,
             values,
@@ -204,6 +254,89 @@ impl<V: ValueStore> Store<V> {
     /// Revision entries in the index.
     pub fn revisions_indexed(&self) -> u64 {
         self.revisions
+    }
+
+    /// Keeps at most `n` recent changes for watchers (at least one).
+    pub fn set_history_capacity(&mut self, n: usize) {
+        self.history.capacity = n.max(1);
+        while self.history.changes.len() > self.history.capacity {
+            let old = self.history.changes.pop_front().expect("non-empty");
+            self.history.floor = old.rev.main + 1;
+        }
+    }
+
+    /// The keys attached to `lease`, in key order.
+    pub fn leased_keys(&self, lease: i64) -> impl Iterator<Item = &Bytes> {
+        self.leased.get(&lease).into_iter().flatten()
+    }
+
+    /// Changes to keys in `span` with main revision >= `from`, oldest first, appended to
+    /// `out`. Whole revisions only: once `max` changes are gathered, the revision under way is
+    /// finished and the rest left. Returns the first main revision not covered (the current
+    /// revision + 1 when everything was). Fails when `from` is below the compacted revision.
+    ///
+    /// Recent history comes from the bounded change log in revision order; older history
+    /// from the index, walking every key of the span.
+    pub fn changes_since(
+        &self,
+        span: KeySpan<'_>,
+        from: i64,
+        max: usize,
+        out: &mut Vec<Change>,
+    ) -> Result<i64, MvccError> {
+        if from < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let done = self.current_rev + 1;
+        if from >= done {
+            return Ok(from);
+        }
+        let start = out.len();
+        if from >= self.history.floor {
+            let h = &self.history.changes;
+            let first = h.partition_point(|c| c.rev.main < from);
+            for c in h.range(first..) {
+                if out.len() - start >= max && out.last().is_some_and(|l| l.rev.main < c.rev.main) {
+                    return Ok(c.rev.main);
+                }
+                if span.contains(&c.key) {
+                    out.push(c.clone());
+                }
+            }
+            return Ok(done);
+        }
+        let mut found = Vec::new();
+        self.visit(span, |key, ki| ki.changes_since(key, from, &mut found));
+        found.sort_unstable_by_key(|c| c.rev);
+        let mut next = done;
+        for c in found {
+            if out.len() - start >= max && out.last().is_some_and(|l| l.rev.main < c.rev.main) {
+                next = c.rev.main;
+                break;
+            }
+            out.push(c);
+        }
+        Ok(next)
+    }
+
+    /// The key-value a change wrote, as etcd's watch events carry it (a deletion carries only
+    /// the key and the revision).
+    pub fn change_kv(&self, c: &Change) -> KeyValue {
+        if c.is_delete() {
+            return KeyValue {
+                key: c.key.clone(),
+                mod_revision: c.rev.main,
+                ..Default::default()
+            };
+        }
+        KeyValue {
+            key: c.key.clone(),
+            create_revision: c.created,
+            mod_revision: c.rev.main,
+            version: c.version,
+            value: self.values.get(c.value),
+            lease: c.lease,
+        }
     }
 
     /// A read at the current revision.
@@ -404,15 +537,39 @@ impl<V: ValueStore> WriteTxn<'_, V> {
         };
         let value = self.store.values.append(rev, key, value);
         let entry = RevEntry { rev, lease, value };
-        match self.store.index.get_mut(&key[..]) {
-            Some(ki) => ki.put(entry),
+        let store = &mut *self.store;
+        let (key, found) = match store.index.get_key_value(&key[..]) {
+            Some((k, _)) => {
+                let k = k.clone();
+                let ki = store.index.get_mut(&k[..]).expect("just found");
+                let old_lease = ki.get(i64::MAX).map_or(0, |f| f.entry.lease);
+                if old_lease != lease {
+                    detach(&mut store.leased, old_lease, &k);
+                }
+                ki.put(entry);
+                (k, ki.get(rev.main).expect("just written"))
+            }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(entry);
+                let found = ki.get(rev.main).expect("just written");
                 // Copy: the index must not pin the request buffer the key was decoded from.
-                self.store.index.insert(Bytes::copy_from_slice(key), ki);
+                let k = Bytes::copy_from_slice(key);
+                store.index.insert(k.clone(), ki);
+                (k, found)
             }
+        };
+        if lease != 0 {
+            store.leased.entry(lease).or_default().insert(key.clone());
         }
+        store.history.push(Change {
+            rev,
+            key,
+            created: found.created.main,
+            version: found.version,
+            lease,
+            value,
+        });
         self.store.revisions += 1;
         self.changes += 1;
         rev.main
@@ -423,29 +580,46 @@ impl<V: ValueStore> WriteTxn<'_, V> {
         let main = self.begin_rev + 1;
         let mut deleted = 0;
         let mut sub = self.changes;
-        let mut tombstone = |ki: &mut KeyIndex| {
-            if ki.tombstone(Revision { main, sub }) {
+        let Store {
+            index,
+            history,
+            leased,
+            ..
+        } = &mut *self.store;
+        let mut tombstone = |k: &Bytes, ki: &mut KeyIndex| {
+            let lease = ki.get(i64::MAX).map_or(0, |f| f.entry.lease);
+            let rev = Revision { main, sub };
+            if ki.tombstone(rev) {
+                detach(leased, lease, k);
+                history.push(Change {
+                    rev,
+                    key: k.clone(),
+                    created: 0,
+                    version: 0,
+                    lease: 0,
+                    value: ValueRef::NONE,
+                });
                 sub += 1;
                 deleted += 1;
             }
         };
-        let index = &mut self.store.index;
         match span {
             KeySpan::Single(key) => {
-                if let Some(ki) = index.get_mut(key) {
-                    tombstone(ki);
+                if let Some((k, _)) = index.get_key_value(key) {
+                    let k = k.clone();
+                    tombstone(&k, index.get_mut(key).expect("just found"));
                 }
             }
             KeySpan::Range(from, to) => {
                 if from < to {
                     index
                         .range_mut::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
-                        .for_each(|(_, ki)| tombstone(ki));
+                        .for_each(|(k, ki)| tombstone(k, ki));
                 }
             }
             KeySpan::From(from) => index
                 .range_mut::<[u8], _>((Bound::Included(from), Bound::Unbounded))
-                .for_each(|(_, ki)| tombstone(ki)),
+                .for_each(|(k, ki)| tombstone(k, ki)),
         }
         self.store.revisions += deleted as u64;
         self.changes += deleted;
@@ -453,6 +627,19 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             (deleted, self.begin_rev + 1)
         } else {
             (0, self.begin_rev)
+        }
+    }
+}
+
+/// Takes `key` off `lease`'s keys (no lease: nothing to do).
+fn detach(leased: &mut HashMap<i64, BTreeSet<Bytes>>, lease: i64, key: &[u8]) {
+    if lease == 0 {
+        return;
+    }
+    if let Some(keys) = leased.get_mut(&lease) {
+        keys.remove(key);
+        if keys.is_empty() {
+            leased.remove(&lease);
         }
     }
 }

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use prost::Message;
 
 use super::stream::MessageReader;
-use super::{snapshot, ShardCtx};
+use super::{snapshot, watch, ShardCtx};
 use crate::error::{Code, EtcdError, Status};
 use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
@@ -29,8 +29,15 @@ enum Method {
     Status,
     Alarm,
     MemberList,
+    LeaseGrant,
+    LeaseRevoke,
+    LeaseTimeToLive,
+    LeaseLeases,
     /// Server streaming.
     Snapshot,
+    /// Bidirectional streaming.
+    Watch,
+    LeaseKeepAlive,
 }
 
 /// The unary methods served today, by path (for tests and fuzzers that drive them all).
@@ -43,6 +50,10 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/Status",
     "/etcdserverpb.Maintenance/Alarm",
     "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
 ];
 
 /// Every service and method of etcd's API, to tell "not implemented yet" from "unknown".
@@ -129,6 +140,12 @@ fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
+        ("etcdserverpb.Lease", "LeaseGrant") => Method::LeaseGrant,
+        ("etcdserverpb.Lease", "LeaseRevoke") => Method::LeaseRevoke,
+        ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
+        ("etcdserverpb.Lease", "LeaseLeases") => Method::LeaseLeases,
+        ("etcdserverpb.Lease", "LeaseKeepAlive") => Method::LeaseKeepAlive,
+        ("etcdserverpb.Watch", "Watch") => Method::Watch,
         _ => {
             return match SERVICES.iter().find(|(s, _)| *s == service) {
                 None => unimplemented(format!("unknown service {service}")),
@@ -172,6 +189,13 @@ pub(crate) async fn handle(
         .and_then(parse_timeout);
     let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut reader = MessageReader::new(body, limit);
+    match route(parts.uri.path()) {
+        Ok(Method::Watch) => return watch::serve_watch(&mut respond, reader, &ctx).await,
+        Ok(Method::LeaseKeepAlive) => {
+            return watch::serve_keep_alive(&mut respond, reader, &ctx).await
+        }
+        _ => {}
+    }
     if route(parts.uri.path()) == Ok(Method::Snapshot) {
         let result = match reader.one().await {
             Ok(msg) => match decode_msg::<pb::SnapshotRequest>(msg) {
@@ -218,7 +242,7 @@ pub async fn with_deadline<T>(
     .await
 }
 
-fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
+pub(super) fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
     M::decode(msg).map_err(|e| {
         Status::new(
             Code::Internal,
@@ -272,7 +296,13 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::Status => kv::Request::Status(decode_msg(msg)?),
         Method::Alarm => kv::Request::Alarm(decode_msg(msg)?),
         Method::MemberList => kv::Request::MemberList(decode_msg(msg)?),
-        Method::Snapshot => unreachable!("a streaming method is not decoded as a unary request"),
+        Method::LeaseGrant => kv::Request::LeaseGrant(decode_msg(msg)?),
+        Method::LeaseRevoke => kv::Request::LeaseRevoke(decode_msg(msg)?),
+        Method::LeaseTimeToLive => kv::Request::LeaseTimeToLive(decode_msg(msg)?),
+        Method::LeaseLeases => kv::Request::LeaseLeases(decode_msg(msg)?),
+        Method::Snapshot | Method::Watch | Method::LeaseKeepAlive => {
+            unreachable!("a streaming method is not decoded as a unary request")
+        }
     })
 }
 
@@ -287,6 +317,14 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
         kv::Response::Status(r) => frame(r),
         kv::Response::MemberList(r) => frame(r),
         kv::Response::Alarm(r) => frame(r),
+        kv::Response::LeaseGrant(r) => frame(r),
+        kv::Response::LeaseRevoke(r) => frame(r),
+        kv::Response::LeaseKeepAlive(r) => frame(r),
+        kv::Response::LeaseTimeToLive(r) => frame(r),
+        kv::Response::LeaseLeases(r) => frame(r),
+        kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
+            unreachable!("internal answers are not sent to clients")
+        }
     }
 }
 
@@ -399,7 +437,7 @@ mod tests {
         assert_eq!(e.message, "unknown method Nope for service etcdserverpb.KV");
         let e = route("/foo.Bar/Baz").unwrap_err();
         assert_eq!(e.message, "unknown service foo.Bar");
-        let e = route("/etcdserverpb.Watch/Watch").unwrap_err();
+        let e = route("/v3lockpb.Lock/Lock").unwrap_err();
         assert!(e.message.contains("does not implement"), "{}", e.message);
         assert!(route("nonsense").is_err());
     }

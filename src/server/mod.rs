@@ -12,6 +12,7 @@ mod http1;
 mod shard;
 mod snapshot;
 mod stream;
+mod watch;
 
 pub use snapshot::SNAPSHOT_MAGIC;
 
@@ -45,12 +46,17 @@ pub struct ServerOptions {
     pub segment_bytes: u64,
     /// `--batch-wait-us`.
     pub batch_wait_us: u64,
+    /// `--experimental-watch-progress-notify-interval`, in seconds.
+    pub watch_progress_notify_secs: u64,
 }
 
 /// Per-shard settings shared by the connection handlers of a shard.
 pub(crate) struct ShardCtx {
     pub max_request_bytes: usize,
     pub owner: shard::Owner,
+    /// The owner's revision as this shard knows it; wakes watch streams.
+    pub notifier: Rc<shard::Notifier>,
+    pub watch_progress_notify_secs: u64,
 }
 
 /// Starts every shard and blocks until they stop. They run until the process is killed:
@@ -79,7 +85,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     segment_bytes: opts.segment_bytes,
                     batch_wait_us: opts.batch_wait_us,
                 };
-                let owner = match links.connect(state_opts).await {
+                let (owner, notifier) = match links.connect(state_opts).await {
                     Ok(o) => o,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -89,6 +95,8 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                 let ctx = Rc::new(ShardCtx {
                     max_request_bytes: opts.max_request_bytes,
                     owner,
+                    notifier,
+                    watch_progress_notify_secs: opts.watch_progress_notify_secs,
                 });
                 let mut listeners = Vec::new();
                 for addr in &opts.client_addrs {

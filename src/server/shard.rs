@@ -28,6 +28,8 @@ type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
 type FromOwner = (u64, Answer);
 type Job = (Request, Reply);
+/// The owner's revision, sent to the other shards after each batch that changed it.
+type RevNote = i64;
 
 /// Where an answer goes: a caller on the owner shard, or a request id on another shard's
 /// answer channel (answered by the apply loop itself: no task or channel per request).
@@ -71,10 +73,21 @@ const SMALL_BATCH_RECORDS: usize = 16;
 
 /// The ends one shard takes with it.
 pub(crate) enum Links {
-    /// Shard 0: one receiver of requests and one sender of answers per other shard.
-    Owner(Vec<(SharedReceiver<ToOwner>, SharedSender<FromOwner>)>),
-    /// Another shard: its request sender and answer receiver.
-    Forwarder(SharedSender<ToOwner>, SharedReceiver<FromOwner>),
+    /// Shard 0: one receiver of requests, one sender of answers and one sender of revision
+    /// notes per other shard.
+    Owner(
+        Vec<(
+            SharedReceiver<ToOwner>,
+            SharedSender<FromOwner>,
+            SharedSender<RevNote>,
+        )>,
+    ),
+    /// Another shard: its request sender, answer receiver and revision-note receiver.
+    Forwarder(
+        SharedSender<ToOwner>,
+        SharedReceiver<FromOwner>,
+        SharedReceiver<RevNote>,
+    ),
 }
 
 /// The channels between every shard and the owner, created before the shards start: the
@@ -85,8 +98,10 @@ pub(crate) fn mesh(shards: usize) -> Vec<Links> {
     for _ in 1..shards {
         let (req_tx, req_rx) = shared_channel::new_bounded(SHARD_QUEUE_DEPTH);
         let (ans_tx, ans_rx) = shared_channel::new_bounded(SHARD_QUEUE_DEPTH);
-        owner_ends.push((req_rx, ans_tx));
-        forwarders.push(Links::Forwarder(req_tx, ans_rx));
+        // One note in flight is enough: a shard reads the newest revision when it wakes.
+        let (note_tx, note_rx) = shared_channel::new_bounded(1);
+        owner_ends.push((req_rx, ans_tx, note_tx));
+        forwarders.push(Links::Forwarder(req_tx, ans_rx, note_rx));
     }
     let mut links = vec![Links::Owner(owner_ends)];
     links.extend(forwarders);
@@ -95,17 +110,31 @@ pub(crate) fn mesh(shards: usize) -> Vec<Links> {
 
 impl Links {
     /// Connects this shard's channel ends (on the shard's own executor). On the owner: opens
-    /// the log, replays it into a new state, and starts the apply loop and one forwarding task
-    /// per other shard.
-    pub async fn connect(self, opts: StateOptions) -> io::Result<Owner> {
+    /// the log, replays it into a new state, and starts the apply loop, the lease expiry
+    /// ticker and one forwarding task per other shard. Returns how to reach the state and
+    /// this shard's revision notifier (for watch streams).
+    pub async fn connect(self, opts: StateOptions) -> io::Result<(Owner, Rc<Notifier>)> {
+        let notifier = Rc::new(Notifier::default());
         match self {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
                 let (state, log) = recover(opts).await?;
+                notifier.notify(state.store().rev());
                 let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
-                glommio::spawn_local(apply_loop(rx, state, log, wait)).detach();
+                glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone())).detach();
                 let tx = Rc::new(tx);
-                for (req_rx, ans_tx) in ends {
+                glommio::spawn_local(lease_ticker(Owner::Local(tx.clone()))).detach();
+                for (req_rx, ans_tx, note_tx) in ends {
+                    let notes = notifier.subscribe();
+                    let n = notifier.clone();
+                    glommio::spawn_local(async move {
+                        let note_tx = note_tx.connect().await;
+                        while notes.recv().await.is_some() {
+                            // Full: a note not yet read will wake the shard anyway.
+                            let _ = note_tx.try_send(n.rev());
+                        }
+                    })
+                    .detach();
                     let tx = tx.clone();
                     glommio::spawn_local(async move {
                         let req_rx = req_rx.connect().await;
@@ -122,9 +151,17 @@ impl Links {
                     })
                     .detach();
                 }
-                Ok(Owner::Local(tx))
+                Ok((Owner::Local(tx), notifier))
             }
-            Links::Forwarder(req_tx, ans_rx) => {
+            Links::Forwarder(req_tx, ans_rx, note_rx) => {
+                let n = notifier.clone();
+                glommio::spawn_local(async move {
+                    let note_rx = note_rx.connect().await;
+                    while let Some(rev) = note_rx.recv().await {
+                        n.notify(rev);
+                    }
+                })
+                .detach();
                 let waiting: Rc<std::cell::RefCell<HashMap<u64, LocalSender<Answer>>>> =
                     Rc::default();
                 let req_tx = req_tx.connect().await;
@@ -140,11 +177,12 @@ impl Links {
                     }
                 })
                 .detach();
-                Ok(Owner::Remote(Rc::new(Remote {
+                let owner = Owner::Remote(Rc::new(Remote {
                     req_tx,
                     waiting,
                     next_id: Cell::new(0),
-                })))
+                }));
+                Ok((owner, notifier))
             }
         }
     }
@@ -177,11 +215,54 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
     Ok((state, Some(rec.log)))
 }
 
+/// Asks the apply loop to revoke expired leases, periodically.
+async fn lease_ticker(owner: Owner) {
+    let every = std::time::Duration::from_millis(crate::limits::LEASE_CHECK_INTERVAL_MS);
+    loop {
+        glommio::timer::sleep(every).await;
+        if let Err(EtcdError::Stopped) = owner.call(Request::LeaseExpire(Vec::new())).await {
+            return;
+        }
+    }
+}
+
+/// The newest revision this shard knows of, and the watch streams to wake when it moves.
+#[derive(Default)]
+pub(crate) struct Notifier {
+    rev: Cell<i64>,
+    subscribers: std::cell::RefCell<Vec<LocalSender<()>>>,
+}
+
+impl Notifier {
+    pub fn rev(&self) -> i64 {
+        self.rev.get()
+    }
+
+    /// A receiver woken (at most one pending wake-up) whenever the revision moves.
+    pub fn subscribe(&self) -> LocalReceiver<()> {
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.subscribers.borrow_mut().push(tx);
+        rx
+    }
+
+    pub fn notify(&self, rev: i64) {
+        if rev <= self.rev.get() {
+            return;
+        }
+        self.rev.set(rev);
+        // A full channel already holds a wake-up; a closed one's stream has ended.
+        self.subscribers
+            .borrow_mut()
+            .retain(|tx| !matches!(tx.try_send(()), Err(glommio::GlommioError::Closed(_))));
+    }
+}
+
 async fn apply_loop(
     rx: LocalReceiver<Job>,
     mut state: KvState,
     mut log: Option<Log>,
     batch_wait: std::time::Duration,
+    notifier: Rc<Notifier>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
     let mut reported = (std::time::Instant::now(), LogStats::default());
@@ -232,6 +313,7 @@ async fn apply_loop(
             }
         }
         run_batch(&mut state, log.as_mut(), &mut batch).await;
+        notifier.notify(state.store().rev());
         if state.store().compaction_pending() {
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
@@ -272,7 +354,8 @@ enum Step {
 async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<Job>) {
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
-    for (req, tx) in batch.drain(..) {
+    for (mut req, tx) in batch.drain(..) {
+        state.prepare(&mut req);
         if let Err(e) = state.precheck(&req) {
             steps.push(Step::Answered(tx, Err(e)));
         } else if log.is_some() && kv::is_write(&req) {

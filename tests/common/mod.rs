@@ -256,3 +256,101 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> Output {
     a.extend(args.iter().map(|s| s.to_string()));
     run(ETCDCTL, &[("ETCDCTL_API", "3")], &a, stdin)
 }
+
+/// A long-running command (etcdctl watch, lock, elect) whose output is collected as it comes;
+/// killed on drop.
+pub struct Background {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Real etcdctl (API v3) against `endpoint`, stdout and stderr collected together.
+    pub fn etcdctl(endpoint: &str, args: &[&str]) -> Background {
+        let mut child = Command::new(ETCDCTL)
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {ETCDCTL}: {e}"));
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for mut r in pipes {
+            let out = out.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .expect("output lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }));
+        }
+        Background {
+            child,
+            out,
+            readers,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.lock().expect("output lock").clone()
+    }
+
+    /// Waits until the output satisfies `f`, or `timeout` passes; true if it did.
+    pub fn wait_for(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f(&self.output()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f(&self.output())
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Interrupts the process (SIGINT, as Ctrl-C), waits up to 5 s for it to exit, kills it
+    /// otherwise; returns everything it printed.
+    pub fn stop(mut self) -> String {
+        // SAFETY: kill(2) with a pid we own; no memory is touched.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.output()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -1,0 +1,169 @@
+//! Leases: which exist, their TTLs and when they expire (etcd's `lessor`).
+//!
+//! Granting and revoking go through the log like any write, so the set of leases and the keys
+//! attached to them (kept by the MVCC store) are rebuilt by replay. Expiry deadlines are
+//! in-memory only: after a restart every lease gets its full TTL again, which is what etcd does
+//! when a member restarts or a new leader takes over (it "promotes" leases). The owner shard
+//! checks deadlines periodically and logs a revoke of the expired ones, so expiry is a logged
+//! event as well and a replay never depends on the clock.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::EtcdError;
+
+/// etcd's MaxLeaseTTL: 9,000,000,000 seconds.
+pub const MAX_LEASE_TTL_SECONDS: i64 = 9_000_000_000;
+
+/// etcd's minimum TTL with its default heartbeat (100 ms) and election timeout (1000 ms):
+/// ceil(3/2 * election ticks * heartbeat) = 2 seconds. A shorter TTL is raised to it.
+pub const MIN_LEASE_TTL_SECONDS: i64 = 2;
+
+#[derive(Clone, Debug)]
+struct Lease {
+    /// Granted TTL in seconds (after the minimum is applied).
+    ttl: i64,
+    expiry: Instant,
+}
+
+/// The leases of the store.
+#[derive(Debug)]
+pub struct Lessor {
+    leases: HashMap<i64, Lease>,
+    min_ttl: i64,
+    /// etcd's idutil.Generator: member id in the top 16 bits, then milliseconds and a count.
+    id_prefix: u64,
+    id_suffix: u64,
+}
+
+impl Lessor {
+    pub fn new(member_id: u64) -> Lessor {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Lessor {
+            leases: HashMap::new(),
+            min_ttl: MIN_LEASE_TTL_SECONDS,
+            id_prefix: member_id << 48,
+            id_suffix: (millis & ((1 << 40) - 1)) << 8,
+        }
+    }
+
+    /// A lease ID no lease has: positive, non-zero (etcd's choice for a grant without one).
+    pub fn assign_id(&mut self) -> i64 {
+        loop {
+            self.id_suffix = self.id_suffix.wrapping_add(1);
+            let id =
+                ((self.id_prefix | (self.id_suffix & ((1 << 48) - 1))) & (i64::MAX as u64)) as i64;
+            if id != 0 && !self.leases.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn exists(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// Grants lease `id`; returns its TTL (raised to the minimum).
+    pub fn grant(&mut self, id: i64, ttl: i64, now: Instant) -> Result<i64, EtcdError> {
+        if id == 0 {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        if ttl > MAX_LEASE_TTL_SECONDS {
+            return Err(EtcdError::LeaseTtlTooLarge);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(EtcdError::LeaseExist);
+        }
+        let ttl = ttl.max(self.min_ttl);
+        self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                expiry: now + secs(ttl),
+            },
+        );
+        Ok(ttl)
+    }
+
+    /// Forgets lease `id` (the caller deletes its keys).
+    pub fn revoke(&mut self, id: i64) -> Result<(), EtcdError> {
+        self.leases
+            .remove(&id)
+            .map(drop)
+            .ok_or(EtcdError::LeaseNotFound)
+    }
+
+    /// A keepalive: the lease lives its whole TTL again from `now`. An expired lease waiting
+    /// for its revoke is not renewed (etcd answers as if it did not exist).
+    pub fn renew(&mut self, id: i64, now: Instant) -> Result<i64, EtcdError> {
+        match self.leases.get_mut(&id) {
+            Some(l) if l.expiry > now => {
+                l.expiry = now + secs(l.ttl);
+                Ok(l.ttl)
+            }
+            _ => Err(EtcdError::LeaseNotFound),
+        }
+    }
+
+    /// (granted TTL, whole seconds left) of lease `id`.
+    pub fn time_to_live(&self, id: i64, now: Instant) -> Option<(i64, i64)> {
+        let l = self.leases.get(&id)?;
+        let left = l.expiry.saturating_duration_since(now).as_secs() as i64;
+        Some((l.ttl, left))
+    }
+
+    /// Every lease ID, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Up to `max` leases whose deadline has passed, in ID order.
+    pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expiry <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(max);
+        ids
+    }
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(s.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_renew_expire_revoke() {
+        let mut l = Lessor::new(0x8e9e05c52164694d);
+        let t0 = Instant::now();
+        let id = l.assign_id();
+        assert!(id > 0);
+        assert_eq!(id as u64 >> 48, 0x694d, "member id in the top bits");
+        assert_eq!(l.grant(id, 1, t0), Ok(MIN_LEASE_TTL_SECONDS));
+        assert_eq!(l.grant(id, 5, t0), Err(EtcdError::LeaseExist));
+        assert_eq!(
+            l.grant(7, MAX_LEASE_TTL_SECONDS + 1, t0),
+            Err(EtcdError::LeaseTtlTooLarge)
+        );
+        assert_eq!(l.time_to_live(id, t0), Some((2, 2)));
+        assert!(l.expired(t0 + secs(1), 10).is_empty());
+        assert_eq!(l.renew(id, t0 + secs(1)), Ok(2));
+        assert!(l.expired(t0 + secs(2), 10).is_empty(), "renewed at 1 s");
+        assert_eq!(l.expired(t0 + secs(3), 10), vec![id]);
+        assert_eq!(l.renew(id, t0 + secs(3)), Err(EtcdError::LeaseNotFound));
+        assert_eq!(l.revoke(id), Ok(()));
+        assert_eq!(l.revoke(id), Err(EtcdError::LeaseNotFound));
+        assert_ne!(l.assign_id(), l.assign_id());
+    }
+}

@@ -1,0 +1,458 @@
+//! The Watch service, and the LeaseKeepAlive stream: the two bidirectional streams.
+//!
+//! A watch stream lives on the shard that accepted its connection and holds its watchers:
+//! what each watches and the next revision it wants. It *pulls* events from the owner shard
+//! ([`kv::Request::WatchPull`]) when the owner's revision moves past what its watchers have
+//! seen, at most `WATCH_PULL_EVENTS_MAX` events at a time (whole revisions), and sends them
+//! with HTTP/2 flow control. So the owner never buffers for a watcher and never waits for one:
+//! a slow client only holds back its own stream, whose watchers simply pull from further back
+//! (recent history from the store's change log, older history from the index) when the client
+//! reads again, or are canceled with the compacted revision if compaction passed them. Memory
+//! per stream is one pull's events, whatever the client does.
+//!
+//! The guarantees follow from the pull: events come in revision order from the next revision
+//! a watcher wants, each revision whole (unless the watcher asked for fragments), and the next
+//! revision only moves past what was sent. A progress response at revision R is sent only
+//! when every watcher of the stream has been sent everything up to R.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::SendStream;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use prost::Message;
+
+use super::grpc::{decode_msg, frame, percent_encode};
+use super::stream::{send_flow_controlled, MessageReader};
+use super::ShardCtx;
+use crate::error::Status;
+use crate::kv::{self, Pulled, WatchPull, WatchSpec};
+use crate::limits::{WATCHERS_PER_STREAM_MAX, WATCH_PULL_EVENTS_MAX};
+use crate::proto::etcdserverpb as pb;
+use pb::watch_request::RequestUnion;
+
+/// How a stream ended: with a status for the client, or because the client went away.
+enum End {
+    Status(Status),
+    Gone,
+}
+
+impl From<Status> for End {
+    fn from(s: Status) -> End {
+        End::Status(s)
+    }
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    progress_notify: bool,
+    fragment: bool,
+    /// Events were sent since the last progress notification.
+    active: bool,
+}
+
+struct WatchStream<'a> {
+    ctx: &'a ShardCtx,
+    out: SendStream<Bytes>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    /// The newest revision known, and the last header the owner sent.
+    known: i64,
+    header: pb::ResponseHeader,
+}
+
+/// Serves one Watch stream until the client ends it or goes away.
+pub(crate) async fn serve_watch(
+    respond: &mut SendResponse<Bytes>,
+    mut reader: MessageReader,
+    ctx: &ShardCtx,
+) {
+    let Ok(out) = respond.send_response(grpc_ok(), false) else {
+        return;
+    };
+    let wake = ctx.notifier.subscribe();
+    let mut s = WatchStream {
+        ctx,
+        out,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        known: ctx.notifier.rev(),
+        header: pb::ResponseHeader::default(),
+    };
+    let end = s.run(&mut reader, &wake).await;
+    finish(&mut s.out, end);
+}
+
+/// Serves one LeaseKeepAlive stream: one answer per request, in order.
+pub(crate) async fn serve_keep_alive(
+    respond: &mut SendResponse<Bytes>,
+    mut reader: MessageReader,
+    ctx: &ShardCtx,
+) {
+    let Ok(mut out) = respond.send_response(grpc_ok(), false) else {
+        return;
+    };
+    let end = async {
+        while let Some(msg) = reader.next().await {
+            let req: pb::LeaseKeepAliveRequest = decode_msg(msg?)?;
+            let resp = match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
+                Ok(kv::Response::LeaseKeepAlive(r)) => r,
+                Ok(other) => panic!("a keepalive answered with {other:?}"),
+                Err(e) => return Err(End::Status(e.into())),
+            };
+            send_flow_controlled(&mut out, frame(&resp))
+                .await
+                .map_err(|_| End::Gone)?;
+        }
+        Ok(())
+    }
+    .await;
+    finish(&mut out, end);
+}
+
+fn grpc_ok() -> Response<()> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .expect("static response")
+}
+
+/// Ends the stream with its status in the trailers.
+fn finish(out: &mut SendStream<Bytes>, end: Result<(), End>) {
+    let status = match end {
+        Ok(()) => None,
+        Err(End::Gone) => return,
+        Err(End::Status(s)) => Some(s),
+    };
+    let mut trailers = HeaderMap::new();
+    match status {
+        None => {
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        }
+        Some(s) => {
+            trailers.insert("grpc-status", HeaderValue::from(s.code.as_i32()));
+            if let Ok(v) = HeaderValue::from_str(&percent_encode(&s.message)) {
+                trailers.insert("grpc-message", v);
+            }
+        }
+    }
+    let _ = out.send_trailers(trailers);
+}
+
+impl WatchStream<'_> {
+    async fn run(
+        &mut self,
+        reader: &mut MessageReader,
+        wake: &glommio::channels::local_channel::LocalReceiver<()>,
+    ) -> Result<(), End> {
+        let interval = Duration::from_secs(self.ctx.watch_progress_notify_secs.max(1));
+        let mut next_progress = Instant::now() + interval;
+        loop {
+            // Requests first, so cancels and creates are not held up by catching up.
+            while let Some(msg) = futures_lite::future::poll_once(reader.next()).await {
+                match msg {
+                    Some(msg) => self.handle(msg?).await?,
+                    None => return Ok(()),
+                }
+            }
+            self.known = self.known.max(self.ctx.notifier.rev());
+            if self.watchers.values().any(|w| w.spec.from <= self.known) {
+                self.pull(false).await?;
+                continue;
+            }
+            if Instant::now() >= next_progress {
+                self.progress_notify().await?;
+                next_progress = Instant::now() + interval;
+            }
+            enum Wake {
+                Message(Option<Result<Bytes, Status>>),
+                Revision(bool),
+                Tick,
+            }
+            let left = next_progress.saturating_duration_since(Instant::now());
+            let woke = futures_lite::future::or(
+                async { Wake::Message(reader.next().await) },
+                futures_lite::future::or(
+                    async { Wake::Revision(wake.recv().await.is_some()) },
+                    async {
+                        glommio::timer::sleep(left).await;
+                        Wake::Tick
+                    },
+                ),
+            )
+            .await;
+            match woke {
+                Wake::Message(Some(msg)) => self.handle(msg?).await?,
+                Wake::Message(None) => return Ok(()),
+                // The shard is stopping.
+                Wake::Revision(false) => return Ok(()),
+                Wake::Revision(true) | Wake::Tick => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Bytes) -> Result<(), End> {
+        let req: pb::WatchRequest = decode_msg(msg)?;
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                // etcd answers only the cancel of a watcher that exists.
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    let resp = pb::WatchResponse {
+                        header: Some(self.header_at(self.known)),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(&resp).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => self.progress().await,
+            // etcd ignores a request with nothing in it rather than ending the stream.
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), End> {
+        let key = if c.key.is_empty() {
+            Bytes::from_static(&[0])
+        } else {
+            c.key
+        };
+        let refused = |reason: &str| pb::WatchResponse {
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        let empty_range = !c.range_end.is_empty() && c.range_end[..] != [0] && key >= c.range_end;
+        let id = if c.watch_id == 0 {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        } else {
+            c.watch_id
+        };
+        let refusal = if empty_range {
+            Some(refused("mvcc: watcher range is empty"))
+        } else if self.watchers.contains_key(&id) {
+            Some(refused(
+                "mvcc: duplicate watch ID provided on the WatchStream",
+            ))
+        } else if self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            Some(refused(&format!(
+                "ferrocd: too many watchers on one stream (at most {WATCHERS_PER_STREAM_MAX})"
+            )))
+        } else {
+            None
+        };
+        if let Some(mut resp) = refusal {
+            resp.header = Some(self.header_at(self.known));
+            return self.send(&resp).await;
+        }
+        let filters = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
+        let w = Watcher {
+            spec: WatchSpec {
+                key,
+                range_end: c.range_end,
+                from: c.start_revision.max(0),
+                prev_kv: c.prev_kv,
+                no_put: filters(pb::watch_create_request::FilterType::Noput),
+                no_delete: filters(pb::watch_create_request::FilterType::Nodelete),
+            },
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            active: false,
+        };
+        // The first pull fixes where a watcher without a start revision begins (the revision
+        // after the current one) and gets the history one with a past start revision asked
+        // for; the created response goes first, with the revision the pull saw.
+        let pulled = self.pull_specs(vec![(id, w.spec.clone())]).await?;
+        self.watchers.insert(id, w);
+        let created = pb::WatchResponse {
+            header: Some(self.header),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        self.send(&created).await?;
+        self.deliver(pulled).await
+    }
+
+    /// Pulls for the watchers that are behind (or for all of them), and sends what came.
+    async fn pull(&mut self, all: bool) -> Result<(), End> {
+        let specs: Vec<(i64, WatchSpec)> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| all || w.spec.from <= self.known)
+            .map(|(&id, w)| (id, w.spec.clone()))
+            .collect();
+        let pulled = self.pull_specs(specs).await?;
+        self.deliver(pulled).await
+    }
+
+    async fn pull_specs(
+        &mut self,
+        specs: Vec<(i64, WatchSpec)>,
+    ) -> Result<Vec<(i64, Pulled)>, End> {
+        let (ids, specs): (Vec<i64>, Vec<WatchSpec>) = specs.into_iter().unzip();
+        let req = kv::Request::WatchPull(WatchPull {
+            specs,
+            max_events: WATCH_PULL_EVENTS_MAX,
+        });
+        let pulled = match self.ctx.owner.call(req).await {
+            Ok(kv::Response::WatchPull(p)) => p,
+            Ok(other) => panic!("a watch pull answered with {other:?}"),
+            Err(e) => return Err(End::Status(e.into())),
+        };
+        self.known = self.known.max(pulled.header.revision);
+        self.header = pulled.header;
+        Ok(ids.into_iter().zip(pulled.results).collect())
+    }
+
+    async fn deliver(&mut self, pulled: Vec<(i64, Pulled)>) -> Result<(), End> {
+        for (id, p) in pulled {
+            match p {
+                Pulled::Events { events, next } => {
+                    let Some(w) = self.watchers.get_mut(&id) else {
+                        continue;
+                    };
+                    // A future start revision stays where it is until the store reaches it.
+                    w.spec.from = w.spec.from.max(next);
+                    if events.is_empty() {
+                        continue;
+                    }
+                    w.active = true;
+                    let fragment = w.fragment;
+                    let resp = pb::WatchResponse {
+                        header: Some(self.header),
+                        watch_id: id,
+                        events,
+                        ..Default::default()
+                    };
+                    if fragment {
+                        self.send_fragments(resp).await?;
+                    } else {
+                        self.send(&resp).await?;
+                    }
+                }
+                Pulled::Compacted(rev) => {
+                    if self.watchers.remove(&id).is_none() {
+                        continue;
+                    }
+                    // As etcd: canceled, with the compacted revision and a header without
+                    // a revision.
+                    let resp = pb::WatchResponse {
+                        header: Some(self.header_at(0)),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: rev,
+                        ..Default::default()
+                    };
+                    self.send(&resp).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A client's progress request: answered with a revision up to which every watcher of the
+    /// stream has been sent every event (WatchId -1: for all of them, as etcd).
+    async fn progress(&mut self) -> Result<(), End> {
+        self.pull(true).await?;
+        // Catch up a little; under a steady stream of writes the answer is simply older.
+        for _ in 0..16 {
+            if !self.watchers.values().any(|w| w.spec.from <= self.known) {
+                break;
+            }
+            self.pull(false).await?;
+        }
+        let rev = self
+            .watchers
+            .values()
+            .map(|w| w.spec.from - 1)
+            .min()
+            .unwrap_or(self.known)
+            .min(self.known);
+        let resp = pb::WatchResponse {
+            header: Some(self.header_at(rev)),
+            watch_id: -1,
+            ..Default::default()
+        };
+        self.send(&resp).await
+    }
+
+    /// The periodic notification to watchers that asked for it and had no events since the
+    /// last one (etcd's progress_notify).
+    async fn progress_notify(&mut self) -> Result<(), End> {
+        let known = self.known;
+        let due: Vec<i64> = self
+            .watchers
+            .iter_mut()
+            .filter(|(_, w)| w.progress_notify && w.spec.from > known)
+            .filter_map(|(&id, w)| (!std::mem::take(&mut w.active)).then_some(id))
+            .collect();
+        for id in due {
+            let resp = pb::WatchResponse {
+                header: Some(self.header_at(known)),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.send(&resp).await?;
+        }
+        Ok(())
+    }
+
+    fn header_at(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            revision,
+            ..self.header
+        }
+    }
+
+    async fn send(&mut self, resp: &pb::WatchResponse) -> Result<(), End> {
+        send_flow_controlled(&mut self.out, frame(resp))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    /// etcd's sendFragments: a response larger than the request limit, with more than one
+    /// event, goes in pieces under the limit, each but the last marked `fragment`.
+    async fn send_fragments(&mut self, resp: pb::WatchResponse) -> Result<(), End> {
+        let limit = self.ctx.max_request_bytes;
+        if resp.encoded_len() < limit || resp.events.len() < 2 {
+            return self.send(&resp).await;
+        }
+        let mut rest = resp.events.into_iter().peekable();
+        let base = pb::WatchResponse {
+            events: Vec::new(),
+            fragment: true,
+            ..resp
+        };
+        let mut size = base.encoded_len();
+        let mut cur = base.clone();
+        while let Some(ev) = rest.next() {
+            let len = ev.encoded_len();
+            let ev_size = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+            if !cur.events.is_empty() && size + ev_size >= limit {
+                self.send(&cur).await?;
+                cur = base.clone();
+                size = base.encoded_len();
+            }
+            size += ev_size;
+            cur.events.push(ev);
+            if rest.peek().is_none() {
+                cur.fragment = false;
+                self.send(&cur).await?;
+            }
+        }
+        Ok(())
+    }
+}
