@@ -154,6 +154,19 @@ impl Server {
         self.wait_healthy();
     }
 
+    /// The server's anonymous resident memory (heap and stacks, not the log's file mapping),
+    /// in bytes, from /proc.
+    pub fn rss_anon(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("RssAnon in /proc status")
+            * 1024
+    }
+
     /// True while the process runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
