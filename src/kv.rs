@@ -898,6 +898,20 @@ fn delete_range<V: ValueStore>(
 }
 
 /// True when a txn only reads (etcd serves those without Raft and without the size limit).
+/// clientv3's prefix end: the key with its last byte below 0xff incremented; "\0" when
+/// every byte is 0xff.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("non-empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
 pub fn txn_is_read_only(r: &pb::TxnRequest) -> bool {
     r.success
         .iter()

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::client::Client;
 use crate::error::{EtcdError, Status};
+use crate::kv::prefix_end;
 use crate::proto::etcdserverpb as pb;
 use flags::Flags;
 pub use print::Format;
@@ -353,20 +354,6 @@ fn endpoint_status(g: &Global) -> Result<(), Failure> {
     }
     print::endpoint_status(g, &ok);
     Ok(())
-}
-
-/// clientv3's prefix end: the key with its last byte below 0xff incremented; "\0" when
-/// every byte is 0xff.
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(&last) = end.last() {
-        if last < 0xff {
-            *end.last_mut().expect("non-empty") += 1;
-            return end;
-        }
-        end.pop();
-    }
-    vec![0]
 }
 
 fn put_request(

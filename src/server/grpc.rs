@@ -11,8 +11,8 @@ use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use prost::Message;
 
-use super::stream::MessageReader;
-use super::{snapshot, watch, ShardCtx};
+use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, MessageReader};
+use super::{recipes, snapshot, watch, ShardCtx};
 use crate::error::{Code, EtcdError, Status};
 use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
@@ -38,6 +38,14 @@ enum Method {
     /// Bidirectional streaming.
     Watch,
     LeaseKeepAlive,
+    /// The lock and election recipes (served in `recipes`; Observe streams).
+    Lock,
+    Unlock,
+    Campaign,
+    Proclaim,
+    Leader,
+    Resign,
+    Observe,
 }
 
 /// The unary methods served today, by path (for tests and fuzzers that drive them all).
@@ -146,6 +154,13 @@ fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Lease", "LeaseLeases") => Method::LeaseLeases,
         ("etcdserverpb.Lease", "LeaseKeepAlive") => Method::LeaseKeepAlive,
         ("etcdserverpb.Watch", "Watch") => Method::Watch,
+        ("v3lockpb.Lock", "Lock") => Method::Lock,
+        ("v3lockpb.Lock", "Unlock") => Method::Unlock,
+        ("v3electionpb.Election", "Campaign") => Method::Campaign,
+        ("v3electionpb.Election", "Proclaim") => Method::Proclaim,
+        ("v3electionpb.Election", "Leader") => Method::Leader,
+        ("v3electionpb.Election", "Resign") => Method::Resign,
+        ("v3electionpb.Election", "Observe") => Method::Observe,
         _ => {
             return match SERVICES.iter().find(|(s, _)| *s == service) {
                 None => unimplemented(format!("unknown service {service}")),
@@ -194,6 +209,15 @@ pub(crate) async fn handle(
         Ok(Method::LeaseKeepAlive) => {
             return watch::serve_keep_alive(&mut respond, reader, &ctx).await
         }
+        Ok(
+            m @ (Method::Lock
+            | Method::Unlock
+            | Method::Campaign
+            | Method::Proclaim
+            | Method::Leader
+            | Method::Resign
+            | Method::Observe),
+        ) => return serve_recipe(m, respond, reader, deadline, &ctx).await,
         _ => {}
     }
     if route(parts.uri.path()) == Ok(Method::Snapshot) {
@@ -225,6 +249,94 @@ pub(crate) async fn handle(
     if let Err(e) = sent {
         tracing::debug!(error = %e, "client went away before the response");
     }
+}
+
+/// Completes when the client resets the stream (a canceled call) or the deadline passes, with
+/// the status grpc-go would give the call.
+async fn canceled(respond: &mut SendResponse<Bytes>, deadline: Option<Duration>) -> Status {
+    let reset = async {
+        let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        Status::new(Code::Canceled, "context canceled")
+    };
+    let timeout = async {
+        match deadline {
+            Some(d) => glommio::timer::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+        Status::new(Code::DeadlineExceeded, "context deadline exceeded")
+    };
+    futures_lite::future::or(reset, timeout).await
+}
+
+/// The lock and election services. Lock and Campaign may wait long: they watch for their
+/// caller going away or its deadline, and clean up their key when it does.
+async fn serve_recipe(
+    method: Method,
+    mut respond: SendResponse<Bytes>,
+    mut reader: MessageReader,
+    deadline: Option<Duration>,
+    ctx: &ShardCtx,
+) {
+    let result: Result<Bytes, Status> = async {
+        let msg = reader.one().await?;
+        let canceled = canceled(&mut respond, deadline);
+        Ok(match method {
+            Method::Lock => frame(&recipes::lock(ctx, decode_msg(msg)?, canceled).await?),
+            Method::Unlock => frame(&recipes::unlock(ctx, decode_msg(msg)?).await?),
+            Method::Campaign => frame(&recipes::campaign(ctx, decode_msg(msg)?, canceled).await?),
+            Method::Proclaim => frame(&recipes::proclaim(ctx, decode_msg(msg)?).await?),
+            Method::Leader => frame(&recipes::leader(ctx, decode_msg(msg)?).await?),
+            Method::Resign => frame(&recipes::resign(ctx, decode_msg(msg)?).await?),
+            Method::Observe => {
+                drop(canceled);
+                let req = decode_msg(msg)?;
+                return observe(recipes::Observer::new(ctx, req), &mut respond, deadline).await;
+            }
+            _ => unreachable!("not a recipe method"),
+        })
+    }
+    .await;
+    let sent = match result {
+        Ok(frame) if frame.is_empty() => Ok(()),
+        Ok(frame) => send_message(&mut respond, frame),
+        Err(status) => send_status(&mut respond, &status),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "client went away before the response");
+    }
+}
+
+/// Streams an election's leader changes until the client goes away. Returns an empty frame
+/// when the stream was ended here, or the status to end it with before it began.
+async fn observe(
+    mut observer: recipes::Observer<'_>,
+    respond: &mut SendResponse<Bytes>,
+    deadline: Option<Duration>,
+) -> Result<Bytes, Status> {
+    let mut out = respond
+        .send_response(grpc_ok(), false)
+        .map_err(|_| Status::new(Code::Canceled, "context canceled"))?;
+    let end = async {
+        loop {
+            let next = futures_lite::future::or(async { Some(observer.next().await) }, async {
+                let _ = std::future::poll_fn(|cx| out.poll_reset(cx)).await;
+                None
+            })
+            .await;
+            let Some(resp) = next else {
+                return Ok(());
+            };
+            if send_flow_controlled(&mut out, frame(&resp?)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let end: Result<(), Status> = match deadline {
+        Some(d) => with_deadline(end, d).await,
+        None => end.await,
+    };
+    send_status_trailers(&mut out, end.err());
+    Ok(Bytes::new())
 }
 
 /// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d`.
@@ -300,8 +412,20 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::LeaseRevoke => kv::Request::LeaseRevoke(decode_msg(msg)?),
         Method::LeaseTimeToLive => kv::Request::LeaseTimeToLive(decode_msg(msg)?),
         Method::LeaseLeases => kv::Request::LeaseLeases(decode_msg(msg)?),
-        Method::Snapshot | Method::Watch | Method::LeaseKeepAlive => {
-            unreachable!("a streaming method is not decoded as a unary request")
+        Method::Snapshot
+        | Method::Watch
+        | Method::LeaseKeepAlive
+        | Method::Lock
+        | Method::Unlock
+        | Method::Campaign
+        | Method::Proclaim
+        | Method::Leader
+        | Method::Resign
+        | Method::Observe => {
+            return Err(Status::new(
+                Code::Internal,
+                "a stream or recipe method is not decoded as a request",
+            ))
         }
     })
 }
@@ -437,7 +561,7 @@ mod tests {
         assert_eq!(e.message, "unknown method Nope for service etcdserverpb.KV");
         let e = route("/foo.Bar/Baz").unwrap_err();
         assert_eq!(e.message, "unknown service foo.Bar");
-        let e = route("/v3lockpb.Lock/Lock").unwrap_err();
+        let e = route("/etcdserverpb.Auth/AuthStatus").unwrap_err();
         assert!(e.message.contains("does not implement"), "{}", e.message);
         assert!(route("nonsense").is_err());
     }

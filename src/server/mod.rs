@@ -9,6 +9,7 @@
 mod conn;
 mod grpc;
 mod http1;
+mod recipes;
 mod shard;
 mod snapshot;
 mod stream;

@@ -19,10 +19,11 @@ use std::rc::Rc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
-use crate::error::EtcdError;
+use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
 use crate::log::{Log, LogStats};
+use crate::proto::etcdserverpb as pb;
 
 type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
@@ -412,6 +413,34 @@ pub(crate) enum Owner {
 }
 
 impl Owner {
+    /// A Range on the owner shard.
+    pub async fn range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        match self.call(Request::Range(r)).await? {
+            Response::Range(r) => Ok(r),
+            other => unreachable!("a range answered with {other:?}"),
+        }
+    }
+
+    /// A Txn on the owner shard.
+    pub async fn txn(&self, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        match self.call(Request::Txn(t)).await? {
+            Response::Txn(r) => Ok(r),
+            other => unreachable!("a txn answered with {other:?}"),
+        }
+    }
+
+    /// A DeleteRange of one key on the owner shard.
+    pub async fn delete(&self, key: bytes::Bytes) -> Result<pb::DeleteRangeResponse, Status> {
+        let req = pb::DeleteRangeRequest {
+            key,
+            ..Default::default()
+        };
+        match self.call(Request::DeleteRange(req)).await? {
+            Response::DeleteRange(r) => Ok(r),
+            other => unreachable!("a delete answered with {other:?}"),
+        }
+    }
+
     /// Executes `req` on the owner shard.
     pub async fn call(&self, req: Request) -> Answer {
         let (tx, rx) = local_channel::new_bounded(1);

@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use super::stream::send_flow_controlled;
 use super::{grpc, ShardCtx};
 use crate::error::Status;
-use crate::kv::Request;
 use crate::log::record::{self, Kind};
 use crate::proto::etcdserverpb as pb;
 
@@ -30,11 +29,7 @@ const KEYS_PER_READ: i64 = 1000;
 const CHUNK_BYTES: usize = 64 * 1024;
 
 async fn range(ctx: &ShardCtx, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-    match ctx.owner.call(Request::Range(r)).await {
-        Ok(crate::kv::Response::Range(r)) => Ok(r),
-        Ok(other) => panic!("a Range answered with {other:?}"),
-        Err(e) => Err(e.into()),
-    }
+    ctx.owner.range(r).await
 }
 
 /// Streams the snapshot on `respond`. Errors before the first chunk come back as a status;

@@ -110,3 +110,30 @@ pub(crate) async fn send_flow_controlled(
     }
     Ok(())
 }
+
+/// The response headers that open a gRPC stream.
+pub(crate) fn grpc_ok() -> http::Response<()> {
+    http::Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .expect("static response")
+}
+
+/// Ends a gRPC stream with its status (None: OK) in the trailers.
+pub(crate) fn send_status_trailers(out: &mut SendStream<Bytes>, status: Option<Status>) {
+    let mut trailers = http::HeaderMap::new();
+    match status {
+        None => {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        }
+        Some(s) => {
+            trailers.insert("grpc-status", http::HeaderValue::from(s.code.as_i32()));
+            let message = super::grpc::percent_encode(&s.message);
+            if let Ok(v) = http::HeaderValue::from_str(&message) {
+                trailers.insert("grpc-message", v);
+            }
+        }
+    }
+    let _ = out.send_trailers(trailers);
+}

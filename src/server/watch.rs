@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::SendStream;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use prost::Message;
 
-use super::grpc::{decode_msg, frame, percent_encode};
-use super::stream::{send_flow_controlled, MessageReader};
+use super::grpc::{decode_msg, frame};
+use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, MessageReader};
 use super::ShardCtx;
 use crate::error::Status;
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
@@ -112,34 +111,13 @@ pub(crate) async fn serve_keep_alive(
     finish(&mut out, end);
 }
 
-fn grpc_ok() -> Response<()> {
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(())
-        .expect("static response")
-}
-
 /// Ends the stream with its status in the trailers.
 fn finish(out: &mut SendStream<Bytes>, end: Result<(), End>) {
-    let status = match end {
-        Ok(()) => None,
-        Err(End::Gone) => return,
-        Err(End::Status(s)) => Some(s),
-    };
-    let mut trailers = HeaderMap::new();
-    match status {
-        None => {
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        }
-        Some(s) => {
-            trailers.insert("grpc-status", HeaderValue::from(s.code.as_i32()));
-            if let Ok(v) = HeaderValue::from_str(&percent_encode(&s.message)) {
-                trailers.insert("grpc-message", v);
-            }
-        }
+    match end {
+        Ok(()) => send_status_trailers(out, None),
+        Err(End::Gone) => {}
+        Err(End::Status(s)) => send_status_trailers(out, Some(s)),
     }
-    let _ = out.send_trailers(trailers);
 }
 
 impl WatchStream<'_> {
