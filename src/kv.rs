@@ -42,7 +42,7 @@ pub enum Request {
 }
 
 /// What one watcher wants next.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchSpec {
     pub key: Bytes,
     pub range_end: Bytes,
@@ -363,10 +363,23 @@ impl KvState {
         let mut budget = p.max_events.max(1);
         let mut changes = Vec::new();
         let mut results = Vec::with_capacity(p.specs.len());
-        for s in &p.specs {
+        for (i, s) in p.specs.iter().enumerate() {
             let from = if s.from <= 0 { revision + 1 } else { s.from };
             let key: &[u8] = if s.key.is_empty() { &[0] } else { &s.key };
             changes.clear();
+            // Watchers of one stream often want the same thing (many watchers of one key):
+            // the events are computed once and shared (their keys and values are `Bytes`).
+            if i > 0 && budget > 0 && p.specs[i - 1] == *s {
+                if let Some(Pulled::Events { events, next }) = results.last() {
+                    let same = Pulled::Events {
+                        events: events.clone(),
+                        next: *next,
+                    };
+                    budget = budget.saturating_sub(events.len());
+                    results.push(same);
+                    continue;
+                }
+            }
             if budget == 0 {
                 results.push(Pulled::Events {
                     events: Vec::new(),

@@ -32,3 +32,7 @@ pub const LEASE_CHECK_INTERVAL_MS: u64 = 500;
 pub const WATCH_PULL_EVENTS_MAX: usize = 1000;
 /// Watchers one watch stream may hold at once.
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
+
+/// A watch stream hands its encoded responses to HTTP/2 in chunks of about this many bytes
+/// (all the responses of one pull, up to this): one DATA frame for many small responses.
+pub const WATCH_SEND_COALESCE_BYTES: usize = 64 * 1024;

@@ -87,6 +87,10 @@ enum Kind {
     RangeSerializable,
     /// A txn that compares a key's mod revision and puts it.
     TxnPut,
+    /// Puts to watched keys: --watchers watchers over --watch-streams streams, on
+    /// --watch-keys distinct keys; reports put-to-event latency (from sending the put to the
+    /// event's arrival) and events delivered per second.
+    Watch,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -120,6 +124,15 @@ struct Workload {
     /// Write the full percentile distribution (HdrHistogram .hgrm text) here.
     #[arg(long)]
     hgrm: Option<String>,
+    /// Watch workload: watchers in all.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Watch workload: watch streams the watchers are spread over.
+    #[arg(long, default_value_t = 10)]
+    watch_streams: usize,
+    /// Watch workload: distinct watched keys (1: every watcher on one key); puts go to them.
+    #[arg(long, default_value_t = 1)]
+    watch_keys: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +145,8 @@ struct Report {
     own_cpu_s: f64,
     /// Open loop: how late loadgen itself sent each request (part of the latency above).
     lateness: Histogram<u64>,
+    /// Watch workload: put-to-event latency of every event delivered.
+    events: Histogram<u64>,
 }
 
 impl Report {
@@ -171,6 +186,20 @@ impl Report {
         if let Some(us) = self.server_us_per_req() {
             println!("{name}: server CPU {us:.1} us per request");
         }
+        if !self.events.is_empty() {
+            let q = |q: f64| self.events.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "{name}: {} events in {:.2} s: {:.0} events/s; put-to-event ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+                self.events.len(),
+                self.seconds,
+                self.events.len() as f64 / self.seconds,
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                self.events.max() as f64 / 1000.0
+            );
+        }
         let own = self.own_cpu_s * 1e6 / self.requests.max(1) as f64;
         println!("{name}: loadgen CPU {own:.1} us per request");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -204,10 +233,27 @@ fn key(i: u64, size: usize) -> Bytes {
     Bytes::from(s.split_off(cut))
 }
 
-async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes) -> bool {
+/// A put's value for the watch workload: the send time (ns since `epoch`) in its first 8 bytes.
+fn stamped(value: &Bytes, epoch: Instant) -> Bytes {
+    let mut v = value.to_vec();
+    v.resize(v.len().max(8), b'v');
+    let ns = epoch.elapsed().as_nanos() as u64;
+    v[..8].copy_from_slice(&ns.to_le_bytes());
+    Bytes::from(v)
+}
+
+async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant) -> bool {
     let t = Some(Duration::from_secs(10));
     let k = key(i % w.key_space, w.key_size);
     match w.workload {
+        Kind::Watch => {
+            let req = pb::PutRequest {
+                key: key(i % w.watch_keys.max(1) as u64, w.key_size),
+                value: stamped(value, epoch),
+                ..Default::default()
+            };
+            c.put(&req, t).await.is_ok()
+        }
         Kind::Put => {
             let req = pb::PutRequest {
                 key: k,
@@ -251,6 +297,13 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes) -> bool {
 /// Runs the workload against `endpoints`; returns the merged report.
 fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
+    let watch = Arc::new(WatchShared {
+        ready: AtomicU64::new(0),
+        events: AtomicU64::new(0),
+        puts_done: AtomicU64::new(0),
+        epoch: Instant::now(),
+        puts_start_ns: AtomicU64::new(0),
+    });
     let threads = w.threads.max(1);
     let server_before = cpu_seconds(server_pid);
     let own_before = cpu_seconds(None).unwrap_or(0.0);
@@ -260,26 +313,37 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
             let endpoints = endpoints.to_vec();
             let w = w.clone();
             let issued = issued.clone();
+            let watch = watch.clone();
             // Connections are set up first; the load starts at `start`.
             let start_at = start;
             std::thread::spawn(move || {
                 glommio::LocalExecutorBuilder::default()
                     .make()
                     .expect("executor")
-                    .run(thread_main(t, threads, endpoints, w, issued, start_at))
+                    .run(thread_main(
+                        t, threads, endpoints, w, issued, start_at, watch,
+                    ))
             })
         })
         .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut errors = 0;
     let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut events = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     for h in handles {
-        let (hh, e, l) = h.join().expect("loadgen thread");
+        let (hh, e, l, ev) = h.join().expect("loadgen thread");
         hist.add(hh).expect("same bounds");
         lateness.add(l).expect("same bounds");
+        events.add(ev).expect("same bounds");
         errors += e;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    // A watch run is timed from its first put (creating the watchers is not part of it).
+    let seconds = if w.workload == Kind::Watch {
+        let from = Duration::from_nanos(watch.puts_start_ns.load(Ordering::SeqCst));
+        (watch.epoch.elapsed() - from).as_secs_f64()
+    } else {
+        start.elapsed().as_secs_f64()
+    };
     Report {
         requests: hist.len(),
         errors,
@@ -291,7 +355,124 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         own_cpu_s: cpu_seconds(None).unwrap_or(0.0) - own_before,
         hist,
         lateness,
+        events,
     }
+}
+
+/// What the threads of a watch run share.
+struct WatchShared {
+    /// Watchers created so far (puts start when all are).
+    ready: AtomicU64,
+    /// Events received so far.
+    events: AtomicU64,
+    /// Threads whose puts are done.
+    puts_done: AtomicU64,
+    /// Time zero of the send stamps in put values.
+    epoch: Instant,
+    /// When the puts started, ns after `epoch`.
+    puts_start_ns: AtomicU64,
+}
+
+/// Opens this thread's share of the watch streams (stream s on thread s % threads), creates
+/// its watchers, and spawns a reader per stream recording put-to-event latency. Returns the
+/// reader tasks.
+async fn start_watchers(
+    t: usize,
+    threads: usize,
+    endpoints: &[String],
+    w: &Workload,
+    watch: &Arc<WatchShared>,
+    events: &Rc<RefCell<Histogram<u64>>>,
+) -> Vec<glommio::Task<()>> {
+    let streams = w.watch_streams.max(1);
+    let keys = w.watch_keys.max(1);
+    // Each key has about watchers / keys watchers; every put reaches them all.
+    let expected = w.total * (w.watchers / keys).max(1) as u64;
+    let mut readers = Vec::new();
+    for s in (0..streams).filter(|s| s % threads == t) {
+        let ep = &endpoints[s % endpoints.len()];
+        let mut client = Client::connect(ep, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {ep}: {e}"));
+        let creates: Vec<pb::WatchRequest> = (0..w.watchers)
+            .filter(|i| i % streams == s)
+            .map(|i| pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                    pb::WatchCreateRequest {
+                        key: key((i % keys) as u64, w.key_size),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .collect();
+        let n = creates.len();
+        if n == 0 {
+            continue;
+        }
+        // Created a chunk at a time, reading the answers in between: an HTTP/2 client holds
+        // few unread small frames (h2 closes a connection flooded with them).
+        const CHUNK: usize = 50;
+        let mut stream = client
+            .watch(&creates[..CHUNK.min(n)])
+            .await
+            .unwrap_or_else(|e| panic!("watch on {ep}: {e}"));
+        let mut created = 0;
+        while created < n {
+            let r = stream.next().await.unwrap_or_else(|e| panic!("watch: {e}"));
+            assert!(!r.canceled, "watch refused: {}", r.cancel_reason);
+            created += usize::from(r.created);
+            if created % CHUNK == 0 && created < n {
+                for c in &creates[created..(created + CHUNK).min(n)] {
+                    stream.send(c).unwrap_or_else(|e| panic!("watch: {e}"));
+                }
+            }
+        }
+        watch.ready.fetch_add(n as u64, Ordering::SeqCst);
+        let (watch, events) = (watch.clone(), events.clone());
+        let threads = threads as u64;
+        readers.push(glommio::spawn_local(async move {
+            let _client = client;
+            let mut last = Instant::now();
+            loop {
+                // Done when every event arrived, or the puts are over and 3 s pass quietly.
+                if watch.events.load(Ordering::SeqCst) >= expected {
+                    break;
+                }
+                let quiet = last.elapsed() > Duration::from_secs(3);
+                if quiet && watch.puts_done.load(Ordering::SeqCst) >= threads {
+                    break;
+                }
+                let next = futures_lite::future::or(async { Some(stream.next().await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    None
+                })
+                .await;
+                let r = match next {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        eprintln!("watch stream ended: {e}");
+                        break;
+                    }
+                    None => continue,
+                };
+                last = Instant::now();
+                let now = watch.epoch.elapsed().as_nanos() as u64;
+                let mut h = events.borrow_mut();
+                for e in &r.events {
+                    let Some(kv) = &e.kv else { continue };
+                    if kv.value.len() >= 8 {
+                        let sent = u64::from_le_bytes(kv.value[..8].try_into().expect("8 bytes"));
+                        let us = (now.saturating_sub(sent) / 1000).max(1);
+                        let _ = h.record(us.min(60_000_000));
+                    }
+                }
+                watch
+                    .events
+                    .fetch_add(r.events.len() as u64, Ordering::SeqCst);
+            }
+        }));
+    }
+    readers
 }
 
 async fn thread_main(
@@ -301,7 +482,8 @@ async fn thread_main(
     w: Workload,
     issued: Arc<AtomicU64>,
     start_at: Instant,
-) -> (Histogram<u64>, u64, Histogram<u64>) {
+    watch: Arc<WatchShared>,
+) -> (Histogram<u64>, u64, Histogram<u64>, Histogram<u64>) {
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
@@ -309,10 +491,29 @@ async fn thread_main(
     let lateness = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
+    let events = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let readers = if w.workload == Kind::Watch {
+        start_watchers(t, threads, &endpoints, &w, &watch, &events).await
+    } else {
+        Vec::new()
+    };
     let conns: Vec<usize> = (0..w.conns.max(1)).filter(|c| c % threads == t).collect();
     // Global client numbers: thread t's clients follow those of the threads before it.
     let issued_clients = std::cell::Cell::new(t * (w.clients / threads.max(1)));
-    let started = start_at;
+    // The watch workload starts its puts once every thread's watchers exist.
+    let mut started = start_at;
+    if w.workload == Kind::Watch {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while watch.ready.load(Ordering::SeqCst) < w.watchers as u64 {
+            assert!(Instant::now() < deadline, "watchers not created in 120 s");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        started = started.max(Instant::now());
+        let ns = started.duration_since(watch.epoch).as_nanos() as u64;
+        watch.puts_start_ns.fetch_max(ns, Ordering::SeqCst);
+    }
     let mut tasks = Vec::new();
     let value = Bytes::from(vec![b'v'; w.val_size]);
     for (ci, c) in conns.iter().enumerate() {
@@ -325,6 +526,7 @@ async fn thread_main(
             (w.clients / w.conns.max(1)).max(1) + usize::from(ci + t < w.clients % w.conns.max(1));
         for _ in 0..per_conn {
             let mut client = client.clone();
+            let epoch = watch.epoch;
             let (w, issued, hist, errors, value, lateness) = (
                 w.clone(),
                 issued.clone(),
@@ -367,7 +569,7 @@ async fn thread_main(
                         (i, Instant::now())
                     };
                     let n = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
-                    if one(&mut client, &w, n, &value).await {
+                    if one(&mut client, &w, n, &value, epoch).await {
                         let us = intended.elapsed().as_micros().max(1) as u64;
                         let _ = hist.borrow_mut().record(us.min(60_000_000));
                     } else {
@@ -380,10 +582,15 @@ async fn thread_main(
     for task in tasks {
         task.await;
     }
+    watch.puts_done.fetch_add(1, Ordering::SeqCst);
+    for r in readers {
+        r.await;
+    }
     let h = hist.borrow().clone();
     let e = *errors.borrow();
     let l = lateness.borrow().clone();
-    (h, e, l)
+    let ev = events.borrow().clone();
+    (h, e, l, ev)
 }
 
 fn write_hgrm(path: &str, r: &Report) {
@@ -490,9 +697,16 @@ fn main() {
                 rb.push(r);
             }
             // The best round of each side (least disturbed by the noisy machine).
+            let score = |r: &Report| {
+                if w.workload == Kind::Watch {
+                    r.events.len() as f64 / r.seconds
+                } else {
+                    r.rate()
+                }
+            };
             let best = |v: &[Report]| {
                 v.iter()
-                    .max_by(|x, y| x.rate().total_cmp(&y.rate()))
+                    .max_by(|x, y| score(x).total_cmp(&score(y)))
                     .cloned()
                     .expect("a round")
             };
@@ -511,6 +725,34 @@ fn main() {
             } else {
                 String::new()
             };
+            if w.workload == Kind::Watch {
+                // The row is about events: delivered per second, put-to-event latency, and
+                // server CPU per event delivered.
+                let ev = |r: &Report| r.events.len() as f64 / r.seconds;
+                let q = |r: &Report, q: f64| r.events.value_at_quantile(q) as f64 / 1000.0;
+                let cpu = |r: &Report| {
+                    r.server_cpu_s.map_or("-".to_string(), |c| {
+                        format!("{:.2}", c * 1e6 / r.events.len().max(1) as f64)
+                    })
+                };
+                println!(
+                    "| watch events: {} watchers on {} key(s), {} streams, puts c={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                    w.watchers,
+                    w.watch_keys,
+                    w.watch_streams,
+                    w.clients,
+                    ev(&x),
+                    ev(&y),
+                    ev(&x) / ev(&y),
+                    q(&x, 0.5),
+                    q(&y, 0.5),
+                    q(&x, 0.99),
+                    q(&y, 0.99),
+                    cpu(&x),
+                    cpu(&y)
+                );
+                return;
+            }
             println!(
                 "| {:?} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
                 w.workload,

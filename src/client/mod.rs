@@ -78,14 +78,8 @@ impl Client {
             let (response, mut body_tx) = send
                 .send_request(request, false)
                 .map_err(|e| unavailable(e.to_string()))?;
-            let len = req.encoded_len();
-            let mut buf = BytesMut::with_capacity(5 + len);
-            buf.put_u8(0);
-            buf.put_u32(len as u32);
-            req.encode(&mut buf)
-                .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
             body_tx
-                .send_data(buf.freeze(), true)
+                .send_data(grpc_frame(req), true)
                 .map_err(|e| unavailable(e.to_string()))?;
             let response = response.await.map_err(|e| unavailable(e.to_string()))?;
             let (parts, mut body) = response.into_parts();
@@ -185,6 +179,110 @@ impl Client {
         t: Option<Duration>,
     ) -> Result<pb::AlarmResponse, Status> {
         self.unary("/etcdserverpb.Maintenance/Alarm", r, t).await
+    }
+}
+
+/// An open Watch stream: requests go out as they are sent, responses are read in order.
+pub struct WatchStream {
+    tx: h2::SendStream<Bytes>,
+    body: h2::RecvStream,
+    buf: BytesMut,
+}
+
+fn grpc_frame<M: Message>(m: &M) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    m.encode(&mut buf).expect("buffer has room");
+    buf.freeze()
+}
+
+impl Client {
+    /// Opens a Watch stream, sends `first` on it, and waits for the response headers (etcd
+    /// sends them with its first response, so `first` must not be empty).
+    pub async fn watch(&mut self, first: &[pb::WatchRequest]) -> Result<WatchStream, Status> {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/etcdserverpb.Watch/Watch",
+                self.authority
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
+        let mut send = self
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (response, mut tx) = send
+            .send_request(request, false)
+            .map_err(|e| unavailable(e.to_string()))?;
+        for r in first {
+            tx.send_data(grpc_frame(r), false)
+                .map_err(|e| unavailable(e.to_string()))?;
+        }
+        let response = response.await.map_err(|e| unavailable(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        if let Some(status) = grpc_status(&parts.headers) {
+            return Err(status.unwrap_or_else(|| unexpected("trailers-only OK")));
+        }
+        Ok(WatchStream {
+            tx,
+            body,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+impl WatchStream {
+    /// Sends a request (create, cancel, progress) on the stream.
+    pub fn send(&mut self, r: &pb::WatchRequest) -> Result<(), Status> {
+        self.tx
+            .send_data(grpc_frame(r), false)
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// The next response; the stream's status when it ends.
+    pub async fn next(&mut self) -> Result<pb::WatchResponse, Status> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let mut msg = self.buf.split_to(5 + len);
+                    msg.advance(5);
+                    return pb::WatchResponse::decode(msg.freeze()).map_err(|e| {
+                        Status::new(
+                            Code::Internal,
+                            format!("grpc: failed to unmarshal the received message: {e}"),
+                        )
+                    });
+                }
+            }
+            match self.body.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| unavailable(e.to_string()))?;
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => {
+                    let trailers = self
+                        .body
+                        .trailers()
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?
+                        .unwrap_or_default();
+                    return Err(match grpc_status(&trailers) {
+                        Some(Some(status)) => status,
+                        _ => Status::new(Code::Unavailable, "watch stream ended"),
+                    });
+                }
+            }
+        }
     }
 }
 

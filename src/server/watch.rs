@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::SendStream;
 use prost::Message;
@@ -28,7 +28,7 @@ use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, Message
 use super::ShardCtx;
 use crate::error::Status;
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
-use crate::limits::{WATCHERS_PER_STREAM_MAX, WATCH_PULL_EVENTS_MAX};
+use crate::limits::{WATCHERS_PER_STREAM_MAX, WATCH_PULL_EVENTS_MAX, WATCH_SEND_COALESCE_BYTES};
 use crate::proto::etcdserverpb as pb;
 use pb::watch_request::RequestUnion;
 
@@ -60,6 +60,9 @@ struct WatchStream<'a> {
     /// The newest revision known, and the last header the owner sent.
     known: i64,
     header: pb::ResponseHeader,
+    /// Encoded responses not yet handed to HTTP/2: the responses of one pull go out as one
+    /// DATA chunk rather than one frame each.
+    pending: BytesMut,
 }
 
 /// Serves one Watch stream until the client ends it or goes away.
@@ -79,6 +82,7 @@ pub(crate) async fn serve_watch(
         next_id: 0,
         known: ctx.notifier.rev(),
         header: pb::ResponseHeader::default(),
+        pending: BytesMut::new(),
     };
     let end = s.run(&mut reader, &wake).await;
     finish(&mut s.out, end);
@@ -130,15 +134,24 @@ impl WatchStream<'_> {
         let mut next_progress = Instant::now() + interval;
         loop {
             // Requests first, so cancels and creates are not held up by catching up.
+            // Their answers (created, canceled) are queued and go out together.
             while let Some(msg) = futures_lite::future::poll_once(reader.next()).await {
                 match msg {
                     Some(msg) => self.handle(msg?).await?,
-                    None => return Ok(()),
+                    None => {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                }
+                if self.pending.len() >= WATCH_SEND_COALESCE_BYTES {
+                    self.flush().await?;
                 }
             }
+            self.flush().await?;
             self.known = self.known.max(self.ctx.notifier.rev());
             if self.watchers.values().any(|w| w.spec.from <= self.known) {
                 self.pull(false).await?;
+                self.flush().await?;
                 continue;
             }
             if Instant::now() >= next_progress {
@@ -185,7 +198,7 @@ impl WatchStream<'_> {
                         canceled: true,
                         ..Default::default()
                     };
-                    self.send(&resp).await?;
+                    self.queue(&resp);
                 }
                 Ok(())
             }
@@ -233,7 +246,8 @@ impl WatchStream<'_> {
         };
         if let Some(mut resp) = refusal {
             resp.header = Some(self.header_at(self.known));
-            return self.send(&resp).await;
+            self.queue(&resp);
+            return Ok(());
         }
         let filters = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
         let w = Watcher {
@@ -260,7 +274,7 @@ impl WatchStream<'_> {
             created: true,
             ..Default::default()
         };
-        self.send(&created).await?;
+        self.queue(&created);
         self.deliver(pulled).await
     }
 
@@ -316,9 +330,12 @@ impl WatchStream<'_> {
                         ..Default::default()
                     };
                     if fragment {
-                        self.send_fragments(resp).await?;
+                        self.queue_fragments(resp);
                     } else {
-                        self.send(&resp).await?;
+                        self.queue(&resp);
+                    }
+                    if self.pending.len() >= WATCH_SEND_COALESCE_BYTES {
+                        self.flush().await?;
                     }
                 }
                 Pulled::Compacted(rev) => {
@@ -334,7 +351,7 @@ impl WatchStream<'_> {
                         compact_revision: rev,
                         ..Default::default()
                     };
-                    self.send(&resp).await?;
+                    self.queue(&resp);
                 }
             }
         }
@@ -395,18 +412,35 @@ impl WatchStream<'_> {
         }
     }
 
-    async fn send(&mut self, resp: &pb::WatchResponse) -> Result<(), End> {
-        send_flow_controlled(&mut self.out, frame(resp))
+    /// Encodes a response, framed, after those pending.
+    fn queue(&mut self, resp: &pb::WatchResponse) {
+        let len = resp.encoded_len();
+        self.pending.reserve(5 + len);
+        self.pending.put_u8(0);
+        self.pending.put_u32(len as u32);
+        resp.encode(&mut self.pending).expect("reserved");
+    }
+
+    /// Hands the pending responses to HTTP/2, waiting for flow control.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.pending.split().freeze();
+        send_flow_controlled(&mut self.out, chunk)
             .await
             .map_err(|_| End::Gone)
     }
 
-    /// etcd's sendFragments: a response larger than the request limit, with more than one
-    /// event, goes in pieces under the limit, each but the last marked `fragment`.
-    async fn send_fragments(&mut self, resp: pb::WatchResponse) -> Result<(), End> {
+    async fn send(&mut self, resp: &pb::WatchResponse) -> Result<(), End> {
+        self.queue(resp);
+        self.flush().await
+    }
+
+    fn queue_fragments(&mut self, resp: pb::WatchResponse) {
         let limit = self.ctx.max_request_bytes;
         if resp.encoded_len() < limit || resp.events.len() < 2 {
-            return self.send(&resp).await;
+            return self.queue(&resp);
         }
         let mut rest = resp.events.into_iter().peekable();
         let base = pb::WatchResponse {
@@ -420,7 +454,7 @@ impl WatchStream<'_> {
             let len = ev.encoded_len();
             let ev_size = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
             if !cur.events.is_empty() && size + ev_size >= limit {
-                self.send(&cur).await?;
+                self.queue(&cur);
                 cur = base.clone();
                 size = base.encoded_len();
             }
@@ -428,9 +462,8 @@ impl WatchStream<'_> {
             cur.events.push(ev);
             if rest.peek().is_none() {
                 cur.fragment = false;
-                self.send(&cur).await?;
+                self.queue(&cur);
             }
         }
-        Ok(())
     }
 }
