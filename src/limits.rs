@@ -36,3 +36,8 @@ pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// A watch stream hands its encoded responses to HTTP/2 in chunks of about this many bytes
 /// (all the responses of one pull, up to this): one DATA frame for many small responses.
 pub const WATCH_SEND_COALESCE_BYTES: usize = 64 * 1024;
+
+/// A watch stream with at least this many watchers serves those that are level with each
+/// other by one pull over all keys, matched to them locally (see server/watch.rs); below it,
+/// each watcher pulls its own key range.
+pub const WATCH_GROUP_MIN_WATCHERS: usize = 32;

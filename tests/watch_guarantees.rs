@@ -33,6 +33,7 @@ struct Ev {
 /// One watch response as recorded: its events, or a progress notification at `header_rev`.
 #[derive(Clone, Debug)]
 struct Resp {
+    watch_id: i64,
     events: Vec<Ev>,
     header_rev: i64,
 }
@@ -225,6 +226,7 @@ fn record(resp: &etcd_client::WatchResponse) -> Resp {
         })
         .collect();
     Resp {
+        watch_id: resp.watch_id(),
         events,
         header_rev: resp.header().map_or(0, |h| h.revision()),
     }
@@ -249,6 +251,17 @@ async fn drain(
     loop {
         let end = end.load(Ordering::SeqCst);
         if last >= end && (!progress || bookmark >= end) {
+            // Other watchers of the stream may still have responses for the last revisions.
+            while let Ok(msg) =
+                tokio::time::timeout(Duration::from_millis(300), stream.message()).await
+            {
+                let msg = msg
+                    .expect("watch stream error")
+                    .expect("watch stream ended");
+                if !msg.created() {
+                    out.push(record(&msg));
+                }
+            }
             return out;
         }
         assert!(
@@ -275,7 +288,7 @@ async fn drain(
         since_request = since_request.saturating_add(1);
         events += r.events.len();
         match r.events.last() {
-            Some(e) => last = e.rev,
+            Some(e) => last = last.max(e.rev),
             None => bookmark = bookmark.max(r.header_rev),
         }
         out.push(r);
@@ -312,6 +325,27 @@ fn scenario(server: &Server, bookmarks: bool) {
         // everything; B asks for progress as it goes; C drops its stream and connection
         // part-way and resumes from last + 1 on a new one.
         let mut a = c.watch("g/", opts(start)).await.expect("watch a");
+        // A also carries a watcher per written key (ids 1.., in this order): enough watchers
+        // on one stream for ferrocd to serve them as a group.
+        let keys: Vec<String> = (0..WRITERS)
+            .flat_map(|w| {
+                (0..10)
+                    .map(move |k| format!("g/{w}/{k}"))
+                    .chain((0..5).map(move |k| format!("g/{w}/t{k}")))
+            })
+            .collect();
+        for k in &keys {
+            a.watch(
+                k.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prev_key()
+                        .with_start_revision(start),
+                ),
+            )
+            .await
+            .expect("watch a key");
+        }
         let mut b = c.watch("g/", opts(start)).await.expect("watch b");
         let end = AtomicI64::new(i64::MAX);
         let handles: Vec<_> = (0..WRITERS)
@@ -366,6 +400,17 @@ fn scenario(server: &Server, bookmarks: bool) {
             rb.len(),
         );
         assert!(progress >= 1, "{kind}: no progress notification");
+        let of = |resps: &[Resp], id: i64| -> Vec<Resp> {
+            resps.iter().filter(|r| r.watch_id == id).cloned().collect()
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let want_k: Vec<Ev> = want.iter().filter(|e| &e.key == k).cloned().collect();
+            let got = of(&ra, i as i64 + 1);
+            if let Err(e) = check(&want_k, start, end, &got, false) {
+                panic!("{kind}: watcher of {k}: {e}");
+            }
+        }
+        let ra = of(&ra, 0);
         for (name, resps) in [("A", &ra), ("B", &rb), ("C", &rc)] {
             if let Err(e) = check(&want, start, end, resps, bookmarks) {
                 panic!("{kind}: watcher {name}: {e}");
@@ -410,6 +455,7 @@ fn the_checker_rejects_broken_histories() {
     assert_eq!(want[1].prev.as_deref(), Some("1"));
     assert_eq!(want[3].prev.as_deref(), Some("2"));
     let resp = |evs: &[usize], rev| Resp {
+        watch_id: 0,
         events: evs.iter().map(|&i| want[i].clone()).collect(),
         header_rev: rev,
     };

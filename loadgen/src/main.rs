@@ -303,6 +303,8 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         puts_done: AtomicU64::new(0),
         epoch: Instant::now(),
         puts_start_ns: AtomicU64::new(0),
+        server_cpu_at_start: AtomicU64::new(f64::NAN.to_bits()),
+        server_pid,
     });
     let threads = w.threads.max(1);
     let server_before = cpu_seconds(server_pid);
@@ -348,7 +350,17 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         requests: hist.len(),
         errors,
         seconds,
-        server_cpu_s: match (server_before, cpu_seconds(server_pid)) {
+        server_cpu_s: match (
+            if w.workload == Kind::Watch {
+                Some(f64::from_bits(
+                    watch.server_cpu_at_start.load(Ordering::SeqCst),
+                ))
+                .filter(|c| !c.is_nan())
+            } else {
+                server_before
+            },
+            cpu_seconds(server_pid),
+        ) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
@@ -371,6 +383,10 @@ struct WatchShared {
     epoch: Instant,
     /// When the puts started, ns after `epoch`.
     puts_start_ns: AtomicU64,
+    /// The server's CPU seconds (f64 bits) when the puts started, so that creating the
+    /// watchers is not counted.
+    server_cpu_at_start: AtomicU64,
+    server_pid: Option<u32>,
 }
 
 /// Opens this thread's share of the watch streams (stream s on thread s % threads), creates
@@ -513,6 +529,13 @@ async fn thread_main(
         started = started.max(Instant::now());
         let ns = started.duration_since(watch.epoch).as_nanos() as u64;
         watch.puts_start_ns.fetch_max(ns, Ordering::SeqCst);
+        if t == 0 {
+            if let Some(c) = cpu_seconds(watch.server_pid) {
+                watch
+                    .server_cpu_at_start
+                    .store(c.to_bits(), Ordering::SeqCst);
+            }
+        }
     }
     let mut tasks = Vec::new();
     let value = Bytes::from(vec![b'v'; w.val_size]);

@@ -15,7 +15,7 @@
 //! revision only moves past what was sent. A progress response at revision R is sent only
 //! when every watcher of the stream has been sent everything up to R.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,8 +28,12 @@ use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, Message
 use super::ShardCtx;
 use crate::error::Status;
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
-use crate::limits::{WATCHERS_PER_STREAM_MAX, WATCH_PULL_EVENTS_MAX, WATCH_SEND_COALESCE_BYTES};
+use crate::limits::{
+    WATCHERS_PER_STREAM_MAX, WATCH_GROUP_MIN_WATCHERS, WATCH_PULL_EVENTS_MAX,
+    WATCH_SEND_COALESCE_BYTES,
+};
 use crate::proto::etcdserverpb as pb;
+use crate::proto::mvccpb;
 use pb::watch_request::RequestUnion;
 
 /// How a stream ended: with a status for the client, or because the client went away.
@@ -50,12 +54,46 @@ struct Watcher {
     fragment: bool,
     /// Events were sent since the last progress notification.
     active: bool,
+    /// Served by the stream's group rather than by a pull of its own.
+    grouped: bool,
+}
+
+/// Watchers that are level (all want the same next revision) are served together: one pull
+/// over every key from that revision, whose events the stream matches to its watchers by key
+/// (a map for single-key watchers, a scan of the range watchers). So a write costs a stream
+/// one pull however many watchers it has, instead of one spec per watcher. Watchers join when
+/// they catch up with the group; a stream uses a group once it has
+/// `WATCH_GROUP_MIN_WATCHERS` watchers (below that, per-watcher pulls cost less than reading
+/// every change).
+#[derive(Default)]
+struct Group {
+    /// The next revision every member wants.
+    from: i64,
+    by_key: HashMap<Bytes, Vec<i64>>,
+    ranges: Vec<i64>,
+    /// Members that asked for previous key-values.
+    prev_kv: usize,
+    len: usize,
+}
+
+/// The id the group's spec has in a pull.
+const GROUP: i64 = i64::MIN;
+
+/// Whether `spec` covers `key` (etcd's key range rules).
+fn covers(spec: &WatchSpec, key: &[u8]) -> bool {
+    if spec.range_end.is_empty() {
+        return key == &spec.key[..];
+    }
+    key >= &spec.key[..] && (spec.range_end[..] == [0] || key < &spec.range_end[..])
 }
 
 struct WatchStream<'a> {
     ctx: &'a ShardCtx,
     out: SendStream<Bytes>,
     watchers: BTreeMap<i64, Watcher>,
+    /// Watchers not in the group.
+    loose: BTreeSet<i64>,
+    group: Group,
     next_id: i64,
     /// The newest revision known, and the last header the owner sent.
     known: i64,
@@ -79,6 +117,8 @@ pub(crate) async fn serve_watch(
         ctx,
         out,
         watchers: BTreeMap::new(),
+        loose: BTreeSet::new(),
+        group: Group::default(),
         next_id: 0,
         known: ctx.notifier.rev(),
         header: pb::ResponseHeader::default(),
@@ -149,7 +189,7 @@ impl WatchStream<'_> {
             }
             self.flush().await?;
             self.known = self.known.max(self.ctx.notifier.rev());
-            if self.watchers.values().any(|w| w.spec.from <= self.known) {
+            if self.behind() {
                 self.pull(false).await?;
                 self.flush().await?;
                 continue;
@@ -191,7 +231,7 @@ impl WatchStream<'_> {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 // etcd answers only the cancel of a watcher that exists.
-                if self.watchers.remove(&c.watch_id).is_some() {
+                if self.remove(c.watch_id).is_some() {
                     let resp = pb::WatchResponse {
                         header: Some(self.header_at(self.known)),
                         watch_id: c.watch_id,
@@ -262,12 +302,14 @@ impl WatchStream<'_> {
             progress_notify: c.progress_notify,
             fragment: c.fragment,
             active: false,
+            grouped: false,
         };
         // The first pull fixes where a watcher without a start revision begins (the revision
         // after the current one) and gets the history one with a past start revision asked
         // for; the created response goes first, with the revision the pull saw.
         let pulled = self.pull_specs(vec![(id, w.spec.clone())]).await?;
         self.watchers.insert(id, w);
+        self.loose.insert(id);
         let created = pb::WatchResponse {
             header: Some(self.header),
             watch_id: id,
@@ -275,19 +317,154 @@ impl WatchStream<'_> {
             ..Default::default()
         };
         self.queue(&created);
-        self.deliver(pulled).await
+        self.deliver(pulled).await?;
+        self.regroup();
+        Ok(())
+    }
+
+    /// The next revision a watcher wants.
+    fn next_rev_of(&self, w: &Watcher) -> i64 {
+        if w.grouped {
+            self.group.from
+        } else {
+            w.spec.from
+        }
+    }
+
+    /// Some watcher wants a revision the store has.
+    fn behind(&self) -> bool {
+        (self.group.len > 0 && self.group.from <= self.known)
+            || self
+                .loose
+                .iter()
+                .any(|id| self.watchers[id].spec.from <= self.known)
+    }
+
+    /// Removes a watcher, from the group too.
+    fn remove(&mut self, id: i64) -> Option<Watcher> {
+        let w = self.watchers.remove(&id)?;
+        self.loose.remove(&id);
+        if w.grouped {
+            let g = &mut self.group;
+            if w.spec.range_end.is_empty() {
+                if let Some(ids) = g.by_key.get_mut(&w.spec.key) {
+                    ids.retain(|&i| i != id);
+                    if ids.is_empty() {
+                        g.by_key.remove(&w.spec.key);
+                    }
+                }
+            } else {
+                g.ranges.retain(|&i| i != id);
+            }
+            g.prev_kv -= usize::from(w.spec.prev_kv);
+            g.len -= 1;
+        }
+        Some(w)
+    }
+
+    /// Moves loose watchers that are level with the group into it (or starts the group).
+    fn regroup(&mut self) {
+        if self.watchers.len() < WATCH_GROUP_MIN_WATCHERS {
+            return;
+        }
+        let joining: Vec<i64> = self
+            .loose
+            .iter()
+            .copied()
+            .filter(|id| {
+                let w = &self.watchers[id];
+                !w.fragment
+                    && w.spec.from > 0
+                    && (self.group.len == 0 || w.spec.from == self.group.from)
+            })
+            .collect();
+        for id in joining {
+            let w = self.watchers.get_mut(&id).expect("a loose watcher exists");
+            let g = &mut self.group;
+            if g.len == 0 {
+                g.from = w.spec.from;
+            } else if w.spec.from != g.from {
+                continue;
+            }
+            w.grouped = true;
+            self.loose.remove(&id);
+            if w.spec.range_end.is_empty() {
+                g.by_key.entry(w.spec.key.clone()).or_default().push(id);
+            } else {
+                g.ranges.push(id);
+            }
+            g.prev_kv += usize::from(w.spec.prev_kv);
+            g.len += 1;
+        }
+    }
+
+    /// Sends the group's events to its members and moves them all to `next`.
+    fn dispatch(&mut self, events: Vec<mvccpb::Event>, next: i64) {
+        use mvccpb::event::EventType;
+        let mut per: BTreeMap<i64, Vec<mvccpb::Event>> = BTreeMap::new();
+        for e in &events {
+            let Some(kv) = &e.kv else { continue };
+            let keyed = self.group.by_key.get(&kv.key).into_iter().flatten();
+            let ranged = self
+                .group
+                .ranges
+                .iter()
+                .filter(|id| covers(&self.watchers[*id].spec, &kv.key));
+            for &id in keyed.chain(ranged) {
+                let spec = &self.watchers[&id].spec;
+                let delete = e.r#type == EventType::Delete as i32;
+                if delete && spec.no_delete || !delete && spec.no_put {
+                    continue;
+                }
+                let mut ev = e.clone();
+                if !spec.prev_kv {
+                    ev.prev_kv = None;
+                }
+                per.entry(id).or_default().push(ev);
+            }
+        }
+        // Members' own `spec.from` is not kept: theirs is the group's (see `next_rev_of`).
+        self.group.from = self.group.from.max(next);
+        for (id, events) in per {
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.active = true;
+            }
+            let resp = pb::WatchResponse {
+                header: Some(self.header),
+                watch_id: id,
+                events,
+                ..Default::default()
+            };
+            self.queue(&resp);
+        }
     }
 
     /// Pulls for the watchers that are behind (or for all of them), and sends what came.
     async fn pull(&mut self, all: bool) -> Result<(), End> {
-        let specs: Vec<(i64, WatchSpec)> = self
-            .watchers
+        let mut specs: Vec<(i64, WatchSpec)> = self
+            .loose
             .iter()
+            .map(|id| (*id, &self.watchers[id]))
             .filter(|(_, w)| all || w.spec.from <= self.known)
-            .map(|(&id, w)| (id, w.spec.clone()))
+            .map(|(id, w)| (id, w.spec.clone()))
             .collect();
+        if self.group.len > 0 && (all || self.group.from <= self.known) {
+            specs.push((
+                GROUP,
+                WatchSpec {
+                    key: Bytes::from_static(&[0]),
+                    range_end: Bytes::from_static(&[0]),
+                    from: self.group.from,
+                    prev_kv: self.group.prev_kv > 0,
+                    no_put: false,
+                    no_delete: false,
+                },
+            ));
+        }
         let pulled = self.pull_specs(specs).await?;
-        self.deliver(pulled).await
+        self.deliver(pulled).await?;
+        self.regroup();
+        Ok(())
     }
 
     async fn pull_specs(
@@ -311,6 +488,27 @@ impl WatchStream<'_> {
 
     async fn deliver(&mut self, pulled: Vec<(i64, Pulled)>) -> Result<(), End> {
         for (id, p) in pulled {
+            if id == GROUP {
+                match p {
+                    Pulled::Events { events, next } => self.dispatch(events, next),
+                    Pulled::Compacted(rev) => {
+                        let members: Vec<i64> = self
+                            .watchers
+                            .iter()
+                            .filter(|(_, w)| w.grouped)
+                            .map(|(&id, _)| id)
+                            .collect();
+                        for id in members {
+                            self.remove(id);
+                            self.queue_compacted(id, rev);
+                        }
+                    }
+                }
+                if self.pending.len() >= WATCH_SEND_COALESCE_BYTES {
+                    self.flush().await?;
+                }
+                continue;
+            }
             match p {
                 Pulled::Events { events, next } => {
                     let Some(w) = self.watchers.get_mut(&id) else {
@@ -339,23 +537,25 @@ impl WatchStream<'_> {
                     }
                 }
                 Pulled::Compacted(rev) => {
-                    if self.watchers.remove(&id).is_none() {
-                        continue;
+                    if self.remove(id).is_some() {
+                        self.queue_compacted(id, rev);
                     }
-                    // As etcd: canceled, with the compacted revision and a header without
-                    // a revision.
-                    let resp = pb::WatchResponse {
-                        header: Some(self.header_at(0)),
-                        watch_id: id,
-                        canceled: true,
-                        compact_revision: rev,
-                        ..Default::default()
-                    };
-                    self.queue(&resp);
                 }
             }
         }
         Ok(())
+    }
+
+    /// As etcd: canceled, with the compacted revision and a header without a revision.
+    fn queue_compacted(&mut self, id: i64, rev: i64) {
+        let resp = pb::WatchResponse {
+            header: Some(self.header_at(0)),
+            watch_id: id,
+            canceled: true,
+            compact_revision: rev,
+            ..Default::default()
+        };
+        self.queue(&resp);
     }
 
     /// A client's progress request: answered with a revision up to which every watcher of the
@@ -364,7 +564,7 @@ impl WatchStream<'_> {
         self.pull(true).await?;
         // Catch up a little; under a steady stream of writes the answer is simply older.
         for _ in 0..16 {
-            if !self.watchers.values().any(|w| w.spec.from <= self.known) {
+            if !self.behind() {
                 break;
             }
             self.pull(false).await?;
@@ -372,7 +572,7 @@ impl WatchStream<'_> {
         let rev = self
             .watchers
             .values()
-            .map(|w| w.spec.from - 1)
+            .map(|w| self.next_rev_of(w) - 1)
             .min()
             .unwrap_or(self.known)
             .min(self.known);
@@ -388,10 +588,14 @@ impl WatchStream<'_> {
     /// last one (etcd's progress_notify).
     async fn progress_notify(&mut self) -> Result<(), End> {
         let known = self.known;
+        let group_from = self.group.from;
         let due: Vec<i64> = self
             .watchers
             .iter_mut()
-            .filter(|(_, w)| w.progress_notify && w.spec.from > known)
+            .filter(|(_, w)| {
+                let from = if w.grouped { group_from } else { w.spec.from };
+                w.progress_notify && from > known
+            })
             .filter_map(|(&id, w)| (!std::mem::take(&mut w.active)).then_some(id))
             .collect();
         for id in due {
