@@ -266,11 +266,16 @@ async fn apply_loop(
     notifier: Rc<Notifier>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
+    // Writes that arrived while the previous batch's fdatasync was in flight.
+    let mut carried: Vec<Job> = Vec::new();
     let mut reported = (std::time::Instant::now(), LogStats::default());
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
         // holding up requests for long.
-        let job = if state.store().compaction_pending() {
+        let job = if !carried.is_empty() {
+            batch.append(&mut carried);
+            batch.pop().expect("non-empty")
+        } else if state.store().compaction_pending() {
             match futures_lite::future::poll_once(rx.recv()).await {
                 Some(Some(job)) => job,
                 Some(None) => break,
@@ -313,7 +318,7 @@ async fn apply_loop(
                 }
             }
         }
-        run_batch(&mut state, log.as_mut(), &mut batch).await;
+        run_batch(&mut state, log.as_mut(), &mut batch, &rx, &mut carried).await;
         notifier.notify(state.store().rev());
         if state.store().compaction_pending() {
             state.compact_step(COMPACT_KEYS_PER_STEP);
@@ -352,7 +357,28 @@ enum Step {
     Direct(Request, Reply),
 }
 
-async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<Job>) {
+/// A request that only reads the state (and so may be answered before a batch's fdatasync).
+/// A lease check (`LeaseExpire`) is not: it may turn into revocations.
+fn is_read(req: &Request) -> bool {
+    !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_))
+}
+
+/// Answers a read against the current (durable) state.
+async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
+    let answer = match state.precheck(&req) {
+        Err(e) => Err(e),
+        Ok(()) => state.execute(req),
+    };
+    tx.send(answer).await;
+}
+
+async fn run_batch(
+    state: &mut KvState,
+    log: Option<&mut Log>,
+    batch: &mut Vec<Job>,
+    rx: &LocalReceiver<Job>,
+    carried: &mut Vec<Job>,
+) {
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
     for (mut req, tx) in batch.drain(..) {
@@ -362,6 +388,12 @@ async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<J
         } else if log.is_some() && kv::is_write(&req) {
             payloads.push(kv::encode_write(&req));
             steps.push(Step::Logged(payloads.len() - 1, tx));
+        } else if log.is_some() && is_read(&req) {
+            // A read is answered now, from the state before this batch's writes: that state
+            // is durable (each batch is applied only after its fdatasync), and none of this
+            // batch's writes is acknowledged yet, so the read may come before them. It does
+            // not wait for the fdatasync (nor do watchers' pulls).
+            answer_read(state, req, tx).await;
         } else {
             steps.push(Step::Direct(req, tx));
         }
@@ -369,7 +401,36 @@ async fn run_batch(state: &mut KvState, log: Option<&mut Log>, batch: &mut Vec<J
     let mut written = Vec::new();
     if let Some(log) = log {
         if !payloads.is_empty() {
-            written = match log.append(&payloads).await {
+            // While the write and fdatasync are in flight, reads that arrive are answered from
+            // the state before this batch (durable, and this batch is not acknowledged yet);
+            // writes wait for the next batch (at most a batch's worth, then the queue waits).
+            let appended = {
+                let append = log.append(&payloads);
+                futures_lite::pin!(append);
+                loop {
+                    if carried.len() >= APPLY_BATCH_REQUESTS_MAX {
+                        break append.as_mut().await;
+                    }
+                    let next =
+                        futures_lite::future::or(async { Ok(append.as_mut().await) }, async {
+                            Err(rx.recv().await)
+                        })
+                        .await;
+                    match next {
+                        Ok(done) => break done,
+                        Err(Some((req, tx))) => {
+                            if is_read(&req) {
+                                answer_read(state, req, tx).await;
+                            } else {
+                                carried.push((req, tx));
+                            }
+                        }
+                        // The queue closed: finish this batch; the loop ends after it.
+                        Err(None) => break append.as_mut().await,
+                    }
+                }
+            };
+            written = match appended {
                 Ok(w) => w,
                 Err(e) => {
                     // Nothing of this batch was acknowledged; what was is durable. A failed
