@@ -13,6 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::compactor::AutoCompaction;
 use crate::limits::{MAX_REQUEST_BYTES_DEFAULT, MAX_TXN_OPS_DEFAULT};
 
 /// A configuration error; the message names the key or value at fault.
@@ -72,8 +73,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "cipher-suites",
     "tls-min-version",
     "tls-max-version",
-    "auto-compaction-mode",
-    "auto-compaction-retention",
     "enable-log-rotation",
     "log-rotation-config-json",
     "auth-token",
@@ -127,6 +126,9 @@ struct Raw {
     batch_wait_us: Option<u64>,
     /// A Go duration ("10m", "1m30s").
     experimental_watch_progress_notify_interval: Option<String>,
+    auto_compaction_mode: Option<String>,
+    /// A number (hours, or revisions in revision mode) or a Go duration; YAML may give either.
+    auto_compaction_retention: Option<Value>,
 }
 
 /// The resolved configuration.
@@ -150,6 +152,8 @@ pub struct Config {
     pub batch_wait_us: u64,
     /// Seconds between progress notifications to watchers that asked for them.
     pub watch_progress_notify_secs: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
     /// Flags ignored because --config-file was given (etcd warns about them too).
     pub ignored_flags: Vec<String>,
 }
@@ -181,6 +185,9 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --experimental-watch-progress-notify-interval DURATION
                                      progress notifications to watchers that ask for them
                                      (default 10m; whole seconds, at least 1s)
+  --auto-compaction-mode MODE        periodic or revision (default periodic)
+  --auto-compaction-retention R      periodic: a duration (\"1h\", \"30m\") or a number of hours;
+                                     revision: a number of revisions; 0 (default) turns it off
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -380,6 +387,10 @@ impl Config {
                     secs
                 }
             },
+            auto_compaction: auto_compaction(
+                raw.auto_compaction_mode.as_deref(),
+                raw.auto_compaction_retention.as_ref(),
+            )?,
             ignored_flags,
         })
     }
@@ -476,6 +487,55 @@ fn check_url(key: &str, u: &str) -> Result<(), ConfigError> {
 }
 
 /// A Go duration: one or more numbers with units (ns, us, ms, s, m, h), e.g. "1m30s".
+/// etcd's reading of the auto-compaction keys: an integer retention is hours (periodic) or
+/// revisions (revision); otherwise a Go duration (periodic only); 0 turns compaction off.
+fn auto_compaction(
+    mode: Option<&str>,
+    retention: Option<&Value>,
+) -> Result<AutoCompaction, ConfigError> {
+    let mode = mode.unwrap_or("periodic");
+    if mode != "periodic" && mode != "revision" {
+        return err(format!(
+            "auto-compaction-mode: unknown mode {mode:?} (periodic or revision)"
+        ));
+    }
+    let retention = match retention {
+        None => return Ok(AutoCompaction::Off),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(other) => {
+            return err(format!(
+                "auto-compaction-retention: expected a number or a duration, not {other:?}"
+            ))
+        }
+    };
+    if let Ok(n) = retention.parse::<i64>() {
+        if n < 0 {
+            return err(format!("auto-compaction-retention: {n} is negative"));
+        }
+        return Ok(match (n, mode) {
+            (0, _) => AutoCompaction::Off,
+            (n, "revision") => AutoCompaction::Revision(n),
+            (h, _) => AutoCompaction::Periodic(std::time::Duration::from_secs(h as u64 * 3600)),
+        });
+    }
+    if mode == "revision" {
+        return err(format!(
+            "auto-compaction-retention: revision mode takes a number of revisions, not {retention:?}"
+        ));
+    }
+    match parse_go_duration(&retention) {
+        Some(d) if d.is_zero() => Ok(AutoCompaction::Off),
+        Some(d) if d < std::time::Duration::from_millis(10) => err(format!(
+            "auto-compaction-retention: {retention:?} is too short"
+        )),
+        Some(d) => Ok(AutoCompaction::Periodic(d)),
+        None => err(format!(
+            "auto-compaction-retention: invalid duration {retention:?}"
+        )),
+    }
+}
+
 pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
     use std::time::Duration;
     if s == "0" {
@@ -539,6 +599,53 @@ mod tests {
     }
 
     #[test]
+    fn auto_compaction_as_etcd_reads_it() {
+        use std::time::Duration;
+        let ac = |a: &[&str]| args(a).unwrap().auto_compaction;
+        assert_eq!(ac(&[]), AutoCompaction::Off);
+        assert_eq!(
+            ac(&["--auto-compaction-retention", "1h"]),
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            ac(&["--auto-compaction-retention", "2"]),
+            AutoCompaction::Periodic(Duration::from_secs(7200)),
+            "a bare number is hours"
+        );
+        assert_eq!(
+            ac(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000"
+            ]),
+            AutoCompaction::Revision(1000)
+        );
+        assert_eq!(
+            ac(&["--auto-compaction-retention", "0"]),
+            AutoCompaction::Off
+        );
+        // In YAML, a number or a string (the seed's form).
+        let dir = tempfile::tempdir().unwrap();
+        for (yaml, want) in [
+            (
+                "auto-compaction-mode: periodic\nauto-compaction-retention: \"1h\"\n",
+                3600,
+            ),
+            ("auto-compaction-retention: 3\n", 3 * 3600),
+        ] {
+            let path = dir.path().join("c.yml");
+            std::fs::write(&path, yaml).unwrap();
+            assert_eq!(
+                args(&["--config-file", path.to_str().unwrap()])
+                    .unwrap()
+                    .auto_compaction,
+                AutoCompaction::Periodic(Duration::from_secs(want))
+            );
+        }
+    }
+
+    #[test]
     fn defaults_are_etcds() {
         let c = args(&[]).unwrap();
         assert_eq!(c.name, "default");
@@ -588,11 +695,18 @@ mod tests {
         assert!(e.0.contains("'no-such-flag'"), "{e}");
         let e = args(&["--listen-client-urls", "127.0.0.1:2379"]).unwrap_err();
         assert!(e.0.contains("\"127.0.0.1:2379\""), "{e}");
-        let e = args(&["--auto-compaction-retention", "1h"]).unwrap_err();
-        assert_eq!(
-            e.0,
-            "auto-compaction-retention is recognised but not implemented yet"
-        );
+        let e = args(&["--auto-compaction-mode", "daily"]).unwrap_err();
+        assert!(e.0.contains("unknown mode \"daily\""), "{e}");
+        let e = args(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1h",
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("number of revisions"), "{e}");
+        let e = args(&["--auto-compaction-retention", "1x"]).unwrap_err();
+        assert!(e.0.contains("invalid duration"), "{e}");
         let e = args(&[
             "--name",
             "x",

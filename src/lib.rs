@@ -8,6 +8,7 @@
 //! - [`client`] and [`ctl`]: the gRPC client and the `ferroctl` command line.
 
 pub mod client;
+pub mod compactor;
 pub mod config;
 pub mod ctl;
 pub mod error;

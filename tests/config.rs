@@ -22,8 +22,8 @@ fn the_seed_config_is_read_and_refused_naming_the_first_unimplemented_key() {
 #[test]
 fn the_seed_without_the_unimplemented_keys_starts_a_config() {
     let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
-    // Keep only what ferrocd implements today: drop auth, compaction and TLS sections, and the
-    // second member (clusters need Raft).
+    // Keep only what ferrocd implements today: drop the auth and TLS sections, and the second
+    // member (clusters need Raft). The seed's auto-compaction (periodic, "1h") is kept.
     let mut kept = Vec::new();
     let mut skipping_section = false;
     for line in text.replace("<NODE-IP>", "127.0.0.1").lines() {
@@ -33,8 +33,6 @@ fn the_seed_without_the_unimplemented_keys_starts_a_config() {
             skipping_section = [
                 "auth-token",
                 "enable-authorization",
-                "auto-compaction-mode",
-                "auto-compaction-retention",
                 "client-transport-security",
                 "peer-transport-security",
             ]
@@ -60,6 +58,10 @@ fn the_seed_without_the_unimplemented_keys_starts_a_config() {
         ["http://127.0.0.1:2379", "http://127.0.0.1:2379"]
     );
     assert_eq!(c.initial_cluster_token, "etcd-cluster-1");
+    assert_eq!(
+        c.auto_compaction,
+        ferrocd::compactor::AutoCompaction::Periodic(std::time::Duration::from_secs(3600))
+    );
 }
 
 #[test]

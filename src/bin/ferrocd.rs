@@ -70,6 +70,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         ),
         segment_bytes: ferrocd::log::SEGMENT_BYTES_DEFAULT,
         batch_wait_us: cfg.batch_wait_us,
+        auto_compaction: cfg.auto_compaction,
         watch_progress_notify_secs: cfg.watch_progress_notify_secs,
     };
     tracing::info!(

@@ -49,6 +49,8 @@ pub struct ServerOptions {
     pub batch_wait_us: u64,
     /// `--experimental-watch-progress-notify-interval`, in seconds.
     pub watch_progress_notify_secs: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: crate::compactor::AutoCompaction,
 }
 
 /// Per-shard settings shared by the connection handlers of a shard.
@@ -85,6 +87,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     log_dir: opts.log_dir.clone(),
                     segment_bytes: opts.segment_bytes,
                     batch_wait_us: opts.batch_wait_us,
+                    auto_compaction: opts.auto_compaction,
                 };
                 let (owner, notifier) = match links.connect(state_opts).await {
                     Ok(o) => o,

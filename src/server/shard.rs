@@ -19,6 +19,7 @@ use std::rc::Rc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
+use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
@@ -67,6 +68,7 @@ pub(crate) struct StateOptions {
     /// Wait this long for more requests before flushing a batch smaller than
     /// `SMALL_BATCH_RECORDS` (0: never wait).
     pub batch_wait_us: u64,
+    pub auto_compaction: crate::compactor::AutoCompaction,
 }
 
 /// A batch below this many requests may wait `batch_wait_us` for more.
@@ -119,12 +121,19 @@ impl Links {
         match self {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
+                let auto_compaction = opts.auto_compaction;
                 let (state, log) = recover(opts).await?;
                 notifier.notify(state.store().rev());
                 let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
                 glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone())).detach();
                 let tx = Rc::new(tx);
                 glommio::spawn_local(lease_ticker(Owner::Local(tx.clone()))).detach();
+                glommio::spawn_local(auto_compactor(
+                    Owner::Local(tx.clone()),
+                    notifier.clone(),
+                    auto_compaction,
+                ))
+                .detach();
                 for (req_rx, ans_tx, note_tx) in ends {
                     let notes = notifier.subscribe();
                     let n = notifier.clone();
@@ -223,6 +232,58 @@ async fn lease_ticker(owner: Owner) {
         glommio::timer::sleep(every).await;
         if let Err(EtcdError::Stopped) = owner.call(Request::LeaseExpire(Vec::new())).await {
             return;
+        }
+    }
+}
+
+/// `--auto-compaction-*`: sends Compact requests as etcd's compactors decide (src/compactor.rs).
+async fn auto_compactor(owner: Owner, notifier: Rc<Notifier>, mode: AutoCompaction) {
+    let compact = |rev: i64| {
+        let owner = owner.clone();
+        async move {
+            let req = Request::Compact(pb::CompactionRequest {
+                revision: rev,
+                physical: false,
+            });
+            match owner.call(req).await {
+                Ok(_) => {
+                    tracing::info!(revision = rev, "completed auto compaction");
+                    Ok(true)
+                }
+                // Already compacted there: as good as done (etcd counts it a success).
+                Err(EtcdError::Compacted) => Ok(true),
+                Err(EtcdError::Stopped) => Err(()),
+                Err(e) => {
+                    tracing::warn!(revision = rev, error = %e, "failed auto compaction");
+                    Ok(false)
+                }
+            }
+        }
+    };
+    match mode {
+        AutoCompaction::Off => {}
+        AutoCompaction::Periodic(period) => {
+            let start = std::time::Instant::now();
+            let mut p = compactor::Periodic::new(period);
+            loop {
+                p.sample(notifier.rev());
+                glommio::timer::sleep(p.retry_interval()).await;
+                let now = start.elapsed();
+                if let Some(rev) = p.due(now) {
+                    let Ok(ok) = compact(rev).await else { return };
+                    p.compacted(now, ok);
+                }
+            }
+        }
+        AutoCompaction::Revision(retention) => {
+            let mut r = compactor::Revision::new(retention);
+            loop {
+                glommio::timer::sleep(compactor::REVISION_INTERVAL).await;
+                if let Some(rev) = r.due(notifier.rev()) {
+                    let Ok(ok) = compact(rev).await else { return };
+                    r.compacted(rev, ok);
+                }
+            }
         }
     }
 }
