@@ -35,7 +35,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "max-snapshots",
     "max-wals",
     "cors",
-    "quota-backend-bytes",
     "backend-batch-limit",
     "backend-batch-interval",
     "backend-bbolt-freelist-type",
@@ -127,6 +126,7 @@ struct Raw {
     /// A Go duration ("10m", "1m30s").
     experimental_watch_progress_notify_interval: Option<String>,
     auto_compaction_mode: Option<String>,
+    quota_backend_bytes: Option<i64>,
     /// A number (hours, or revisions in revision mode) or a Go duration; YAML may give either.
     auto_compaction_retention: Option<Value>,
 }
@@ -154,6 +154,8 @@ pub struct Config {
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: AutoCompaction,
+    /// `--quota-backend-bytes`, as etcd reads it: 0 (default) is 2 GiB, negative is none.
+    pub quota_backend_bytes: Option<u64>,
     /// Flags ignored because --config-file was given (etcd warns about them too).
     pub ignored_flags: Vec<String>,
 }
@@ -188,6 +190,9 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --auto-compaction-mode MODE        periodic or revision (default periodic)
   --auto-compaction-retention R      periodic: a duration (\"1h\", \"30m\") or a number of hours;
                                      revision: a number of revisions; 0 (default) turns it off
+  --quota-backend-bytes N            database size that raises the NOSPACE alarm (default 0:
+                                     2 GiB, as etcd; negative: no quota). Counted as bytes written
+                                     to the log.
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -387,6 +392,11 @@ impl Config {
                     secs
                 }
             },
+            quota_backend_bytes: match raw.quota_backend_bytes.unwrap_or(0) {
+                0 => Some(QUOTA_BACKEND_BYTES_DEFAULT),
+                q if q < 0 => None,
+                q => Some(q as u64),
+            },
             auto_compaction: auto_compaction(
                 raw.auto_compaction_mode.as_deref(),
                 raw.auto_compaction_retention.as_ref(),
@@ -487,6 +497,9 @@ fn check_url(key: &str, u: &str) -> Result<(), ConfigError> {
 }
 
 /// A Go duration: one or more numbers with units (ns, us, ms, s, m, h), e.g. "1m30s".
+/// etcd's default space quota (2 GiB).
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
+
 /// etcd's reading of the auto-compaction keys: an integer retention is hours (periodic) or
 /// revisions (revision); otherwise a Go duration (periodic only); 0 turns compaction off.
 fn auto_compaction(

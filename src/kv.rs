@@ -119,6 +119,9 @@ pub struct KvOptions {
     pub identity: Identity,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// `--quota-backend-bytes`: writes that would take the database to this size raise the
+    /// NOSPACE alarm and fail; None: no quota.
+    pub quota_bytes: Option<u64>,
 }
 
 /// The state owned by one shard: the MVCC store, alarms and the member's metadata.
@@ -129,6 +132,8 @@ pub struct KvState {
     alarms: Vec<pb::AlarmMember>,
     /// Raft term reported in headers; a single node without Raft stays in term 1.
     term: u64,
+    /// Bytes written to the log (what the quota counts); None when there is no log.
+    db_used: Option<u64>,
 }
 
 impl KvState {
@@ -139,7 +144,13 @@ impl KvState {
             store: Store::new(Values::default()),
             alarms: Vec::new(),
             term: 1,
+            db_used: None,
         }
+    }
+
+    /// Bytes written to the log so far (the quota's measure of the database's size).
+    pub fn set_db_used(&mut self, bytes: u64) {
+        self.db_used = Some(bytes);
     }
 
     /// A state with only in-memory values and the given identity (tests, benches, fuzzers).
@@ -153,6 +164,7 @@ impl KvState {
                 client_urls: vec![],
             },
             max_txn_ops: crate::limits::MAX_TXN_OPS_DEFAULT,
+            quota_bytes: None,
         })
     }
 
@@ -183,14 +195,16 @@ impl KvState {
         }
     }
 
-    /// The checks that need no state, plus the space alarm: what must pass before a write is
-    /// logged (etcd's v3rpc checks, made before a request enters Raft).
-    pub fn precheck(&self, req: &Request) -> Result<()> {
+    /// The checks that need no state, plus the space quota: what must pass before a write is
+    /// logged (etcd's v3rpc checks, made before a request enters Raft). The quota is decided
+    /// here only: a write that was logged is applied whatever happens next (a replay must
+    /// give what the live run gave).
+    pub fn precheck(&mut self, req: &Request) -> Result<()> {
         match req {
             Request::Range(r) => check_range(r),
             Request::Put(r) => {
                 check_put(r)?;
-                self.check_space()
+                self.admit(cost_put(r))
             }
             Request::DeleteRange(r) => check_delete(r),
             Request::Txn(r) => {
@@ -198,10 +212,10 @@ impl KvState {
                 if txn_is_read_only(r) {
                     Ok(())
                 } else {
-                    self.check_space()
+                    self.admit(cost_txn(r))
                 }
             }
-            Request::LeaseGrant(_) => self.check_space(),
+            Request::LeaseGrant(_) => self.admit(LEASE_OVERHEAD_BYTES),
             Request::Compact(_)
             | Request::Status(_)
             | Request::MemberList(_)
@@ -226,7 +240,6 @@ impl KvState {
             }
             Request::Put(r) => {
                 check_put(&r)?;
-                self.check_space()?;
                 // etcd looks the lease up before anything else of a plain put.
                 if r.lease != 0 && !self.leases.exists(r.lease) {
                     return Err(EtcdError::LeaseNotFound);
@@ -243,9 +256,6 @@ impl KvState {
             }
             Request::Txn(r) => {
                 check_txn(&r, self.opts.max_txn_ops)?;
-                if !txn_is_read_only(&r) {
-                    self.check_space()?;
-                }
                 let mut resp = txn(&mut self.store, &self.leases, &r)?;
                 self.fill(&mut resp.header);
                 Response::Txn(resp)
@@ -268,7 +278,6 @@ impl KvState {
             Request::MemberList(_) => Response::MemberList(self.member_list()),
             Request::Alarm(r) => Response::Alarm(self.alarm(&r)),
             Request::LeaseGrant(r) => {
-                self.check_space()?;
                 let ttl = self.leases.grant(r.id, r.ttl, Instant::now())?;
                 let mut resp = pb::LeaseGrantResponse {
                     header: None,
@@ -446,12 +455,33 @@ impl KvState {
         }
     }
 
-    fn check_space(&self) -> Result<()> {
+    /// etcd's quota: refused while the NOSPACE alarm is raised; a write that would take the
+    /// database to the quota raises it (etcd: size + cost must stay below the quota).
+    fn admit(&mut self, cost: u64) -> Result<()> {
         let nospace = pb::AlarmType::Nospace as i32;
         if self.alarms.iter().any(|a| a.alarm == nospace) {
             return Err(EtcdError::NoSpace);
         }
-        Ok(())
+        let Some(quota) = self.opts.quota_bytes else {
+            return Ok(());
+        };
+        let used = self
+            .db_used
+            .unwrap_or_else(|| self.store.values().total_bytes());
+        if used + cost < quota {
+            return Ok(());
+        }
+        tracing::warn!(
+            used,
+            quota,
+            "database space quota reached: NOSPACE alarm raised; writes fail until space is \
+             freed (compact, defragment) and the alarm disarmed"
+        );
+        self.alarms.push(pb::AlarmMember {
+            member_id: self.opts.identity.member_id,
+            alarm: nospace,
+        });
+        Err(EtcdError::NoSpace)
     }
 
     fn status(&self) -> pb::StatusResponse {
@@ -923,6 +953,28 @@ pub fn prefix_end(key: &[u8]) -> Vec<u8> {
         end.pop();
     }
     vec![0]
+}
+
+/// etcd's quota estimates (etcdserver/quota.go): a key's metadata, and a lease.
+const KV_OVERHEAD_BYTES: u64 = 256;
+const LEASE_OVERHEAD_BYTES: u64 = 64;
+
+fn cost_put(r: &pb::PutRequest) -> u64 {
+    KV_OVERHEAD_BYTES + r.key.len() as u64 + r.value.len() as u64
+}
+
+/// The larger branch's puts (nested txns count their puts too).
+fn cost_txn(r: &pb::TxnRequest) -> u64 {
+    let ops = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(p)) => cost_put(p),
+                Some(pb::request_op::Request::RequestTxn(t)) => cost_txn(t),
+                _ => 0,
+            })
+            .sum()
+    };
+    ops(&r.success).max(ops(&r.failure))
 }
 
 pub fn txn_is_read_only(r: &pb::TxnRequest) -> bool {

@@ -62,6 +62,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                 client_urls: cfg.advertise_client_urls.clone(),
             },
             max_txn_ops: cfg.max_txn_ops,
+            quota_bytes: cfg.quota_backend_bytes,
         },
         log_dir: Some(
             std::path::Path::new(&cfg.data_dir)

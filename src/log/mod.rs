@@ -232,6 +232,19 @@ impl Log {
         self.segments.iter().map(Segment::map)
     }
 
+    /// Bytes written: every segment but the last in full, and the last up to where the next
+    /// batch goes (segments are preallocated, so this is less than `disk_bytes`).
+    pub fn used_bytes(&self) -> u64 {
+        let full: u64 = self
+            .segments
+            .iter()
+            .rev()
+            .skip(1)
+            .map(Segment::len)
+            .sum();
+        full + self.write_off
+    }
+
     /// Bytes the log's files occupy.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.iter().map(Segment::len).sum()

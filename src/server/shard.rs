@@ -216,6 +216,7 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
         let _ = state.execute(req);
     }
     state.values_mut().set_disk_bytes(rec.log.disk_bytes());
+    state.set_db_used(rec.log.used_bytes());
     tracing::info!(
         records,
         revision = state.store().rev(),
@@ -420,8 +421,10 @@ enum Step {
 
 /// A request that only reads the state (and so may be answered before a batch's fdatasync).
 /// A lease check (`LeaseExpire`) is not: it may turn into revocations.
+/// Nor is an alarm request: it may raise or disarm NOSPACE, which must take effect in arrival
+/// order with the writes around it.
 fn is_read(req: &Request) -> bool {
-    !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_))
+    !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_) | Request::Alarm(_))
 }
 
 /// Answers a read against the current (durable) state.
@@ -505,6 +508,7 @@ async fn run_batch(
                 state.values_mut().add_segment(m.clone());
             }
             state.values_mut().set_disk_bytes(log.disk_bytes());
+            state.set_db_used(log.used_bytes());
         }
     }
     for step in steps {
