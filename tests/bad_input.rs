@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{http_get, Server};
+use common::{http_get, rt, Server};
 use ferrocd::proto::etcdserverpb as pb;
 use prost::Message;
 
@@ -77,13 +77,6 @@ async fn call(port: u16, path: &str, content_type: &str, body: Bytes) -> Reply {
         }
     }
     reply
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 const RANGE: &str = "/etcdserverpb.KV/Range";

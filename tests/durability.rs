@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{rt, Server};
 use etcd_client::Client;
 
 const ROUNDS: usize = 5;
@@ -16,13 +16,6 @@ const CLIENTS: usize = 16;
 
 /// (key, value, revision) of every acknowledged put.
 type Acked = Arc<Mutex<Vec<(String, String, i64)>>>;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Puts until the server goes away; records what was acknowledged.
 fn writer(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<()> {

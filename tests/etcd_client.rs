@@ -3,18 +3,11 @@
 
 mod common;
 
-use common::Server;
+use common::{rt, Server};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse,
 };
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 async fn client(s: &Server) -> Client {
     Client::connect([s.url()], None).await.expect("connect")

@@ -6,17 +6,10 @@
 
 mod common;
 
-use common::{etcd_tools_or_skip, Server};
+use common::{etcd_tools_or_skip, rt, Server};
 use etcd_client::{Client, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
 use std::time::Duration;
 use tokio::time::timeout;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn err(e: etcd_client::Error) -> String {
     match e {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{etcd_tools_or_skip, etcdctl, Output, Server};
+use common::{diff_steps, etcd_tools_or_skip, etcdctl, Output, Server};
 
 const QUOTA: &str = "300000";
 
@@ -24,7 +24,9 @@ fn steps(server: &Server) -> (usize, Vec<(String, Output)>) {
     }
     let failed = failed.unwrap_or_else(|| panic!("{}: no NOSPACE after 2000 puts", server.kind));
     assert!(
-        failed.stderr.contains("etcdserver: mvcc: database space exceeded"),
+        failed
+            .stderr
+            .contains("etcdserver: mvcc: database space exceeded"),
         "{}: {failed:?}",
         server.kind
     );
@@ -85,13 +87,10 @@ fn the_space_quota_raises_nospace_as_etcd_does() {
     drop(etcd);
     let ferrocd = Server::ferrocd_with_peer_port(peer_port, &["--quota-backend-bytes", QUOTA]);
     let (ferrocd_puts, got) = steps(&ferrocd);
-    eprintln!("10 KiB puts before NOSPACE at a {QUOTA} B quota: etcd {etcd_puts}, ferrocd {ferrocd_puts}");
+    eprintln!(
+        "10 KiB puts before NOSPACE at a {QUOTA} B quota: etcd {etcd_puts}, ferrocd {ferrocd_puts}"
+    );
     assert!(want[0].1.stdout.contains("alarm:NOSPACE"), "{want:?}");
-    let mut report = String::new();
-    for ((label, w), (_, g)) in want.iter().zip(&got) {
-        if w != g {
-            report.push_str(&format!("\n== {label}\n--- etcd\n{w:?}\n--- ferrocd\n{g:?}\n"));
-        }
-    }
+    let report = diff_steps(&want, &got, |o| format!("{o:?}"));
     assert!(report.is_empty(), "etcd and ferrocd differ:{report}");
 }

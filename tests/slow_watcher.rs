@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::Server;
+use common::{put_rev, rt, Server};
 use etcd_client::{Client, WatchOptions, WatchStream};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,13 +20,6 @@ use std::time::{Duration, Instant};
 const WRITERS: usize = 8;
 const VALUE: usize = 4096;
 const KEYS: usize = 1000;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn puts() -> usize {
     std::env::var("PUTS")
@@ -92,14 +85,7 @@ fn stalled_watchers_cost_no_memory_and_catch_up_or_are_canceled() {
     rt().block_on(async {
         let url = server.url();
         let mut c = Client::connect([url.clone()], None).await.expect("connect");
-        let start = c
-            .put("s/start", "x", None)
-            .await
-            .expect("put")
-            .header()
-            .expect("h")
-            .revision()
-            + 1;
+        let start = put_rev(&mut c, "s/start", "x").await + 1;
         let opts = || Some(WatchOptions::new().with_prefix().with_start_revision(start));
         // Two stalled watchers, each on its own connection so that the fast one's flow control
         // is its own: they are created, then never read until the writes are over.

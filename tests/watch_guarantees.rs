@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::Server;
+use common::{put_rev, rt, Server};
 use etcd_client::{Client, DeleteOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -147,13 +147,6 @@ fn check(
         delivered += r.events.iter().filter(|e| e.rev <= end).count();
     }
     Ok(())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 const WRITERS: usize = 4;
@@ -305,14 +298,7 @@ fn scenario(server: &Server, bookmarks: bool) {
     rt().block_on(async {
         let url = server.url();
         let mut c = Client::connect([url.clone()], None).await.expect("connect");
-        let start = c
-            .put("g/start", "x", None)
-            .await
-            .expect("put")
-            .header()
-            .expect("h")
-            .revision()
-            + 1;
+        let start = put_rev(&mut c, "g/start", "x").await + 1;
         let opts = |from: i64| {
             Some(
                 WatchOptions::new()

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{etcd_tools_or_skip, etcdctl, Background, Output, Server};
+use common::{diff_steps, etcd_tools_or_skip, etcdctl, Background, Output, Server};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -266,17 +266,6 @@ fn scenario(server: &Server) -> Steps {
     steps
 }
 
-fn compare(want: &Steps, got: &Steps) -> String {
-    let mut report = String::new();
-    assert_eq!(want.len(), got.len());
-    for ((label, w), (_, g)) in want.iter().zip(got) {
-        if w != g {
-            report.push_str(&format!("\n== {label}\n--- etcd\n{w}\n--- ferrocd\n{g}\n"));
-        }
-    }
-    report
-}
-
 #[test]
 fn watch_and_lease_through_etcdctl_match_etcd() {
     if !etcd_tools_or_skip("watch_and_lease_through_etcdctl_match_etcd") {
@@ -305,7 +294,7 @@ fn watch_and_lease_through_etcdctl_match_etcd() {
             eprintln!("== {label}\n{out}");
         }
     }
-    let r = compare(&want, &got);
+    let r = diff_steps(&want, &got, String::clone);
     assert!(r.is_empty(), "etcdctl: etcd and ferrocd differ:{r}");
 }
 

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 use prost::Message;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::error::{Code, Status};
 use crate::proto::etcdserverpb as pb;
-use crate::server::{percent_decode, with_deadline};
+use crate::server::{frame, percent_decode, with_deadline};
 
 /// One HTTP/2 connection to an endpoint. Clones share the connection: each call is its own
 /// HTTP/2 stream, so many calls can be in flight at once.
@@ -50,6 +50,33 @@ impl Client {
         Ok(Client { send, authority })
     }
 
+    /// Opens a call's HTTP/2 stream: the response to come, and the request body to send.
+    async fn open(
+        &self,
+        path: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Status> {
+        let mut builder = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(t) = timeout {
+            builder = builder.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+        }
+        let request = builder
+            .body(())
+            .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
+        let mut send = self
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        send.send_request(request, false)
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
     /// One unary call.
     pub async fn unary<Req: Message, Resp: Message + Default>(
         &mut self,
@@ -58,28 +85,9 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
         let call = async {
-            let mut builder = http::Request::builder()
-                .method("POST")
-                .uri(format!("http://{}{path}", self.authority))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers");
-            if let Some(t) = timeout {
-                builder = builder.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
-            }
-            let request = builder
-                .body(())
-                .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
-            let mut send = self
-                .send
-                .clone()
-                .ready()
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let (response, mut body_tx) = send
-                .send_request(request, false)
-                .map_err(|e| unavailable(e.to_string()))?;
+            let (response, mut body_tx) = self.open(path, timeout).await?;
             body_tx
-                .send_data(grpc_frame(req), true)
+                .send_data(frame(req), true)
                 .map_err(|e| unavailable(e.to_string()))?;
             let response = response.await.map_err(|e| unavailable(e.to_string()))?;
             let (parts, mut body) = response.into_parts();
@@ -189,40 +197,13 @@ pub struct WatchStream {
     buf: BytesMut,
 }
 
-fn grpc_frame<M: Message>(m: &M) -> Bytes {
-    let len = m.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    m.encode(&mut buf).expect("buffer has room");
-    buf.freeze()
-}
-
 impl Client {
     /// Opens a Watch stream, sends `first` on it, and waits for the response headers (etcd
     /// sends them with its first response, so `first` must not be empty).
     pub async fn watch(&mut self, first: &[pb::WatchRequest]) -> Result<WatchStream, Status> {
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/etcdserverpb.Watch/Watch",
-                self.authority
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
-        let mut send = self
-            .send
-            .clone()
-            .ready()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let (response, mut tx) = send
-            .send_request(request, false)
-            .map_err(|e| unavailable(e.to_string()))?;
+        let (response, mut tx) = self.open("/etcdserverpb.Watch/Watch", None).await?;
         for r in first {
-            tx.send_data(grpc_frame(r), false)
+            tx.send_data(frame(r), false)
                 .map_err(|e| unavailable(e.to_string()))?;
         }
         let response = response.await.map_err(|e| unavailable(e.to_string()))?;
@@ -242,7 +223,7 @@ impl WatchStream {
     /// Sends a request (create, cancel, progress) on the stream.
     pub fn send(&mut self, r: &pb::WatchRequest) -> Result<(), Status> {
         self.tx
-            .send_data(grpc_frame(r), false)
+            .send_data(frame(r), false)
             .map_err(|e| unavailable(e.to_string()))
     }
 

@@ -235,13 +235,7 @@ impl Log {
     /// Bytes written: every segment but the last in full, and the last up to where the next
     /// batch goes (segments are preallocated, so this is less than `disk_bytes`).
     pub fn used_bytes(&self) -> u64 {
-        let full: u64 = self
-            .segments
-            .iter()
-            .rev()
-            .skip(1)
-            .map(Segment::len)
-            .sum();
+        let full: u64 = self.segments.iter().rev().skip(1).map(Segment::len).sum();
         full + self.write_off
     }
 

@@ -18,8 +18,8 @@ mod watch;
 pub use snapshot::SNAPSHOT_MAGIC;
 
 pub use grpc::{
-    decode_request, encode_response, parse_timeout, percent_decode, percent_encode, with_deadline,
-    UNARY_METHODS,
+    decode_request, encode_response, frame, parse_timeout, percent_decode, percent_encode,
+    with_deadline, UNARY_METHODS,
 };
 
 use std::net::SocketAddr;

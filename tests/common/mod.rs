@@ -367,3 +367,42 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// A single-threaded tokio runtime for tests that use the `etcd-client` crate.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Puts `key` through the `etcd-client` crate; the revision of the put.
+pub async fn put_rev(c: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    c.put(key, value, None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+/// The labelled steps whose results differ between etcd (`want`) and ferrocd (`got`), as a
+/// report; empty when they agree.
+pub fn diff_steps<T: PartialEq>(
+    want: &[(String, T)],
+    got: &[(String, T)],
+    show: impl Fn(&T) -> String,
+) -> String {
+    assert_eq!(want.len(), got.len(), "both servers ran every step");
+    let mut report = String::new();
+    for ((label, w), (_, g)) in want.iter().zip(got) {
+        if w != g {
+            report.push_str(&format!(
+                "\n== {label}\n--- etcd\n{}\n--- ferrocd\n{}\n",
+                show(w),
+                show(g)
+            ));
+        }
+    }
+    report
+}
