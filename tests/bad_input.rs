@@ -216,3 +216,70 @@ fn garbage_on_the_wire_closes_only_that_connection() {
     assert!(body.starts_with(r#"{"etcdserver":"3.5."#), "{body}");
     assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
 }
+
+#[test]
+fn malformed_stream_messages_end_only_their_stream() {
+    let mut server = Server::ferrocd(&["--max-request-bytes", "1024"]);
+    let port = server.client_port;
+    rt().block_on(async {
+        let timeout = |f| tokio::time::timeout(Duration::from_secs(10), f);
+        let garbage = frame(false, 4, &[0xff, 0xff, 0xff, 0xff]);
+        for path in [
+            "/etcdserverpb.Watch/Watch",
+            "/etcdserverpb.Lease/LeaseKeepAlive",
+            "/v3electionpb.Election/Observe",
+            "/v3electionpb.Election/Campaign",
+            "/v3lockpb.Lock/Lock",
+        ] {
+            let r = timeout(call(port, path, GRPC, garbage.clone()))
+                .await
+                .expect("in time");
+            assert_eq!(r.code, Some(13), "{path}: {r:?}");
+            assert!(r.message.contains("unmarshalling"), "{path}: {r:?}");
+            // A frame over the transport limit is refused from its prefix.
+            let r = timeout(call(port, path, GRPC, frame(false, 600 * 1024, &[0u8; 64])))
+                .await
+                .expect("in time");
+            assert_eq!(r.code, Some(8), "{path}: {r:?}");
+        }
+        // A valid message, then garbage on the same Watch stream: the first is answered, the
+        // second ends the stream with its error.
+        let create = |key: &'static [u8], end: &'static [u8]| {
+            msg(&pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                    pb::WatchCreateRequest {
+                        key: Bytes::from_static(key),
+                        range_end: Bytes::from_static(end),
+                        ..Default::default()
+                    },
+                )),
+            })
+        };
+        let mut both = BytesMut::new();
+        both.extend_from_slice(&create(b"a", b""));
+        both.extend_from_slice(&garbage);
+        let r = timeout(call(port, "/etcdserverpb.Watch/Watch", GRPC, both.freeze()))
+            .await
+            .expect("in time");
+        assert_eq!(r.code, Some(13), "{r:?}");
+        let first = pb::WatchResponse::decode(&r.body[5..]).expect("a WatchResponse");
+        assert!(first.created && !first.canceled, "{first:?}");
+        // An empty range is refused as etcd refuses it, and the stream goes on.
+        let r = timeout(call(
+            port,
+            "/etcdserverpb.Watch/Watch",
+            GRPC,
+            create(b"b", b"a"),
+        ))
+        .await
+        .expect("in time");
+        assert_eq!(r.code, Some(0), "{r:?}");
+        let resp = pb::WatchResponse::decode(&r.body[5..]).expect("a WatchResponse");
+        assert!(resp.created && resp.canceled, "{resp:?}");
+        assert_eq!(resp.cancel_reason, "mvcc: watcher range is empty");
+        // Nothing above hurt the server.
+        let r = call(port, RANGE, GRPC, range_all()).await;
+        assert_eq!(r.code, Some(0), "{r:?}");
+    });
+    assert!(server.alive());
+}

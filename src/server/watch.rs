@@ -125,6 +125,15 @@ pub(crate) async fn serve_watch(
         pending: BytesMut::new(),
     };
     let end = s.run(&mut reader, &wake).await;
+    // Responses queued before the stream ended (say, to the requests before a malformed one)
+    // still go out, ahead of the status.
+    let end = match end {
+        Err(End::Gone) => Err(End::Gone),
+        end => match s.flush().await {
+            Ok(()) => end,
+            Err(gone) => Err(gone),
+        },
+    };
     finish(&mut s.out, end);
 }
 
