@@ -181,6 +181,43 @@ impl Client {
             .await
     }
 
+    pub async fn lease_grant(
+        &mut self,
+        r: &pb::LeaseGrantRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::LeaseGrantResponse, Status> {
+        self.unary("/etcdserverpb.Lease/LeaseGrant", r, t).await
+    }
+
+    pub async fn lease_revoke(
+        &mut self,
+        r: &pb::LeaseRevokeRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::LeaseRevokeResponse, Status> {
+        self.unary("/etcdserverpb.Lease/LeaseRevoke", r, t).await
+    }
+
+    pub async fn lease_time_to_live(
+        &mut self,
+        r: &pb::LeaseTimeToLiveRequest,
+        t: Option<Duration>,
+    ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
+        self.unary("/etcdserverpb.Lease/LeaseTimeToLive", r, t)
+            .await
+    }
+
+    pub async fn lease_leases(
+        &mut self,
+        t: Option<Duration>,
+    ) -> Result<pb::LeaseLeasesResponse, Status> {
+        self.unary(
+            "/etcdserverpb.Lease/LeaseLeases",
+            &pb::LeaseLeasesRequest {},
+            t,
+        )
+        .await
+    }
+
     pub async fn alarm(
         &mut self,
         r: &pb::AlarmRequest,
@@ -190,18 +227,43 @@ impl Client {
     }
 }
 
-/// An open Watch stream: requests go out as they are sent, responses are read in order.
-pub struct WatchStream {
+/// An open bidirectional stream: requests of type `Q` go out as they are sent, responses of
+/// type `R` are read in order.
+pub struct BidiStream<Q, R> {
     tx: h2::SendStream<Bytes>,
     body: h2::RecvStream,
     buf: BytesMut,
+    _types: std::marker::PhantomData<(Q, R)>,
 }
+
+/// A Watch stream.
+pub type WatchStream = BidiStream<pb::WatchRequest, pb::WatchResponse>;
 
 impl Client {
     /// Opens a Watch stream, sends `first` on it, and waits for the response headers (etcd
     /// sends them with its first response, so `first` must not be empty).
     pub async fn watch(&mut self, first: &[pb::WatchRequest]) -> Result<WatchStream, Status> {
-        let (response, mut tx) = self.open("/etcdserverpb.Watch/Watch", None).await?;
+        self.bidi("/etcdserverpb.Watch/Watch", first).await
+    }
+
+    /// Opens a LeaseKeepAlive stream and sends `first` on it.
+    pub async fn keep_alive(
+        &mut self,
+        first: &pb::LeaseKeepAliveRequest,
+    ) -> Result<BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>, Status> {
+        self.bidi(
+            "/etcdserverpb.Lease/LeaseKeepAlive",
+            std::slice::from_ref(first),
+        )
+        .await
+    }
+
+    async fn bidi<Q: Message, R: Message + Default>(
+        &mut self,
+        path: &str,
+        first: &[Q],
+    ) -> Result<BidiStream<Q, R>, Status> {
+        let (response, mut tx) = self.open(path, None).await?;
         for r in first {
             tx.send_data(frame(r), false)
                 .map_err(|e| unavailable(e.to_string()))?;
@@ -211,24 +273,25 @@ impl Client {
         if let Some(status) = grpc_status(&parts.headers) {
             return Err(status.unwrap_or_else(|| unexpected("trailers-only OK")));
         }
-        Ok(WatchStream {
+        Ok(BidiStream {
             tx,
             body,
             buf: BytesMut::new(),
+            _types: std::marker::PhantomData,
         })
     }
 }
 
-impl WatchStream {
-    /// Sends a request (create, cancel, progress) on the stream.
-    pub fn send(&mut self, r: &pb::WatchRequest) -> Result<(), Status> {
+impl<Q: Message, R: Message + Default> BidiStream<Q, R> {
+    /// Sends a request on the stream.
+    pub fn send(&mut self, r: &Q) -> Result<(), Status> {
         self.tx
             .send_data(frame(r), false)
             .map_err(|e| unavailable(e.to_string()))
     }
 
     /// The next response; the stream's status when it ends.
-    pub async fn next(&mut self) -> Result<pb::WatchResponse, Status> {
+    pub async fn next(&mut self) -> Result<R, Status> {
         loop {
             if self.buf.len() >= 5 {
                 let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
@@ -236,7 +299,7 @@ impl WatchStream {
                 if self.buf.len() >= 5 + len {
                     let mut msg = self.buf.split_to(5 + len);
                     msg.advance(5);
-                    return pb::WatchResponse::decode(msg.freeze()).map_err(|e| {
+                    return R::decode(msg.freeze()).map_err(|e| {
                         Status::new(
                             Code::Internal,
                             format!("grpc: failed to unmarshal the received message: {e}"),

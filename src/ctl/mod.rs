@@ -3,8 +3,10 @@
 
 mod flags;
 pub mod format;
+mod lease;
 mod print;
 mod txn;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +113,8 @@ const OTHER_BOOL_FLAGS: &[&str] = &[
     "interactive",
     "i",
     "cluster",
+    "keys",
+    "once",
 ];
 
 fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failure> {
@@ -234,7 +238,9 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
                 }
             })
         }
-        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, member list, endpoint health, endpoint status, alarm list, version)"),
+        ["lease", sub, rest @ ..] => lease::run(&g, &f, sub, rest),
+        ["watch", rest @ ..] => watch::run(&g, &f, rest),
+        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list, endpoint health, endpoint status, alarm list, version)"),
         [other, ..] => fail(EXIT_BAD_ARGS, format!("unknown command {other:?} for \"ferroctl\"")),
     }
 }

@@ -281,7 +281,16 @@ pub struct Background {
 impl Background {
     /// Real etcdctl (API v3) against `endpoint`, stdout and stderr collected together.
     pub fn etcdctl(endpoint: &str, args: &[&str]) -> Background {
-        let mut child = Command::new(ETCDCTL)
+        Self::spawn(ETCDCTL, endpoint, args)
+    }
+
+    /// ferroctl against `endpoint`.
+    pub fn ferroctl(endpoint: &str, args: &[&str]) -> Background {
+        Self::spawn(env!("CARGO_BIN_EXE_ferroctl"), endpoint, args)
+    }
+
+    fn spawn(bin: &str, endpoint: &str, args: &[&str]) -> Background {
+        let mut child = Command::new(bin)
             .arg(format!("--endpoints={endpoint}"))
             .args(args)
             .env("ETCDCTL_API", "3")
@@ -289,7 +298,7 @@ impl Background {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {ETCDCTL}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut readers = Vec::new();
         let pipes: [Box<dyn Read + Send>; 2] = [
