@@ -58,6 +58,8 @@ pub struct WatchSpec {
 pub struct WatchPull {
     pub specs: Vec<WatchSpec>,
     pub max_events: usize,
+    /// Keys and values, in bytes, at most about this many (whole revisions).
+    pub max_bytes: usize,
 }
 
 /// One watcher's part of a [`WatchPulled`].
@@ -370,6 +372,7 @@ impl KvState {
         use mvccpb::event::EventType;
         let revision = self.store.rev();
         let mut budget = p.max_events.max(1);
+        let mut bytes_budget = p.max_bytes.max(1);
         let mut changes = Vec::new();
         let mut results = Vec::with_capacity(p.specs.len());
         for (i, s) in p.specs.iter().enumerate() {
@@ -389,7 +392,7 @@ impl KvState {
                     continue;
                 }
             }
-            if budget == 0 {
+            if budget == 0 || bytes_budget == 0 {
                 results.push(Pulled::Events {
                     events: Vec::new(),
                     next: from,
@@ -400,6 +403,7 @@ impl KvState {
                 KeySpan::new(key, &s.range_end),
                 from,
                 budget,
+                bytes_budget,
                 &mut changes,
             ) {
                 Ok(next) => next,
@@ -409,6 +413,8 @@ impl KvState {
                 }
             };
             budget = budget.saturating_sub(changes.len());
+            bytes_budget =
+                bytes_budget.saturating_sub(changes.iter().map(|c| c.cost()).sum::<usize>());
             let events = changes
                 .iter()
                 .filter(|c| !(c.is_delete() && s.no_delete || !c.is_delete() && s.no_put))

@@ -30,6 +30,11 @@ pub const LEASE_CHECK_INTERVAL_MS: u64 = 500;
 /// Events one watch stream takes from the owner per pull (a revision is never split, so one
 /// pull may carry more when a single revision is larger).
 pub const WATCH_PULL_EVENTS_MAX: usize = 1000;
+/// ... and at most about this many bytes of keys and values (whole revisions: the pull ends
+/// at the first revision boundary past it): a stream catching up through large values holds
+/// one pull's worth, and a response stays under the 4 MiB that gRPC clients accept by default
+/// (this plus one revision of at most `--max-request-bytes`, 1.5 MiB by default).
+pub const WATCH_PULL_BYTES_MAX: usize = 2 << 20;
 /// Watchers one watch stream may hold at once.
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 

@@ -165,6 +165,16 @@ impl Change {
     pub fn is_delete(&self) -> bool {
         self.value == ValueRef::NONE
     }
+
+    /// Bytes of key and value this change puts in an event.
+    pub fn cost(&self) -> usize {
+        self.key.len()
+            + if self.is_delete() {
+                0
+            } else {
+                self.value.len as usize
+            }
+    }
 }
 
 /// Recent changes in revision order, so that watchers read history without walking the
@@ -271,8 +281,8 @@ impl<V: ValueStore> Store<V> {
     }
 
     /// Changes to keys in `span` with main revision >= `from`, oldest first, appended to
-    /// `out`. Whole revisions only: once `max` changes are gathered, the revision under way is
-    /// finished and the rest left. Returns the first main revision not covered (the current
+    /// `out`. Whole revisions only: once `max` changes, or `max_bytes` of keys and values, are
+    /// gathered, the revision under way is finished and the rest left. Returns the first main revision not covered (the current
     /// revision + 1 when everything was). Fails when `from` is below the compacted revision.
     ///
     /// Recent history comes from the bounded change log in revision order; older history
@@ -282,6 +292,7 @@ impl<V: ValueStore> Store<V> {
         span: KeySpan<'_>,
         from: i64,
         max: usize,
+        max_bytes: usize,
         out: &mut Vec<Change>,
     ) -> Result<i64, MvccError> {
         if from < self.compact_rev {
@@ -296,14 +307,21 @@ impl<V: ValueStore> Store<V> {
         // compaction has trimmed its key (as from etcd's backend): it is never reported, so
         // that the ring, the index and a half-done compaction all give the same history.
         let compacted_tombstone = |c: &Change| c.is_delete() && c.rev.main == self.compact_rev;
+        let mut bytes = 0usize;
+        let full = |out: &Vec<Change>, bytes: usize, c: &Change| {
+            (out.len() - start >= max || bytes >= max_bytes)
+                && out.len() > start
+                && out.last().is_some_and(|l| l.rev.main < c.rev.main)
+        };
         if from >= self.history.floor {
             let h = &self.history.changes;
             let first = h.partition_point(|c| c.rev.main < from);
             for c in h.range(first..) {
-                if out.len() - start >= max && out.last().is_some_and(|l| l.rev.main < c.rev.main) {
+                if full(out, bytes, c) {
                     return Ok(c.rev.main);
                 }
                 if span.contains(&c.key) && !compacted_tombstone(c) {
+                    bytes += c.cost();
                     out.push(c.clone());
                 }
             }
@@ -314,11 +332,12 @@ impl<V: ValueStore> Store<V> {
         found.sort_unstable_by_key(|c| c.rev);
         let mut next = done;
         for c in found {
-            if out.len() - start >= max && out.last().is_some_and(|l| l.rev.main < c.rev.main) {
+            if full(out, bytes, &c) {
                 next = c.rev.main;
                 break;
             }
             if !compacted_tombstone(&c) {
+                bytes += c.cost();
                 out.push(c);
             }
         }
@@ -866,9 +885,13 @@ mod tests {
             // gathered may not.
             let all = |s: &Store, span: KeySpan<'_>, from: i64, max: usize| {
                 let (mut out, mut from, mut calls) = (Vec::new(), from, 0);
+                // Small batches count changes; the largest also bytes (3: about one change).
+                let max_bytes = if max == 1000 { 3 } else { usize::MAX };
                 while from <= s.rev() {
                     let before = out.len();
-                    from = s.changes_since(span, from, max, &mut out).expect("not compacted");
+                    from = s
+                        .changes_since(span, from, max, max_bytes, &mut out)
+                        .expect("not compacted");
                     // Whole revisions: a batch ends where a revision ends.
                     if let (Some(last), true) = (out.last(), out.len() > before) {
                         assert!(last.rev.main < from);
@@ -880,7 +903,7 @@ mod tests {
             };
             for from in ring.compact_rev().max(1)..=ring.rev() + 1 {
                 for span in &spans {
-                    let one = all(&ring, *span, from, 1000);
+                    let one = all(&ring, *span, from, 100_000);
                     for max in [1, 2, 1000] {
                         prop_assert_eq!(&all(&ring, *span, from, max), &one, "ring, from {} max {}", from, max);
                         prop_assert_eq!(&all(&walk, *span, from, max), &one, "index, from {} max {}", from, max);

@@ -159,6 +159,7 @@ impl<'a> Follow<'a> {
                 let req = kv::Request::WatchPull(WatchPull {
                     specs: vec![self.spec.clone()],
                     max_events: crate::limits::WATCH_PULL_EVENTS_MAX,
+                    max_bytes: crate::limits::WATCH_PULL_BYTES_MAX,
                 });
                 let mut pulled = match call(self.ctx, req).await? {
                     kv::Response::WatchPull(p) => p,

@@ -29,7 +29,7 @@ use super::ShardCtx;
 use crate::error::Status;
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
 use crate::limits::{
-    WATCHERS_PER_STREAM_MAX, WATCH_GROUP_MIN_WATCHERS, WATCH_PULL_EVENTS_MAX,
+    WATCHERS_PER_STREAM_MAX, WATCH_GROUP_MIN_WATCHERS, WATCH_PULL_BYTES_MAX, WATCH_PULL_EVENTS_MAX,
     WATCH_SEND_COALESCE_BYTES,
 };
 use crate::proto::etcdserverpb as pb;
@@ -484,6 +484,7 @@ impl WatchStream<'_> {
         let req = kv::Request::WatchPull(WatchPull {
             specs,
             max_events: WATCH_PULL_EVENTS_MAX,
+            max_bytes: WATCH_PULL_BYTES_MAX,
         });
         let pulled = match self.ctx.owner.call(req).await {
             Ok(kv::Response::WatchPull(p)) => p,

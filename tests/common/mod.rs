@@ -154,6 +154,11 @@ impl Server {
         self.wait_healthy();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's anonymous resident memory (heap and stacks, not the log's file mapping),
     /// in bytes, from /proc.
     pub fn rss_anon(&self) -> u64 {
