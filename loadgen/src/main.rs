@@ -91,6 +91,9 @@ enum Kind {
     /// --watch-keys distinct keys; reports put-to-event latency (from sending the put to the
     /// event's arrival) and events delivered per second.
     Watch,
+    /// Each client grants a lease (TTL 60 s) before the run, then renews it on its own
+    /// LeaseKeepAlive stream, one keepalive outstanding at a time.
+    LeaseKeepalive,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -242,10 +245,35 @@ fn stamped(value: &Bytes, epoch: Instant) -> Bytes {
     Bytes::from(v)
 }
 
+type KeepAlive = ferrocd::client::BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>;
+
+/// The lease-keepalive workload's per-client state: a lease and its keepalive stream.
+async fn open_keepalive(c: &mut Client) -> (i64, KeepAlive) {
+    let t = Some(Duration::from_secs(10));
+    let grant = pb::LeaseGrantRequest { ttl: 60, id: 0 };
+    let id = c.lease_grant(&grant, t).await.expect("lease grant").id;
+    let mut s = c
+        .keep_alive(&pb::LeaseKeepAliveRequest { id })
+        .await
+        .expect("keepalive stream");
+    // The stream opens with one keepalive (etcd sends its headers with the first answer);
+    // its answer is read here, before the measured run.
+    s.next().await.expect("first keepalive");
+    (id, s)
+}
+
+async fn keep_alive_once(id: i64, s: &mut KeepAlive) -> bool {
+    if s.send(&pb::LeaseKeepAliveRequest { id }).is_err() {
+        return false;
+    }
+    s.next().await.is_ok_and(|r| r.ttl > 0)
+}
+
 async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant) -> bool {
     let t = Some(Duration::from_secs(10));
     let k = key(i % w.key_space, w.key_size);
     match w.workload {
+        Kind::LeaseKeepalive => unreachable!("keepalives go on their own stream"),
         Kind::Watch => {
             let req = pb::PutRequest {
                 key: key(i % w.watch_keys.max(1) as u64, w.key_size),
@@ -564,6 +592,11 @@ async fn thread_main(
             issued_clients.set(gi + 1);
             tasks.push(glommio::spawn_local(async move {
                 let mut k = gi as u64;
+                let mut keepalive = if w.workload == Kind::LeaseKeepalive {
+                    Some(open_keepalive(&mut client).await)
+                } else {
+                    None
+                };
                 // Everyone starts together, once every connection is up.
                 let now = Instant::now();
                 if started > now {
@@ -592,7 +625,11 @@ async fn thread_main(
                         (i, Instant::now())
                     };
                     let n = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
-                    if one(&mut client, &w, n, &value, epoch).await {
+                    let ok = match &mut keepalive {
+                        Some((id, s)) => keep_alive_once(*id, s).await,
+                        None => one(&mut client, &w, n, &value, epoch).await,
+                    };
+                    if ok {
                         let us = intended.elapsed().as_micros().max(1) as u64;
                         let _ = hist.borrow_mut().record(us.min(60_000_000));
                     } else {
