@@ -3,7 +3,8 @@
 //!
 //! `loadgen run` measures one endpoint set; `loadgen compare` runs the same workload against two
 //! sets, alternating, and prints one table with the ratios. Closed loop: each client has one
-//! request outstanding.
+//! request outstanding. On a terminal a progress line runs while measuring; Ctrl-C stops the
+//! run cleanly and prints the report of what was measured so far.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -215,7 +216,47 @@ impl Report {
     }
 }
 
-/// CPU seconds (user + system) a process has used, from /proc.
+/// Set by Ctrl-C: clients stop sending, and the partial report is printed.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+    // A second Ctrl-C ends the process at once.
+    // SAFETY: signal(2) is async-signal-safe; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Prints "elapsed, done/total, rate" on one terminal line every half second until `finished`.
+fn progress(done: Arc<AtomicU64>, total: u64, finished: Arc<std::sync::atomic::AtomicBool>) {
+    // SAFETY: isatty(2) only inspects the descriptor.
+    if unsafe { libc::isatty(2) } != 1 {
+        return;
+    }
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !finished.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            let n = done.load(Ordering::Relaxed);
+            let s = start.elapsed().as_secs_f64();
+            eprint!(
+                "\r{s:6.1} s  {n}/{total} requests  {:.0}/s   ",
+                n as f64 / s.max(1e-9)
+            );
+        }
+        eprint!("\r{:60}\r", "");
+    });
+}
+
+/// CPU seconds (user + system) of the server, when its pid was given.
+fn server_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    pid.and_then(|p| cpu_seconds(Some(p)))
+}
+
+/// CPU seconds (user + system) a process has used (None: this one), from /proc.
 fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
@@ -325,6 +366,9 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant
 /// Runs the workload against `endpoints`; returns the merged report.
 fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    progress(done.clone(), w.total, finished.clone());
     let watch = Arc::new(WatchShared {
         ready: AtomicU64::new(0),
         events: AtomicU64::new(0),
@@ -335,7 +379,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         server_pid,
     });
     let threads = w.threads.max(1);
-    let server_before = cpu_seconds(server_pid);
+    let server_before = server_cpu_seconds(server_pid);
     let own_before = cpu_seconds(None).unwrap_or(0.0);
     let start = Instant::now() + Duration::from_millis(200);
     let handles: Vec<_> = (0..threads)
@@ -344,6 +388,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
             let w = w.clone();
             let issued = issued.clone();
             let watch = watch.clone();
+            let done = done.clone();
             // Connections are set up first; the load starts at `start`.
             let start_at = start;
             std::thread::spawn(move || {
@@ -351,7 +396,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
                     .make()
                     .expect("executor")
                     .run(thread_main(
-                        t, threads, endpoints, w, issued, start_at, watch,
+                        t, threads, endpoints, w, issued, start_at, watch, done,
                     ))
             })
         })
@@ -366,6 +411,10 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         lateness.add(l).expect("same bounds");
         events.add(ev).expect("same bounds");
         errors += e;
+    }
+    finished.store(true, Ordering::SeqCst);
+    if stopped() {
+        println!("interrupted: the report covers what was measured until Ctrl-C");
     }
     // A watch run is timed from its first put (creating the watchers is not part of it).
     let seconds = if w.workload == Kind::Watch {
@@ -387,7 +436,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
             } else {
                 server_before
             },
-            cpu_seconds(server_pid),
+            server_cpu_seconds(server_pid),
         ) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
@@ -479,7 +528,7 @@ async fn start_watchers(
             let mut last = Instant::now();
             loop {
                 // Done when every event arrived, or the puts are over and 3 s pass quietly.
-                if watch.events.load(Ordering::SeqCst) >= expected {
+                if watch.events.load(Ordering::SeqCst) >= expected || stopped() {
                     break;
                 }
                 let quiet = last.elapsed() > Duration::from_secs(3);
@@ -527,6 +576,7 @@ async fn thread_main(
     issued: Arc<AtomicU64>,
     start_at: Instant,
     watch: Arc<WatchShared>,
+    done: Arc<AtomicU64>,
 ) -> (Histogram<u64>, u64, Histogram<u64>, Histogram<u64>) {
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
@@ -558,7 +608,7 @@ async fn thread_main(
         let ns = started.duration_since(watch.epoch).as_nanos() as u64;
         watch.puts_start_ns.fetch_max(ns, Ordering::SeqCst);
         if t == 0 {
-            if let Some(c) = cpu_seconds(watch.server_pid) {
+            if let Some(c) = server_cpu_seconds(watch.server_pid) {
                 watch
                     .server_cpu_at_start
                     .store(c.to_bits(), Ordering::SeqCst);
@@ -578,6 +628,7 @@ async fn thread_main(
         for _ in 0..per_conn {
             let mut client = client.clone();
             let epoch = watch.epoch;
+            let done = done.clone();
             let (w, issued, hist, errors, value, lateness) = (
                 w.clone(),
                 issued.clone(),
@@ -603,6 +654,9 @@ async fn thread_main(
                     glommio::timer::sleep(started - now).await;
                 }
                 loop {
+                    if stopped() {
+                        break;
+                    }
                     let (i, intended) = if w.rate > 0.0 {
                         if k >= w.total {
                             break;
@@ -629,6 +683,7 @@ async fn thread_main(
                         Some((id, s)) => keep_alive_once(*id, s).await,
                         None => one(&mut client, &w, n, &value, epoch).await,
                     };
+                    done.fetch_add(1, Ordering::Relaxed);
                     if ok {
                         let us = intended.elapsed().as_micros().max(1) as u64;
                         let _ = hist.borrow_mut().record(us.min(60_000_000));
@@ -674,6 +729,13 @@ fn write_hgrm(path: &str, r: &Report) {
 
 fn main() {
     let cli = Cli::parse();
+    // SAFETY: installs a handler that only stores to an atomic and calls signal(2).
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     match cli.cmd {
         Cmd::Run {
             endpoints,
@@ -722,7 +784,7 @@ fn main() {
                     r.q_ms(0.999),
                     if ok { "yes" } else { "no" }
                 );
-                if !ok {
+                if !ok || stopped() {
                     break;
                 }
                 best = Some(rate);
@@ -752,9 +814,15 @@ fn main() {
                 let r = run(&a, &w, a_pid);
                 r.print(&a_name);
                 ra.push(r);
+                if stopped() {
+                    return;
+                }
                 let r = run(&b, &w, b_pid);
                 r.print(&b_name);
                 rb.push(r);
+                if stopped() {
+                    return;
+                }
             }
             // The best round of each side (least disturbed by the noisy machine).
             let score = |r: &Report| {
