@@ -291,6 +291,16 @@ async fn drain(
     }
 }
 
+/// A prefix watch with previous values from revision `from`.
+fn opts(from: i64) -> Option<WatchOptions> {
+    Some(
+        WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(from),
+    )
+}
+
 /// The scenario against one server; asserts the guarantees for each watcher (bookmarkable
 /// only when `bookmarks`).
 fn scenario(server: &Server, bookmarks: bool) {
@@ -299,14 +309,6 @@ fn scenario(server: &Server, bookmarks: bool) {
         let url = server.url();
         let mut c = Client::connect([url.clone()], None).await.expect("connect");
         let start = put_rev(&mut c, "g/start", "x").await + 1;
-        let opts = |from: i64| {
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_prev_key()
-                    .with_start_revision(from),
-            )
-        };
         // Watchers, all created before the writes start and read while they run: A reads
         // everything; B asks for progress as it goes; C drops its stream and connection
         // part-way and resumes from last + 1 on a new one.
@@ -491,14 +493,6 @@ fn the_checker_rejects_broken_histories() {
 fn a_watch_resumes_from_last_plus_one_across_kill_and_restart() {
     let mut server = Server::ferrocd(&[]);
     let url = server.url();
-    let opts = |from: i64| {
-        Some(
-            WatchOptions::new()
-                .with_prefix()
-                .with_prev_key()
-                .with_start_revision(from),
-        )
-    };
     let never = AtomicI64::new(i64::MAX);
     let (start, acked, first) = rt().block_on(async {
         let mut c = Client::connect([url.clone()], None).await.expect("connect");

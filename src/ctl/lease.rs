@@ -3,9 +3,10 @@
 
 use super::flags::Flags;
 use super::format::Obj;
-use super::{fail, with_client, Failure, Format, Global, EXIT_BAD_ARGS, EXIT_BAD_CONNECTION};
+use super::{
+    fail, on_connection, with_client, Failure, Format, Global, EXIT_BAD_ARGS, EXIT_BAD_CONNECTION,
+};
 use super::{EXIT_BAD_FEATURE, EXIT_ERROR};
-use crate::client::Client;
 use crate::proto::etcdserverpb as pb;
 
 fn lease_id(arg: &str) -> Result<i64, Failure> {
@@ -164,25 +165,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
 /// Keeps the lease alive (once, or every third of its TTL until it is gone), printing each
 /// answer as etcdctl does.
 fn keep_alive(g: &Global, id: i64, once: bool) -> Result<(), Failure> {
-    let endpoints = g.endpoints.clone();
-    let dial = g.dial_timeout;
-    let ex = glommio::LocalExecutorBuilder::default()
-        .make()
-        .map_err(|e| Failure {
-            code: EXIT_ERROR,
-            message: format!("cannot start the I/O executor: {e}"),
-        })?;
-    ex.run(async move {
-        let mut client = None;
-        for ep in &endpoints {
-            if let Ok(c) = Client::connect(ep, dial).await {
-                client = Some(c);
-                break;
-            }
-        }
-        let Some(mut c) = client else {
-            return fail(EXIT_ERROR, "context deadline exceeded");
-        };
+    on_connection(g, move |mut c| async move {
         let req = pb::LeaseKeepAliveRequest { id };
         let mut s = c.keep_alive(&req).await.map_err(Failure::from)?;
         loop {

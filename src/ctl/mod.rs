@@ -271,13 +271,14 @@ fn go_duration_arg(flag: &str, v: &str) -> Result<Duration, Failure> {
 type CallFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + 'a>>;
 
-/// Connects to the first endpoint that answers and runs one call, on a glommio executor.
-fn with_client<T: 'static>(
+/// Runs `f` on a glommio executor with a connection to the first endpoint that answers
+/// (etcdctl reports a failed dial as its context deadline).
+fn on_connection<T: 'static, F: std::future::Future<Output = Result<T, Failure>>>(
     g: &Global,
-    call: impl for<'a> FnOnce(&'a mut Client, Option<Duration>) -> CallFuture<'a, T> + 'static,
+    f: impl FnOnce(Client) -> F + 'static,
 ) -> Result<T, Failure> {
     let endpoints = g.endpoints.clone();
-    let (dial, timeout) = (g.dial_timeout, g.command_timeout);
+    let dial = g.dial_timeout;
     let ex = glommio::LocalExecutorBuilder::default()
         .make()
         .map_err(|e| Failure {
@@ -285,19 +286,23 @@ fn with_client<T: 'static>(
             message: format!("cannot start the I/O executor: {e}"),
         })?;
     ex.run(async move {
-        let mut last = Status::new(
-            crate::error::Code::DeadlineExceeded,
-            "context deadline exceeded",
-        );
         for ep in &endpoints {
-            match Client::connect(ep, dial).await {
-                Ok(mut c) => return call(&mut c, Some(timeout)).await.map_err(Failure::from),
-                Err(e) => last = e,
+            if let Ok(c) = Client::connect(ep, dial).await {
+                return f(c).await;
             }
         }
-        // etcdctl reports a failed dial as its context deadline.
-        let _ = last;
         fail(EXIT_ERROR, "context deadline exceeded")
+    })
+}
+
+/// Connects to the first endpoint that answers and runs one call, on a glommio executor.
+fn with_client<T: 'static>(
+    g: &Global,
+    call: impl for<'a> FnOnce(&'a mut Client, Option<Duration>) -> CallFuture<'a, T> + 'static,
+) -> Result<T, Failure> {
+    let timeout = g.command_timeout;
+    on_connection(g, move |mut c| async move {
+        call(&mut c, Some(timeout)).await.map_err(Failure::from)
     })
 }
 

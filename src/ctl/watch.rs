@@ -4,8 +4,7 @@
 use bytes::Bytes;
 
 use super::flags::Flags;
-use super::{fail, Failure, Format, Global, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR};
-use crate::client::Client;
+use super::{fail, on_connection, Failure, Format, Global, EXIT_BAD_ARGS, EXIT_BAD_FEATURE};
 use crate::error::EtcdError;
 use crate::kv::prefix_end;
 use crate::proto::etcdserverpb as pb;
@@ -60,25 +59,8 @@ pub fn run(g: &Global, f: &Flags, rest: &[&str]) -> Result<(), Failure> {
             },
         )),
     };
-    let endpoints = g.endpoints.clone();
-    let (dial, hex) = (g.dial_timeout, g.hex);
-    let ex = glommio::LocalExecutorBuilder::default()
-        .make()
-        .map_err(|e| Failure {
-            code: EXIT_ERROR,
-            message: format!("cannot start the I/O executor: {e}"),
-        })?;
-    ex.run(async move {
-        let mut client = None;
-        for ep in &endpoints {
-            if let Ok(c) = Client::connect(ep, dial).await {
-                client = Some(c);
-                break;
-            }
-        }
-        let Some(mut c) = client else {
-            return fail(EXIT_ERROR, "context deadline exceeded");
-        };
+    let hex = g.hex;
+    on_connection(g, move |mut c| async move {
         let mut s = c.watch(&[create]).await.map_err(Failure::from)?;
         loop {
             let r = s.next().await.map_err(Failure::from)?;
