@@ -231,7 +231,7 @@ fn stopped() -> bool {
 }
 
 /// Prints "elapsed, done/total, rate" on one terminal line every half second until `finished`.
-fn progress(done: Arc<AtomicU64>, total: u64, finished: Arc<std::sync::atomic::AtomicBool>) {
+fn progress(shared: Arc<WatchShared>, total: u64, finished: Arc<std::sync::atomic::AtomicBool>) {
     // SAFETY: isatty(2) only inspects the descriptor.
     if unsafe { libc::isatty(2) } != 1 {
         return;
@@ -240,7 +240,7 @@ fn progress(done: Arc<AtomicU64>, total: u64, finished: Arc<std::sync::atomic::A
         let start = Instant::now();
         while !finished.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
-            let n = done.load(Ordering::Relaxed);
+            let n = shared.done.load(Ordering::Relaxed);
             let s = start.elapsed().as_secs_f64();
             eprint!(
                 "\r{s:6.1} s  {n}/{total} requests  {:.0}/s   ",
@@ -366,10 +366,9 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant
 /// Runs the workload against `endpoints`; returns the merged report.
 fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    progress(done.clone(), w.total, finished.clone());
     let watch = Arc::new(WatchShared {
+        done: AtomicU64::new(0),
         ready: AtomicU64::new(0),
         events: AtomicU64::new(0),
         puts_done: AtomicU64::new(0),
@@ -378,6 +377,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         server_cpu_at_start: AtomicU64::new(f64::NAN.to_bits()),
         server_pid,
     });
+    progress(watch.clone(), w.total, finished.clone());
     let threads = w.threads.max(1);
     let server_before = server_cpu_seconds(server_pid);
     let own_before = cpu_seconds(None).unwrap_or(0.0);
@@ -388,7 +388,6 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
             let w = w.clone();
             let issued = issued.clone();
             let watch = watch.clone();
-            let done = done.clone();
             // Connections are set up first; the load starts at `start`.
             let start_at = start;
             std::thread::spawn(move || {
@@ -396,7 +395,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
                     .make()
                     .expect("executor")
                     .run(thread_main(
-                        t, threads, endpoints, w, issued, start_at, watch, done,
+                        t, threads, endpoints, w, issued, start_at, watch,
                     ))
             })
         })
@@ -448,8 +447,10 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     }
 }
 
-/// What the threads of a watch run share.
+/// What the threads of a run share (most of it for the watch workload).
 struct WatchShared {
+    /// Requests completed so far (the progress line).
+    done: AtomicU64,
     /// Watchers created so far (puts start when all are).
     ready: AtomicU64,
     /// Events received so far.
@@ -576,7 +577,6 @@ async fn thread_main(
     issued: Arc<AtomicU64>,
     start_at: Instant,
     watch: Arc<WatchShared>,
-    done: Arc<AtomicU64>,
 ) -> (Histogram<u64>, u64, Histogram<u64>, Histogram<u64>) {
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
@@ -628,7 +628,7 @@ async fn thread_main(
         for _ in 0..per_conn {
             let mut client = client.clone();
             let epoch = watch.epoch;
-            let done = done.clone();
+            let shared = watch.clone();
             let (w, issued, hist, errors, value, lateness) = (
                 w.clone(),
                 issued.clone(),
@@ -683,7 +683,7 @@ async fn thread_main(
                         Some((id, s)) => keep_alive_once(*id, s).await,
                         None => one(&mut client, &w, n, &value, epoch).await,
                     };
-                    done.fetch_add(1, Ordering::Relaxed);
+                    shared.done.fetch_add(1, Ordering::Relaxed);
                     if ok {
                         let us = intended.elapsed().as_micros().max(1) as u64;
                         let _ = hist.borrow_mut().record(us.min(60_000_000));
