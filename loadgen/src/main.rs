@@ -95,6 +95,8 @@ enum Kind {
     /// Each client grants a lease (TTL 60 s) before the run, then renews it on its own
     /// LeaseKeepAlive stream, one keepalive outstanding at a time.
     LeaseKeepalive,
+    /// Linearizable point reads and puts on the same key space, --read-ratio of them reads.
+    Mixed,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -137,6 +139,9 @@ struct Workload {
     /// Watch workload: distinct watched keys (1: every watcher on one key); puts go to them.
     #[arg(long, default_value_t = 1)]
     watch_keys: usize,
+    /// Mixed workload: the share of requests that are reads (the rest are puts).
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -330,6 +335,24 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant
                 ..Default::default()
             };
             c.put(&req, t).await.is_ok()
+        }
+        Kind::Mixed => {
+            // High bits of the (hashed) request number pick read or write; the key comes from
+            // the low ones, so every key is both read and written.
+            if ((i >> 32) & 0xffff) as f64 / 65536.0 < w.read_ratio {
+                let req = pb::RangeRequest {
+                    key: k,
+                    ..Default::default()
+                };
+                c.range(&req, t).await.is_ok()
+            } else {
+                let req = pb::PutRequest {
+                    key: k,
+                    value: value.clone(),
+                    ..Default::default()
+                };
+                c.put(&req, t).await.is_ok()
+            }
         }
         Kind::Range | Kind::RangeSerializable => {
             let req = pb::RangeRequest {
@@ -882,8 +905,12 @@ fn main() {
                 return;
             }
             println!(
-                "| {:?} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
-                w.workload,
+                "| {} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                if w.workload == Kind::Mixed {
+                    format!("Mixed {:.0}% reads", w.read_ratio * 100.0)
+                } else {
+                    format!("{:?}", w.workload)
+                },
                 w.clients,
                 w.conns,
                 x.rate(),
