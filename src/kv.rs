@@ -53,6 +53,17 @@ pub struct WatchSpec {
     pub no_delete: bool,
 }
 
+impl WatchSpec {
+    /// Whether the watcher's filters let a put (or a deletion) through.
+    pub fn wants(&self, delete: bool) -> bool {
+        if delete {
+            !self.no_delete
+        } else {
+            !self.no_put
+        }
+    }
+}
+
 /// Events for several watchers, at most about `max_events` in all (whole revisions only).
 #[derive(Debug)]
 pub struct WatchPull {
@@ -417,7 +428,7 @@ impl KvState {
                 bytes_budget.saturating_sub(changes.iter().map(|c| c.cost()).sum::<usize>());
             let events = changes
                 .iter()
-                .filter(|c| !(c.is_delete() && s.no_delete || !c.is_delete() && s.no_put))
+                .filter(|c| s.wants(c.is_delete()))
                 .map(|c| mvccpb::Event {
                     r#type: if c.is_delete() {
                         EventType::Delete as i32
@@ -946,7 +957,6 @@ fn delete_range<V: ValueStore>(
     })
 }
 
-/// True when a txn only reads (etcd serves those without Raft and without the size limit).
 /// clientv3's prefix end: the key with its last byte below 0xff incremented; "\0" when
 /// every byte is 0xff.
 pub fn prefix_end(key: &[u8]) -> Vec<u8> {
@@ -983,6 +993,7 @@ fn cost_txn(r: &pb::TxnRequest) -> u64 {
     ops(&r.success).max(ops(&r.failure))
 }
 
+/// True when a txn only reads (etcd serves those without Raft and without the size limit).
 pub fn txn_is_read_only(r: &pb::TxnRequest) -> bool {
     r.success
         .iter()

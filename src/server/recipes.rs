@@ -213,21 +213,13 @@ async fn wait_deletes(ctx: &ShardCtx, prefix: &[u8], max_create: i64) -> Result<
     }
 }
 
-/// Runs `wait` unless `canceled` completes first; then runs `cleanup` and returns the
-/// cancellation's status.
-async fn cancelable<T, C: Future<Output = ()>>(
+/// Runs `wait` unless `canceled` completes first: the outer error is the cancellation's
+/// status, the inner result `wait`'s.
+async fn cancelable<T>(
     wait: impl Future<Output = Result<T, Status>>,
     canceled: impl Future<Output = Status>,
-    cleanup: impl FnOnce() -> C,
-) -> Result<T, Status> {
-    let r = futures_lite::future::or(async { Ok(wait.await) }, async { Err(canceled.await) }).await;
-    match r {
-        Ok(r) => r,
-        Err(status) => {
-            cleanup().await;
-            Err(status)
-        }
-    }
+) -> Result<Result<T, Status>, Status> {
+    futures_lite::future::or(async { Ok(wait.await) }, async { Err(canceled.await) }).await
 }
 
 /// v3lock Lock: returns once the caller holds the lock named `name` under its lease.
@@ -266,14 +258,10 @@ pub(crate) async fn lock(
             key: my_key,
         });
     }
-    let release = || async {
+    // A wait that fails or is canceled releases the key (clientv3's Unlock).
+    if let Ok(Err(e)) | Err(e) = cancelable(wait_deletes(ctx, &prefix, my_rev - 1), canceled).await
+    {
         let _ = delete(ctx, my_key.clone()).await;
-    };
-    let waited = cancelable(wait_deletes(ctx, &prefix, my_rev - 1), canceled, release).await;
-    if let Err(e) = waited {
-        if e.code != Code::Canceled && e.code != Code::DeadlineExceeded {
-            release().await;
-        }
         return Err(e);
     }
     // The session's key must still be there (its lease may have expired meanwhile).
@@ -381,10 +369,14 @@ pub(crate) async fn campaign(
             }
         }
     }
-    let resign = || async {
-        let _ = resign_txn(ctx, &key, leader.rev).await;
-    };
-    cancelable(wait_deletes(ctx, &prefix, leader.rev - 1), canceled, resign).await?;
+    // A canceled candidacy resigns; one whose wait failed stays (as clientv3's Campaign).
+    match cancelable(wait_deletes(ctx, &prefix, leader.rev - 1), canceled).await {
+        Ok(waited) => waited?,
+        Err(canceled) => {
+            let _ = resign_txn(ctx, &key, leader.rev).await;
+            return Err(canceled);
+        }
+    }
     Ok(epb::CampaignResponse {
         header: resp.header,
         leader: Some(leader),

@@ -32,6 +32,7 @@ use crate::limits::{
     WATCHERS_PER_STREAM_MAX, WATCH_GROUP_MIN_WATCHERS, WATCH_PULL_BYTES_MAX, WATCH_PULL_EVENTS_MAX,
     WATCH_SEND_COALESCE_BYTES,
 };
+use crate::mvcc::KeySpan;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
 use pb::watch_request::RequestUnion;
@@ -78,14 +79,6 @@ struct Group {
 
 /// The id the group's spec has in a pull.
 const GROUP: i64 = i64::MIN;
-
-/// Whether `spec` covers `key` (etcd's key range rules).
-fn covers(spec: &WatchSpec, key: &[u8]) -> bool {
-    if spec.range_end.is_empty() {
-        return key == &spec.key[..];
-    }
-    key >= &spec.key[..] && (spec.range_end[..] == [0] || key < &spec.range_end[..])
-}
 
 struct WatchStream<'a> {
     ctx: &'a ShardCtx,
@@ -272,6 +265,7 @@ impl WatchStream<'_> {
         };
         let empty_range = !c.range_end.is_empty() && c.range_end[..] != [0] && key >= c.range_end;
         let id = if c.watch_id == 0 {
+            // Ids move on and are never reused (as etcd's); a client-chosen one is skipped.
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
@@ -414,15 +408,13 @@ impl WatchStream<'_> {
         for e in &events {
             let Some(kv) = &e.kv else { continue };
             let keyed = self.group.by_key.get(&kv.key).into_iter().flatten();
-            let ranged = self
-                .group
-                .ranges
-                .iter()
-                .filter(|id| covers(&self.watchers[*id].spec, &kv.key));
+            let ranged = self.group.ranges.iter().filter(|id| {
+                let spec = &self.watchers[*id].spec;
+                KeySpan::new(&spec.key, &spec.range_end).contains(&kv.key)
+            });
             for &id in keyed.chain(ranged) {
                 let spec = &self.watchers[&id].spec;
-                let delete = e.r#type == EventType::Delete as i32;
-                if delete && spec.no_delete || !delete && spec.no_put {
+                if !spec.wants(e.r#type == EventType::Delete as i32) {
                     continue;
                 }
                 let mut ev = e.clone();
