@@ -139,9 +139,14 @@ impl Links {
                     let n = notifier.clone();
                     glommio::spawn_local(async move {
                         let note_tx = note_tx.connect().await;
+                        // Waits while the shard has not read the previous note, then sends the
+                        // newest revision: the last note a shard reads is always the newest
+                        // (a note dropped when the channel was full could leave watchers
+                        // there one batch behind until the next write).
                         while notes.recv().await.is_some() {
-                            // Full: a note not yet read will wake the shard anyway.
-                            let _ = note_tx.try_send(n.rev());
+                            if note_tx.send(n.rev()).await.is_err() {
+                                break;
+                            }
                         }
                     })
                     .detach();
