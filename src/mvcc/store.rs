@@ -188,12 +188,16 @@ struct History {
 
 impl History {
     fn push(&mut self, c: Change) {
-        if self.changes.len() == self.capacity {
-            if let Some(old) = self.changes.pop_front() {
-                self.floor = old.rev.main + 1;
-            }
-        }
         self.changes.push_back(c);
+        self.trim();
+    }
+
+    /// Drops the oldest changes beyond the capacity.
+    fn trim(&mut self) {
+        while self.changes.len() > self.capacity {
+            let old = self.changes.pop_front().expect("non-empty");
+            self.floor = old.rev.main + 1;
+        }
     }
 }
 
@@ -269,10 +273,7 @@ impl<V: ValueStore> Store<V> {
     /// Keeps at most `n` recent changes for watchers (at least one).
     pub fn set_history_capacity(&mut self, n: usize) {
         self.history.capacity = n.max(1);
-        while self.history.changes.len() > self.history.capacity {
-            let old = self.history.changes.pop_front().expect("non-empty");
-            self.history.floor = old.rev.main + 1;
-        }
+        self.history.trim();
     }
 
     /// The keys attached to `lease`, in key order.
