@@ -78,14 +78,12 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "auth-token-ttl",
     "bcrypt-cost",
     "enable-authorization",
-    "listen-metrics-urls",
     "metrics",
     "self-signed-cert-validity",
     "force-new-cluster",
     "unsafe-no-fsync",
     "socket-reuse-port",
     "socket-reuse-address",
-    "enable-grpc-gateway",
     "pre-vote",
     "max-learners",
     "experimental-initial-corrupt-check",
@@ -129,6 +127,8 @@ struct Raw {
     quota_backend_bytes: Option<i64>,
     /// A number (hours, or revisions in revision mode) or a Go duration; YAML may give either.
     auto_compaction_retention: Option<Value>,
+    listen_metrics_urls: Option<String>,
+    enable_grpc_gateway: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -158,6 +158,11 @@ pub struct Config {
     pub quota_backend_bytes: Option<u64>,
     /// Flags ignored because --config-file was given (etcd warns about them too).
     pub ignored_flags: Vec<String>,
+    /// `--listen-metrics-urls`: extra addresses serving only `/metrics` and the health
+    /// endpoints (none by default).
+    pub listen_metrics_urls: Vec<String>,
+    /// `--enable-grpc-gateway` (default true): the JSON gateway on the client port.
+    pub enable_grpc_gateway: bool,
 }
 
 /// What `--help` prints.
@@ -295,7 +300,15 @@ impl Config {
             raw.initial_advertise_peer_urls,
             "http://localhost:2380",
         )?;
-        for u in listen_client_urls.iter().chain(&listen_peer_urls) {
+        let listen_metrics_urls = match raw.listen_metrics_urls.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(v) => urls("listen-metrics-urls", Some(v.to_string()), "")?,
+        };
+        for u in listen_client_urls
+            .iter()
+            .chain(&listen_peer_urls)
+            .chain(&listen_metrics_urls)
+        {
             if u.starts_with("https://") {
                 return err(format!(
                     "{u}: https URLs need TLS, which is recognised but not implemented yet"
@@ -402,23 +415,34 @@ impl Config {
                 raw.auto_compaction_retention.as_ref(),
             )?,
             ignored_flags,
+            listen_metrics_urls,
+            enable_grpc_gateway: raw.enable_grpc_gateway.unwrap_or(true),
         })
     }
 
     /// The socket addresses of the client listen URLs (`localhost` resolved).
     pub fn client_socket_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        Self::socket_addrs("listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// The socket addresses of the metrics listen URLs.
+    pub fn metrics_socket_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        Self::socket_addrs("listen-metrics-urls", &self.listen_metrics_urls)
+    }
+
+    fn socket_addrs(key: &str, urls: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
         let mut out = Vec::new();
-        for u in &self.listen_client_urls {
+        for u in urls {
             let host_port = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
             let host_port = host_port.trim_end_matches('/');
             let addrs = host_port
                 .to_socket_addrs()
-                .map_err(|e| ConfigError(format!("listen-client-urls: {u}: {e}")))?;
+                .map_err(|e| ConfigError(format!("{key}: {u}: {e}")))?;
             // localhost resolves to both families; etcd listens on the first address.
             let first = addrs
                 .into_iter()
                 .find(|a| a.is_ipv4())
-                .ok_or_else(|| ConfigError(format!("listen-client-urls: {u}: no IPv4 address")))?;
+                .ok_or_else(|| ConfigError(format!("{key}: {u}: no IPv4 address")))?;
             if !out.contains(&first) {
                 out.push(first);
             }

@@ -51,6 +51,8 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     create_data_dir(&cfg.data_dir)?;
     let opts = ServerOptions {
         client_addrs: cfg.client_socket_addrs()?,
+        metrics_addrs: cfg.metrics_socket_addrs()?,
+        gateway: cfg.enable_grpc_gateway,
         shards: cfg.shards,
         max_request_bytes: cfg.max_request_bytes,
         kv: KvOptions {

@@ -35,6 +35,10 @@ pub struct LogStats {
     pub records: u64,
     pub fsync_micros_total: u64,
     pub fsync_micros_max: u64,
+    /// The last batch's fdatasync, in microseconds.
+    pub fsync_micros_last: u64,
+    /// Bytes written (records and their headers).
+    pub bytes: u64,
 }
 
 pub struct Log {
@@ -206,6 +210,8 @@ impl Log {
         self.stats.records += payloads.len() as u64;
         self.stats.fsync_micros_total += micros;
         self.stats.fsync_micros_max = self.stats.fsync_micros_max.max(micros);
+        self.stats.fsync_micros_last = micros;
+        self.stats.bytes += len as u64;
         self.write_off += len as u64;
         self.next_seq = commit_seq + 1;
         let base = at as usize;

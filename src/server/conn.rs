@@ -57,7 +57,7 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
         prefix: Bytes::copy_from_slice(&head),
         inner: stream,
     };
-    if H2_PREFACE.starts_with(&head) {
+    if H2_PREFACE.starts_with(&head) && !ctx.metrics_only {
         serve_h2(prefixed, ctx).await;
         Ok(())
     } else if http1::looks_like_request(&head) {

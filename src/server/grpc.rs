@@ -11,8 +11,8 @@ use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use prost::Message;
 
-use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, MessageReader};
-use super::{recipes, snapshot, watch, ShardCtx};
+use super::stream::{H2Sink, MessageReader, Sink};
+use super::{gateway, metrics, recipes, snapshot, stream, watch, ShardCtx};
 use crate::error::{Code, EtcdError, Status};
 use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
@@ -64,74 +64,66 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseLeases",
 ];
 
-/// Every service and method of etcd's API, to tell "not implemented yet" from "unknown".
-const SERVICES: &[(&str, &[&str])] = &[
-    (
-        "etcdserverpb.KV",
-        &["Range", "Put", "DeleteRange", "Txn", "Compact"],
-    ),
-    ("etcdserverpb.Watch", &["Watch"]),
-    (
-        "etcdserverpb.Lease",
-        &[
-            "LeaseGrant",
-            "LeaseRevoke",
-            "LeaseKeepAlive",
-            "LeaseTimeToLive",
-            "LeaseLeases",
-        ],
-    ),
-    (
-        "etcdserverpb.Cluster",
-        &[
-            "MemberAdd",
-            "MemberRemove",
-            "MemberUpdate",
-            "MemberList",
-            "MemberPromote",
-        ],
-    ),
-    (
-        "etcdserverpb.Maintenance",
-        &[
-            "Alarm",
-            "Status",
-            "Defragment",
-            "Hash",
-            "HashKV",
-            "Snapshot",
-            "MoveLeader",
-            "Downgrade",
-        ],
-    ),
-    (
-        "etcdserverpb.Auth",
-        &[
-            "AuthEnable",
-            "AuthDisable",
-            "AuthStatus",
-            "Authenticate",
-            "UserAdd",
-            "UserGet",
-            "UserList",
-            "UserDelete",
-            "UserChangePassword",
-            "UserGrantRole",
-            "UserRevokeRole",
-            "RoleAdd",
-            "RoleGet",
-            "RoleList",
-            "RoleDelete",
-            "RoleGrantPermission",
-            "RoleRevokePermission",
-        ],
-    ),
-    (
-        "v3electionpb.Election",
-        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
-    ),
-    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+/// Every method of etcd's API, with its kind as go-grpc-prometheus labels it: to tell "not
+/// implemented yet" from "unknown", and to count calls (`grpc_server_handled_total`).
+pub(crate) const METHODS: &[(&str, &str, &str)] = &[
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("etcdserverpb.Cluster", "MemberAdd", "unary"),
+    ("etcdserverpb.Cluster", "MemberRemove", "unary"),
+    ("etcdserverpb.Cluster", "MemberUpdate", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Cluster", "MemberPromote", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("etcdserverpb.Maintenance", "Downgrade", "unary"),
+    ("etcdserverpb.Auth", "AuthEnable", "unary"),
+    ("etcdserverpb.Auth", "AuthDisable", "unary"),
+    ("etcdserverpb.Auth", "AuthStatus", "unary"),
+    ("etcdserverpb.Auth", "Authenticate", "unary"),
+    ("etcdserverpb.Auth", "UserAdd", "unary"),
+    ("etcdserverpb.Auth", "UserGet", "unary"),
+    ("etcdserverpb.Auth", "UserList", "unary"),
+    ("etcdserverpb.Auth", "UserDelete", "unary"),
+    ("etcdserverpb.Auth", "UserChangePassword", "unary"),
+    ("etcdserverpb.Auth", "UserGrantRole", "unary"),
+    ("etcdserverpb.Auth", "UserRevokeRole", "unary"),
+    ("etcdserverpb.Auth", "RoleAdd", "unary"),
+    ("etcdserverpb.Auth", "RoleGet", "unary"),
+    ("etcdserverpb.Auth", "RoleList", "unary"),
+    ("etcdserverpb.Auth", "RoleDelete", "unary"),
+    ("etcdserverpb.Auth", "RoleGrantPermission", "unary"),
+    ("etcdserverpb.Auth", "RoleRevokePermission", "unary"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
 ];
+
+/// The index of a method of etcd's API in [`METHODS`], from its path.
+pub(crate) fn method_index(path: &str) -> Option<usize> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    METHODS
+        .iter()
+        .position(|&(s, m, _)| s == service && m == method)
+}
 
 fn route(path: &str) -> Result<Method, Status> {
     let unimplemented = |m: String| Err(Status::new(Code::Unimplemented, m));
@@ -162,14 +154,12 @@ fn route(path: &str) -> Result<Method, Status> {
         ("v3electionpb.Election", "Resign") => Method::Resign,
         ("v3electionpb.Election", "Observe") => Method::Observe,
         _ => {
-            return match SERVICES.iter().find(|(s, _)| *s == service) {
-                None => unimplemented(format!("unknown service {service}")),
-                Some((_, methods)) if !methods.contains(&method) => {
-                    unimplemented(format!("unknown method {method} for service {service}"))
-                }
-                Some(_) => {
-                    unimplemented(format!("ferrocd does not implement {service}/{method} yet"))
-                }
+            return if !METHODS.iter().any(|&(s, _, _)| s == service) {
+                unimplemented(format!("unknown service {service}"))
+            } else if method_index(path).is_none() {
+                unimplemented(format!("unknown method {method} for service {service}"))
+            } else {
+                unimplemented(format!("ferrocd does not implement {service}/{method} yet"))
             };
         }
     };
@@ -188,15 +178,40 @@ pub(crate) async fn handle(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    if parts.method != http::Method::POST || !grpc {
-        // Not gRPC: grpc-go answers 415 for a wrong content type.
+    if !grpc {
+        // Not gRPC: the JSON gateway and the other HTTP endpoints, over HTTP/2.
+        let mut input = super::http2::H2In::new(body);
+        let mut out = super::http2::H2Out::new(respond);
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let _ = gateway::serve(parts.method.as_str(), target, &mut input, &mut out, &ctx).await;
+        return;
+    }
+    if parts.method != http::Method::POST {
+        // grpc-go answers 405 to anything but POST.
         let resp = Response::builder()
-            .status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .status(StatusCode::METHOD_NOT_ALLOWED)
             .body(())
             .expect("static response");
         let _ = respond.send_response(resp, true);
         return;
     }
+    let index = method_index(parts.uri.path());
+    if let Some(i) = index {
+        metrics::METRICS.grpc_started(i);
+    }
+    let code = serve_call(parts, body, respond, &ctx).await;
+    if let Some(i) = index {
+        metrics::METRICS.grpc_handled(i, code);
+    }
+}
+
+/// Serves one gRPC call; returns the status code it ended with.
+async fn serve_call(
+    parts: http::request::Parts,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    ctx: &ShardCtx,
+) -> Code {
     let deadline = parts
         .headers
         .get("grpc-timeout")
@@ -205,9 +220,15 @@ pub(crate) async fn handle(
     let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut reader = MessageReader::new(body, limit);
     match route(parts.uri.path()) {
-        Ok(Method::Watch) => return watch::serve_watch(&mut respond, reader, &ctx).await,
+        Ok(Method::Watch) => {
+            let mut sink = H2Sink::new(&mut respond);
+            watch::serve_watch(&mut reader, &mut sink, ctx).await;
+            return sink.code;
+        }
         Ok(Method::LeaseKeepAlive) => {
-            return watch::serve_keep_alive(&mut respond, reader, &ctx).await
+            let mut sink = H2Sink::new(&mut respond);
+            watch::serve_keep_alive(&mut reader, &mut sink, ctx).await;
+            return sink.code;
         }
         Ok(
             m @ (Method::Lock
@@ -217,31 +238,31 @@ pub(crate) async fn handle(
             | Method::Leader
             | Method::Resign
             | Method::Observe),
-        ) => return serve_recipe(m, respond, reader, deadline, &ctx).await,
-        _ => {}
-    }
-    if route(parts.uri.path()) == Ok(Method::Snapshot) {
-        let result = match reader.one().await {
-            Ok(msg) => match decode_msg::<pb::SnapshotRequest>(msg) {
-                Ok(_) => snapshot::serve(&mut respond, &ctx).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(status) = result {
-            let _ = send_status(&mut respond, &status);
+        ) => return serve_recipe(m, respond, reader, deadline, ctx).await,
+        Ok(Method::Snapshot) => {
+            let mut sink = H2Sink::new(&mut respond);
+            match reader
+                .one()
+                .await
+                .and_then(decode_msg::<pb::SnapshotRequest>)
+            {
+                Ok(_) => snapshot::serve(&mut sink, ctx).await,
+                Err(e) => sink.finish(Some(e)).await,
+            }
+            return sink.code;
         }
-        return;
+        _ => {}
     }
     let work = async {
         let method = route(parts.uri.path())?;
         let msg = reader.one().await?;
-        call(method, msg, &ctx).await
+        call(method, msg, ctx).await
     };
     let result = match deadline {
         Some(d) => with_deadline(work, d).await,
         None => work.await,
     };
+    let code = result.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
     let sent = match result {
         Ok(frame) => send_message(&mut respond, frame),
         Err(status) => send_status(&mut respond, &status),
@@ -249,6 +270,7 @@ pub(crate) async fn handle(
     if let Err(e) = sent {
         tracing::debug!(error = %e, "client went away before the response");
     }
+    code
 }
 
 /// Completes when the client resets the stream (a canceled call) or the deadline passes, with
@@ -276,7 +298,18 @@ async fn serve_recipe(
     mut reader: MessageReader,
     deadline: Option<Duration>,
     ctx: &ShardCtx,
-) {
+) -> Code {
+    if method == Method::Observe {
+        let mut sink = H2Sink::new(&mut respond);
+        match reader.one().await.and_then(decode_msg) {
+            Ok(req) => {
+                let observer = recipes::Observer::new(ctx, req);
+                observe(observer, &mut reader, &mut sink, deadline).await
+            }
+            Err(status) => sink.finish(Some(status)).await,
+        }
+        return sink.code;
+    }
     let result: Result<Bytes, Status> = async {
         let msg = reader.one().await?;
         let canceled = canceled(&mut respond, deadline);
@@ -287,56 +320,64 @@ async fn serve_recipe(
             Method::Proclaim => frame(&recipes::proclaim(ctx, decode_msg(msg)?).await?),
             Method::Leader => frame(&recipes::leader(ctx, decode_msg(msg)?).await?),
             Method::Resign => frame(&recipes::resign(ctx, decode_msg(msg)?).await?),
-            Method::Observe => {
-                drop(canceled);
-                let req = decode_msg(msg)?;
-                return observe(recipes::Observer::new(ctx, req), &mut respond, deadline).await;
-            }
-            _ => unreachable!("not a recipe method"),
+            _ => unreachable!("not a unary recipe method"),
         })
     }
     .await;
+    let code = result.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
     let sent = match result {
-        Ok(frame) if frame.is_empty() => Ok(()),
         Ok(frame) => send_message(&mut respond, frame),
         Err(status) => send_status(&mut respond, &status),
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "client went away before the response");
     }
+    code
 }
 
-/// Streams an election's leader changes until the client goes away. Returns an empty frame
-/// when the stream was ended here, or the status to end it with before it began.
-async fn observe(
+/// Streams an election's leader changes until the client goes away (or the deadline passes).
+pub(super) async fn observe(
     mut observer: recipes::Observer<'_>,
-    respond: &mut SendResponse<Bytes>,
+    source: &mut impl stream::Source,
+    sink: &mut impl Sink,
     deadline: Option<Duration>,
-) -> Result<Bytes, Status> {
-    let mut out = respond
-        .send_response(grpc_ok(), false)
-        .map_err(|_| Status::new(Code::Canceled, "context canceled"))?;
+) {
+    if sink.open().await.is_err() {
+        return;
+    }
     let end = async {
         loop {
             let next = futures_lite::future::or(async { Some(observer.next().await) }, async {
-                let _ = std::future::poll_fn(|cx| out.poll_reset(cx)).await;
+                stream::client_gone(source, sink).await;
                 None
             })
             .await;
             let Some(resp) = next else {
-                return Ok(());
+                return Err(None);
             };
-            if send_flow_controlled(&mut out, frame(&resp?)).await.is_err() {
-                return Ok(());
+            if sink.send(frame(&resp.map_err(Some)?)).await.is_err() {
+                return Err(None);
             }
         }
     };
-    let end: Result<(), Status> = match deadline {
-        Some(d) => with_deadline(end, d).await,
+    let end: Result<(), Option<Status>> = match deadline {
+        Some(d) => {
+            futures_lite::future::or(end, async {
+                glommio::timer::sleep(d).await;
+                Err(Some(Status::new(
+                    Code::DeadlineExceeded,
+                    "context deadline exceeded",
+                )))
+            })
+            .await
+        }
         None => end.await,
     };
-    send_status_trailers(&mut out, end.err());
-    Ok(Bytes::new())
+    match end {
+        Ok(()) => sink.finish(None).await,
+        Err(Some(status)) => sink.finish(Some(status)).await,
+        Err(None) => {}
+    }
 }
 
 /// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d`.
@@ -476,7 +517,10 @@ fn send_message(respond: &mut SendResponse<Bytes>, frame: Bytes) -> Result<(), h
 }
 
 /// A trailers-only response: the status in the headers, and the stream ends.
-fn send_status(respond: &mut SendResponse<Bytes>, status: &Status) -> Result<(), h2::Error> {
+pub(super) fn send_status(
+    respond: &mut SendResponse<Bytes>,
+    status: &Status,
+) -> Result<(), h2::Error> {
     let message = HeaderValue::from_str(&percent_encode(&status.message))
         .unwrap_or_else(|_| HeaderValue::from_static(""));
     let resp = Response::builder()

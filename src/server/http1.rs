@@ -1,20 +1,26 @@
-//! A small HTTP/1.1 server on the client port: `/health` (and `/livez`, `/readyz`) and
-//! `/version`, answered as etcd answers them. The JSON gateway (its own issue) grows here.
+//! HTTP/1.1 on the client port: request heads, bodies (with a length or chunked), responses
+//! (with a length, or chunked for streams), keep-alive. What each request gets is decided by
+//! the gateway ([`gateway::serve`]).
 
 use std::io;
 use std::rc::Rc;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::conn::Prefixed;
+use super::gateway::{self, HttpIn, HttpOut};
 use super::ShardCtx;
-use crate::kv::ETCD_API_VERSION;
 use crate::limits::HTTP1_MAX_HEAD_BYTES;
 
 const METHODS: &[&[u8]] = &[
     b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC",
 ];
+
+/// Bytes read from the socket at a time.
+const READ_BYTES: usize = 16 * 1024;
 
 /// True when the first bytes of a connection are an HTTP/1.x method.
 pub(crate) fn looks_like_request(head: &[u8]) -> bool {
@@ -25,9 +31,13 @@ pub(crate) fn looks_like_request(head: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Head {
     pub method: String,
-    pub path: String,
+    /// The path with its query.
+    pub target: String,
     pub content_length: usize,
+    pub chunked: bool,
     pub close: bool,
+    pub http10: bool,
+    pub expect_continue: bool,
 }
 
 /// Parses a request head (up to and including the blank line).
@@ -36,46 +46,43 @@ pub(crate) fn parse_head(raw: &[u8]) -> Option<Head> {
     let mut lines = text.split("\r\n");
     let mut first = lines.next()?.split(' ');
     let (method, target, version) = (first.next()?, first.next()?, first.next()?);
-    if first.next().is_some() || !version.starts_with("HTTP/1.") {
+    if first.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
         return None;
     }
+    let http10 = version == "HTTP/1.0";
     let mut head = Head {
         method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
+        target: target.to_string(),
         content_length: 0,
-        close: version == "HTTP/1.0",
+        chunked: false,
+        close: http10,
+        http10,
+        expect_continue: false,
     };
     for line in lines.take_while(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':')?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             head.content_length = value.parse().ok()?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.eq_ignore_ascii_case("chunked");
+            if !head.chunked {
+                return None;
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             head.close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value.eq_ignore_ascii_case("100-continue");
         }
     }
     Some(head)
 }
 
-fn answer(head: &Head) -> (u16, &'static str, String) {
-    match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/health" | "/livez" | "/readyz") => {
-            (200, "OK", r#"{"health":"true","reason":""}"#.to_string())
-        }
-        ("GET", "/version") => (
-            200,
-            "OK",
-            format!(
-                r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"3.5.0","ferrocd":"{}"}}"#,
-                env!("CARGO_PKG_VERSION")
-            ),
-        ),
-        _ => (404, "Not Found", "404 page not found\n".to_string()),
-    }
-}
+type Conn = Prefixed<TcpStream>;
 
-pub(crate) async fn serve(mut conn: Prefixed<TcpStream>, ctx: Rc<ShardCtx>) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+pub(crate) async fn serve(conn: Conn, ctx: Rc<ShardCtx>) -> io::Result<()> {
+    let (mut rd, mut wr) = futures_lite::io::split(conn);
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
     loop {
         // Read until the end of the head.
         let end = loop {
@@ -83,54 +90,235 @@ pub(crate) async fn serve(mut conn: Prefixed<TcpStream>, ctx: Rc<ShardCtx>) -> i
                 break i + 4;
             }
             if buf.len() > HTTP1_MAX_HEAD_BYTES {
-                let msg = "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-                conn.inner.write_all(msg.as_bytes()).await?;
+                return refuse(&mut wr, "431 Request Header Fields Too Large").await;
+            }
+            if !fill(&mut rd, &mut buf).await? {
                 return Ok(());
             }
-            let mut chunk = [0u8; 4096];
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
         };
         let Some(head) = parse_head(&buf[..end]) else {
-            let msg = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-            conn.inner.write_all(msg.as_bytes()).await?;
-            return Ok(());
+            return refuse(&mut wr, "400 Bad Request").await;
         };
-        buf.drain(..end);
-        if head.content_length > ctx.max_request_bytes {
-            let msg =
-                "HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-            conn.inner.write_all(msg.as_bytes()).await?;
+        buf.advance(end);
+        let has_body = head.chunked || head.content_length > 0;
+        if head.expect_continue && has_body {
+            wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let mut input = Http1In {
+            rd: &mut rd,
+            buf: &mut buf,
+            body: if head.chunked {
+                Body::ChunkSize
+            } else {
+                Body::Left(head.content_length)
+            },
+        };
+        let mut out = Http1Out {
+            wr: &mut wr,
+            close: head.close,
+            http10: head.http10,
+        };
+        gateway::serve(&head.method, &head.target, &mut input, &mut out, &ctx).await?;
+        // A body not read to its end (a stream that ended first) leaves the connection
+        // unusable for another request.
+        if head.close || !matches!(input.body, Body::Done | Body::Left(0)) {
             return Ok(());
         }
-        // The body is not used yet: read and drop it.
-        while buf.len() < head.content_length {
-            let mut chunk = [0u8; 4096];
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
+    }
+}
+
+/// Answers a request that cannot be read, and closes.
+async fn refuse(wr: &mut WriteHalf<Conn>, status: &str) -> io::Result<()> {
+    let msg = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    wr.write_all(msg.as_bytes()).await?;
+    wr.flush().await
+}
+
+/// Reads more of the connection into `buf`; false at its end.
+async fn fill(rd: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<bool> {
+    let len = buf.len();
+    buf.resize(len + READ_BYTES, 0);
+    let n = match rd.read(&mut buf[len..]).await {
+        Ok(n) => n,
+        Err(e) => {
+            buf.truncate(len);
+            return Err(e);
+        }
+    };
+    buf.truncate(len + n);
+    Ok(n > 0)
+}
+
+/// Where the reading of a body is.
+#[derive(Debug)]
+enum Body {
+    /// Bytes left of a body with a length, or of the current chunk.
+    Left(usize),
+    ChunkLeft(usize),
+    /// Before a chunk's size line.
+    ChunkSize,
+    Done,
+}
+
+struct Http1In<'a> {
+    rd: &'a mut ReadHalf<Conn>,
+    buf: &'a mut BytesMut,
+    body: Body,
+}
+
+impl Http1In<'_> {
+    /// A line of the chunked framing, without its CRLF (`buf` must hold it).
+    async fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.advance(i + 2);
+                return Ok(line);
             }
-            buf.extend_from_slice(&chunk[..n]);
+            if self.buf.len() > HTTP1_MAX_HEAD_BYTES {
+                return Err(io::Error::other("a chunk line too long"));
+            }
+            if !fill(self.rd, self.buf).await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
         }
-        buf.drain(..head.content_length);
-        let (code, reason, body) = answer(&head);
-        let content_type = if code == 200 {
-            "application/json"
+    }
+
+    /// Up to `left` bytes of body.
+    async fn take(&mut self, left: usize) -> io::Result<Bytes> {
+        if self.buf.is_empty() && !fill(self.rd, self.buf).await? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(self.buf.split_to(left.min(self.buf.len())).freeze())
+    }
+}
+
+impl HttpIn for Http1In<'_> {
+    async fn data(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.body {
+                Body::Done | Body::Left(0) => return Ok(None),
+                Body::Left(left) => {
+                    let data = self.take(left).await?;
+                    self.body = Body::Left(left - data.len());
+                    return Ok(Some(data));
+                }
+                Body::ChunkLeft(0) => {
+                    if !self.line().await?.is_empty() {
+                        return Err(io::Error::other("no CRLF after a chunk"));
+                    }
+                    self.body = Body::ChunkSize;
+                }
+                Body::ChunkLeft(left) => {
+                    let data = self.take(left).await?;
+                    self.body = Body::ChunkLeft(left - data.len());
+                    return Ok(Some(data));
+                }
+                Body::ChunkSize => {
+                    let line = self.line().await?;
+                    let size = line.split(';').next().unwrap_or("").trim();
+                    let size = usize::from_str_radix(size, 16)
+                        .map_err(|_| io::Error::other("a bad chunk size"))?;
+                    if size == 0 {
+                        // Trailers, if any, up to the blank line.
+                        while !self.line().await?.is_empty() {}
+                        self.body = Body::Done;
+                    } else {
+                        self.body = Body::ChunkLeft(size);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn gone(&mut self) {
+        // After the body, the client only closes (or sends a request we do not read now).
+        loop {
+            self.buf.clear();
+            match fill(self.rd, self.buf).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            }
+        }
+    }
+}
+
+struct Http1Out<'a> {
+    wr: &'a mut WriteHalf<Conn>,
+    close: bool,
+    /// HTTP/1.0 has no chunked encoding: a streamed body ends with the connection.
+    http10: bool,
+}
+
+impl Http1Out<'_> {
+    fn head(&self, status: u16, headers: &[(&str, &str)]) -> String {
+        let mut h = format!("HTTP/1.1 {status} {}\r\n", gateway::status_text(status));
+        for (k, v) in headers {
+            h.push_str(k);
+            h.push_str(": ");
+            h.push_str(v);
+            h.push_str("\r\n");
+        }
+        if self.close {
+            h.push_str("Connection: close\r\n");
+        }
+        h
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.wr.write_all(bytes).await?;
+        self.wr.flush().await
+    }
+}
+
+impl HttpOut for Http1Out<'_> {
+    async fn whole(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut out = self.head(status, headers);
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(body);
+        self.write(&bytes).await
+    }
+
+    async fn start(&mut self, status: u16, headers: &[(&str, &str)]) -> io::Result<()> {
+        let mut out = self.head(status, headers);
+        if self.http10 {
+            self.close = true;
         } else {
-            "text/plain; charset=utf-8"
-        };
-        let out = format!(
-            "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if head.close { "Connection: close\r\n" } else { "" }
-        );
-        conn.inner.write_all(out.as_bytes()).await?;
-        if head.close {
+            out.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        out.push_str("\r\n");
+        self.write(out.as_bytes()).await
+    }
+
+    async fn chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
             return Ok(());
         }
+        if self.http10 {
+            return self.write(data).await;
+        }
+        let mut bytes = format!("{:x}\r\n", data.len()).into_bytes();
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(b"\r\n");
+        self.write(&bytes).await
+    }
+
+    async fn end(&mut self, trailers: &[(&str, &str)]) -> io::Result<()> {
+        if self.http10 {
+            return self.wr.close().await;
+        }
+        let mut out = String::from("0\r\n");
+        for (k, v) in trailers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        self.write(out.as_bytes()).await
     }
 }
 
@@ -142,28 +330,22 @@ mod tests {
     fn heads() {
         let h = parse_head(b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
             .unwrap();
-        assert_eq!(
-            h,
-            Head {
-                method: "GET".into(),
-                path: "/health".into(),
-                content_length: 3,
-                close: false
-            }
-        );
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.target, "/health?x=1");
+        assert_eq!(h.content_length, 3);
+        assert!(!h.close && !h.chunked && !h.http10);
+        let h = parse_head(
+            b"POST /v3/watch HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+        assert!(h.chunked && h.expect_continue);
         assert!(parse_head(b"GET /health HTTP/1.0\r\n\r\n").unwrap().close);
         assert!(parse_head(b"GET /\r\n\r\n").is_none());
+        assert!(parse_head(b"GET nope HTTP/1.1\r\n\r\n").is_none());
         assert!(parse_head(b"GET / HTTP/1.1\r\nno-colon\r\n\r\n").is_none());
         assert!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_none());
         assert!(looks_like_request(b"POST"));
         assert!(!looks_like_request(b"PRI "));
-        assert_eq!(
-            answer(&parse_head(b"GET /version HTTP/1.1\r\n\r\n").unwrap()).0,
-            200
-        );
-        assert_eq!(
-            answer(&parse_head(b"GET /nope HTTP/1.1\r\n\r\n").unwrap()).0,
-            404
-        );
     }
 }

@@ -7,8 +7,11 @@
 //! while the state has one writer and no locks.
 
 mod conn;
+mod gateway;
 mod grpc;
 mod http1;
+mod http2;
+mod metrics;
 mod recipes;
 mod shard;
 mod snapshot;
@@ -37,6 +40,10 @@ pub use crate::kv::ETCD_API_VERSION;
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub client_addrs: Vec<SocketAddr>,
+    /// `--listen-metrics-urls`: addresses serving only `/metrics` and the health endpoints.
+    pub metrics_addrs: Vec<SocketAddr>,
+    /// `--enable-grpc-gateway`.
+    pub gateway: bool,
     pub shards: usize,
     /// `--max-request-bytes`.
     pub max_request_bytes: usize,
@@ -60,6 +67,10 @@ pub(crate) struct ShardCtx {
     /// The owner's revision as this shard knows it; wakes watch streams.
     pub notifier: Rc<shard::Notifier>,
     pub watch_progress_notify_secs: u64,
+    /// The JSON gateway is served (`--enable-grpc-gateway`).
+    pub gateway: bool,
+    /// This context serves a metrics URL: only `/metrics` and the health endpoints.
+    pub metrics_only: bool,
 }
 
 /// Starts every shard and blocks until they stop. They run until the process is killed:
@@ -101,6 +112,16 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     owner,
                     notifier,
                     watch_progress_notify_secs: opts.watch_progress_notify_secs,
+                    gateway: opts.gateway,
+                    metrics_only: false,
+                });
+                let metrics_ctx = Rc::new(ShardCtx {
+                    max_request_bytes: ctx.max_request_bytes,
+                    owner: ctx.owner.clone(),
+                    notifier: ctx.notifier.clone(),
+                    watch_progress_notify_secs: ctx.watch_progress_notify_secs,
+                    gateway: false,
+                    metrics_only: true,
                 });
                 let mut listeners = Vec::new();
                 for addr in &opts.client_addrs {
@@ -113,11 +134,27 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                         }
                     }
                 }
+                // The metrics URLs are served by the first shard alone.
+                let mut metrics_listeners = Vec::new();
+                for addr in opts.metrics_addrs.iter().filter(|_| id == 0) {
+                    match glommio::net::TcpListener::bind(addr) {
+                        Ok(l) => metrics_listeners.push(l),
+                        Err(e) => {
+                            let msg = format!("cannot listen on metrics address {addr}: {e}");
+                            let _ = ready.send(Err(std::io::Error::other(msg)));
+                            return;
+                        }
+                    }
+                }
                 let _ = ready.send(Ok(()));
-                let accepts: Vec<_> = listeners
-                    .into_iter()
-                    .map(|l| glommio::spawn_local(conn::accept_loop(l, ctx.clone())))
-                    .collect();
+                let accepts: Vec<_> =
+                    listeners
+                        .into_iter()
+                        .map(|l| glommio::spawn_local(conn::accept_loop(l, ctx.clone())))
+                        .chain(metrics_listeners.into_iter().map(|l| {
+                            glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone()))
+                        }))
+                        .collect();
                 for a in accepts {
                     a.await;
                 }

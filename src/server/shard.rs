@@ -19,6 +19,7 @@ use std::rc::Rc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
+use super::metrics::METRICS;
 use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
@@ -205,6 +206,13 @@ impl Links {
 
 /// Opens the log and replays it into a fresh state.
 async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
+    METRICS.member_id.store(
+        opts.kv.identity.member_id,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    METRICS
+        .quota_bytes
+        .set(opts.kv.quota_bytes.map_or(0, |q| q as i64));
     let mut state = KvState::new(opts.kv);
     let Some(dir) = opts.log_dir else {
         return Ok((state, None));
@@ -222,6 +230,7 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
     }
     state.values_mut().set_disk_bytes(rec.log.disk_bytes());
     state.set_db_used(rec.log.used_bytes());
+    set_sizes(&state, &rec.log);
     tracing::info!(
         records,
         revision = state.store().rev(),
@@ -432,6 +441,24 @@ fn is_read(req: &Request) -> bool {
     !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_) | Request::Alarm(_))
 }
 
+/// Counts a request in etcd's mvcc counters.
+fn count(req: &Request) {
+    match req {
+        Request::Range(_) => METRICS.range_total.inc(),
+        Request::Put(_) => METRICS.put_total.inc(),
+        Request::DeleteRange(_) => METRICS.delete_total.inc(),
+        Request::Txn(_) => METRICS.txn_total.inc(),
+        _ => 0,
+    };
+}
+
+/// The database's sizes and keys, for the metrics.
+fn set_sizes(state: &KvState, log: &Log) {
+    METRICS.db_total_size.set(log.disk_bytes() as i64);
+    METRICS.db_in_use.set(log.used_bytes() as i64);
+    METRICS.keys_total.set(state.store().keys_indexed() as i64);
+}
+
 /// Answers a read against the current (durable) state.
 async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     let answer = match state.precheck(&req) {
@@ -450,7 +477,9 @@ async fn run_batch(
 ) {
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
+    METRICS.apply_batch.observe(batch.len() as f64);
     for (mut req, tx) in batch.drain(..) {
+        count(&req);
         state.prepare(&mut req);
         if let Err(e) = state.precheck(&req) {
             steps.push(Step::Answered(tx, Err(e)));
@@ -473,6 +502,9 @@ async fn run_batch(
             // While the write and fdatasync are in flight, reads that arrive are answered from
             // the state before this batch (durable, and this batch is not acknowledged yet);
             // writes wait for the next batch (at most a batch's worth, then the queue waits).
+            METRICS.proposals_pending.set(payloads.len() as i64);
+            let before = log.stats();
+            let started = std::time::Instant::now();
             let appended = {
                 let append = log.append(&payloads);
                 futures_lite::pin!(append);
@@ -489,6 +521,7 @@ async fn run_batch(
                         Ok(done) => break done,
                         Err(Some((req, tx))) => {
                             if is_read(&req) {
+                                count(&req);
                                 answer_read(state, req, tx).await;
                             } else {
                                 carried.push((req, tx));
@@ -514,8 +547,21 @@ async fn run_batch(
             }
             state.values_mut().set_disk_bytes(log.disk_bytes());
             state.set_db_used(log.used_bytes());
+            set_sizes(state, log);
+            let after = log.stats();
+            METRICS
+                .backend_commit
+                .observe(started.elapsed().as_secs_f64());
+            METRICS
+                .wal_fsync
+                .observe(after.fsync_micros_last as f64 / 1e6);
+            METRICS.wal_write_bytes.inc_by(after.bytes - before.bytes);
+            METRICS.records_per_fsync.observe(payloads.len() as f64);
+            METRICS.proposals_committed.inc_by(payloads.len() as u64);
+            METRICS.proposals_pending.set(0);
         }
     }
+    let logged = payloads.len() as u64;
     for step in steps {
         let (tx, answer) = match step {
             Step::Answered(tx, a) => (tx, a),
@@ -527,6 +573,10 @@ async fn run_batch(
             Step::Direct(req, tx) => (tx, state.execute(req)),
         };
         tx.send(answer).await;
+    }
+    if logged > 0 {
+        METRICS.proposals_applied.inc_by(logged);
+        METRICS.keys_total.set(state.store().keys_indexed() as i64);
     }
 }
 

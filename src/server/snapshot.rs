@@ -10,12 +10,10 @@
 //! (etcdctl checks for that trailer when it saves a snapshot).
 
 use bytes::{BufMut, Bytes};
-use h2::server::SendResponse;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::stream::send_flow_controlled;
+use super::stream::Sink;
 use super::{grpc, ShardCtx};
 use crate::error::Status;
 use crate::log::record::{self, Kind};
@@ -32,9 +30,15 @@ async fn range(ctx: &ShardCtx, r: pb::RangeRequest) -> Result<pb::RangeResponse,
     ctx.owner.range(r).await
 }
 
-/// Streams the snapshot on `respond`. Errors before the first chunk come back as a status;
-/// after it, the stream is reset.
-pub(crate) async fn serve(respond: &mut SendResponse<Bytes>, ctx: &ShardCtx) -> Result<(), Status> {
+/// Streams the snapshot on `out`. An error before the first chunk is the call's status; after
+/// it, the stream ends with the error status, and the client's checksum check fails too.
+pub(crate) async fn serve(out: &mut impl Sink, ctx: &ShardCtx) {
+    if let Err(status) = stream(out, ctx).await {
+        out.finish(Some(status)).await;
+    }
+}
+
+async fn stream(out: &mut impl Sink, ctx: &ShardCtx) -> Result<(), Status> {
     let all = |from: Bytes, revision: i64, count_only: bool| pb::RangeRequest {
         key: from,
         range_end: Bytes::from_static(b"\0"),
@@ -46,14 +50,8 @@ pub(crate) async fn serve(respond: &mut SendResponse<Bytes>, ctx: &ShardCtx) -> 
     let first = range(ctx, all(Bytes::from_static(b"\0"), 0, true)).await?;
     let header = first.header;
     let revision = header.map_or(0, |h| h.revision);
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(())
-        .expect("static response");
-    let mut stream = respond
-        .send_response(resp, false)
-        .map_err(|e| Status::new(crate::error::Code::Unavailable, e.to_string()))?;
+    let gone = |_| Status::new(crate::error::Code::Canceled, "context canceled");
+    out.open().await.map_err(gone)?;
     let mut seq = 1u64;
     let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut head = SNAPSHOT_MAGIC.to_vec();
@@ -65,15 +63,8 @@ pub(crate) async fn serve(respond: &mut SendResponse<Bytes>, ctx: &ShardCtx) -> 
     let mut sent_header = false;
     let mut sent_bytes = 0usize;
     let mut sha = Sha256::new();
-    let reset = |e: h2::Error| Status::new(crate::error::Code::Unavailable, e.to_string());
     loop {
-        let page = match range(ctx, all(from.clone(), revision, false)).await {
-            Ok(p) => p,
-            Err(e) => {
-                stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                return Err(e);
-            }
-        };
+        let page = range(ctx, all(from.clone(), revision, false)).await?;
         for kv in &page.kvs {
             record::encode(&mut buf, seq, Kind::Data, &kv.encode_to_vec());
             seq += 1;
@@ -104,15 +95,12 @@ pub(crate) async fn serve(respond: &mut SendResponse<Bytes>, ctx: &ShardCtx) -> 
             };
             sent_header = true;
             sent_bytes += msg.blob.len();
-            send_flow_controlled(&mut stream, grpc::frame(&msg))
-                .await
-                .map_err(reset)?;
+            out.send(grpc::frame(&msg)).await.map_err(gone)?;
         }
         if done {
             break;
         }
     }
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    stream.send_trailers(trailers).map_err(reset)
+    out.finish(None).await;
+    Ok(())
 }

@@ -2,8 +2,13 @@
 //! (a unary call reads one, a client or bidi stream many) and sending messages with HTTP/2
 //! flow control respected, so a slow reader holds back the sender instead of making the server
 //! buffer without bound.
+//!
+//! The streaming services (Watch, LeaseKeepAlive, Observe, Snapshot) are written against
+//! [`Source`] and [`Sink`], so that the same code serves gRPC and the JSON gateway
+//! (`gateway::JsonSource`, `gateway::JsonSink`).
 
 use bytes::{Buf, Bytes, BytesMut};
+use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 
 use crate::error::{Code, Status};
@@ -136,4 +141,108 @@ pub(crate) fn send_status_trailers(out: &mut SendStream<Bytes>, status: Option<S
         }
     }
     let _ = out.send_trailers(trailers);
+}
+
+/// The client went away: nothing more can be sent.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// Where the requests of a stream come from: protobuf messages (without the gRPC prefix).
+pub(crate) trait Source {
+    /// The next message; None when the client ended its side of the stream.
+    async fn next(&mut self) -> Option<Result<Bytes, Status>>;
+    /// Completes when the client has gone away, if this side can tell (else never).
+    async fn gone(&mut self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// Where the responses of a stream go: gRPC-framed protobuf messages.
+pub(crate) trait Sink {
+    /// Starts the response (headers), before any message.
+    async fn open(&mut self) -> Result<(), Gone>;
+    /// Sends one or more framed messages, waiting until the client can take them.
+    async fn send(&mut self, frames: Bytes) -> Result<(), Gone>;
+    /// Ends the stream, with an error status or OK; before `open`, the error alone.
+    async fn finish(&mut self, status: Option<Status>);
+    /// Completes when the client has gone away, if this side can tell (else never).
+    async fn gone(&mut self) {
+        std::future::pending::<()>().await
+    }
+}
+
+impl Source for MessageReader {
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        MessageReader::next(self).await
+    }
+}
+
+/// The client went away, as either side of a stream can tell.
+pub(crate) async fn client_gone(source: &mut impl Source, sink: &mut impl Sink) {
+    futures_lite::future::or(source.gone(), sink.gone()).await
+}
+
+/// A gRPC response stream on HTTP/2.
+pub(crate) struct H2Sink<'a> {
+    respond: &'a mut SendResponse<Bytes>,
+    out: Option<SendStream<Bytes>>,
+    /// The status the stream ended with (CANCELED until it ends otherwise: the client went
+    /// away).
+    pub code: Code,
+}
+
+impl<'a> H2Sink<'a> {
+    pub fn new(respond: &'a mut SendResponse<Bytes>) -> H2Sink<'a> {
+        H2Sink {
+            respond,
+            out: None,
+            code: Code::Canceled,
+        }
+    }
+}
+
+impl Sink for H2Sink<'_> {
+    async fn open(&mut self) -> Result<(), Gone> {
+        if self.out.is_none() {
+            self.out = Some(
+                self.respond
+                    .send_response(grpc_ok(), false)
+                    .map_err(|_| Gone)?,
+            );
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, frames: Bytes) -> Result<(), Gone> {
+        self.open().await?;
+        let out = self.out.as_mut().expect("opened");
+        send_flow_controlled(out, frames).await.map_err(|_| Gone)
+    }
+
+    async fn finish(&mut self, status: Option<Status>) {
+        self.code = status.as_ref().map_or(Code::Ok, |s| s.code);
+        match (&mut self.out, status) {
+            (Some(out), status) => send_status_trailers(out, status),
+            (None, Some(status)) => {
+                let _ = super::grpc::send_status(self.respond, &status);
+            }
+            (None, None) => {
+                if self.open().await.is_ok() {
+                    let out = self.out.as_mut().expect("opened");
+                    send_status_trailers(out, None);
+                }
+            }
+        }
+    }
+
+    async fn gone(&mut self) {
+        match &mut self.out {
+            Some(out) => {
+                let _ = std::future::poll_fn(|cx| out.poll_reset(cx)).await;
+            }
+            None => {
+                let _ = std::future::poll_fn(|cx| self.respond.poll_reset(cx)).await;
+            }
+        }
+    }
 }

@@ -19,12 +19,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::SendStream;
 use prost::Message;
 
 use super::grpc::{decode_msg, frame};
-use super::stream::{grpc_ok, send_flow_controlled, send_status_trailers, MessageReader};
+use super::metrics::METRICS;
+use super::stream::{client_gone, Gone, Sink, Source};
 use super::ShardCtx;
 use crate::error::Status;
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
@@ -46,6 +45,12 @@ enum End {
 impl From<Status> for End {
     fn from(s: Status) -> End {
         End::Status(s)
+    }
+}
+
+impl From<Gone> for End {
+    fn from(_: Gone) -> End {
+        End::Gone
     }
 }
 
@@ -80,9 +85,9 @@ struct Group {
 /// The id the group's spec has in a pull.
 const GROUP: i64 = i64::MIN;
 
-struct WatchStream<'a> {
+struct WatchStream<'a, S> {
     ctx: &'a ShardCtx,
-    out: SendStream<Bytes>,
+    out: &'a mut S,
     watchers: BTreeMap<i64, Watcher>,
     /// Watchers not in the group.
     loose: BTreeSet<i64>,
@@ -96,15 +101,12 @@ struct WatchStream<'a> {
     pending: BytesMut,
 }
 
-/// Serves one Watch stream until the client ends it or goes away.
-pub(crate) async fn serve_watch(
-    respond: &mut SendResponse<Bytes>,
-    mut reader: MessageReader,
-    ctx: &ShardCtx,
-) {
-    let Ok(out) = respond.send_response(grpc_ok(), false) else {
+/// Serves one Watch stream until the client goes away. As etcd's, the stream goes on after
+/// the client ends its side (no more requests): its watchers still get their events.
+pub(crate) async fn serve_watch(reader: &mut impl Source, out: &mut impl Sink, ctx: &ShardCtx) {
+    if out.open().await.is_err() {
         return;
-    };
+    }
     let wake = ctx.notifier.subscribe();
     let mut s = WatchStream {
         ctx,
@@ -117,7 +119,10 @@ pub(crate) async fn serve_watch(
         header: pb::ResponseHeader::default(),
         pending: BytesMut::new(),
     };
-    let end = s.run(&mut reader, &wake).await;
+    METRICS.watch_streams.inc();
+    let end = s.run(reader, &wake).await;
+    METRICS.watch_streams.dec();
+    METRICS.watchers.dec_by(s.watchers.len() as i64);
     // Responses queued before the stream ended (say, to the requests before a malformed one)
     // still go out, ahead of the status.
     let end = match end {
@@ -127,18 +132,19 @@ pub(crate) async fn serve_watch(
             Err(gone) => Err(gone),
         },
     };
-    finish(&mut s.out, end);
+    finish(s.out, end).await;
 }
 
-/// Serves one LeaseKeepAlive stream: one answer per request, in order.
+/// Serves one LeaseKeepAlive stream: one answer per request, in order; it ends when the client
+/// ends its side, as etcd's does.
 pub(crate) async fn serve_keep_alive(
-    respond: &mut SendResponse<Bytes>,
-    mut reader: MessageReader,
+    reader: &mut impl Source,
+    out: &mut impl Sink,
     ctx: &ShardCtx,
 ) {
-    let Ok(mut out) = respond.send_response(grpc_ok(), false) else {
+    if out.open().await.is_err() {
         return;
-    };
+    }
     let end = async {
         while let Some(msg) = reader.next().await {
             let req: pb::LeaseKeepAliveRequest = decode_msg(msg?)?;
@@ -147,43 +153,43 @@ pub(crate) async fn serve_keep_alive(
                 Ok(other) => panic!("a keepalive answered with {other:?}"),
                 Err(e) => return Err(End::Status(e.into())),
             };
-            send_flow_controlled(&mut out, frame(&resp))
-                .await
-                .map_err(|_| End::Gone)?;
+            out.send(frame(&resp)).await?;
         }
         Ok(())
     }
     .await;
-    finish(&mut out, end);
+    finish(out, end).await;
 }
 
-/// Ends the stream with its status in the trailers.
-fn finish(out: &mut SendStream<Bytes>, end: Result<(), End>) {
+/// Ends the stream with its status.
+async fn finish(out: &mut impl Sink, end: Result<(), End>) {
     match end {
-        Ok(()) => send_status_trailers(out, None),
+        Ok(()) => out.finish(None).await,
         Err(End::Gone) => {}
-        Err(End::Status(s)) => send_status_trailers(out, Some(s)),
+        Err(End::Status(s)) => out.finish(Some(s)).await,
     }
 }
 
-impl WatchStream<'_> {
+impl<S: Sink> WatchStream<'_, S> {
     async fn run(
         &mut self,
-        reader: &mut MessageReader,
+        reader: &mut impl Source,
         wake: &glommio::channels::local_channel::LocalReceiver<()>,
     ) -> Result<(), End> {
+        // Whether the client may still send requests.
+        let mut reading = true;
         let interval = Duration::from_secs(self.ctx.watch_progress_notify_secs.max(1));
         let mut next_progress = Instant::now() + interval;
         loop {
             // Requests first, so cancels and creates are not held up by catching up.
             // Their answers (created, canceled) are queued and go out together.
-            while let Some(msg) = futures_lite::future::poll_once(reader.next()).await {
+            while let Some(msg) = match reading {
+                true => futures_lite::future::poll_once(reader.next()).await,
+                false => None,
+            } {
                 match msg {
                     Some(msg) => self.handle(msg?).await?,
-                    None => {
-                        self.flush().await?;
-                        return Ok(());
-                    }
+                    None => reading = false,
                 }
                 if self.pending.len() >= WATCH_SEND_COALESCE_BYTES {
                     self.flush().await?;
@@ -202,12 +208,20 @@ impl WatchStream<'_> {
             }
             enum Wake {
                 Message(Option<Result<Bytes, Status>>),
+                Gone,
                 Revision(bool),
                 Tick,
             }
             let left = next_progress.saturating_duration_since(Instant::now());
             let woke = futures_lite::future::or(
-                async { Wake::Message(reader.next().await) },
+                async {
+                    if reading {
+                        Wake::Message(reader.next().await)
+                    } else {
+                        client_gone(reader, self.out).await;
+                        Wake::Gone
+                    }
+                },
                 futures_lite::future::or(
                     async { Wake::Revision(wake.recv().await.is_some()) },
                     async {
@@ -219,7 +233,8 @@ impl WatchStream<'_> {
             .await;
             match woke {
                 Wake::Message(Some(msg)) => self.handle(msg?).await?,
-                Wake::Message(None) => return Ok(()),
+                Wake::Message(None) => reading = false,
+                Wake::Gone => return Err(End::Gone),
                 // The shard is stopping.
                 Wake::Revision(false) => return Ok(()),
                 Wake::Revision(true) | Wake::Tick => {}
@@ -312,6 +327,7 @@ impl WatchStream<'_> {
         // for; the created response goes first, with the revision the pull saw.
         let pulled = self.pull_specs(vec![(id, w.spec.clone())]).await?;
         self.watchers.insert(id, w);
+        METRICS.watchers.inc();
         self.loose.insert(id);
         let created = pb::WatchResponse {
             header: Some(self.header),
@@ -346,6 +362,7 @@ impl WatchStream<'_> {
     /// Removes a watcher, from the group too.
     fn remove(&mut self, id: i64) -> Option<Watcher> {
         let w = self.watchers.remove(&id)?;
+        METRICS.watchers.dec();
         self.loose.remove(&id);
         if w.grouped {
             let g = &mut self.group;
@@ -442,6 +459,7 @@ impl WatchStream<'_> {
 
     /// Pulls for the watchers that are behind (or for all of them), and sends what came.
     async fn pull(&mut self, all: bool) -> Result<(), End> {
+        METRICS.watch_pulls.inc();
         let mut specs: Vec<(i64, WatchSpec)> = self
             .loose
             .iter()
@@ -633,9 +651,7 @@ impl WatchStream<'_> {
             return Ok(());
         }
         let chunk = self.pending.split().freeze();
-        send_flow_controlled(&mut self.out, chunk)
-            .await
-            .map_err(|_| End::Gone)
+        Ok(self.out.send(chunk).await?)
     }
 
     async fn send(&mut self, resp: &pb::WatchResponse) -> Result<(), End> {
