@@ -58,6 +58,22 @@ run() {
   run 1500 --workload watch --watchers 1000 --watch-streams 10 --watch-keys 1 --clients 10 --conns 2 --rate 150
   run 20000 --workload watch --watchers 10000 --watch-streams 10 --watch-keys 10000 --clients 10 --conns 2 --rate 2000
 } | tee -a "$out.tmp"
+# The group commit over the whole run, from each server's /metrics (etcd's WAL fsyncs and
+# proposals; ferrocd's fdatasyncs of its log and the records they covered).
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
+{
+  echo
+  echo "| over the run | fdatasyncs | writes committed | writes per fdatasync | mean fdatasync ms |"
+  echo "|---|---|---|---|---|"
+  for s in "ferrocd $fp" "etcd $ep"; do
+    set -- $s
+    n=$(metric "$2" etcd_disk_wal_fsync_duration_seconds_count)
+    sum=$(metric "$2" etcd_disk_wal_fsync_duration_seconds_sum)
+    w=$(metric "$2" etcd_server_proposals_committed_total)
+    awk -v name="$1" -v n="$n" -v s="$sum" -v w="$w" \
+      'BEGIN { printf "| %s | %d | %d | %.1f | %.3f |\n", name, n, w, w / n, 1000 * s / n }'
+  done
+} | tee -a "$out.tmp"
 echo >> "$out.tmp"
 echo '```' >> "$out.tmp"; cat "$work/raw.txt" >> "$out.tmp"; echo '```' >> "$out.tmp"
 mv "$out.tmp" "$out"
