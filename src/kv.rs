@@ -147,6 +147,8 @@ pub struct KvState {
     term: u64,
     /// Bytes written to the log (what the quota counts); None when there is no log.
     db_used: Option<u64>,
+    /// Alarms the quota check raised that are not logged yet ([`KvState::take_raised`]).
+    raised: Vec<pb::AlarmMember>,
 }
 
 impl KvState {
@@ -158,7 +160,23 @@ impl KvState {
             alarms: Vec::new(),
             term: 1,
             db_used: None,
+            raised: Vec::new(),
         }
+    }
+
+    /// Alarms raised by the quota check since the last call, as the requests that raise them:
+    /// the apply loop logs them, so that a restart finds them raised.
+    pub fn take_raised(&mut self) -> Vec<Request> {
+        self.raised
+            .drain(..)
+            .map(|a| {
+                Request::Alarm(pb::AlarmRequest {
+                    action: pb::alarm_request::AlarmAction::Activate as i32,
+                    member_id: a.member_id,
+                    alarm: a.alarm,
+                })
+            })
+            .collect()
     }
 
     /// Bytes written to the log so far (the quota's measure of the database's size).
@@ -494,10 +512,12 @@ impl KvState {
             "database space quota reached: NOSPACE alarm raised; writes fail until space is \
              freed (compact, defragment) and the alarm disarmed"
         );
-        self.alarms.push(pb::AlarmMember {
+        let alarm = pb::AlarmMember {
             member_id: self.opts.identity.member_id,
             alarm: nospace,
-        });
+        };
+        self.alarms.push(alarm);
+        self.raised.push(alarm);
         Err(EtcdError::NoSpace)
     }
 
@@ -596,10 +616,12 @@ pub fn is_write(req: &Request) -> bool {
         | Request::LeaseRevoke(_) => true,
         Request::Txn(t) => !txn_is_read_only(t),
         Request::LeaseExpire(ids) => !ids.is_empty(),
+        // Raising or disarming an alarm is logged: alarms survive a restart, as etcd's (kept
+        // in its backend) do. Listing them is not a write.
+        Request::Alarm(r) => r.action != pb::alarm_request::AlarmAction::Get as i32,
         Request::Range(_)
         | Request::Status(_)
         | Request::MemberList(_)
-        | Request::Alarm(_)
         | Request::LeaseKeepAlive(_)
         | Request::LeaseTimeToLive(_)
         | Request::LeaseLeases(_)
@@ -619,6 +641,7 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
         Request::LeaseGrant(r) => (5, r.encode_to_vec()),
         Request::LeaseRevoke(r) => (6, r.encode_to_vec()),
         Request::LeaseExpire(ids) => (7, ids.iter().flat_map(|id| id.to_le_bytes()).collect()),
+        Request::Alarm(r) => (8, r.encode_to_vec()),
         other => panic!("not a write: {other:?}"),
     };
     let mut out = Vec::with_capacity(1 + body.len());
@@ -655,6 +678,7 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
                     .collect(),
             )
         }
+        8 => Request::Alarm(pb::AlarmRequest::decode(body).map_err(e)?),
         t => return Err(format!("unknown log payload tag {t}")),
     })
 }
@@ -1169,4 +1193,58 @@ fn apply_txn<V: ValueStore>(
         succeeded,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_logged_write_round_trips_with_its_tag() {
+        let alarm = |action: pb::alarm_request::AlarmAction| pb::AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        let writes = [
+            (
+                1u8,
+                Request::Put(pb::PutRequest {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                }),
+            ),
+            (
+                4,
+                Request::Compact(pb::CompactionRequest {
+                    revision: 3,
+                    physical: false,
+                }),
+            ),
+            (
+                5,
+                Request::LeaseGrant(pb::LeaseGrantRequest { ttl: 10, id: 9 }),
+            ),
+            (7, Request::LeaseExpire(vec![1, -2, i64::MAX])),
+            (
+                8,
+                Request::Alarm(alarm(pb::alarm_request::AlarmAction::Activate)),
+            ),
+            (
+                8,
+                Request::Alarm(alarm(pb::alarm_request::AlarmAction::Deactivate)),
+            ),
+        ];
+        for (tag, req) in writes {
+            assert!(is_write(&req), "{req:?}");
+            let payload = encode_write(&req);
+            assert_eq!(payload[0], tag);
+            let back = decode_write(Bytes::from(payload)).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{req:?}"));
+        }
+        let list = Request::Alarm(alarm(pb::alarm_request::AlarmAction::Get));
+        assert!(!is_write(&list), "listing alarms is not logged");
+        assert!(decode_write(Bytes::from_static(&[9])).is_err());
+    }
 }

@@ -94,3 +94,51 @@ fn the_space_quota_raises_nospace_as_etcd_does() {
     let report = diff_steps(&want, &got, |o| format!("{o:?}"));
     assert!(report.is_empty(), "etcd and ferrocd differ:{report}");
 }
+
+/// Alarms survive a crash: NOSPACE raised, kill -9 and restart, still raised; disarmed, kill -9
+/// and restart, still disarmed (etcd keeps alarms in its backend; ferrocd logs them).
+fn alarms_across_restarts(mut server: Server) -> Vec<(String, Output)> {
+    let ep = server.endpoint();
+    let value = "x".repeat(10 * 1024);
+    let raised =
+        (0..2000).any(|i| etcdctl(&ep, &["put", &format!("k{i:04}"), &value], "").code != 0);
+    assert!(raised, "{}: no NOSPACE after 2000 puts", server.kind);
+    let mut out = Vec::new();
+    let mut step = |server: &Server, args: &[&str]| {
+        let o = etcdctl(&server.endpoint(), args, "");
+        // The client's retry warnings carry times and addresses.
+        let stderr: Vec<&str> = o
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("{\"level\""))
+            .collect();
+        let stderr = stderr.join("\n");
+        out.push((args.join(" "), Output { stderr, ..o }));
+    };
+    server.kill9();
+    server.restart_alarmed();
+    step(&server, &["alarm", "list"]);
+    step(&server, &["put", "small", "v"]);
+    step(&server, &["alarm", "disarm"]);
+    server.kill9();
+    server.restart();
+    step(&server, &["alarm", "list"]);
+    step(&server, &["get", "k0000", "--print-value-only"]);
+    out
+}
+
+#[test]
+fn alarms_survive_kill_9_as_on_etcd() {
+    if !etcd_tools_or_skip("alarms_survive_kill_9_as_on_etcd") {
+        return;
+    }
+    let etcd = Server::etcd(&["--quota-backend-bytes", QUOTA]);
+    let peer_port = etcd.peer_port;
+    let want = alarms_across_restarts(etcd);
+    let ferrocd = Server::ferrocd_with_peer_port(peer_port, &["--quota-backend-bytes", QUOTA]);
+    let got = alarms_across_restarts(ferrocd);
+    assert!(want[0].1.stdout.contains("alarm:NOSPACE"), "{want:?}");
+    assert!(want[3].1.stdout.is_empty(), "{want:?}");
+    let report = diff_steps(&want, &got, |o| format!("{o:?}"));
+    assert!(report.is_empty(), "etcd and ferrocd differ:{report}");
+}

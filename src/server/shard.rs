@@ -431,6 +431,8 @@ enum Step {
     Answered(Reply, Answer),
     Logged(usize, Reply),
     Direct(Request, Reply),
+    /// A record the loop itself logged (an alarm the quota raised): applied, not answered.
+    Internal(usize),
 }
 
 /// A request that only reads the state (and so may be answered before a batch's fdatasync).
@@ -482,6 +484,12 @@ async fn run_batch(
         count(&req);
         state.prepare(&mut req);
         if let Err(e) = state.precheck(&req) {
+            if log.is_some() {
+                for raise in state.take_raised() {
+                    payloads.push(kv::encode_write(&raise));
+                    steps.push(Step::Internal(payloads.len() - 1));
+                }
+            }
             steps.push(Step::Answered(tx, Err(e)));
         } else if log.is_some() && kv::is_write(&req) {
             payloads.push(kv::encode_write(&req));
@@ -564,6 +572,12 @@ async fn run_batch(
     let logged = payloads.len() as u64;
     for step in steps {
         let (tx, answer) = match step {
+            Step::Internal(i) => {
+                let req = kv::decode_write(written[i].clone())
+                    .unwrap_or_else(|e| panic!("a record just written does not decode: {e}"));
+                let _ = state.execute(req);
+                continue;
+            }
             Step::Answered(tx, a) => (tx, a),
             Step::Logged(i, tx) => {
                 let req = kv::decode_write(written[i].clone())
