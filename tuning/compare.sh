@@ -54,6 +54,7 @@ run() {
   run "$total" --workload range-serializable --clients 100 --conns 10
   run "$total" --workload mixed --read-ratio 0.9 --clients 100 --conns 10
   run "$total" --workload lease-keepalive --clients 100 --conns 10
+  run $((total / 2)) --workload k8s --key-space 10000 --val-size 1024 --clients 100 --conns 10
   # Watch rows are about events (events/s, put-to-event latency, server CPU per event).
   run 1500 --workload watch --watchers 1000 --watch-streams 10 --watch-keys 1 --clients 10 --conns 2 --rate 150
   run 20000 --workload watch --watchers 10000 --watch-streams 10 --watch-keys 10000 --clients 10 --conns 2 --rate 2000

@@ -97,6 +97,14 @@ enum Kind {
     LeaseKeepalive,
     /// Linearizable point reads and puts on the same key space, --read-ratio of them reads.
     Mixed,
+    /// A Kubernetes apiserver's traffic on objects /registry/pods/ns-NN/pod-NNNNNNNN
+    /// (--key-space objects over 10 namespaces, --val-size bytes each): 70% optimistic
+    /// updates (a txn comparing the mod revision the client last saw: put on success, read
+    /// the object back on conflict, retried once; the first update of an object creates it),
+    /// 25% linearizable gets, 5% lists (a linearizable range over the prefix with limit 500).
+    /// One watch on the prefix with prev_kv (the apiserver's watch cache) reports
+    /// update-to-event latency.
+    K8s,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -320,6 +328,7 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant
     let k = key(i % w.key_space, w.key_size);
     match w.workload {
         Kind::LeaseKeepalive => unreachable!("keepalives go on their own stream"),
+        Kind::K8s => k8s_op(c, w, i, value, epoch).await,
         Kind::Watch => {
             let req = pb::PutRequest {
                 key: key(i % w.watch_keys.max(1) as u64, w.key_size),
@@ -386,6 +395,100 @@ async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant
     }
 }
 
+/// The k8s workload's objects live under this prefix.
+const K8S_PREFIX: &[u8] = b"/registry/pods/";
+/// The end of the prefix's range.
+const K8S_PREFIX_END: &[u8] = b"/registry/pods0";
+
+fn k8s_key(n: u64) -> Bytes {
+    Bytes::from(format!("/registry/pods/ns-{:02}/pod-{n:08}", n % 10))
+}
+
+thread_local! {
+    /// The mod revision each object had when this thread last wrote or read it (what an
+    /// apiserver's cache holds); 0: never seen (an update then creates it).
+    static SEEN: RefCell<std::collections::HashMap<u64, i64>> = RefCell::default();
+}
+
+/// One operation of the k8s workload (see `Kind::K8s`).
+async fn k8s_op(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant) -> bool {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let t = Some(Duration::from_secs(10));
+    let n = i % w.key_space.max(1);
+    let key = k8s_key(n);
+    let p = ((i >> 32) & 0xffff) as f64 / 65536.0;
+    if p < 0.05 {
+        let list = pb::RangeRequest {
+            key: Bytes::from_static(K8S_PREFIX),
+            range_end: Bytes::from_static(K8S_PREFIX_END),
+            limit: 500,
+            ..Default::default()
+        };
+        return c.range(&list, t).await.is_ok();
+    }
+    if p < 0.30 {
+        let get = pb::RangeRequest {
+            key,
+            ..Default::default()
+        };
+        return match c.range(&get, t).await {
+            Ok(r) => {
+                let rev = r.kvs.first().map_or(0, |kv| kv.mod_revision);
+                SEEN.with(|s| s.borrow_mut().insert(n, rev));
+                true
+            }
+            Err(_) => false,
+        };
+    }
+    for _ in 0..2 {
+        let seen = SEEN.with(|s| s.borrow().get(&n).copied().unwrap_or(0));
+        let update = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Mod as i32,
+                key: key.clone(),
+                target_union: Some(TargetUnion::ModRevision(seen)),
+                ..Default::default()
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.clone(),
+                    value: stamped(value, epoch),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let Ok(r) = c.txn(&update, t).await else {
+            return false;
+        };
+        if r.succeeded {
+            let rev = r.header.map_or(0, |h| h.revision);
+            SEEN.with(|s| s.borrow_mut().insert(n, rev));
+            return true;
+        }
+        // A conflict: another writer moved the object; retry from what the txn read.
+        let now = r
+            .responses
+            .first()
+            .and_then(|op| match &op.response {
+                Some(pb::response_op::Response::ResponseRange(rr)) => {
+                    rr.kvs.first().map(|kv| kv.mod_revision)
+                }
+                _ => None,
+            })
+            .unwrap_or(0);
+        SEEN.with(|s| s.borrow_mut().insert(n, now));
+    }
+    // Two conflicts in a row: the apiserver would go on retrying; counted as done.
+    true
+}
+
 /// Runs the workload against `endpoints`; returns the merged report.
 fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
@@ -395,6 +498,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         ready: AtomicU64::new(0),
         events: AtomicU64::new(0),
         puts_done: AtomicU64::new(0),
+        load_end_ns: AtomicU64::new(0),
         epoch: Instant::now(),
         puts_start_ns: AtomicU64::new(0),
         server_cpu_at_start: AtomicU64::new(f64::NAN.to_bits()),
@@ -438,12 +542,17 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
     if stopped() {
         println!("interrupted: the report covers what was measured until Ctrl-C");
     }
-    // A watch run is timed from its first put (creating the watchers is not part of it).
+    // A watch run is timed from its first put (creating the watchers is not part of it) to
+    // its last event; other runs from the start to their last answer (a k8s run's watch
+    // reader then waits a little for the last events, which is not part of it).
     let seconds = if w.workload == Kind::Watch {
         let from = Duration::from_nanos(watch.puts_start_ns.load(Ordering::SeqCst));
         (watch.epoch.elapsed() - from).as_secs_f64()
     } else {
-        start.elapsed().as_secs_f64()
+        let end = Duration::from_nanos(watch.load_end_ns.load(Ordering::SeqCst));
+        (watch.epoch + end)
+            .saturating_duration_since(start)
+            .as_secs_f64()
     };
     Report {
         requests: hist.len(),
@@ -480,6 +589,8 @@ struct WatchShared {
     events: AtomicU64,
     /// Threads whose puts are done.
     puts_done: AtomicU64,
+    /// When the last thread's requests were all answered, ns after `epoch`.
+    load_end_ns: AtomicU64,
     /// Time zero of the send stamps in put values.
     epoch: Instant,
     /// When the puts started, ns after `epoch`.
@@ -501,25 +612,39 @@ async fn start_watchers(
     watch: &Arc<WatchShared>,
     events: &Rc<RefCell<Histogram<u64>>>,
 ) -> Vec<glommio::Task<()>> {
-    let streams = w.watch_streams.max(1);
+    let k8s = w.workload == Kind::K8s;
+    let streams = if k8s { 1 } else { w.watch_streams.max(1) };
     let keys = w.watch_keys.max(1);
-    // Each key has about watchers / keys watchers; every put reaches them all.
-    let expected = w.total * (w.watchers / keys).max(1) as u64;
+    // Each key has about watchers / keys watchers; every put reaches them all. (A k8s run
+    // does not know how many of its operations will be updates.)
+    let expected = if k8s {
+        u64::MAX
+    } else {
+        w.total * (w.watchers / keys).max(1) as u64
+    };
+    let watchers = if k8s { 1 } else { w.watchers };
     let mut readers = Vec::new();
     for s in (0..streams).filter(|s| s % threads == t) {
         let ep = &endpoints[s % endpoints.len()];
         let mut client = Client::connect(ep, Duration::from_secs(5))
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {ep}: {e}"));
-        let creates: Vec<pb::WatchRequest> = (0..w.watchers)
+        let creates: Vec<pb::WatchRequest> = (0..watchers)
             .filter(|i| i % streams == s)
             .map(|i| pb::WatchRequest {
-                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(if k8s {
+                    pb::WatchCreateRequest {
+                        key: Bytes::from_static(K8S_PREFIX),
+                        range_end: Bytes::from_static(K8S_PREFIX_END),
+                        prev_kv: true,
+                        ..Default::default()
+                    }
+                } else {
                     pb::WatchCreateRequest {
                         key: key((i % keys) as u64, w.key_size),
                         ..Default::default()
-                    },
-                )),
+                    }
+                })),
             })
             .collect();
         let n = creates.len();
@@ -555,7 +680,7 @@ async fn start_watchers(
                 if watch.events.load(Ordering::SeqCst) >= expected || stopped() {
                     break;
                 }
-                let quiet = last.elapsed() > Duration::from_secs(3);
+                let quiet = last.elapsed() > Duration::from_secs(if k8s { 1 } else { 3 });
                 if quiet && watch.puts_done.load(Ordering::SeqCst) >= threads {
                     break;
                 }
@@ -611,10 +736,10 @@ async fn thread_main(
     let events = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
-    let readers = if w.workload == Kind::Watch {
-        start_watchers(t, threads, &endpoints, &w, &watch, &events).await
-    } else {
-        Vec::new()
+    let readers = match w.workload {
+        Kind::Watch => start_watchers(t, threads, &endpoints, &w, &watch, &events).await,
+        Kind::K8s if t == 0 => start_watchers(t, 1, &endpoints, &w, &watch, &events).await,
+        _ => Vec::new(),
     };
     let conns: Vec<usize> = (0..w.conns.max(1)).filter(|c| c % threads == t).collect();
     // Global client numbers: thread t's clients follow those of the threads before it.
@@ -720,6 +845,8 @@ async fn thread_main(
     for task in tasks {
         task.await;
     }
+    let end = watch.epoch.elapsed().as_nanos() as u64;
+    watch.load_end_ns.fetch_max(end, Ordering::SeqCst);
     watch.puts_done.fetch_add(1, Ordering::SeqCst);
     for r in readers {
         r.await;
