@@ -25,6 +25,28 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// Boolean flags, which (as Go's) may be given without a value: `--client-cert-auth`.
+const BOOL_FLAGS: &[&str] = &[
+    "client-cert-auth",
+    "peer-client-cert-auth",
+    "enable-v2",
+    "enable-grpc-gateway",
+    "auto-tls",
+    "peer-auto-tls",
+    "enable-pprof",
+    "strict-reconfig-check",
+    "force-new-cluster",
+    "pre-vote",
+    "unsafe-no-fsync",
+    "socket-reuse-port",
+    "socket-reuse-address",
+    "experimental-initial-corrupt-check",
+    "experimental-enable-lease-checkpoint",
+    "experimental-enable-v2v3",
+    "experimental-memory-mlock",
+    "experimental-peer-skip-client-san-verification",
+];
+
 /// Keys etcd accepts that later work implements; setting one is refused for now.
 pub const NOT_IMPLEMENTED: &[&str] = &[
     "wal-dir",
@@ -55,18 +77,8 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "proxy-dial-timeout",
     "proxy-write-timeout",
     "proxy-read-timeout",
-    "client-transport-security",
-    "peer-transport-security",
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
     "client-crl-file",
-    "trusted-ca-file",
     "auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-client-cert-auth",
-    "peer-trusted-ca-file",
     "peer-auto-tls",
     "peer-crl-file",
     "cipher-suites",
@@ -129,6 +141,71 @@ struct Raw {
     auto_compaction_retention: Option<Value>,
     listen_metrics_urls: Option<String>,
     enable_grpc_gateway: Option<bool>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    trusted_ca_file: Option<String>,
+    client_cert_auth: Option<bool>,
+    peer_cert_file: Option<String>,
+    peer_key_file: Option<String>,
+    peer_trusted_ca_file: Option<String>,
+    peer_client_cert_auth: Option<bool>,
+    /// The config file's sections (etcd's YAML spelling of the flags above).
+    client_transport_security: Option<TlsSection>,
+    peer_transport_security: Option<TlsSection>,
+}
+
+/// A `client-transport-security` or `peer-transport-security` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsSection {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    trusted_ca_file: Option<String>,
+    client_cert_auth: Option<bool>,
+    auto_tls: Option<bool>,
+}
+
+/// TLS settings of one side (client or peer), as etcd's `TLSInfo`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub trusted_ca_file: Option<String>,
+    pub client_cert_auth: bool,
+}
+
+impl TlsInfo {
+    /// No certificate given: plain TCP.
+    pub fn is_empty(&self) -> bool {
+        self.cert_file.is_none() && self.key_file.is_none()
+    }
+
+    fn resolve(
+        side: &str,
+        flags: [Option<String>; 3],
+        cert_auth: Option<bool>,
+        section: Option<TlsSection>,
+    ) -> Result<TlsInfo, ConfigError> {
+        let [cert_file, key_file, trusted_ca_file] = flags;
+        let section = section.unwrap_or_default();
+        if section.auto_tls == Some(true) {
+            return err(format!(
+                "{side}-transport-security: auto-tls is recognised but not implemented yet"
+            ));
+        }
+        let info = TlsInfo {
+            cert_file: section.cert_file.or(cert_file),
+            key_file: section.key_file.or(key_file),
+            trusted_ca_file: section.trusted_ca_file.or(trusted_ca_file),
+            client_cert_auth: section.client_cert_auth.or(cert_auth).unwrap_or(false),
+        };
+        if info.cert_file.is_some() != info.key_file.is_some() {
+            return err(format!(
+                "{side} TLS needs both a certificate and its key (cert-file and key-file)"
+            ));
+        }
+        Ok(info)
+    }
 }
 
 /// The resolved configuration.
@@ -163,6 +240,11 @@ pub struct Config {
     pub listen_metrics_urls: Vec<String>,
     /// `--enable-grpc-gateway` (default true): the JSON gateway on the client port.
     pub enable_grpc_gateway: bool,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, or the
+    /// `client-transport-security` section: TLS on https:// client URLs.
+    pub client_tls: TlsInfo,
+    /// The `peer-*` equivalents: read and checked now, used by the peer links of Raft.
+    pub peer_tls: TlsInfo,
 }
 
 /// What `--help` prints.
@@ -218,6 +300,8 @@ impl Config {
             };
             let (key, value) = match flag.split_once('=') {
                 Some((k, v)) => (k.to_string(), v.to_string()),
+                // Go's boolean flags may stand alone.
+                None if BOOL_FLAGS.contains(&flag) => (flag.to_string(), "true".to_string()),
                 None => {
                     let v = it
                         .next()
@@ -304,14 +388,33 @@ impl Config {
             None | Some("") => Vec::new(),
             Some(v) => urls("listen-metrics-urls", Some(v.to_string()), "")?,
         };
-        for u in listen_client_urls
-            .iter()
-            .chain(&listen_peer_urls)
-            .chain(&listen_metrics_urls)
-        {
-            if u.starts_with("https://") {
+        let client_tls = TlsInfo::resolve(
+            "client",
+            [raw.cert_file, raw.key_file, raw.trusted_ca_file],
+            raw.client_cert_auth,
+            raw.client_transport_security,
+        )?;
+        let peer_tls = TlsInfo::resolve(
+            "peer",
+            [
+                raw.peer_cert_file,
+                raw.peer_key_file,
+                raw.peer_trusted_ca_file,
+            ],
+            raw.peer_client_cert_auth,
+            raw.peer_transport_security,
+        )?;
+        for u in listen_client_urls.iter().chain(&listen_metrics_urls) {
+            if u.starts_with("https://") && client_tls.is_empty() {
                 return err(format!(
-                    "{u}: https URLs need TLS, which is recognised but not implemented yet"
+                    "{u}: an https URL needs a certificate and key (--cert-file, --key-file)"
+                ));
+            }
+        }
+        for u in &listen_peer_urls {
+            if u.starts_with("https://") && peer_tls.is_empty() {
+                return err(format!(
+                    "{u}: an https URL needs a certificate and key (--peer-cert-file, --peer-key-file)"
                 ));
             }
         }
@@ -417,12 +520,28 @@ impl Config {
             ignored_flags,
             listen_metrics_urls,
             enable_grpc_gateway: raw.enable_grpc_gateway.unwrap_or(true),
+            client_tls,
+            peer_tls,
         })
     }
 
     /// The socket addresses of the client listen URLs (`localhost` resolved).
     pub fn client_socket_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         Self::socket_addrs("listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// The client listen addresses, each with whether its URL is https.
+    pub fn client_url_is_tls(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        let mut out: Vec<(SocketAddr, bool)> = Vec::new();
+        for u in &self.listen_client_urls {
+            let tls = u.starts_with("https://");
+            for a in Self::socket_addrs("listen-client-urls", std::slice::from_ref(u))? {
+                if !out.iter().any(|(b, _)| *b == a) {
+                    out.push((a, tls));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The socket addresses of the metrics listen URLs.
@@ -724,6 +843,51 @@ mod tests {
         let y2 = args(&["--config-file", path.to_str().unwrap(), "--name", "zz"]).unwrap();
         assert_eq!(y2.name, "n1");
         assert_eq!(y2.ignored_flags, vec!["name"]);
+    }
+
+    #[test]
+    fn tls_flags_and_yaml_sections_agree() {
+        let flags = args(&[
+            "--listen-client-urls=https://127.0.0.1:3379",
+            "--cert-file",
+            "/c.crt",
+            "--key-file=/c.key",
+            "--trusted-ca-file",
+            "/ca.crt",
+            "--client-cert-auth",
+            "--peer-cert-file",
+            "/p.crt",
+            "--peer-key-file",
+            "/p.key",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.client_tls,
+            TlsInfo {
+                cert_file: Some("/c.crt".into()),
+                key_file: Some("/c.key".into()),
+                trusted_ca_file: Some("/ca.crt".into()),
+                client_cert_auth: true,
+            }
+        );
+        assert!(flags.client_url_is_tls().unwrap()[0].1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yml");
+        std::fs::write(
+            &path,
+            "listen-client-urls: https://127.0.0.1:3379\nclient-transport-security:\n  cert-file: /c.crt\n  key-file: /c.key\n  client-cert-auth: true\n  trusted-ca-file: /ca.crt\npeer-transport-security:\n  cert-file: /p.crt\n  key-file: /p.key\n",
+        )
+        .unwrap();
+        let yaml = args(&["--config-file", path.to_str().unwrap()]).unwrap();
+        assert_eq!(flags, yaml);
+        // Refused: an https URL without a certificate, half a pair, auto-tls.
+        let e = args(&["--listen-client-urls=https://127.0.0.1:3379"]).unwrap_err();
+        assert!(e.0.contains("--cert-file"), "{e}");
+        let e = args(&["--cert-file", "/c.crt"]).unwrap_err();
+        assert!(e.0.contains("key-file"), "{e}");
+        std::fs::write(&path, "client-transport-security:\n  auto-tls: true\n").unwrap();
+        let e = args(&["--config-file", path.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("auto-tls"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The tutorial's etcd configuration file (tests/data/seed-etcd-config.yml, a copy of the
-//! user's seed) parses as it is. Until TLS and auth land, starting with it is refused, naming
-//! the first key ferrocd does not implement yet; never silently ignored.
+//! user's seed) parses as it is. Until auth lands, starting with it is refused, naming the
+//! first key ferrocd does not implement yet; never silently ignored. Its TLS sections are read.
 
 use ferrocd::config::Config;
 
@@ -22,21 +22,16 @@ fn the_seed_config_is_read_and_refused_naming_the_first_unimplemented_key() {
 #[test]
 fn the_seed_without_the_unimplemented_keys_starts_a_config() {
     let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
-    // Keep only what ferrocd implements today: drop the auth and TLS sections, and the second
-    // member (clusters need Raft). The seed's auto-compaction (periodic, "1h") is kept.
+    // Keep only what ferrocd implements today: drop the auth keys, and the second member
+    // (clusters need Raft). The seed's auto-compaction (periodic, "1h") and TLS sections are
+    // kept.
     let mut kept = Vec::new();
     let mut skipping_section = false;
     for line in text.replace("<NODE-IP>", "127.0.0.1").lines() {
         let is_key = !line.starts_with(' ') && !line.starts_with('#') && line.contains(':');
         if is_key {
             let key = line.split(':').next().unwrap();
-            skipping_section = [
-                "auth-token",
-                "enable-authorization",
-                "client-transport-security",
-                "peer-transport-security",
-            ]
-            .contains(&key);
+            skipping_section = ["auth-token", "enable-authorization"].contains(&key);
         }
         if skipping_section {
             continue;
@@ -62,6 +57,16 @@ fn the_seed_without_the_unimplemented_keys_starts_a_config() {
         c.auto_compaction,
         ferrocd::compactor::AutoCompaction::Periodic(std::time::Duration::from_secs(3600))
     );
+    assert_eq!(
+        c.client_tls,
+        ferrocd::config::TlsInfo {
+            cert_file: Some("/etc/etcd/server.crt".into()),
+            key_file: Some("/etc/etcd/server.key".into()),
+            trusted_ca_file: Some("/etc/etcd/ca.crt".into()),
+            client_cert_auth: true,
+        }
+    );
+    assert_eq!(c.peer_tls.cert_file.as_deref(), Some("/etc/etcd/peer.crt"));
 }
 
 #[test]

@@ -50,7 +50,8 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     create_data_dir(&cfg.data_dir)?;
     let opts = ServerOptions {
-        client_addrs: cfg.client_socket_addrs()?,
+        client_addrs: cfg.client_url_is_tls()?,
+        tls: client_tls(&cfg)?,
         metrics_addrs: cfg.metrics_socket_addrs()?,
         gateway: cfg.enable_grpc_gateway,
         shards: cfg.shards,
@@ -94,4 +95,33 @@ fn create_data_dir(dir: &str) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create data dir {dir}: {e}")))
+}
+
+/// The TLS setup of the client URLs: built when a certificate is given (an error names the
+/// file); an https URL needs one (the configuration checks that), an http URL ignores it, as
+/// etcd does, with a warning.
+fn client_tls(
+    cfg: &Config,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Box<dyn std::error::Error>> {
+    if !cfg.peer_tls.is_empty() {
+        // Checked now, so that a bad file is found at start, not when peers connect.
+        server::tls::server_config(&cfg.peer_tls).map_err(|e| format!("peer TLS: {e}"))?;
+        tracing::warn!("peer TLS is set up but unused: this build has no peer links yet");
+    }
+    if cfg.client_tls.is_empty() {
+        return Ok(None);
+    }
+    let config =
+        server::tls::server_config(&cfg.client_tls).map_err(|e| format!("client TLS: {e}"))?;
+    for u in cfg
+        .listen_client_urls
+        .iter()
+        .filter(|u| u.starts_with("http://"))
+    {
+        tracing::warn!(
+            url = %u,
+            "scheme is http while a certificate and key are given: this URL serves plain TCP"
+        );
+    }
+    Ok(Some(config))
 }

@@ -21,13 +21,22 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes read before deciding the protocol.
 const SNIFF_BYTES: usize = 4;
 
-pub(crate) async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    ctx: Rc<ShardCtx>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let ctx = ctx.clone();
+                let tls = tls.clone();
                 glommio::spawn_local(async move {
-                    if let Err(e) = serve(stream, ctx).await {
+                    let served = match tls {
+                        None => serve(stream, ctx).await,
+                        Some(tls) => serve_tls(stream, tls, ctx).await,
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(error = %e, "connection closed");
                     }
                 })
@@ -42,8 +51,43 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
     }
 }
 
-async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
+/// A TLS connection: the handshake (bounded in time), then as plain TCP.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: futures_rustls::TlsAcceptor,
+    ctx: Rc<ShardCtx>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    let handshake = futures_lite::future::or(async { Some(tls.accept(stream).await) }, async {
+        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        None
+    });
+    match handshake.await {
+        Some(Ok(stream)) => serve_any(stream, ctx).await,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            Ok(())
+        }
+        None => {
+            tracing::debug!("TLS handshake timed out");
+            Ok(())
+        }
+    }
+}
+
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    serve_any(stream, ctx).await
+}
+
+/// Tells the protocol from the first bytes and serves it.
+async fn serve_any<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    mut stream: S,
+    ctx: Rc<ShardCtx>,
+) -> io::Result<()> {
     let mut head = [0u8; SNIFF_BYTES];
     let mut got = 0;
     while got < SNIFF_BYTES {
@@ -68,7 +112,7 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
     }
 }
 
-async fn serve_h2(io: Prefixed<TcpStream>, ctx: Rc<ShardCtx>) {
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: Prefixed<S>, ctx: Rc<ShardCtx>) {
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_window_size(H2_STREAM_WINDOW_BYTES)

@@ -5,15 +5,13 @@
 use std::io;
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::io::{ReadHalf, WriteHalf};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-
 use super::conn::Prefixed;
 use super::gateway::{self, HttpIn, HttpOut};
 use super::ShardCtx;
 use crate::limits::HTTP1_MAX_HEAD_BYTES;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const METHODS: &[&[u8]] = &[
     b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC",
@@ -78,9 +76,10 @@ pub(crate) fn parse_head(raw: &[u8]) -> Option<Head> {
     Some(head)
 }
 
-type Conn = Prefixed<TcpStream>;
-
-pub(crate) async fn serve(conn: Conn, ctx: Rc<ShardCtx>) -> io::Result<()> {
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: Prefixed<S>,
+    ctx: Rc<ShardCtx>,
+) -> io::Result<()> {
     let (mut rd, mut wr) = futures_lite::io::split(conn);
     let mut buf = BytesMut::with_capacity(READ_BYTES);
     loop {
@@ -128,7 +127,7 @@ pub(crate) async fn serve(conn: Conn, ctx: Rc<ShardCtx>) -> io::Result<()> {
 }
 
 /// Answers a request that cannot be read, and closes.
-async fn refuse(wr: &mut WriteHalf<Conn>, status: &str) -> io::Result<()> {
+async fn refuse(wr: &mut (impl AsyncWrite + Unpin), status: &str) -> io::Result<()> {
     let msg = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     wr.write_all(msg.as_bytes()).await?;
     wr.flush().await
@@ -160,13 +159,13 @@ enum Body {
     Done,
 }
 
-struct Http1In<'a> {
-    rd: &'a mut ReadHalf<Conn>,
+struct Http1In<'a, S> {
+    rd: &'a mut ReadHalf<Prefixed<S>>,
     buf: &'a mut BytesMut,
     body: Body,
 }
 
-impl Http1In<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Http1In<'_, S> {
     /// A line of the chunked framing, without its CRLF (`buf` must hold it).
     async fn line(&mut self) -> io::Result<String> {
         loop {
@@ -193,7 +192,7 @@ impl Http1In<'_> {
     }
 }
 
-impl HttpIn for Http1In<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> HttpIn for Http1In<'_, S> {
     async fn data(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             match self.body {
@@ -243,14 +242,14 @@ impl HttpIn for Http1In<'_> {
     }
 }
 
-struct Http1Out<'a> {
-    wr: &'a mut WriteHalf<Conn>,
+struct Http1Out<'a, S> {
+    wr: &'a mut WriteHalf<Prefixed<S>>,
     close: bool,
     /// HTTP/1.0 has no chunked encoding: a streamed body ends with the connection.
     http10: bool,
 }
 
-impl Http1Out<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Http1Out<'_, S> {
     fn head(&self, status: u16, headers: &[(&str, &str)]) -> String {
         let mut h = format!("HTTP/1.1 {status} {}\r\n", gateway::status_text(status));
         for (k, v) in headers {
@@ -271,7 +270,7 @@ impl Http1Out<'_> {
     }
 }
 
-impl HttpOut for Http1Out<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> HttpOut for Http1Out<'_, S> {
     async fn whole(
         &mut self,
         status: u16,

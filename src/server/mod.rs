@@ -16,6 +16,7 @@ mod recipes;
 mod shard;
 mod snapshot;
 mod stream;
+pub mod tls;
 mod watch;
 
 pub use snapshot::SNAPSHOT_MAGIC;
@@ -39,7 +40,10 @@ pub use crate::kv::ETCD_API_VERSION;
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    pub client_addrs: Vec<SocketAddr>,
+    /// Client addresses, and whether each serves TLS (an https:// URL).
+    pub client_addrs: Vec<(SocketAddr, bool)>,
+    /// The TLS setup of https client URLs ([`tls::server_config`]).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// `--listen-metrics-urls`: addresses serving only `/metrics` and the health endpoints.
     pub metrics_addrs: Vec<SocketAddr>,
     /// `--enable-grpc-gateway`.
@@ -124,9 +128,18 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     metrics_only: true,
                 });
                 let mut listeners = Vec::new();
-                for addr in &opts.client_addrs {
+                for (addr, tls) in &opts.client_addrs {
+                    let acceptor = match (tls, &opts.tls) {
+                        (true, Some(c)) => Some(futures_rustls::TlsAcceptor::from(c.clone())),
+                        (true, None) => {
+                            let msg = format!("https client address {addr} without TLS set up");
+                            let _ = ready.send(Err(std::io::Error::other(msg)));
+                            return;
+                        }
+                        (false, _) => None,
+                    };
                     match glommio::net::TcpListener::bind(addr) {
-                        Ok(l) => listeners.push(l),
+                        Ok(l) => listeners.push((l, acceptor)),
                         Err(e) => {
                             let msg = format!("cannot listen on client address {addr}: {e}");
                             let _ = ready.send(Err(std::io::Error::other(msg)));
@@ -147,14 +160,13 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     }
                 }
                 let _ = ready.send(Ok(()));
-                let accepts: Vec<_> =
-                    listeners
-                        .into_iter()
-                        .map(|l| glommio::spawn_local(conn::accept_loop(l, ctx.clone())))
-                        .chain(metrics_listeners.into_iter().map(|l| {
-                            glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone()))
-                        }))
-                        .collect();
+                let accepts: Vec<_> = listeners
+                    .into_iter()
+                    .map(|(l, tls)| glommio::spawn_local(conn::accept_loop(l, ctx.clone(), tls)))
+                    .chain(metrics_listeners.into_iter().map(|l| {
+                        glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone(), None))
+                    }))
+                    .collect();
                 for a in accepts {
                     a.await;
                 }

@@ -1,0 +1,345 @@
+//! TLS on client URLs, compared with etcd: the same certificates (a CA, a server certificate
+//! for 127.0.0.1, client certificates from that CA and from another), the same flags
+//! (`--cert-file --key-file --trusted-ca-file --client-cert-auth`, an https:// client URL), the
+//! same etcdctl and curl commands against both; what succeeds and what is refused must match.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{etcd_tools_or_skip, free_port, run, Output, ETCD, ETCDCTL};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate (CN root)
+/// signed by it, and a client certificate signed by another CA.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+        let subj = format!("/CN={ca}");
+        a.push(&subj);
+        a.extend(ec);
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        a.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &a);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ca, ext, cn) in [
+        ("server", "ca", "server.ext", "/CN=server"),
+        ("client", "ca", "client.ext", "/CN=root"),
+        ("stranger", "other-ca", "client.ext", "/CN=root"),
+    ] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut a = vec!["req", "-subj", cn];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &a);
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-extfile",
+                ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+/// A server with TLS on its client URL, killed on drop.
+struct TlsServer {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsServer {
+    fn start(bin: &str, dir: &Path, name: &str, peer_port: u16) -> TlsServer {
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = dir.join(format!("{name}.log"));
+        let p = |f: &str| dir.join(f).display().to_string();
+        let args = [
+            "--name".to_string(),
+            "t".into(),
+            "--data-dir".into(),
+            p(&format!("{name}.data")),
+            "--listen-client-urls".into(),
+            url.clone(),
+            "--advertise-client-urls".into(),
+            url,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("t={peer}"),
+            "--cert-file".into(),
+            p("server.crt"),
+            "--key-file".into(),
+            p("server.key"),
+            "--trusted-ca-file".into(),
+            p("ca.crt"),
+            "--client-cert-auth".into(),
+        ];
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let s = TlsServer { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ctl(&s, dir, "client", &["endpoint", "health"]).code != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not healthy over TLS in 30 s:\n{}",
+                std::fs::read_to_string(&s.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+}
+
+/// etcdctl over TLS with the given client certificate ("" for none).
+fn ctl(s: &TlsServer, dir: &Path, cert: &str, args: &[&str]) -> Output {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let mut a = vec![
+        format!("--endpoints=https://127.0.0.1:{}", s.port),
+        format!("--cacert={}", p("ca.crt")),
+        "--dial-timeout=2s".to_string(),
+        "--command-timeout=3s".to_string(),
+    ];
+    if !cert.is_empty() {
+        a.push(format!("--cert={}", p(&format!("{cert}.crt"))));
+        a.push(format!("--key={}", p(&format!("{cert}.key"))));
+    }
+    a.extend(args.iter().map(|s| s.to_string()));
+    run(ETCDCTL, &[("ETCDCTL_API", "3")], &a, "")
+}
+
+fn curl(s: &TlsServer, dir: &Path, cert: &str, method: &str, path: &str, body: &str) -> String {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let mut a = vec![
+        "-s".to_string(),
+        "--max-time".into(),
+        "3".into(),
+        "--cacert".into(),
+        p("ca.crt"),
+        "-w".into(),
+        " HTTP %{http_code}".into(),
+        "-X".into(),
+        method.into(),
+    ];
+    if !cert.is_empty() {
+        a.extend([
+            "--cert".into(),
+            p(&format!("{cert}.crt")),
+            "--key".into(),
+            p(&format!("{cert}.key")),
+        ]);
+    }
+    if !body.is_empty() {
+        a.extend(["-d".to_string(), body.to_string()]);
+    }
+    a.push(format!("https://127.0.0.1:{}{path}", s.port));
+    let out = Command::new("curl").args(&a).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What both servers are asked, reduced to what must be the same.
+fn steps(s: &TlsServer, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let ok = |o: &Output| {
+        if o.code == 0 {
+            "ok".to_string()
+        } else {
+            "refused".to_string()
+        }
+    };
+    out.push(format!(
+        "put: {:?}",
+        ctl(s, dir, "client", &["put", "k", "v"])
+    ));
+    out.push(format!(
+        "get: {:?}",
+        ctl(s, dir, "client", &["get", "k", "--print-value-only"])
+    ));
+    out.push(format!(
+        "no client certificate: {}",
+        ok(&ctl(s, dir, "", &["get", "k"]))
+    ));
+    out.push(format!(
+        "certificate from another CA: {}",
+        ok(&ctl(s, dir, "stranger", &["get", "k"]))
+    ));
+    let plain = run(
+        ETCDCTL,
+        &[("ETCDCTL_API", "3")],
+        &[
+            format!("--endpoints=http://127.0.0.1:{}", s.port),
+            "--dial-timeout=2s".to_string(),
+            "--command-timeout=3s".to_string(),
+            "get".to_string(),
+            "k".to_string(),
+        ],
+        "",
+    );
+    out.push(format!("plain text to the TLS port: {}", ok(&plain)));
+    let health = curl(s, dir, "client", "GET", "/health", "");
+    out.push(format!(
+        "curl /health: {}",
+        if health.contains("\"health\":\"true\"") && health.ends_with("HTTP 200") {
+            "healthy"
+        } else {
+            &health
+        }
+    ));
+    let anonymous = curl(s, dir, "", "GET", "/health", "");
+    out.push(format!(
+        "curl without a certificate: {}",
+        if anonymous.ends_with("HTTP 000") {
+            "refused"
+        } else {
+            &anonymous
+        }
+    ));
+    out
+}
+
+#[test]
+fn tls_client_urls_behave_as_etcds() {
+    if !etcd_tools_or_skip("tls_client_urls_behave_as_etcds") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let peer = free_port();
+    let want = {
+        let etcd = TlsServer::start(ETCD, dir.path(), "etcd", peer);
+        steps(&etcd, dir.path())
+    };
+    let ferrocd_bin = env!("CARGO_BIN_EXE_ferrocd");
+    let got = {
+        let ferrocd = TlsServer::start(ferrocd_bin, dir.path(), "ferrocd", peer);
+        steps(&ferrocd, dir.path())
+    };
+    // The JSON gateway over TLS with client certificates: etcd 3.4.23's fails (its gateway
+    // dials its own gRPC server without a client certificate: "transport: failed to write
+    // client preface ... connection reset by peer", code 14), so that one is not compared.
+    {
+        let ferrocd = TlsServer::start(ferrocd_bin, dir.path(), "ferrocd2", free_port());
+        ctl(&ferrocd, dir.path(), "client", &["put", "k", "v"]);
+        let range = curl(
+            &ferrocd,
+            dir.path(),
+            "client",
+            "POST",
+            "/v3/kv/range",
+            r#"{"key":"aw=="}"#,
+        );
+        assert!(range.contains(r#""value":"dg==""#), "{range}");
+    }
+    assert!(want[0].contains("OK"), "{want:#?}");
+    assert!(
+        want[2].ends_with("refused") && want[3].ends_with("refused"),
+        "{want:#?}"
+    );
+    assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
+}
+
+#[test]
+fn bad_tls_files_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.crt"), "").unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+        .args([
+            "--data-dir",
+            &p("data"),
+            "--listen-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+            "--advertise-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+            "--cert-file",
+            &p("empty.crt"),
+            "--key-file",
+            &p("missing.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("empty.crt") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+    // An https URL without a certificate is refused, naming what is missing.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+        .args([
+            "--data-dir",
+            &p("data"),
+            "--listen-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+            "--advertise-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cert-file"), "{stderr}");
+}
