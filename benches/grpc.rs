@@ -1,6 +1,7 @@
 //! One unary call's CPU work on the server, without the network: decode the gRPC message,
 //! execute it on the state, encode the response frame. Put of 8 B keys and 256 B values
-//! (etcd's benchmark defaults) into 100k keys, and a point Range over them.
+//! (etcd's benchmark defaults) into 100k keys, a point Range over them, and applying a Txn
+//! (compare the mod revision, put or read).
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -60,6 +61,47 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % gets.len();
             let req = decode_request("/etcdserverpb.KV/Range", gets[i].clone(), 1 << 20).unwrap();
+            encode_response(&s.execute(req).unwrap())
+        })
+    });
+    // A txn as etcd clients send them for optimistic updates (k8s): compare the key's mod
+    // revision, put on success, read it on failure. Half the keys were put above, so both
+    // branches run.
+    let txns: Vec<Bytes> = (0..KEYS)
+        .map(|i| {
+            use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+            let k = key(i * 31);
+            Bytes::from(
+                pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: CompareResult::Greater as i32,
+                        target: CompareTarget::Mod as i32,
+                        key: k.clone(),
+                        target_union: Some(TargetUnion::ModRevision(0)),
+                        ..Default::default()
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: k.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                            key: k,
+                            ..Default::default()
+                        })),
+                    }],
+                }
+                .encode_to_vec(),
+            )
+        })
+        .collect();
+    g.bench_function("txn_compare_put_256b", |b| {
+        b.iter(|| {
+            i = (i + 1) % txns.len();
+            let req = decode_request("/etcdserverpb.KV/Txn", txns[i].clone(), 1 << 20).unwrap();
             encode_response(&s.execute(req).unwrap())
         })
     });
