@@ -6,6 +6,8 @@
 //! request outstanding. On a terminal a progress line runs while measuring; Ctrl-C stops the
 //! run cleanly and prints the report of what was measured so far.
 
+mod plot;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +56,23 @@ enum Cmd {
         /// Seconds per step.
         #[arg(long, default_value_t = 3.0)]
         step_seconds: f64,
+        /// Also write each step (offered and achieved rate, p50, p99, p99.9) as CSV, for
+        /// `loadgen plot`.
+        #[arg(long)]
+        csv: Option<String>,
         #[command(flatten)]
         w: Workload,
+    },
+    /// Plot, as SVG: percentile distributions of `.hgrm` files (run --hgrm), or latency
+    /// against throughput of sweep CSV files (sweep --csv); one line per file, each given as
+    /// `name=path` or a path (named after the file).
+    Plot {
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value = "")]
+        title: String,
+        #[arg(required = true)]
+        files: Vec<String>,
     },
     /// Run the same workload against two endpoint sets, alternating, and print the ratios.
     Compare {
@@ -910,8 +927,10 @@ fn main() {
             start_rate,
             factor,
             step_seconds,
+            csv,
             w,
         } => {
+            let mut rows = vec![plot::SWEEP_CSV_HEADER.to_string()];
             println!("| offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | meets SLO |");
             println!("|---|---|---|---|---|---|");
             let mut best = None;
@@ -926,6 +945,13 @@ fn main() {
                 // Keeping up: the run took no longer than its schedule (5% slack).
                 let kept_up = r.seconds <= step_seconds * 1.05 + 0.05 && r.errors == 0;
                 let ok = kept_up && r.q_ms(0.99) <= slo_p99_ms;
+                rows.push(format!(
+                    "{rate:.0},{:.0},{:.3},{:.3},{:.3}",
+                    r.rate(),
+                    r.q_ms(0.5),
+                    r.q_ms(0.99),
+                    r.q_ms(0.999)
+                ));
                 println!(
                     "| {rate:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
                     r.rate(),
@@ -947,6 +973,20 @@ fn main() {
                 ),
                 None => println!("no rate met p99 <= {slo_p99_ms} ms"),
             }
+            if let Some(path) = csv {
+                rows.push(String::new());
+                if let Err(e) = std::fs::write(&path, rows.join("\n")) {
+                    eprintln!("cannot write {path}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Cmd::Plot { out, title, files } => {
+            if let Err(e) = plot::plot(&out, &title, &files) {
+                eprintln!("loadgen plot: {e}");
+                std::process::exit(1);
+            }
+            println!("written: {out}");
         }
         Cmd::Compare {
             a,
