@@ -90,7 +90,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "auth-token-ttl",
     "bcrypt-cost",
     "enable-authorization",
-    "metrics",
     "self-signed-cert-validity",
     "force-new-cluster",
     "unsafe-no-fsync",
@@ -141,6 +140,7 @@ struct Raw {
     auto_compaction_retention: Option<Value>,
     listen_metrics_urls: Option<String>,
     enable_grpc_gateway: Option<bool>,
+    metrics: Option<String>,
     cert_file: Option<String>,
     key_file: Option<String>,
     trusted_ca_file: Option<String>,
@@ -240,6 +240,9 @@ pub struct Config {
     pub listen_metrics_urls: Vec<String>,
     /// `--enable-grpc-gateway` (default true): the JSON gateway on the client port.
     pub enable_grpc_gateway: bool,
+    /// `--metrics extensive` (default basic): also export per-method handling time
+    /// histograms (`grpc_server_handling_seconds`).
+    pub metrics_extensive: bool,
     /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, or the
     /// `client-transport-security` section: TLS on https:// client URLs.
     pub client_tls: TlsInfo,
@@ -520,6 +523,15 @@ impl Config {
             ignored_flags,
             listen_metrics_urls,
             enable_grpc_gateway: raw.enable_grpc_gateway.unwrap_or(true),
+            metrics_extensive: match raw.metrics.as_deref() {
+                None | Some("basic") => false,
+                Some("extensive") => true,
+                Some(other) => {
+                    return err(format!(
+                        "metrics: {other:?} is not basic or extensive (etcd's two levels)"
+                    ))
+                }
+            },
             client_tls,
             peer_tls,
         })
@@ -892,6 +904,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_or_value() {
+        let e = args(&["--metrics", "verbose"]).unwrap_err();
+        assert!(e.0.contains("\"verbose\" is not basic or extensive"), "{e}");
+        assert!(args(&["--metrics", "extensive"]).unwrap().metrics_extensive);
         let e = args(&["--no-such-flag", "1"]).unwrap_err();
         assert!(e.0.contains("'no-such-flag'"), "{e}");
         let e = args(&["--listen-client-urls", "127.0.0.1:2379"]).unwrap_err();

@@ -316,7 +316,7 @@ fn gateway_streams_through_curl_match_etcds() {
 
 #[test]
 fn metrics_parse_and_move_under_load() {
-    let server = Server::ferrocd(&[]);
+    let server = Server::ferrocd(&["--metrics", "extensive"]);
     let port = server.client_port;
     let scrape = || {
         let (status, headers, body) = http_request(port, "GET", "/metrics", "").unwrap();
@@ -386,6 +386,22 @@ fn metrics_parse_and_move_under_load() {
     assert!(value(&after, "etcd_mvcc_db_total_size_in_use_in_bytes", &[]) > 0.0);
     assert!(value(&after, "etcd_debugging_mvcc_keys_total", &[]) >= PUTS as f64);
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    // --metrics extensive: every call timed.
+    let timed = moved(
+        "grpc_server_handling_seconds",
+        &[("grpc_method", "Put"), ("grpc_type", "unary")],
+    );
+    assert_eq!(timed, PUTS as f64);
+    // Calls through the JSON gateway count as gRPC calls, as etcd's do.
+    let (status, _, _) = http_request(port, "POST", "/v3/kv/range", r#"{"key":"azE="}"#).unwrap();
+    assert_eq!(status, 200);
+    let later = scrape();
+    let range_ok = [("grpc_method", "Range"), ("grpc_code", "OK")];
+    assert_eq!(
+        value(&later, "grpc_server_handled_total", &range_ok)
+            - value(&after, "grpc_server_handled_total", &range_ok),
+        1.0
+    );
 }
 
 #[test]

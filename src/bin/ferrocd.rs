@@ -54,6 +54,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         tls: client_tls(&cfg)?,
         metrics_addrs: cfg.metrics_socket_addrs()?,
         gateway: cfg.enable_grpc_gateway,
+        metrics_extensive: cfg.metrics_extensive,
         shards: cfg.shards,
         max_request_bytes: cfg.max_request_bytes,
         kv: KvOptions {

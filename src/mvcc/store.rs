@@ -217,6 +217,8 @@ pub struct Store<V: ValueStore = MemValues> {
     revisions: u64,
     /// A compaction still trimming the index: its revision, and the last key done.
     pending: Option<(i64, Option<Bytes>)>,
+    /// Reads of history older than the change ring (served by walking the index).
+    index_walks: std::cell::Cell<u64>,
 }
 
 impl Default for Store<MemValues> {
@@ -240,7 +242,14 @@ impl<V: ValueStore> Store<V> {
             values,
             revisions: 0,
             pending: None,
+            index_walks: std::cell::Cell::new(0),
         }
+    }
+
+    /// How many reads of history were older than the change ring (watchers catching up from
+    /// the index).
+    pub fn index_walks(&self) -> u64 {
+        self.index_walks.get()
     }
 
     /// The revision of the last completed write.
@@ -328,6 +337,7 @@ impl<V: ValueStore> Store<V> {
             }
             return Ok(done);
         }
+        self.index_walks.set(self.index_walks.get() + 1);
         let mut found = Vec::new();
         self.visit(span, |key, ki| ki.changes_since(key, from, &mut found));
         found.sort_unstable_by_key(|c| c.rev);
@@ -911,6 +921,25 @@ mod tests {
                     }
                 }
             }
+            // Every read of the full ring was served from it.
+            prop_assert_eq!(ring.index_walks(), 0);
         });
+    }
+
+    /// A read older than the ring walks the index, and is counted (a watcher catching up).
+    #[test]
+    fn reads_older_than_the_ring_are_counted() {
+        let mut s = Store::default();
+        s.set_history_capacity(1);
+        s.write().put(&Bytes::from_static(b"a"), b"1", 0);
+        s.write().put(&Bytes::from_static(b"a"), b"2", 0);
+        let mut out = Vec::new();
+        s.changes_since(KeySpan::From(b"\0"), 3, 10, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!((s.index_walks(), out.len()), (0, 1), "from the ring");
+        out.clear();
+        s.changes_since(KeySpan::From(b"\0"), 2, 10, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!((s.index_walks(), out.len()), (1, 2), "older than the ring");
     }
 }

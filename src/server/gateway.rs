@@ -256,6 +256,25 @@ const ROUTES: &[(&str, Call)] = &[
     ("/v3/lock/unlock", Call::Unlock),
 ];
 
+impl Call {
+    /// The gRPC method this path calls (for the call counters).
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Call::Unary(p) => p,
+            Call::Watch => "/etcdserverpb.Watch/Watch",
+            Call::KeepAlive => "/etcdserverpb.Lease/LeaseKeepAlive",
+            Call::Snapshot => "/etcdserverpb.Maintenance/Snapshot",
+            Call::Observe => "/v3electionpb.Election/Observe",
+            Call::Lock => "/v3lockpb.Lock/Lock",
+            Call::Unlock => "/v3lockpb.Lock/Unlock",
+            Call::Campaign => "/v3electionpb.Election/Campaign",
+            Call::Proclaim => "/v3electionpb.Election/Proclaim",
+            Call::Leader => "/v3electionpb.Election/Leader",
+            Call::Resign => "/v3electionpb.Election/Resign",
+        }
+    }
+}
+
 fn route(path: &str) -> Option<Call> {
     ROUTES.iter().find(|(p, _)| *p == path).map(|&(_, c)| c)
 }
@@ -314,7 +333,13 @@ pub(crate) async fn serve(
         h.extend([TEXT, ("X-Content-Type-Options", "nosniff")]);
         return out.whole(405, &h, b"Method Not Allowed\n").await;
     }
-    match call {
+    // Counted as gRPC calls, as etcd's gateway (a gRPC client of its own server) is.
+    let index = grpc::method_index(call.grpc_path());
+    let started = std::time::Instant::now();
+    if let Some(i) = index {
+        metrics::METRICS.grpc_started(i);
+    }
+    let code = match call {
         Call::Watch => stream::<pb::WatchRequest, pb::WatchResponse>(call, input, out, ctx).await,
         Call::KeepAlive => {
             stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>(call, input, out, ctx)
@@ -327,7 +352,11 @@ pub(crate) async fn serve(
             stream::<el::LeaderRequest, el::LeaderResponse>(call, input, out, ctx).await
         }
         _ => unary(call, input, out, ctx).await,
+    }?;
+    if let Some(i) = index {
+        metrics::METRICS.grpc_handled(i, code, started);
     }
+    Ok(())
 }
 
 /// Reads and drops a request body, up to `limit` bytes (0: any length is dropped).
@@ -350,12 +379,13 @@ fn json_limit(ctx: &ShardCtx) -> usize {
     ctx.max_request_bytes * 2 + 64 * 1024
 }
 
+/// Serves a unary call; returns the code it ended with.
 async fn unary(
     call: Call,
     input: &mut impl HttpIn,
     out: &mut impl HttpOut,
     ctx: &ShardCtx,
-) -> io::Result<()> {
+) -> io::Result<Code> {
     let body = match drain(input, json_limit(ctx)).await {
         Ok(b) => b,
         Err(_) => {
@@ -366,7 +396,8 @@ async fn unary(
                     json_limit(ctx)
                 ),
             );
-            return send_error(out, &status, false).await;
+            send_error(out, &status, false).await?;
+            return Ok(status.code);
         }
     };
     let canceled = async {
@@ -433,9 +464,13 @@ async fn unary(
         Ok(json) => {
             let mut h = CORS.to_vec();
             h.extend([JSON, GRPC_METADATA]);
-            out.whole(200, &h, &json).await
+            out.whole(200, &h, &json).await?;
+            Ok(Code::Ok)
         }
-        Err((status, from_grpc)) => send_error(out, &status, from_grpc).await,
+        Err((status, from_grpc)) => {
+            send_error(out, &status, from_grpc).await?;
+            Ok(status.code)
+        }
     }
 }
 
@@ -576,12 +611,13 @@ async fn send_error(out: &mut impl HttpOut, status: &Status, from_grpc: bool) ->
 }
 
 /// Serves a stream: successive JSON requests from the body, one JSON line per response.
+/// Returns the code it ended with.
 async fn stream<Req, Resp>(
     call: Call,
     input: &mut impl HttpIn,
     out: &mut impl HttpOut,
     ctx: &ShardCtx,
-) -> io::Result<()>
+) -> io::Result<Code>
 where
     Req: DeserializeOwned + Message + Default,
     Resp: Serialize + Message + Default,
@@ -594,13 +630,15 @@ where
         let status = Status::new(Code::Unknown, status.message);
         let mut h = CORS.to_vec();
         h.push(JSON);
-        return out.whole(500, &h, &error_json(&status)).await;
+        out.whole(500, &h, &error_json(&status)).await?;
+        return Ok(Code::Unknown);
     }
     source.peeked = Some(first);
     let mut sink = JsonSink::<_, Resp> {
         out,
         opened: false,
         broken: false,
+        code: Code::Canceled,
         _resp: PhantomData,
     };
     match call {
@@ -626,7 +664,7 @@ where
     if sink.broken {
         return Err(io::Error::other("client went away"));
     }
-    Ok(())
+    Ok(sink.code)
 }
 
 /// Successive JSON requests of a request body, as protobuf messages.
@@ -719,6 +757,8 @@ pub(crate) struct JsonSink<'a, O, M> {
     opened: bool,
     /// Writing failed: the connection is not usable any more.
     broken: bool,
+    /// The status the stream ended with (CANCELED until it ends otherwise).
+    code: Code,
     _resp: PhantomData<M>,
 }
 
@@ -756,6 +796,7 @@ impl<O: HttpOut, M: Serialize + Message + Default> Sink for JsonSink<'_, O, M> {
     }
 
     async fn finish(&mut self, status: Option<Status>) {
+        self.code = status.as_ref().map_or(Code::Ok, |s| s.code);
         let done = async {
             match status {
                 None if self.opened => self.out.end(&[]).await,

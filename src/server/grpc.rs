@@ -200,12 +200,13 @@ pub(crate) async fn handle(
         return;
     }
     let index = method_index(parts.uri.path());
+    let started = std::time::Instant::now();
     if let Some(i) = index {
         metrics::METRICS.grpc_started(i);
     }
     let code = serve_call(parts, body, respond, &ctx).await;
     if let Some(i) = index {
-        metrics::METRICS.grpc_handled(i, code);
+        metrics::METRICS.grpc_handled(i, code, started);
     }
 }
 

@@ -77,12 +77,48 @@ pub(crate) struct Metrics {
     /// `ferrocd_watch_pulls_total`: event pulls of watch streams from the owner shard.
     pub watch_pulls: Counter,
     pub quota_bytes: Gauge,
+    /// `ferrocd_watch_catchup_pulls_total`: watch reads older than the change ring (a watcher
+    /// catching up from the index); set from the store's count by the owner shard.
+    pub watch_catchups: AtomicU64,
+    /// `ferrocd_owner_requests_in_flight`: requests sent to the owner shard and not answered
+    /// yet (its queue, the batch being applied and the one in its fdatasync), one slot per
+    /// shard so that shards never write the same cache line.
+    owner_in_flight: Vec<Padded>,
     /// The member's id, for `etcd_server_id`.
     pub member_id: AtomicU64,
     grpc_started: Vec<AtomicU64>,
     grpc_handled: Vec<AtomicU64>,
+    /// `--metrics extensive`: per-method handling time histograms (cumulative bucket counts,
+    /// then the sum in microseconds), as go-grpc-prometheus's `grpc_server_handling_seconds`.
+    extensive: std::sync::atomic::AtomicBool,
+    handling: Vec<AtomicU64>,
     start_unix: AtomicI64,
 }
+
+/// Per-shard slots of the in-flight count (shards beyond share slots).
+const SHARD_SLOTS: usize = 64;
+
+/// An atomic alone on its cache line(s).
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicI64);
+
+thread_local! {
+    /// The shard this thread runs.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Records which shard the calling thread runs (for per-shard counters).
+pub(crate) fn set_shard(id: usize) {
+    SHARD.with(|s| s.set(id));
+}
+
+/// go-grpc-prometheus's default buckets, in seconds.
+const HANDLING_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Per method: one count per bucket, the +Inf count, the sum in microseconds.
+const HANDLING_SLOTS: usize = HANDLING_BUCKETS.len() + 2;
 
 /// The process's metrics.
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -114,9 +150,15 @@ impl Metrics {
             watchers: Gauge::default(),
             watch_pulls: Counter::default(),
             quota_bytes: Gauge::default(),
+            watch_catchups: AtomicU64::new(0),
+            owner_in_flight: (0..SHARD_SLOTS).map(|_| Padded::default()).collect(),
             member_id: AtomicU64::new(0),
             grpc_started: (0..METHODS.len()).map(|_| AtomicU64::new(0)).collect(),
             grpc_handled: (0..METHODS.len() * CODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            extensive: std::sync::atomic::AtomicBool::new(false),
+            handling: (0..METHODS.len() * HANDLING_SLOTS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             start_unix: AtomicI64::new(start),
@@ -128,10 +170,31 @@ impl Metrics {
         self.grpc_started[method].fetch_add(1, Relaxed);
     }
 
-    /// A call of `METHODS[method]` ended with `code`.
-    pub fn grpc_handled(&self, method: usize, code: Code) {
+    /// A call of `METHODS[method]` ended with `code`, `started` being when it began.
+    pub fn grpc_handled(&self, method: usize, code: Code, started: std::time::Instant) {
         let c = (code.as_i32() as usize).min(CODES.len() - 1);
         self.grpc_handled[method * CODES.len() + c].fetch_add(1, Relaxed);
+        if self.extensive.load(Relaxed) {
+            let took = started.elapsed();
+            let base = method * HANDLING_SLOTS;
+            let b = HANDLING_BUCKETS
+                .iter()
+                .position(|&le| took.as_secs_f64() <= le)
+                .unwrap_or(HANDLING_BUCKETS.len());
+            self.handling[base + b].fetch_add(1, Relaxed);
+            self.handling[base + HANDLING_SLOTS - 1].fetch_add(took.as_micros() as u64, Relaxed);
+        }
+    }
+
+    /// A request to the owner shard was sent (+1) or answered (-1), on this shard.
+    pub fn owner_in_flight(&self, delta: i64) {
+        let slot = SHARD.with(|s| s.get()) % SHARD_SLOTS;
+        self.owner_in_flight[slot].0.fetch_add(delta, Relaxed);
+    }
+
+    /// `--metrics extensive`: also time every call.
+    pub fn set_extensive(&self, on: bool) {
+        self.extensive.store(on, Relaxed);
     }
 }
 
@@ -356,6 +419,55 @@ impl Collector for Dynamic {
                 }
             }
         }
+        if m.extensive.load(Relaxed) {
+            let mut e = enc.encode_descriptor(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for (i, &(service, method, kind)) in METHODS.iter().enumerate() {
+                let base = i * HANDLING_SLOTS;
+                let counts: Vec<u64> = (0..=HANDLING_BUCKETS.len())
+                    .map(|b| m.handling[base + b].load(Relaxed))
+                    .collect();
+                let count: u64 = counts.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                let mut cumulative = 0;
+                let mut buckets = Vec::with_capacity(HANDLING_BUCKETS.len() + 1);
+                for (b, le) in HANDLING_BUCKETS.iter().chain([f64::MAX].iter()).enumerate() {
+                    cumulative += counts[b];
+                    buckets.push((*le, cumulative));
+                }
+                let sum = m.handling[base + HANDLING_SLOTS - 1].load(Relaxed) as f64 / 1e6;
+                let labels = [
+                    ("grpc_method", method),
+                    ("grpc_service", service),
+                    ("grpc_type", kind),
+                ];
+                e.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
+            }
+        }
+        gauge(
+            &mut enc,
+            "ferrocd_owner_requests_in_flight",
+            "Requests sent to the owner shard and not answered yet (queued, applying, or waiting for their fdatasync)",
+            m.owner_in_flight.iter().map(|p| p.0.load(Relaxed)).sum(),
+        )?;
+        {
+            let c = ConstCounter::new(m.watch_catchups.load(Relaxed));
+            c.encode(enc.encode_descriptor(
+                "ferrocd_watch_catchup_pulls",
+                "Watch reads of history older than the change ring, served by walking the index (watchers catching up)",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
         let p = process();
         counter(
             &mut enc,
@@ -444,7 +556,8 @@ mod tests {
     fn exposition_has_etcds_names_and_counts_calls() {
         let range = METHODS.iter().position(|&(_, m, _)| m == "Range").unwrap();
         METRICS.grpc_started(range);
-        METRICS.grpc_handled(range, Code::OutOfRange);
+        METRICS.set_extensive(true);
+        METRICS.grpc_handled(range, Code::OutOfRange, std::time::Instant::now());
         METRICS.wal_fsync.observe(0.0015);
         let text = render();
         for line in [
@@ -454,6 +567,7 @@ mod tests {
             "# TYPE etcd_server_proposals_committed_total counter",
             "grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} ",
             "process_resident_memory_bytes ",
+            "grpc_server_handling_seconds_bucket{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\",le=\"0.005\"} ",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

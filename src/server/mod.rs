@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub metrics_addrs: Vec<SocketAddr>,
     /// `--enable-grpc-gateway`.
     pub gateway: bool,
+    /// `--metrics extensive`.
+    pub metrics_extensive: bool,
     pub shards: usize,
     /// `--max-request-bytes`.
     pub max_request_bytes: usize,
@@ -81,6 +83,7 @@ pub(crate) struct ShardCtx {
 /// nothing is acknowledged before it is durable, so SIGTERM's (or SIGKILL's) default action
 /// is a correct shutdown.
 pub fn run(opts: ServerOptions) -> std::io::Result<()> {
+    metrics::METRICS.set_extensive(opts.metrics_extensive);
     let shards = opts.shards.max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::with_capacity(shards);
@@ -97,6 +100,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
+                metrics::set_shard(id);
                 let state_opts = shard::StateOptions {
                     kv: opts.kv.clone(),
                     log_dir: opts.log_dir.clone(),

@@ -588,6 +588,10 @@ async fn run_batch(
         };
         tx.send(answer).await;
     }
+    METRICS.watch_catchups.store(
+        state.store().index_walks(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if logged > 0 {
         METRICS.proposals_applied.inc_by(logged);
         METRICS.keys_total.set(state.store().keys_indexed() as i64);
@@ -638,6 +642,13 @@ impl Owner {
 
     /// Executes `req` on the owner shard.
     pub async fn call(&self, req: Request) -> Answer {
+        METRICS.owner_in_flight(1);
+        let answer = self.call_uncounted(req).await;
+        METRICS.owner_in_flight(-1);
+        answer
+    }
+
+    async fn call_uncounted(&self, req: Request) -> Answer {
         let (tx, rx) = local_channel::new_bounded(1);
         match self {
             Owner::Local(queue) => {
