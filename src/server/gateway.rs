@@ -410,9 +410,7 @@ async fn unary(
         let grpc = |s: Status| (s, true);
         Ok(match call {
             Call::Unary(grpc_path) => {
-                let msg = json_to_proto(grpc_path, &body).map_err(json)?;
-                let req =
-                    grpc::decode_request(grpc_path, msg, ctx.max_request_bytes).map_err(grpc)?;
+                let req = unary_request(grpc_path, &body, ctx.max_request_bytes)?;
                 let resp = ctx.owner.call(req).await.map_err(|e| grpc(e.into()))?;
                 response_json(&resp)
             }
@@ -472,6 +470,59 @@ async fn unary(
             Ok(status.code)
         }
     }
+}
+
+/// A unary call's JSON body as the request the gRPC call would make; the error says whether it
+/// came from the gRPC decoding (true) or from the JSON itself.
+fn unary_request(
+    grpc_path: &str,
+    body: &[u8],
+    max_request_bytes: usize,
+) -> Result<kv::Request, (Status, bool)> {
+    let msg = json_to_proto(grpc_path, body)
+        .map_err(|e| (Status::new(Code::InvalidArgument, e.to_string()), false))?;
+    grpc::decode_request(grpc_path, msg, max_request_bytes).map_err(|s| (s, true))
+}
+
+/// What the gateway makes of a request body sent to `path` (for fuzzing): the request a unary
+/// call executes (None for the other calls, whose body is only parsed), or the error the
+/// client gets. Never panics.
+pub fn decode_gateway_request(
+    path: &str,
+    body: &[u8],
+    max_request_bytes: usize,
+) -> Result<Option<kv::Request>, Status> {
+    let json = |e: serde_json::Error| Status::new(Code::InvalidArgument, e.to_string());
+    match route(path) {
+        None => Err(Status::new(Code::NotFound, "Not Found")),
+        Some(Call::Unary(p)) => unary_request(p, body, max_request_bytes)
+            .map(Some)
+            .map_err(|(s, _)| s),
+        Some(Call::Watch) => parse::<pb::WatchRequest>(body).map(|_| None).map_err(json),
+        Some(Call::KeepAlive) => parse::<pb::LeaseKeepAliveRequest>(body)
+            .map(|_| None)
+            .map_err(json),
+        Some(Call::Snapshot) => parse::<pb::SnapshotRequest>(body)
+            .map(|_| None)
+            .map_err(json),
+        Some(Call::Observe | Call::Leader) => {
+            parse::<el::LeaderRequest>(body).map(|_| None).map_err(json)
+        }
+        Some(Call::Lock) => parse::<lk::LockRequest>(body).map(|_| None).map_err(json),
+        Some(Call::Unlock) => parse::<lk::UnlockRequest>(body).map(|_| None).map_err(json),
+        Some(Call::Campaign) => parse::<el::CampaignRequest>(body)
+            .map(|_| None)
+            .map_err(json),
+        Some(Call::Proclaim) => parse::<el::ProclaimRequest>(body)
+            .map(|_| None)
+            .map_err(json),
+        Some(Call::Resign) => parse::<el::ResignRequest>(body).map(|_| None).map_err(json),
+    }
+}
+
+/// The gateway's paths (for fuzzing every one).
+pub fn gateway_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(p, _)| *p)
 }
 
 /// An empty body is an empty request, as Go's gateway decodes it; after the first JSON value

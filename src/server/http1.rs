@@ -347,4 +347,12 @@ mod tests {
         assert!(looks_like_request(b"POST"));
         assert!(!looks_like_request(b"PRI "));
     }
+
+    proptest::proptest! {
+        /// Whatever arrives as a request head, parsing answers or refuses; never panics.
+        #[test]
+        fn any_head_parses_or_is_refused(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_head(&raw);
+        }
+    }
 }

@@ -19,6 +19,7 @@ mod stream;
 pub mod tls;
 mod watch;
 
+pub use gateway::{decode_gateway_request, gateway_paths};
 pub use snapshot::SNAPSHOT_MAGIC;
 
 pub use grpc::{
