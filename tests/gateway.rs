@@ -151,14 +151,22 @@ const STEPS: &[(&str, &str, &str, bool)] = &[
     ("GET", "/nope", "", true),
 ];
 
-#[test]
-fn the_json_gateway_answers_as_etcds() {
-    if !etcd_tools_or_skip("the_json_gateway_answers_as_etcds") {
-        return;
+/// etcd and ferrocd side by side (the same peer URL gives both the same member and cluster
+/// ids); None when etcd is not installed, outside CI.
+fn etcd_and_ferrocd(test: &str) -> Option<(Server, Server)> {
+    if !etcd_tools_or_skip(test) {
+        return None;
     }
-    // The same peer URL gives both the same member and cluster ids.
     let etcd = Server::etcd(&[]);
     let ferrocd = Server::ferrocd_with_peer_port(etcd.peer_port, &[]);
+    Some((etcd, ferrocd))
+}
+
+#[test]
+fn the_json_gateway_answers_as_etcds() {
+    let Some((etcd, ferrocd)) = etcd_and_ferrocd("the_json_gateway_answers_as_etcds") else {
+        return;
+    };
     let mut differences = Vec::new();
     for (i, (method, path, body, message_matters)) in STEPS.iter().enumerate() {
         let e = answer(etcd.client_port, method, path, body, *message_matters);
@@ -213,11 +221,9 @@ fn stream_lines(text: &str) -> Vec<String> {
 
 #[test]
 fn gateway_streams_through_curl_match_etcds() {
-    if !etcd_tools_or_skip("gateway_streams_through_curl_match_etcds") {
+    let Some((etcd, ferrocd)) = etcd_and_ferrocd("gateway_streams_through_curl_match_etcds") else {
         return;
-    }
-    let etcd = Server::etcd(&[]);
-    let ferrocd = Server::ferrocd_with_peer_port(etcd.peer_port, &[]);
+    };
     let run = |s: &Server| {
         let url = |p: &str| format!("{}{p}", s.url());
         for body in [

@@ -300,46 +300,45 @@ fn tls_client_urls_behave_as_etcds() {
     assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
 }
 
+/// What ferrocd prints when it refuses to start with these flags (on an https URL).
+fn refused_start(dir: &Path, flags: &[String]) -> String {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let data = dir.join("data").display().to_string();
+    let mut args = vec![
+        "--data-dir".to_string(),
+        data,
+        "--listen-client-urls".into(),
+        url.clone(),
+        "--advertise-client-urls".into(),
+        url,
+    ];
+    args.extend_from_slice(flags);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {flags:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_tls_files_are_named_at_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("empty.crt"), "").unwrap();
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let port = free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
-        .args([
-            "--data-dir",
-            &p("data"),
-            "--listen-client-urls",
-            &format!("https://127.0.0.1:{port}"),
-            "--advertise-client-urls",
-            &format!("https://127.0.0.1:{port}"),
-            "--cert-file",
-            &p("empty.crt"),
-            "--key-file",
-            &p("missing.key"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let flags = [
+        "--cert-file".to_string(),
+        p("empty.crt"),
+        "--key-file".into(),
+        p("missing.key"),
+    ];
+    let stderr = refused_start(dir.path(), &flags);
     assert!(
         stderr.contains("empty.crt") && stderr.contains("no PEM certificate"),
         "{stderr}"
     );
     // An https URL without a certificate is refused, naming what is missing.
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
-        .args([
-            "--data-dir",
-            &p("data"),
-            "--listen-client-urls",
-            &format!("https://127.0.0.1:{port}"),
-            "--advertise-client-urls",
-            &format!("https://127.0.0.1:{port}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(dir.path(), &[]);
     assert!(stderr.contains("--cert-file"), "{stderr}");
 }

@@ -54,6 +54,11 @@ fn read(arg: &str) -> Result<(Kind, Series), String> {
     Ok((kind, Series { name, points }))
 }
 
+/// The largest x and y of `points`, at least `floor`.
+fn maxima(points: impl Iterator<Item = (f64, f64)>, floor: (f64, f64)) -> (f64, f64) {
+    points.fold(floor, |(x, y), p| (x.max(p.0), y.max(p.1)))
+}
+
 /// Writes the plot of `files` to `out` (SVG).
 pub fn plot(out: &str, title: &str, files: &[String]) -> Result<(), String> {
     let mut all = Vec::new();
@@ -81,16 +86,7 @@ pub fn plot(out: &str, title: &str, files: &[String]) -> Result<(), String> {
                     .map(|p| (1.0 / (1.0 - p[1]), p[0]))
                     .collect()
             };
-            let max_x = series
-                .iter()
-                .flat_map(|s| pts(s))
-                .map(|p| p.0)
-                .fold(10.0, f64::max);
-            let max_y = series
-                .iter()
-                .flat_map(|s| pts(s))
-                .map(|p| p.1)
-                .fold(0.001, f64::max);
+            let (max_x, max_y) = maxima(series.iter().flat_map(|s| pts(s)), (10.0, 0.001));
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 20))
                 .margin(15)
@@ -130,16 +126,7 @@ pub fn plot(out: &str, title: &str, files: &[String]) -> Result<(), String> {
                     .map(|p| (p[1], p[c]))
                     .collect()
             };
-            let max_x = series
-                .iter()
-                .flat_map(|s| col(s, 3))
-                .map(|p| p.0)
-                .fold(1.0, f64::max);
-            let max_y = series
-                .iter()
-                .flat_map(|s| col(s, 3))
-                .map(|p| p.1)
-                .fold(0.001, f64::max);
+            let (max_x, max_y) = maxima(series.iter().flat_map(|s| col(s, 3)), (1.0, 0.001));
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 20))
                 .margin(15)

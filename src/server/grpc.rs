@@ -18,9 +18,9 @@ use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::proto::etcdserverpb as pb;
 
-/// The unary methods served today.
+/// The methods served today.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Method {
+pub(super) enum Method {
     Range,
     Put,
     DeleteRange,
@@ -125,7 +125,8 @@ pub(crate) fn method_index(path: &str) -> Option<usize> {
         .position(|&(s, m, _)| s == service && m == method)
 }
 
-fn route(path: &str) -> Result<Method, Status> {
+/// The method of a gRPC path; UNIMPLEMENTED (with grpc-go's wording) for one not served.
+pub(super) fn route(path: &str) -> Result<Method, Status> {
     let unimplemented = |m: String| Err(Status::new(Code::Unimplemented, m));
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return unimplemented(format!("malformed method name: {path:?}"));
