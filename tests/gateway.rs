@@ -554,3 +554,96 @@ fn metrics_urls_serve_metrics_and_health_only_and_the_gateway_can_be_turned_off(
         Some(404)
     );
 }
+
+/// HTTP/1.1 details the gateway's clients use: a chunked request body, `Expect:
+/// 100-continue`, several requests on one kept-alive connection, and a watch whose requests
+/// come one chunk at a time while its answers stream back.
+#[test]
+fn http1_chunked_bodies_continue_keep_alive_and_streamed_requests() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let server = Server::ferrocd(&[]);
+    let url = |p: &str| format!("{}{p}", server.url());
+    // Chunked body and Expect: 100-continue, through curl.
+    let (code, out) = curl(&[
+        "-s",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Expect: 100-continue",
+        "-X",
+        "POST",
+        &url("/v3/kv/put"),
+        "-d",
+        r#"{"key":"Yw==","value":"dg=="}"#,
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains(r#""revision":"2""#), "{out}");
+    // Two requests on one connection (curl reuses it), the second seeing the first.
+    let (_, out) = curl(&[
+        "-s",
+        "-v",
+        "-X",
+        "POST",
+        &url("/v3/kv/range"),
+        "-d",
+        r#"{"key":"Yw=="}"#,
+        "--next",
+        "-X",
+        "POST",
+        &url("/v3/kv/range"),
+        "-d",
+        r#"{"key":"Yw==","count_only":true}"#,
+    ]);
+    assert!(
+        out.contains(r#""value":"dg==""#) && out.contains(r#""count":"1""#),
+        "{out}"
+    );
+    // A watch fed one chunk at a time on a raw connection.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.client_port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "POST /v3/watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = |s: &mut std::net::TcpStream, body: &str| {
+        write!(s, "{:x}\r\n{body}\r\n", body.len()).unwrap();
+    };
+    chunk(
+        &mut s,
+        r#"{"create_request":{"key":"Yw==","start_revision":"2"}}"#,
+    );
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        head.push_str(&line);
+    }
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK") && head.contains("chunked"),
+        "{head}"
+    );
+    // The answers, de-chunked, until `want` lines of JSON arrived.
+    let mut lines: Vec<String> = Vec::new();
+    let mut read_lines = |r: &mut BufReader<std::net::TcpStream>, want: usize| {
+        while lines.len() < want {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut data = vec![0u8; n + 2];
+            r.read_exact(&mut data).unwrap();
+            let text = String::from_utf8_lossy(&data[..n]).into_owned();
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines.clone()
+    };
+    let got = read_lines(&mut r, 2);
+    assert!(got[0].contains(r#""created":true"#), "{got:?}");
+    assert!(got[1].contains(r#""value":"dg==""#), "{got:?}");
+    // A second request on the same body: cancel the watcher (id 0).
+    chunk(&mut s, r#"{"cancel_request":{"watch_id":"0"}}"#);
+    let got = read_lines(&mut r, 3);
+    assert!(got[2].contains(r#""canceled":true"#), "{got:?}");
+}

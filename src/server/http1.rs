@@ -133,18 +133,26 @@ async fn refuse(wr: &mut (impl AsyncWrite + Unpin), status: &str) -> io::Result<
     wr.flush().await
 }
 
-/// Reads more of the connection into `buf`; false at its end.
+/// Reads more of the connection into `buf`; false at its end. Cancellation-safe: a read
+/// dropped before it completes (a stream's request source races the stream's other wake-ups)
+/// leaves `buf` as it was.
 async fn fill(rd: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<bool> {
+    /// Cuts `buf` back to `keep` bytes when dropped: the room made for a read that did not
+    /// complete is not taken for data.
+    struct Room<'a> {
+        buf: &'a mut BytesMut,
+        keep: usize,
+    }
+    impl Drop for Room<'_> {
+        fn drop(&mut self) {
+            self.buf.truncate(self.keep);
+        }
+    }
     let len = buf.len();
     buf.resize(len + READ_BYTES, 0);
-    let n = match rd.read(&mut buf[len..]).await {
-        Ok(n) => n,
-        Err(e) => {
-            buf.truncate(len);
-            return Err(e);
-        }
-    };
-    buf.truncate(len + n);
+    let mut room = Room { buf, keep: len };
+    let n = rd.read(&mut room.buf[len..]).await?;
+    room.keep = len + n;
     Ok(n > 0)
 }
 
