@@ -188,13 +188,8 @@ pub(crate) async fn serve(
     match path {
         "/health" | "/livez" | "/readyz" | "/metrics" | "/version" => {
             if method != "GET" {
-                let mut h = CORS.to_vec();
-                h.extend([
-                    ("Allow", "GET"),
-                    TEXT,
-                    ("X-Content-Type-Options", "nosniff"),
-                ]);
-                return out.whole(405, &h, b"Method Not Allowed\n").await;
+                let allow = [("Allow", "GET")];
+                return plain(out, 405, &allow, b"Method Not Allowed\n").await;
             }
             drain(input, 0).await?;
             let (status, content_type, body) = match path {
@@ -218,18 +213,14 @@ pub(crate) async fn serve(
         } else {
             b"404 page not found\n"
         };
-        let mut h = CORS.to_vec();
-        h.extend([TEXT, ("X-Content-Type-Options", "nosniff")]);
-        return out.whole(404, &h, body).await;
+        return plain(out, 404, &[], body).await;
     };
     if method != "POST" {
-        let mut h = CORS.to_vec();
-        h.extend([TEXT, ("X-Content-Type-Options", "nosniff")]);
-        return out.whole(405, &h, b"Method Not Allowed\n").await;
+        return plain(out, 405, &[], b"Method Not Allowed\n").await;
     }
     // Counted as gRPC calls, as etcd's gateway (a gRPC client of its own server) is.
     let index = grpc::method_index(grpc_path);
-    let started = std::time::Instant::now();
+    let started = metrics::METRICS.clock();
     if let Some(i) = index {
         metrics::METRICS.grpc_started(i);
     }
@@ -254,6 +245,19 @@ pub(crate) async fn serve(
         metrics::METRICS.grpc_handled(i, code, started);
     }
     Ok(())
+}
+
+/// A plain-text answer (Go's `http.Error`: 404, 405), with `extra` headers.
+async fn plain(
+    out: &mut impl HttpOut,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
+    let mut h = CORS.to_vec();
+    h.extend_from_slice(extra);
+    h.extend([TEXT, ("X-Content-Type-Options", "nosniff")]);
+    out.whole(status, &h, body).await
 }
 
 /// Reads and drops a request body, up to `limit` bytes (0: any length is dropped).
@@ -304,50 +308,43 @@ async fn unary(
         Status::new(Code::Canceled, "context canceled")
     };
     let answer: Result<Vec<u8>, (Status, bool)> = async {
-        let json =
-            |e: serde_json::Error| (Status::new(Code::InvalidArgument, e.to_string()), false);
+        let msg = json_to_proto(method, &body)
+            .map_err(|e| (Status::new(Code::InvalidArgument, e.to_string()), false))?;
         let grpc = |s: Status| (s, true);
         Ok(match method {
             Some(Method::Lock) => to_json(
-                &recipes::lock(
-                    ctx,
-                    parse::<lk::LockRequest>(&body).map_err(json)?,
-                    canceled,
-                )
-                .await
-                .map_err(grpc)?,
+                &recipes::lock(ctx, decode_msg(msg).map_err(grpc)?, canceled)
+                    .await
+                    .map_err(grpc)?,
             ),
             Some(Method::Unlock) => to_json(
-                &recipes::unlock(ctx, parse::<lk::UnlockRequest>(&body).map_err(json)?)
+                &recipes::unlock(ctx, decode_msg(msg).map_err(grpc)?)
                     .await
                     .map_err(grpc)?,
             ),
             Some(Method::Campaign) => to_json(
-                &recipes::campaign(
-                    ctx,
-                    parse::<el::CampaignRequest>(&body).map_err(json)?,
-                    canceled,
-                )
-                .await
-                .map_err(grpc)?,
+                &recipes::campaign(ctx, decode_msg(msg).map_err(grpc)?, canceled)
+                    .await
+                    .map_err(grpc)?,
             ),
             Some(Method::Proclaim) => to_json(
-                &recipes::proclaim(ctx, parse::<el::ProclaimRequest>(&body).map_err(json)?)
+                &recipes::proclaim(ctx, decode_msg(msg).map_err(grpc)?)
                     .await
                     .map_err(grpc)?,
             ),
             Some(Method::Leader) => to_json(
-                &recipes::leader(ctx, parse::<el::LeaderRequest>(&body).map_err(json)?)
+                &recipes::leader(ctx, decode_msg(msg).map_err(grpc)?)
                     .await
                     .map_err(grpc)?,
             ),
             Some(Method::Resign) => to_json(
-                &recipes::resign(ctx, parse::<el::ResignRequest>(&body).map_err(json)?)
+                &recipes::resign(ctx, decode_msg(msg).map_err(grpc)?)
                     .await
                     .map_err(grpc)?,
             ),
             _ => {
-                let req = unary_request(grpc_path, &body, ctx.max_request_bytes)?;
+                let req =
+                    grpc::decode_request(grpc_path, msg, ctx.max_request_bytes).map_err(grpc)?;
                 let resp = ctx.owner.call(req).await.map_err(|e| grpc(e.into()))?;
                 response_json(&resp)
             }
@@ -368,47 +365,24 @@ async fn unary(
     }
 }
 
-/// A unary call's JSON body as the request the gRPC call would make; the error says whether it
-/// came from the gRPC decoding (true) or from the JSON itself.
-fn unary_request(
-    grpc_path: &str,
-    body: &[u8],
-    max_request_bytes: usize,
-) -> Result<kv::Request, (Status, bool)> {
-    let msg = json_to_proto(grpc_path, body)
-        .map_err(|e| (Status::new(Code::InvalidArgument, e.to_string()), false))?;
-    grpc::decode_request(grpc_path, msg, max_request_bytes).map_err(|s| (s, true))
-}
-
-/// What the gateway makes of a request body sent to `path` (for fuzzing): the request a unary
-/// call executes (None for the other calls, whose body is only parsed), or the error the
-/// client gets. Never panics.
+/// What the gateway makes of a request body sent to `path` (for fuzzing): the request a call
+/// served by the state executes (None for streams and recipes, whose body is only decoded),
+/// or the error the client gets. Never panics.
 pub fn decode_gateway_request(
     path: &str,
     body: &[u8],
     max_request_bytes: usize,
 ) -> Result<Option<kv::Request>, Status> {
-    let json = |e: serde_json::Error| Status::new(Code::InvalidArgument, e.to_string());
     let Some(grpc_path) = route(path) else {
         return Err(Status::new(Code::NotFound, "Not Found"));
     };
-    let parsed = match grpc::route(grpc_path) {
-        Ok(Method::Watch) => parse::<pb::WatchRequest>(body).map(drop),
-        Ok(Method::LeaseKeepAlive) => parse::<pb::LeaseKeepAliveRequest>(body).map(drop),
-        Ok(Method::Snapshot) => parse::<pb::SnapshotRequest>(body).map(drop),
-        Ok(Method::Observe | Method::Leader) => parse::<el::LeaderRequest>(body).map(drop),
-        Ok(Method::Lock) => parse::<lk::LockRequest>(body).map(drop),
-        Ok(Method::Unlock) => parse::<lk::UnlockRequest>(body).map(drop),
-        Ok(Method::Campaign) => parse::<el::CampaignRequest>(body).map(drop),
-        Ok(Method::Proclaim) => parse::<el::ProclaimRequest>(body).map(drop),
-        Ok(Method::Resign) => parse::<el::ResignRequest>(body).map(drop),
-        _ => {
-            return unary_request(grpc_path, body, max_request_bytes)
-                .map(Some)
-                .map_err(|(s, _)| s)
-        }
-    };
-    parsed.map(|()| None).map_err(json)
+    let method = grpc::route(grpc_path).ok();
+    let msg = json_to_proto(method, body)
+        .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+    if !is_state_call(method) {
+        return Ok(None);
+    }
+    grpc::decode_request(grpc_path, msg, max_request_bytes).map(Some)
 }
 
 /// The gateway's paths (for fuzzing every one).
@@ -430,26 +404,57 @@ fn proto<M: DeserializeOwned + Default + Message>(body: &[u8]) -> Result<Bytes, 
     parse::<M>(body).map(|m| Bytes::from(m.encode_to_vec()))
 }
 
-/// The JSON of a unary request, as the protobuf message the gRPC method takes.
-fn json_to_proto(grpc_path: &str, body: &[u8]) -> Result<Bytes, serde_json::Error> {
-    let method = grpc_path.rsplit('/').next().unwrap_or("");
+/// The JSON body of a call of `method` as the protobuf message a gRPC client would send (for a
+/// stream, its first request). None: a method not served yet, whose body must still be JSON
+/// (the call then answers UNIMPLEMENTED, as over gRPC).
+fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_json::Error> {
+    let Some(method) = method else {
+        return parse::<serde_json::Value>(body).map(|_| Bytes::new());
+    };
     match method {
-        "Range" => proto::<pb::RangeRequest>(body),
-        "Put" => proto::<pb::PutRequest>(body),
-        "DeleteRange" => proto::<pb::DeleteRangeRequest>(body),
-        "Txn" => proto::<pb::TxnRequest>(body),
-        "Compact" => proto::<pb::CompactionRequest>(body),
-        "LeaseGrant" => proto::<pb::LeaseGrantRequest>(body),
-        "LeaseRevoke" => proto::<pb::LeaseRevokeRequest>(body),
-        "LeaseTimeToLive" => proto::<pb::LeaseTimeToLiveRequest>(body),
-        "LeaseLeases" => proto::<pb::LeaseLeasesRequest>(body),
-        "MemberList" => proto::<pb::MemberListRequest>(body),
-        "Alarm" => proto::<pb::AlarmRequest>(body),
-        "Status" => proto::<pb::StatusRequest>(body),
-        // Methods not served yet: the body must still be JSON; the call then answers
-        // UNIMPLEMENTED as over gRPC.
-        _ => parse::<serde_json::Value>(body).map(|_| Bytes::new()),
+        Method::Range => proto::<pb::RangeRequest>(body),
+        Method::Put => proto::<pb::PutRequest>(body),
+        Method::DeleteRange => proto::<pb::DeleteRangeRequest>(body),
+        Method::Txn => proto::<pb::TxnRequest>(body),
+        Method::Compact => proto::<pb::CompactionRequest>(body),
+        Method::Status => proto::<pb::StatusRequest>(body),
+        Method::Alarm => proto::<pb::AlarmRequest>(body),
+        Method::MemberList => proto::<pb::MemberListRequest>(body),
+        Method::LeaseGrant => proto::<pb::LeaseGrantRequest>(body),
+        Method::LeaseRevoke => proto::<pb::LeaseRevokeRequest>(body),
+        Method::LeaseTimeToLive => proto::<pb::LeaseTimeToLiveRequest>(body),
+        Method::LeaseLeases => proto::<pb::LeaseLeasesRequest>(body),
+        Method::Snapshot => proto::<pb::SnapshotRequest>(body),
+        Method::Watch => proto::<pb::WatchRequest>(body),
+        Method::LeaseKeepAlive => proto::<pb::LeaseKeepAliveRequest>(body),
+        Method::Lock => proto::<lk::LockRequest>(body),
+        Method::Unlock => proto::<lk::UnlockRequest>(body),
+        Method::Campaign => proto::<el::CampaignRequest>(body),
+        Method::Proclaim => proto::<el::ProclaimRequest>(body),
+        Method::Leader | Method::Observe => proto::<el::LeaderRequest>(body),
+        Method::Resign => proto::<el::ResignRequest>(body),
     }
+}
+
+/// Whether `method` is served by the state's request handlers (`grpc::decode_request`), rather
+/// than as a stream or a lock/election recipe. A method not served yet goes there too, to be
+/// refused as over gRPC.
+fn is_state_call(method: Option<Method>) -> bool {
+    !matches!(
+        method,
+        Some(
+            Method::Snapshot
+                | Method::Watch
+                | Method::LeaseKeepAlive
+                | Method::Lock
+                | Method::Unlock
+                | Method::Campaign
+                | Method::Proclaim
+                | Method::Leader
+                | Method::Resign
+                | Method::Observe
+        )
+    )
 }
 
 fn to_json<M: Serialize>(m: &M) -> Vec<u8> {
@@ -934,8 +939,9 @@ mod tests {
         assert_eq!(&r.key[..], b"foo");
         assert!(parse::<pb::RangeRequest>(br#"{"key":"#).is_err());
         assert!(parse::<pb::RangeRequest>(b"[1,2]").is_err());
-        assert!(json_to_proto("/etcdserverpb.Auth/AuthEnable", b"{").is_err());
-        assert!(json_to_proto("/etcdserverpb.Auth/AuthEnable", b"{}").is_ok());
+        let auth_enable = grpc::route("/etcdserverpb.Auth/AuthEnable").ok();
+        assert!(json_to_proto(auth_enable, b"{").is_err());
+        assert!(json_to_proto(auth_enable, b"{}").is_ok());
     }
 
     #[test]

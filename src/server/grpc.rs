@@ -201,7 +201,7 @@ pub(crate) async fn handle(
         return;
     }
     let index = method_index(parts.uri.path());
-    let started = std::time::Instant::now();
+    let started = metrics::METRICS.clock();
     if let Some(i) = index {
         metrics::METRICS.grpc_started(i);
     }

@@ -170,11 +170,17 @@ impl Metrics {
         self.grpc_started[method].fetch_add(1, Relaxed);
     }
 
-    /// A call of `METHODS[method]` ended with `code`, `started` being when it began.
-    pub fn grpc_handled(&self, method: usize, code: Code, started: std::time::Instant) {
+    /// When a call begins: the time, only if calls are timed (`--metrics extensive`), so that
+    /// the common case reads no clock.
+    pub fn clock(&self) -> Option<std::time::Instant> {
+        self.extensive.load(Relaxed).then(std::time::Instant::now)
+    }
+
+    /// A call of `METHODS[method]` ended with `code`; `started` is its [`Metrics::clock`].
+    pub fn grpc_handled(&self, method: usize, code: Code, started: Option<std::time::Instant>) {
         let c = (code.as_i32() as usize).min(CODES.len() - 1);
         self.grpc_handled[method * CODES.len() + c].fetch_add(1, Relaxed);
-        if self.extensive.load(Relaxed) {
+        if let Some(started) = started {
             let took = started.elapsed();
             let base = method * HANDLING_SLOTS;
             let b = HANDLING_BUCKETS
@@ -557,7 +563,7 @@ mod tests {
         let range = METHODS.iter().position(|&(_, m, _)| m == "Range").unwrap();
         METRICS.grpc_started(range);
         METRICS.set_extensive(true);
-        METRICS.grpc_handled(range, Code::OutOfRange, std::time::Instant::now());
+        METRICS.grpc_handled(range, Code::OutOfRange, METRICS.clock());
         METRICS.wal_fsync.observe(0.0015);
         let text = render();
         for line in [

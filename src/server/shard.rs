@@ -230,7 +230,8 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
     }
     state.values_mut().set_disk_bytes(rec.log.disk_bytes());
     state.set_db_used(rec.log.used_bytes());
-    set_sizes(&state, &rec.log);
+    set_sizes(&rec.log);
+    METRICS.keys_total.set(state.store().keys_indexed() as i64);
     tracing::info!(
         records,
         revision = state.store().rev(),
@@ -454,11 +455,10 @@ fn count(req: &Request) {
     };
 }
 
-/// The database's sizes and keys, for the metrics.
-fn set_sizes(state: &KvState, log: &Log) {
+/// The database's sizes, for the metrics.
+fn set_sizes(log: &Log) {
     METRICS.db_total_size.set(log.disk_bytes() as i64);
     METRICS.db_in_use.set(log.used_bytes() as i64);
-    METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
 
 /// Answers a read against the current (durable) state.
@@ -555,7 +555,7 @@ async fn run_batch(
             }
             state.values_mut().set_disk_bytes(log.disk_bytes());
             state.set_db_used(log.used_bytes());
-            set_sizes(state, log);
+            set_sizes(log);
             let after = log.stats();
             METRICS
                 .backend_commit
