@@ -438,8 +438,9 @@ enum Step {
 
 /// A request that only reads the state (and so may be answered before a batch's fdatasync).
 /// A lease check (`LeaseExpire`) is not: it may turn into revocations.
-/// Nor is an alarm request: it may raise or disarm NOSPACE, which must take effect in arrival
-/// order with the writes around it.
+/// Nor is listing alarms: the quota check raises NOSPACE while a batch is gathered, before that
+/// alarm's record is durable, so a listing waits for the batch like the writes around it
+/// (raising and disarming are writes).
 fn is_read(req: &Request) -> bool {
     !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_) | Request::Alarm(_))
 }
