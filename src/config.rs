@@ -51,8 +51,6 @@ const BOOL_FLAGS: &[&str] = &[
 pub const NOT_IMPLEMENTED: &[&str] = &[
     "wal-dir",
     "snapshot-count",
-    "heartbeat-interval",
-    "election-timeout",
     "initial-election-tick-advance",
     "max-snapshots",
     "max-wals",
@@ -122,6 +120,9 @@ struct Raw {
     initial_cluster: Option<String>,
     initial_cluster_token: Option<String>,
     initial_cluster_state: Option<String>,
+    /// Milliseconds (etcd's units).
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
     max_request_bytes: Option<u64>,
     max_txn_ops: Option<u64>,
     log_level: Option<String>,
@@ -221,6 +222,9 @@ pub struct Config {
     pub initial_cluster: BTreeMap<String, Vec<String>>,
     pub initial_cluster_token: String,
     pub initial_cluster_state: String,
+    /// `--heartbeat-interval` and `--election-timeout`, in milliseconds.
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub log_level: String,
@@ -268,6 +272,8 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --initial-cluster NAME=URL,...     initial cluster configuration (default \"default=http://localhost:2380\")
   --initial-cluster-token TOKEN      initial cluster token (default \"etcd-cluster\")
   --initial-cluster-state STATE      new or existing (default \"new\")
+  --heartbeat-interval MS            time between leader heartbeats (default 100)
+  --election-timeout MS              time before a follower without a leader campaigns (default 1000)
   --max-request-bytes N              largest client request accepted (default 1572864)
   --max-txn-ops N                    most operations in one txn (default 128)
   --log-level LEVEL                  debug, info, warn or error (default info)
@@ -449,8 +455,21 @@ impl Config {
         if state == "existing" {
             return err("initial-cluster-state existing (joining a cluster) is recognised but not implemented yet");
         }
-        if initial_cluster.len() > 1 {
-            return err("an initial-cluster of several members needs Raft, which is recognised but not implemented yet");
+        let heartbeat_ms = raw.heartbeat_interval.unwrap_or(100);
+        let election_ms = raw.election_timeout.unwrap_or(1000);
+        // etcd's checks, with its messages.
+        if heartbeat_ms == 0 {
+            return err("--heartbeat-interval must be at least 1 (milliseconds)");
+        }
+        if election_ms < 5 * heartbeat_ms {
+            return err(format!(
+                "--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]"
+            ));
+        }
+        if election_ms > 50_000 {
+            return err(format!(
+                "--election-timeout[{election_ms}ms] is too long, and should be set less than 50000ms"
+            ));
         }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&log_level.as_str()) {
@@ -486,6 +505,8 @@ impl Config {
                 .initial_cluster_token
                 .unwrap_or_else(|| "etcd-cluster".into()),
             initial_cluster_state: state,
+            heartbeat_ms,
+            election_ms,
             max_request_bytes: raw
                 .max_request_bytes
                 .map_or(MAX_REQUEST_BYTES_DEFAULT, |v| v as usize),
@@ -588,6 +609,20 @@ impl Config {
             &self.initial_cluster[&self.name],
             &self.initial_cluster_token,
         )
+    }
+
+    /// Every member of the initial cluster: id, name, peer URLs (sorted by name).
+    pub fn members(&self) -> Vec<(u64, String, Vec<String>)> {
+        self.initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                (
+                    member_id(urls, &self.initial_cluster_token),
+                    name.clone(),
+                    urls.clone(),
+                )
+            })
+            .collect()
     }
 
     /// The cluster id, as etcd: SHA-1 over the sorted member ids (big endian).

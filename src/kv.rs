@@ -149,6 +149,21 @@ pub struct KvState {
     db_used: Option<u64>,
     /// Alarms the quota check raised that are not logged yet ([`KvState::take_raised`]).
     raised: Vec<pb::AlarmMember>,
+    /// Raft's view, on a member of a cluster.
+    raft: Option<RaftInfo>,
+    members: Option<Vec<pb::Member>>,
+    /// Whether this member decides lease expiry (a follower renews any existing lease).
+    lease_authority: bool,
+}
+
+/// Raft's view of the member ([`KvState::set_raft`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaftInfo {
+    pub leader: u64,
+    pub term: u64,
+    /// The last committed index, and the last applied.
+    pub commit: u64,
+    pub applied: u64,
 }
 
 impl KvState {
@@ -161,7 +176,30 @@ impl KvState {
             term: 1,
             db_used: None,
             raised: Vec::new(),
+            raft: None,
+            members: None,
+            lease_authority: true,
         }
+    }
+
+    /// What Raft tells of the member, for headers, Status and MemberList (a member of a
+    /// cluster; a single member keeps the defaults: its own leader in term 1).
+    pub fn set_raft(&mut self, info: RaftInfo) {
+        self.term = info.term;
+        self.raft = Some(info);
+    }
+
+    /// The cluster's members as the log has them (names, URLs) for MemberList.
+    pub fn set_members(&mut self, members: Vec<pb::Member>) {
+        self.members = Some(members);
+    }
+
+    /// This member decides lease expiry (the leader; a single member always does).
+    pub fn set_lease_authority(&mut self, authority: bool, extend: std::time::Duration) {
+        if authority && !self.lease_authority {
+            self.leases.promote(Instant::now(), extend);
+        }
+        self.lease_authority = authority;
     }
 
     /// Alarms raised by the quota check since the last call, as the requests that raise them:
@@ -333,7 +371,13 @@ impl KvState {
             }
             Request::LeaseKeepAlive(r) => {
                 // An unknown or expired lease gets TTL 0 on the stream, not an error.
-                let ttl = self.leases.renew(r.id, Instant::now()).unwrap_or(0);
+                let now = Instant::now();
+                let renewed = if self.lease_authority {
+                    self.leases.renew(r.id, now)
+                } else {
+                    self.leases.renew_existing(r.id, now)
+                };
+                let ttl = renewed.unwrap_or(0);
                 let mut resp = pb::LeaseKeepAliveResponse {
                     header: None,
                     id: r.id,
@@ -527,10 +571,10 @@ impl KvState {
             header: None,
             version: ETCD_API_VERSION.to_string(),
             db_size: values.total_bytes() as i64,
-            leader: self.opts.identity.member_id,
-            raft_index: self.store.rev() as u64,
+            leader: self.raft.map_or(self.opts.identity.member_id, |r| r.leader),
+            raft_index: self.raft.map_or(self.store.rev() as u64, |r| r.commit),
             raft_term: self.term,
-            raft_applied_index: self.store.rev() as u64,
+            raft_applied_index: self.raft.map_or(self.store.rev() as u64, |r| r.applied),
             errors: self
                 .alarms
                 .iter()
@@ -554,13 +598,15 @@ impl KvState {
                 revision: 0,
                 raft_term: self.term,
             }),
-            members: vec![pb::Member {
-                id: id.member_id,
-                name: id.name.clone(),
-                peer_ur_ls: id.peer_urls.clone(),
-                client_ur_ls: id.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: self.members.clone().unwrap_or_else(|| {
+                vec![pb::Member {
+                    id: id.member_id,
+                    name: id.name.clone(),
+                    peer_ur_ls: id.peer_urls.clone(),
+                    client_ur_ls: id.client_urls.clone(),
+                    is_learner: false,
+                }]
+            }),
         }
     }
 
@@ -642,6 +688,8 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
         Request::LeaseRevoke(r) => (6, r.encode_to_vec()),
         Request::LeaseExpire(ids) => (7, ids.iter().flat_map(|id| id.to_le_bytes()).collect()),
         Request::Alarm(r) => (8, r.encode_to_vec()),
+        // Only a follower logs a keepalive (so that the leader, which decides expiry, sees it).
+        Request::LeaseKeepAlive(r) => (10, r.encode_to_vec()),
         other => panic!("not a write: {other:?}"),
     };
     let mut out = Vec::with_capacity(1 + body.len());
@@ -679,6 +727,7 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
             )
         }
         8 => Request::Alarm(pb::AlarmRequest::decode(body).map_err(e)?),
+        10 => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest::decode(body).map_err(e)?),
         t => return Err(format!("unknown log payload tag {t}")),
     })
 }

@@ -107,6 +107,23 @@ impl Lessor {
         }
     }
 
+    /// A keepalive applied on a member that does not decide expiry (a follower): the lease
+    /// lives its whole TTL again from `now` if it exists at all (the leader decides whether it
+    /// had expired, and revokes it through the log if so).
+    pub fn renew_existing(&mut self, id: i64, now: Instant) -> Result<i64, EtcdError> {
+        let l = self.leases.get_mut(&id).ok_or(EtcdError::LeaseNotFound)?;
+        l.expiry = now + secs(l.ttl);
+        Ok(l.ttl)
+    }
+
+    /// A member became leader: every lease lives its whole TTL again, plus `extend` (etcd's
+    /// `Promote`: the old leader's keepalives are not known here).
+    pub fn promote(&mut self, now: Instant, extend: std::time::Duration) {
+        for l in self.leases.values_mut() {
+            l.expiry = now + extend + secs(l.ttl);
+        }
+    }
+
     /// (granted TTL, whole seconds left) of lease `id`.
     pub fn time_to_live(&self, id: i64, now: Instant) -> Option<(i64, i64)> {
         let l = self.leases.get(&id)?;

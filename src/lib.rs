@@ -10,11 +10,13 @@
 pub mod client;
 pub mod compactor;
 pub mod config;
+pub mod consensus;
 pub mod ctl;
 pub mod error;
 pub mod kv;
 pub mod lease;
 pub mod limits;
+pub mod linearizability;
 pub mod log;
 pub mod mvcc;
 pub mod server;

@@ -46,3 +46,16 @@ pub const WATCH_SEND_COALESCE_BYTES: usize = 64 * 1024;
 /// other by one pull over all keys, matched to them locally (see server/watch.rs); below it,
 /// each watcher pulls its own key range.
 pub const WATCH_GROUP_MIN_WATCHERS: usize = 32;
+
+/// Raft messages queued towards one peer; past it, messages are dropped (Raft resends).
+pub const PEER_QUEUE_MSGS: usize = 4096;
+/// Raft messages and ticks queued towards the Raft loop from the peer links.
+pub const RAFT_EVENTS_DEPTH: usize = 4096;
+/// Largest frame accepted on a peer link (a batch of entries is cut at 1 MiB by Raft).
+pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
+/// Most uncommitted bytes of proposals a leader holds before it refuses new ones.
+pub const RAFT_UNCOMMITTED_BYTES_MAX: u64 = 256 << 20;
+/// Most bytes of entries in one append message to a follower.
+pub const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
+/// Append messages in flight to one follower (etcd's `--max-inflight-msgs` default 512).
+pub const RAFT_INFLIGHT_MSGS: usize = 512;

@@ -176,7 +176,11 @@ fn scenario(server: &Server) -> Steps {
         &ids,
     );
     let w = bg(server, &["watch", "foo", "--rev", "2"]);
-    let seen = w.wait_for(WAIT, |o| o.contains("compacted"));
+    // Both tools end with "Error: watch is canceled by the server": wait for that line too,
+    // or the stop may come between the cancel and it.
+    let seen = w.wait_for(WAIT, |o| {
+        o.contains("compacted") && o.contains("canceled by the server")
+    });
     step(
         &mut steps,
         "watch foo --rev 2 (compacted)",

@@ -2,7 +2,7 @@
 
 use ferrocd::config::{Config, HELP};
 use ferrocd::kv::{Identity, KvOptions, ETCD_API_VERSION};
-use ferrocd::server::{self, ServerOptions};
+use ferrocd::server::{self, ClusterOptions, MemberInfo, ServerOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -77,6 +77,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         batch_wait_us: cfg.batch_wait_us,
         auto_compaction: cfg.auto_compaction,
         watch_progress_notify_secs: cfg.watch_progress_notify_secs,
+        cluster: cluster(&cfg)?,
     };
     tracing::info!(
         name = %cfg.name,
@@ -87,6 +88,40 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     );
     server::run(opts)?;
     Ok(())
+}
+
+/// The cluster this member belongs to, when the initial cluster has other members.
+fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::Error>> {
+    if cfg.initial_cluster.len() < 2 {
+        return Ok(None);
+    }
+    let mut listen_peer = Vec::new();
+    for u in &cfg.listen_peer_urls {
+        if u.starts_with("https://") {
+            return Err(format!(
+                "{u}: TLS on peer links is not implemented yet (use http:// peer URLs)"
+            )
+            .into());
+        }
+        listen_peer.push(
+            ferrocd::server::peer_addr(u).map_err(|e| format!("listen-peer-urls: {u}: {e}"))?,
+        );
+    }
+    let members = cfg
+        .members()
+        .into_iter()
+        .map(|(id, name, peer_urls)| MemberInfo {
+            id,
+            name,
+            peer_urls,
+        })
+        .collect();
+    Ok(Some(ClusterOptions {
+        members,
+        listen_peer,
+        heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms),
+        election: std::time::Duration::from_millis(cfg.election_ms),
+    }))
 }
 
 fn create_data_dir(dir: &str) -> std::io::Result<()> {

@@ -826,7 +826,7 @@ fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = &'q s
 }
 
 /// `/health`, as etcd 3.5 answers it: alarms (but those in `exclude`), the leader (a single
-/// member always has one), then a read (linearizable unless `serializable=true`).
+/// member is always its own), then a read (linearizable unless `serializable=true`).
 async fn health(ctx: &ShardCtx, query: &str) -> (u16, (&'static str, &'static str), String) {
     let excluded: Vec<&str> = query_values(query, "exclude").collect();
     let serializable = query_values(query, "serializable").any(|v| v == "true");
@@ -838,8 +838,13 @@ async fn health(ctx: &ShardCtx, query: &str) -> (u16, (&'static str, &'static st
             .map(|name| format!("ALARM {name}")),
         Err(e) => Some(format!("RANGE ERROR:{}", e.message)),
     };
+    let no_leader = super::metrics::METRICS
+        .has_leader
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0;
     let reason = match reason {
         Some(r) => Some(r),
+        None if no_leader => Some("RAFT NO LEADER".to_string()),
         None => read_check(ctx, serializable)
             .await
             .err()

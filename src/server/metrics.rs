@@ -86,6 +86,13 @@ pub(crate) struct Metrics {
     owner_in_flight: Vec<Padded>,
     /// The member's id, for `etcd_server_id`.
     pub member_id: AtomicU64,
+    /// Raft: whether a leader is known, whether it is this member, leader changes seen (a
+    /// single member is its own leader from its start: 1, 1, 1).
+    pub has_leader: AtomicU64,
+    pub is_leader: AtomicU64,
+    pub leader_changes: AtomicU64,
+    /// Raft messages to peers dropped because a peer's queue was full.
+    pub peer_dropped: AtomicU64,
     grpc_started: Vec<AtomicU64>,
     grpc_handled: Vec<AtomicU64>,
     /// `--metrics extensive`: per-method handling time histograms (cumulative bucket counts,
@@ -153,6 +160,10 @@ impl Metrics {
             watch_catchups: AtomicU64::new(0),
             owner_in_flight: (0..SHARD_SLOTS).map(|_| Padded::default()).collect(),
             member_id: AtomicU64::new(0),
+            has_leader: AtomicU64::new(1),
+            is_leader: AtomicU64::new(1),
+            leader_changes: AtomicU64::new(1),
+            peer_dropped: AtomicU64::new(0),
             grpc_started: (0..METHODS.len()).map(|_| AtomicU64::new(0)).collect(),
             grpc_handled: (0..METHODS.len() * CODES.len())
                 .map(|_| AtomicU64::new(0))
@@ -331,18 +342,23 @@ impl Collector for Dynamic {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
         };
-        // A single member is its own leader, from its start.
         gauge(
             &mut enc,
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not.",
-            1,
+            m.has_leader.load(Relaxed) as i64,
         )?;
         gauge(
             &mut enc,
             "etcd_server_is_leader",
             "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-            1,
+            m.is_leader.load(Relaxed) as i64,
+        )?;
+        counter(
+            &mut enc,
+            "ferrocd_peer_messages_dropped",
+            "Raft messages to peers dropped because the peer's queue was full.",
+            m.peer_dropped.load(Relaxed) as f64,
         )?;
         gauge(
             &mut enc,
@@ -351,7 +367,7 @@ impl Collector for Dynamic {
             0,
         )?;
         {
-            let c = ConstCounter::new(1u64);
+            let c = ConstCounter::new(m.leader_changes.load(Relaxed));
             c.encode(enc.encode_descriptor(
                 "etcd_server_leader_changes_seen",
                 "The number of leader changes seen.",

@@ -12,7 +12,9 @@ mod grpc;
 mod http1;
 mod http2;
 mod metrics;
+mod peer;
 mod recipes;
+mod replica;
 mod shard;
 mod snapshot;
 mod stream;
@@ -65,6 +67,15 @@ pub struct ServerOptions {
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: crate::compactor::AutoCompaction,
+    /// Set when the initial cluster has other members: Raft replicates the log.
+    pub cluster: Option<ClusterOptions>,
+}
+
+pub use replica::{ClusterOptions, MemberInfo};
+
+/// The socket address of a peer URL (`http://host:port`).
+pub fn peer_addr(url: &str) -> std::io::Result<SocketAddr> {
+    peer::url_addr(url)
 }
 
 /// Per-shard settings shared by the connection handlers of a shard.
@@ -108,6 +119,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     segment_bytes: opts.segment_bytes,
                     batch_wait_us: opts.batch_wait_us,
                     auto_compaction: opts.auto_compaction,
+                    cluster: opts.cluster.clone(),
                 };
                 let (owner, notifier) = match links.connect(state_opts).await {
                     Ok(o) => o,

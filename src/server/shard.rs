@@ -24,13 +24,13 @@ use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
-use crate::log::{Log, LogStats};
+use crate::log::{Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
 
-type Answer = Result<Response, EtcdError>;
+pub(crate) type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
 type FromOwner = (u64, Answer);
-type Job = (Request, Reply);
+pub(crate) type Job = (Request, Reply);
 /// The owner's revision, sent to the other shards after each batch that changed it.
 type RevNote = i64;
 
@@ -42,7 +42,7 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
-    async fn send(self, answer: Answer) {
+    pub(crate) async fn send(self, answer: Answer) {
         match self {
             // The caller may have given up (deadline).
             Reply::Local(tx) => drop(tx.try_send(answer)),
@@ -70,6 +70,8 @@ pub(crate) struct StateOptions {
     /// `SMALL_BATCH_RECORDS` (0: never wait).
     pub batch_wait_us: u64,
     pub auto_compaction: crate::compactor::AutoCompaction,
+    /// A member of a cluster of several: the Raft loop replaces the apply loop.
+    pub cluster: Option<super::replica::ClusterOptions>,
 }
 
 /// A batch below this many requests may wait `batch_wait_us` for more.
@@ -123,16 +125,38 @@ impl Links {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
                 let auto_compaction = opts.auto_compaction;
-                let (state, log) = recover(opts).await?;
-                notifier.notify(state.store().rev());
-                let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
-                glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone())).detach();
+                let (tx, role) = match opts.cluster.clone() {
+                    Some(cluster) => {
+                        let identity = opts.kv.identity.clone();
+                        let (state, log, storage, members) =
+                            super::replica::recover(&opts, &cluster).await?;
+                        let (tx, role) = super::replica::start(
+                            state,
+                            log,
+                            storage,
+                            members,
+                            cluster,
+                            identity,
+                            notifier.clone(),
+                        )?;
+                        (tx, Some(role))
+                    }
+                    None => {
+                        let (state, log) = recover(opts).await?;
+                        notifier.notify(state.store().rev());
+                        let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
+                        glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone()))
+                            .detach();
+                        (tx, None)
+                    }
+                };
                 let tx = Rc::new(tx);
                 glommio::spawn_local(lease_ticker(Owner::Local(tx.clone()))).detach();
                 glommio::spawn_local(auto_compactor(
                     Owner::Local(tx.clone()),
                     notifier.clone(),
                     auto_compaction,
+                    role,
                 ))
                 .detach();
                 for (req_rx, ans_tx, note_tx) in ends {
@@ -204,8 +228,8 @@ impl Links {
     }
 }
 
-/// Opens the log and replays it into a fresh state.
-async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
+/// A fresh state, and the log opened and checked (its records not yet replayed).
+pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Recovered>)> {
     METRICS.member_id.store(
         opts.kv.identity.member_id,
         std::sync::atomic::Ordering::Relaxed,
@@ -213,25 +237,47 @@ async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
     METRICS
         .quota_bytes
         .set(opts.kv.quota_bytes.map_or(0, |q| q as i64));
-    let mut state = KvState::new(opts.kv);
-    let Some(dir) = opts.log_dir else {
+    let mut state = KvState::new(opts.kv.clone());
+    let Some(dir) = &opts.log_dir else {
         return Ok((state, None));
     };
-    let rec = Log::open(&dir, opts.segment_bytes).await?;
+    let rec = Log::open(dir, opts.segment_bytes).await?;
     for m in rec.log.segment_maps() {
         state.values_mut().add_segment(m.clone());
     }
+    Ok((state, Some(rec)))
+}
+
+/// After a replay: the sizes the quota and the metrics read.
+pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
+    state.values_mut().set_disk_bytes(log.disk_bytes());
+    state.set_db_used(log.used_bytes());
+    set_sizes(log);
+    METRICS.keys_total.set(state.store().keys_indexed() as i64);
+}
+
+/// Opens the log and replays it into a fresh state.
+async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
+    let (mut state, rec) = open(&opts).await?;
+    let Some(rec) = rec else {
+        return Ok((state, None));
+    };
+    let dir = opts.log_dir.unwrap_or_default();
     let records = rec.payloads.len();
     for p in rec.payloads {
+        if crate::consensus::is_raft_record(&p) {
+            return Err(io::Error::other(format!(
+                "log {}: written by a member of a cluster; start it with its cluster's \
+                 --initial-cluster",
+                dir.display()
+            )));
+        }
         let req = kv::decode_write(p)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
         // Failures replay as they happened the first time (the request was answered with them).
         let _ = state.execute(req);
     }
-    state.values_mut().set_disk_bytes(rec.log.disk_bytes());
-    state.set_db_used(rec.log.used_bytes());
-    set_sizes(&rec.log);
-    METRICS.keys_total.set(state.store().keys_indexed() as i64);
+    finish_recovery(&mut state, &rec.log);
     tracing::info!(
         records,
         revision = state.store().rev(),
@@ -253,10 +299,20 @@ async fn lease_ticker(owner: Owner) {
 }
 
 /// `--auto-compaction-*`: sends Compact requests as etcd's compactors decide (src/compactor.rs).
-async fn auto_compactor(owner: Owner, notifier: Rc<Notifier>, mode: AutoCompaction) {
+/// In a cluster only the leader compacts (as etcd); the others wait.
+async fn auto_compactor(
+    owner: Owner,
+    notifier: Rc<Notifier>,
+    mode: AutoCompaction,
+    role: Option<Rc<super::replica::Role>>,
+) {
     let compact = |rev: i64| {
         let owner = owner.clone();
+        let role = role.clone();
         async move {
+            if role.is_some_and(|r| !r.is_leader()) {
+                return Ok(false);
+            }
             let req = Request::Compact(pb::CompactionRequest {
                 revision: rev,
                 physical: false,
@@ -446,7 +502,7 @@ fn is_read(req: &Request) -> bool {
 }
 
 /// Counts a request in etcd's mvcc counters.
-fn count(req: &Request) {
+pub(crate) fn count(req: &Request) {
     match req {
         Request::Range(_) => METRICS.range_total.inc(),
         Request::Put(_) => METRICS.put_total.inc(),
@@ -463,7 +519,7 @@ fn set_sizes(log: &Log) {
 }
 
 /// Answers a read against the current (durable) state.
-async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
+pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     let answer = match state.precheck(&req) {
         Err(e) => Err(e),
         Ok(()) => state.execute(req),
@@ -550,22 +606,7 @@ async fn run_batch(
                     std::process::exit(1);
                 }
             };
-            let known = state.values_mut().segments();
-            for m in log.segment_maps().skip(known) {
-                state.values_mut().add_segment(m.clone());
-            }
-            state.values_mut().set_disk_bytes(log.disk_bytes());
-            state.set_db_used(log.used_bytes());
-            set_sizes(log);
-            let after = log.stats();
-            METRICS
-                .backend_commit
-                .observe(started.elapsed().as_secs_f64());
-            METRICS
-                .wal_fsync
-                .observe(after.fsync_micros_last as f64 / 1e6);
-            METRICS.wal_write_bytes.inc_by(after.bytes - before.bytes);
-            METRICS.records_per_fsync.observe(payloads.len() as f64);
+            after_append(state, log, &before, started, payloads.len());
             METRICS.proposals_committed.inc_by(payloads.len() as u64);
             METRICS.proposals_pending.set(0);
         }
@@ -597,6 +638,32 @@ async fn run_batch(
         METRICS.proposals_applied.inc_by(logged);
         METRICS.keys_total.set(state.store().keys_indexed() as i64);
     }
+}
+
+/// After a batch was appended: new segments for the value store, sizes, and the log's metrics.
+pub(crate) fn after_append(
+    state: &mut KvState,
+    log: &Log,
+    before: &LogStats,
+    started: std::time::Instant,
+    records: usize,
+) {
+    let known = state.values_mut().segments();
+    for m in log.segment_maps().skip(known) {
+        state.values_mut().add_segment(m.clone());
+    }
+    state.values_mut().set_disk_bytes(log.disk_bytes());
+    state.set_db_used(log.used_bytes());
+    set_sizes(log);
+    let after = log.stats();
+    METRICS
+        .backend_commit
+        .observe(started.elapsed().as_secs_f64());
+    METRICS
+        .wal_fsync
+        .observe(after.fsync_micros_last as f64 / 1e6);
+    METRICS.wal_write_bytes.inc_by(after.bytes - before.bytes);
+    METRICS.records_per_fsync.observe(records as f64);
 }
 
 pub(crate) struct Remote {

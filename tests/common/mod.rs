@@ -117,7 +117,37 @@ impl Server {
         s
     }
 
-    fn wait_healthy(&mut self) {
+    /// Starts `bin` with exactly `args` (which name `client_port`, `peer_port` and a data dir
+    /// inside `dir`), without waiting for it: members of a cluster are healthy only together.
+    pub fn launch(
+        kind: &'static str,
+        bin: &str,
+        args: Vec<String>,
+        client_port: u16,
+        peer_port: u16,
+        dir: tempfile::TempDir,
+    ) -> Server {
+        let log = dir.path().join("server.log");
+        let child = spawn(bin, &args, &log);
+        Server {
+            child,
+            bin: bin.to_string(),
+            args,
+            client_port,
+            peer_port,
+            dir,
+            log,
+            kind,
+        }
+    }
+
+    /// Starts the same server again after `kill9`, without waiting for it.
+    pub fn relaunch(&mut self) {
+        self.child = spawn(&self.bin, &self.args, &self.log);
+    }
+
+    /// Waits until `/health` answers healthy (fails the test after a bounded time).
+    pub fn wait_healthy(&mut self) {
         self.wait_answering(false)
     }
 
@@ -482,4 +512,118 @@ pub fn diff_steps<T: PartialEq>(
         }
     }
     report
+}
+
+/// A cluster of `n` members of one kind on loopback (free ports, temporary data dirs), each
+/// started with etcd's flags; stopped on drop.
+pub struct Cluster {
+    pub members: Vec<Server>,
+}
+
+impl Cluster {
+    pub fn ferrocd(n: usize, extra: &[&str]) -> Cluster {
+        Self::start("ferrocd", env!("CARGO_BIN_EXE_ferrocd"), n, extra)
+    }
+
+    pub fn etcd(n: usize, extra: &[&str]) -> Cluster {
+        Self::start("etcd", ETCD, n, extra)
+    }
+
+    fn start(kind: &'static str, bin: &str, n: usize, extra: &[&str]) -> Cluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let c = format!("http://127.0.0.1:{client}");
+                let p = format!("http://127.0.0.1:{peer}");
+                let mut args: Vec<String> = [
+                    "--name",
+                    &format!("m{i}"),
+                    "--data-dir",
+                    &dir.path().join("data").display().to_string(),
+                    "--listen-client-urls",
+                    &c,
+                    "--advertise-client-urls",
+                    &c,
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-token",
+                    "test-cluster",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                args.extend(extra.iter().map(|s| s.to_string()));
+                Server::launch(kind, bin, args, client, peer, dir)
+            })
+            .collect();
+        let mut c = Cluster { members };
+        for m in &mut c.members {
+            m.wait_healthy();
+        }
+        c
+    }
+
+    /// Every member's client endpoint, comma-separated (etcdctl's `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Server::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What each running member reports as (its id, the leader's id), through etcdctl
+    /// `endpoint status`; None for a member that does not answer.
+    pub fn status(&self) -> Vec<Option<(u64, u64)>> {
+        (0..self.members.len()).map(|i| self.status_of(i)).collect()
+    }
+
+    /// (member id, leader id) as member `i` reports them; None if it does not answer.
+    pub fn status_of(&self, i: usize) -> Option<(u64, u64)> {
+        let out = etcdctl(
+            &self.members[i].endpoint(),
+            &["endpoint", "status", "-w", "json", "--command-timeout=2s"],
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let st = &v[0]["Status"];
+        Some((st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?))
+    }
+
+    /// Waits (bounded) until the members in `among` agree on a leader that is one of them;
+    /// returns its position.
+    pub fn wait_leader(&self, among: &[usize], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st: Vec<Option<(u64, u64)>> = among.iter().map(|&i| self.status_of(i)).collect();
+            let leaders: Vec<Option<u64>> = st
+                .iter()
+                .map(|s| s.map(|(_, l)| l).filter(|&l| l != 0))
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l)) {
+                    if let Some(k) = st.iter().position(|s| s.map(|(id, _)| id) == Some(*l)) {
+                        return among[k];
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed among members {among:?} after {timeout:?}: {st:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

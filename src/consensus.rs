@@ -1,0 +1,333 @@
+//! Raft's state on our log: entries and hard state as log records, raft-rs's `Storage` over
+//! them, and the layout of a proposal inside an entry.
+//!
+//! A member of a cluster writes only these records to its log (tags 0x20 and 0x21); a single
+//! member without peers writes the requests themselves (`kv::encode_write`, tags 1-10). Each
+//! kind of data directory refuses to start as the other.
+//!
+//! Entries stay where they are in the log's mapping: after an entry is persisted, its `data` is
+//! a slice of the mapped segment, so the values a committed put leaves in the index point into
+//! the log as they do on a single member.
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// Log payload tag of a Raft entry: tag, term (u64 LE), index (u64 LE), entry type (u8), data.
+pub const TAG_ENTRY: u8 = 0x20;
+/// Log payload tag of a hard state: tag, term, vote, commit (u64 LE each).
+pub const TAG_HARD_STATE: u8 = 0x21;
+const ENTRY_HEADER: usize = 1 + 8 + 8 + 1;
+
+/// Whether a log payload is one of this module's records.
+pub fn is_raft_record(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(&TAG_ENTRY | &TAG_HARD_STATE))
+}
+
+/// An entry as a log payload.
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENTRY_HEADER + e.data.len());
+    out.push(TAG_ENTRY);
+    out.extend_from_slice(&e.term.to_le_bytes());
+    out.extend_from_slice(&e.index.to_le_bytes());
+    out.push(e.get_entry_type() as u8);
+    out.extend_from_slice(&e.data);
+    out
+}
+
+/// A hard state as a log payload.
+pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.push(TAG_HARD_STATE);
+    for v in [hs.term, hs.vote, hs.commit] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// One of this module's records, decoded from the log without copying the entry's data.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Entry(Entry),
+    HardState(HardState),
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes a payload written by [`encode_entry`] or [`encode_hard_state`].
+pub fn decode(payload: Bytes) -> Result<Record, String> {
+    match payload.first() {
+        Some(&TAG_ENTRY) if payload.len() >= ENTRY_HEADER => {
+            let mut e = Entry {
+                term: u64_at(&payload, 1),
+                index: u64_at(&payload, 9),
+                ..Default::default()
+            };
+            e.set_entry_type(match payload[17] {
+                0 => EntryType::EntryNormal,
+                1 => EntryType::EntryConfChange,
+                2 => EntryType::EntryConfChangeV2,
+                t => return Err(format!("raft entry {}: unknown entry type {t}", e.index)),
+            });
+            e.data = payload.slice(ENTRY_HEADER..);
+            Ok(Record::Entry(e))
+        }
+        Some(&TAG_HARD_STATE) if payload.len() == 25 => Ok(Record::HardState(HardState {
+            term: u64_at(&payload, 1),
+            vote: u64_at(&payload, 9),
+            commit: u64_at(&payload, 17),
+            ..Default::default()
+        })),
+        Some(t) => Err(format!(
+            "log payload with tag {t} and {} bytes is not a raft record",
+            payload.len()
+        )),
+        None => Err("empty log payload".into()),
+    }
+}
+
+/// Where an entry's data begins inside its log payload (to point the entry at the mapping).
+pub fn entry_data(payload: &Bytes) -> Bytes {
+    payload.slice(ENTRY_HEADER..)
+}
+
+/// The data of a normal entry carrying a request: who proposed it (member id), its request id
+/// there (to answer the waiting client on that member), then the request as
+/// `kv::encode_write` makes it.
+pub fn proposal(origin: u64, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + payload.len());
+    out.extend_from_slice(&origin.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The inverse of [`proposal`]; None for data too short to be one.
+pub fn parse_proposal(data: &Bytes) -> Option<(u64, u64, Bytes)> {
+    if data.len() < 17 {
+        return None;
+    }
+    Some((u64_at(data, 0), u64_at(data, 8), data.slice(16..)))
+}
+
+/// Raft's persistent state as raft-rs reads it: the entries (their data in the log's mapping
+/// once persisted), the hard state and the configuration. The log holds the durable copy; this
+/// is its in-memory index, rebuilt at start.
+#[derive(Default)]
+pub struct LogStorage {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Consecutive entries, the first at `first_index`.
+    entries: Vec<Entry>,
+    /// Index and term of the last entry before `entries` (0 and 0: none ever).
+    snapshot_index: u64,
+    snapshot_term: u64,
+}
+
+impl LogStorage {
+    /// The storage of a member of a new cluster of `voters`.
+    pub fn new(voters: Vec<u64>) -> LogStorage {
+        LogStorage {
+            conf_state: ConfState {
+                voters,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Adds a record read back from the log at start.
+    pub fn recover(&mut self, r: Record) -> Result<(), String> {
+        match r {
+            Record::HardState(hs) => self.hard_state = hs,
+            Record::Entry(e) => {
+                let first = self.snapshot_index + 1;
+                let next = first + self.entries.len() as u64;
+                if e.index < first || e.index > next {
+                    return Err(format!(
+                        "raft entry {} in the log does not follow entries {first}..{next}",
+                        e.index
+                    ));
+                }
+                self.append(std::slice::from_ref(&e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends entries, replacing any from the first one's index on (a leader's entries
+    /// overwrite an uncommitted suffix).
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        let start = self.snapshot_index + 1;
+        assert!(
+            first.index >= start,
+            "appending entry {} before the first entry {start}",
+            first.index
+        );
+        let keep = (first.index - start) as usize;
+        assert!(
+            keep <= self.entries.len(),
+            "appending entry {} leaves a gap after {}",
+            first.index,
+            start + self.entries.len() as u64 - 1
+        );
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(ents);
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn voters(&self) -> &[u64] {
+        &self.conf_state.voters
+    }
+
+    /// Entries in `[low, high)` (recovery applies the committed ones).
+    pub fn slice(&self, low: u64, high: u64) -> &[Entry] {
+        let start = self.snapshot_index + 1;
+        let lo = low.saturating_sub(start) as usize;
+        let hi = (high.saturating_sub(start) as usize).min(self.entries.len());
+        &self.entries[lo.min(hi)..hi]
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot_index + self.entries.len() as u64
+    }
+}
+
+impl raft::Storage for LogStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = self.slice(low, high).to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.slice(idx, idx + 1).first() {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snapshot_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is never compacted yet, so every follower can be caught up from entries.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: Bytes::from_static(data),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let e = entry(7, 3, b"hello");
+        let Record::Entry(back) = decode(Bytes::from(encode_entry(&e))).unwrap() else {
+            panic!("not an entry")
+        };
+        assert_eq!(back, e);
+        let hs = HardState {
+            term: 4,
+            vote: 9,
+            commit: 6,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(Bytes::from(encode_hard_state(&hs))).unwrap(),
+            Record::HardState(hs)
+        );
+        assert!(decode(Bytes::from_static(&[1, 2, 3])).is_err());
+        assert!(decode(Bytes::from_static(&[TAG_ENTRY, 2, 3])).is_err());
+        let p = proposal(5, 6, b"\x01abc");
+        assert_eq!(
+            parse_proposal(&Bytes::from(p)),
+            Some((5, 6, Bytes::from_static(b"\x01abc")))
+        );
+        assert_eq!(parse_proposal(&Bytes::from_static(&[0; 16])), None);
+    }
+
+    #[test]
+    fn storage_overwrites_a_suffix_and_answers_raft() {
+        let mut s = LogStorage::new(vec![1, 2, 3]);
+        assert_eq!(s.first_index().unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), 0);
+        assert_eq!(s.term(0).unwrap(), 0);
+        s.append(&[entry(1, 1, b""), entry(2, 1, b"a"), entry(3, 1, b"b")]);
+        s.append(&[entry(3, 2, b"c"), entry(4, 2, b"d")]);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert!(s.term(5).is_err());
+        let got = s
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let data: Vec<&[u8]> = got.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"a"[..], b"c", b"d"]);
+        assert!(s
+            .entries(2, 6, None, GetEntriesContext::empty(false))
+            .is_err());
+        // A size limit still returns the first entry.
+        let one = s.entries(2, 5, 1, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(one.len(), 1);
+        let mut r = LogStorage::new(vec![1]);
+        assert!(r.recover(Record::Entry(entry(2, 1, b""))).is_err());
+        r.recover(Record::Entry(entry(1, 1, b""))).unwrap();
+        assert_eq!(r.slice(1, 10).len(), 1);
+    }
+}

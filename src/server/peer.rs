@@ -1,0 +1,243 @@
+//! The peer links: raft-rs messages between members over TCP on the peer URLs.
+//!
+//! One outgoing connection per peer, opened by this member and used in order; incoming
+//! connections only deliver messages to the Raft loop. A connection starts with a handshake
+//! (magic, cluster id, sender, receiver), so that a member of another cluster, or a stray
+//! client, is turned away. Then each message is a frame: length (u32 LE) and the message as
+//! raft-rs encodes it (protobuf).
+//!
+//! Every queue is bounded: a full queue towards a peer drops the message (Raft resends what
+//! matters: appends are retried from the follower's progress, heartbeats come again), and a full
+//! queue towards the Raft loop drops incoming messages the same way.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::metrics::METRICS;
+use crate::limits::{PEER_FRAME_BYTES_MAX, PEER_QUEUE_MSGS};
+
+const MAGIC: &[u8; 8] = b"ferrocd1";
+const HANDSHAKE_BYTES: usize = 8 + 8 + 8 + 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Messages written to a peer with one write.
+const SEND_BATCH_MSGS: usize = 256;
+
+/// What reaches the Raft loop besides client requests.
+pub(crate) enum Event {
+    Peer(Message),
+    Tick,
+}
+
+/// The senders towards every other member.
+pub(crate) struct Peers {
+    out: HashMap<u64, LocalSender<Message>>,
+}
+
+impl Peers {
+    /// Queues messages to their receivers; drops a message whose queue is full.
+    pub fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            match self.out.get(&m.to) {
+                Some(tx) => {
+                    if tx.try_send(m).is_err() {
+                        METRICS.peer_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                None => tracing::debug!(to = m.to, "raft message to an unknown member dropped"),
+            }
+        }
+    }
+}
+
+/// The first address of a URL such as `http://127.0.0.1:2380`.
+pub(crate) fn url_addr(url: &str) -> io::Result<SocketAddr> {
+    let hostport = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{url}: no address")))
+}
+
+/// Starts the peer links: listeners on `listen`, and one sender task per peer of `peers`
+/// (member id, peer URLs). Incoming messages go to `events`.
+pub(crate) fn start(
+    me: u64,
+    cluster_id: u64,
+    listen: &[SocketAddr],
+    peers: &[(u64, Vec<String>)],
+    events: Rc<LocalSender<Event>>,
+) -> io::Result<Peers> {
+    for addr in listen {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| io::Error::other(format!("cannot listen on peer address {addr}: {e}")))?;
+        glommio::spawn_local(accept_loop(l, me, cluster_id, events.clone())).detach();
+    }
+    let mut out = HashMap::new();
+    for (id, urls) in peers.iter().filter(|(id, _)| *id != me) {
+        let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
+        out.insert(*id, tx);
+        let (id, urls) = (*id, urls.clone());
+        glommio::spawn_local(async move {
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                match connect(&urls, me, cluster_id, id).await {
+                    Ok(mut s) => {
+                        backoff = BACKOFF_MIN;
+                        tracing::info!(peer = %format!("{id:x}"), "peer link up");
+                        let mut buf = Vec::new();
+                        loop {
+                            let Some(first) = rx.recv().await else { return };
+                            buf.clear();
+                            frame(&mut buf, &first);
+                            for _ in 1..SEND_BATCH_MSGS {
+                                match futures_lite::future::poll_once(rx.recv()).await {
+                                    Some(Some(m)) => frame(&mut buf, &m),
+                                    _ => break,
+                                }
+                            }
+                            if let Err(e) = s.write_all(&buf).await {
+                                tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %format!("{id:x}"), error = %e, "cannot reach peer");
+                    }
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        })
+        .detach();
+    }
+    Ok(Peers { out })
+}
+
+fn frame(buf: &mut Vec<u8>, m: &Message) {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    m.write_to_vec(buf).expect("a raft message encodes");
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+async fn connect(urls: &[String], me: u64, cluster_id: u64, to: u64) -> io::Result<TcpStream> {
+    let mut last = io::Error::other("no peer URL");
+    for url in urls {
+        let addr = match url_addr(url) {
+            Ok(a) => a,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let attempt = futures_lite::future::or(
+            async {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))
+            },
+            async {
+                glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            },
+        )
+        .await;
+        match attempt {
+            Ok(mut s) => {
+                let _ = s.set_nodelay(true);
+                let mut hello = Vec::with_capacity(HANDSHAKE_BYTES);
+                hello.extend_from_slice(MAGIC);
+                for v in [cluster_id, me, to] {
+                    hello.extend_from_slice(&v.to_le_bytes());
+                }
+                s.write_all(&hello).await?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn accept_loop(l: TcpListener, me: u64, cluster_id: u64, events: Rc<LocalSender<Event>>) {
+    loop {
+        match l.accept().await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                let events = events.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = receive(s, me, cluster_id, events).await {
+                        tracing::debug!(error = %e, "peer connection closed");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                glommio::timer::sleep(BACKOFF_MIN).await;
+            }
+        }
+    }
+}
+
+async fn receive(
+    s: TcpStream,
+    me: u64,
+    cluster_id: u64,
+    events: Rc<LocalSender<Event>>,
+) -> io::Result<()> {
+    let mut r = futures_lite::io::BufReader::with_capacity(64 << 10, s);
+    let mut hello = [0u8; HANDSHAKE_BYTES];
+    r.read_exact(&mut hello).await?;
+    let word = |i: usize| u64::from_le_bytes(hello[8 + 8 * i..16 + 8 * i].try_into().expect("8"));
+    if &hello[..8] != MAGIC {
+        return Err(io::Error::other("not a ferrocd peer (bad handshake)"));
+    }
+    let (cid, from, to) = (word(0), word(1), word(2));
+    if cid != cluster_id || to != me {
+        tracing::warn!(
+            from = %format!("{from:x}"),
+            cluster = %format!("{cid:x}"),
+            to = %format!("{to:x}"),
+            "refused a peer of another cluster or member"
+        );
+        return Err(io::Error::other("peer of another cluster or member"));
+    }
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > PEER_FRAME_BYTES_MAX {
+            return Err(io::Error::other(format!("peer frame of {len} bytes")));
+        }
+        buf.resize(len, 0);
+        r.read_exact(&mut buf).await?;
+        let m = Message::parse_from_bytes(&buf)
+            .map_err(|e| io::Error::other(format!("undecodable raft message: {e}")))?;
+        if m.from != from || m.to != me {
+            return Err(io::Error::other("raft message not from the connected peer"));
+        }
+        if events.try_send(Event::Peer(m)).is_err() {
+            METRICS.peer_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}

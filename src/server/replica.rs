@@ -1,0 +1,740 @@
+//! A member of a cluster: the Raft loop on the owner shard (raft-rs `RawNode`), in place of
+//! the single member's apply loop (`shard.rs`).
+//!
+//! One turn of the loop takes every client request and peer message that is queued, proposes
+//! the writes (each entry carries its proposer and request id, so the proposer answers its
+//! client when the entry is applied), starts one ReadIndex round for all linearizable reads of
+//! the turn, then handles Ready: messages to followers first, committed entries applied, new
+//! entries and the hard state appended to the log with one write and one fdatasync, then the
+//! messages that must follow the fdatasync (a follower's acknowledgements).
+//!
+//! Writes that reach a follower are proposed there and forwarded to the leader by raft-rs;
+//! the follower answers its client when it applies the entry. A proposal that is lost (the
+//! leader changed before it was committed) is answered "request timed out", as etcd does.
+//! Lease expiry is decided by the leader only; a follower logs the keepalives it receives, so
+//! that the leader sees them, and a new leader gives every lease its whole TTL again plus an
+//! election timeout (etcd's promotion).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use raft::eraftpb::{Entry, EntryType};
+use raft::{RawNode, StateRole};
+
+use super::metrics::METRICS;
+use super::peer::{self, Event, Peers};
+use super::shard::{self, Job, Notifier, Reply, StateOptions};
+use crate::consensus::{self, LogStorage};
+use crate::error::EtcdError;
+use crate::kv::{self, KvState, RaftInfo, Request, Response};
+use crate::limits::{
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_EVENTS_DEPTH, RAFT_INFLIGHT_MSGS,
+    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX,
+};
+use crate::log::Log;
+use crate::proto::etcdserverpb as pb;
+
+/// A member of the initial cluster.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// How this member takes part in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub members: Vec<MemberInfo>,
+    pub listen_peer: Vec<std::net::SocketAddr>,
+    pub heartbeat: Duration,
+    pub election: Duration,
+}
+
+/// What the other tasks of the owner shard know of the member's role.
+#[derive(Default)]
+pub(crate) struct Role {
+    is_leader: std::cell::Cell<bool>,
+}
+
+impl Role {
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.get()
+    }
+}
+
+/// The tag of a proposal that publishes a member's name and client URLs (as etcd's
+/// attributes), inside the proposal data in place of a request.
+const TAG_PUBLISH: u8 = 0x30;
+/// The request id of a publishing proposal ([`request_id_base`] never gives it).
+const PUBLISH_ID: u64 = 0;
+/// How long a proposal or read may wait for its answer (etcd: 5 s plus two election
+/// timeouts).
+fn request_timeout(election: Duration) -> Duration {
+    Duration::from_secs(5) + 2 * election
+}
+
+/// Opens the log of a cluster member, rebuilds Raft's storage from it and applies what was
+/// committed. Refuses a log written by a single member without peers.
+pub(crate) async fn recover(
+    opts: &StateOptions,
+    cluster: &ClusterOptions,
+) -> io::Result<(KvState, Log, LogStorage, Members)> {
+    let (mut state, rec) = shard::open(opts).await?;
+    let Some(rec) = rec else {
+        return Err(io::Error::other("a cluster member needs a data directory"));
+    };
+    let dir = opts.log_dir.clone().unwrap_or_default();
+    let mut storage = LogStorage::new(cluster.members.iter().map(|m| m.id).collect());
+    let records = rec.payloads.len();
+    for p in rec.payloads {
+        if !consensus::is_raft_record(&p) {
+            return Err(io::Error::other(format!(
+                "log {}: written by a single member without peers; it cannot become a \
+                 member of a cluster (start it without the other members in --initial-cluster)",
+                dir.display()
+            )));
+        }
+        let r = consensus::decode(p).map_err(|e| io::Error::other(format!("log: {e}")))?;
+        storage
+            .recover(r)
+            .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
+    }
+    let commit = storage.hard_state().commit;
+    let mut members = Members::new(cluster, &opts.kv.identity);
+    let committed = storage.slice(1, commit + 1).to_vec();
+    for e in &committed {
+        apply_entry(&mut state, &mut members, e)
+            .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
+    }
+    // Published again on every start (the URLs may have changed).
+    members.published = false;
+    state.set_members(members.list());
+    let log = rec.log;
+    shard::finish_recovery(&mut state, &log);
+    tracing::info!(
+        records,
+        commit,
+        term = storage.hard_state().term,
+        revision = state.store().rev(),
+        "raft log replayed"
+    );
+    Ok((state, log, storage, members))
+}
+
+/// The cluster's members with what they published.
+pub(crate) struct Members {
+    me: u64,
+    list: BTreeMap<u64, pb::Member>,
+    /// This member's attributes were applied from the log (since its start).
+    published: bool,
+}
+
+impl Members {
+    fn new(cluster: &ClusterOptions, me: &kv::Identity) -> Members {
+        let list = cluster
+            .members
+            .iter()
+            .map(|m| {
+                let member = pb::Member {
+                    id: m.id,
+                    // etcd shows an empty name until the member has published it.
+                    name: String::new(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    client_ur_ls: vec![],
+                    is_learner: false,
+                };
+                (m.id, member)
+            })
+            .collect();
+        Members {
+            me: me.member_id,
+            list,
+            published: false,
+        }
+    }
+
+    fn list(&self) -> Vec<pb::Member> {
+        self.list.values().cloned().collect()
+    }
+
+    fn published(&self) -> bool {
+        self.published
+    }
+}
+
+/// The proposal data that publishes this member's name and client URLs.
+fn publish_payload(id: &kv::Identity) -> Vec<u8> {
+    let mut out = vec![TAG_PUBLISH];
+    let body = serde_json::json!({
+        "id": id.member_id,
+        "name": id.name,
+        "client_urls": id.client_urls,
+    });
+    out.extend_from_slice(body.to_string().as_bytes());
+    out
+}
+
+/// Applies one committed entry; returns the proposer, its request id and the answer for a
+/// request (None for an entry that answers nobody).
+fn apply_entry(
+    state: &mut KvState,
+    members: &mut Members,
+    e: &Entry,
+) -> Result<Option<(u64, u64, shard::Answer)>, String> {
+    if e.get_entry_type() != EntryType::EntryNormal {
+        tracing::warn!(
+            index = e.index,
+            "a configuration change entry: membership changes are not implemented yet"
+        );
+        return Ok(None);
+    }
+    if e.data.is_empty() {
+        // A new leader's empty entry.
+        return Ok(None);
+    }
+    let (origin, id, payload) = consensus::parse_proposal(&e.data)
+        .ok_or_else(|| format!("raft entry {}: undecodable proposal", e.index))?;
+    if payload.first() == Some(&TAG_PUBLISH) {
+        let v: serde_json::Value = serde_json::from_slice(&payload[1..])
+            .map_err(|err| format!("raft entry {}: bad member attributes: {err}", e.index))?;
+        let mid = v["id"].as_u64().unwrap_or(0);
+        if mid == members.me && id == PUBLISH_ID {
+            members.published = true;
+        }
+        if let Some(m) = members.list.get_mut(&mid) {
+            m.name = v["name"].as_str().unwrap_or_default().to_string();
+            m.client_ur_ls = v["client_urls"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        state.set_members(members.list());
+        return Ok(None);
+    }
+    let req = kv::decode_write(payload).map_err(|err| format!("raft entry {}: {err}", e.index))?;
+    Ok(Some((origin, id, state.execute(req))))
+}
+
+/// A slog drain that hands raft-rs's messages (elections, leader changes) to tracing.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Starts the Raft loop, its ticker and the peer links; returns the queue of client requests.
+pub(crate) fn start(
+    state: KvState,
+    log: Log,
+    storage: LogStorage,
+    members: Members,
+    cluster: ClusterOptions,
+    identity: kv::Identity,
+    notifier: Rc<Notifier>,
+) -> io::Result<(LocalSender<Job>, Rc<Role>)> {
+    let (events_tx, events_rx) = local_channel::new_bounded(RAFT_EVENTS_DEPTH);
+    let events_tx = Rc::new(events_tx);
+    let peers: Vec<(u64, Vec<String>)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.id, m.peer_urls.clone()))
+        .collect();
+    let peers = peer::start(
+        identity.member_id,
+        identity.cluster_id,
+        &cluster.listen_peer,
+        &peers,
+        events_tx.clone(),
+    )?;
+    let applied = storage.hard_state().commit;
+    let election_ticks = (cluster.election.as_millis() / cluster.heartbeat.as_millis()).max(2);
+    let cfg = raft::Config {
+        id: identity.member_id,
+        election_tick: election_ticks as usize,
+        heartbeat_tick: 1,
+        applied,
+        max_size_per_msg: RAFT_MSG_BYTES_MAX,
+        max_inflight_msgs: RAFT_INFLIGHT_MSGS,
+        check_quorum: true,
+        pre_vote: true,
+        max_uncommitted_size: RAFT_UNCOMMITTED_BYTES_MAX,
+        ..Default::default()
+    };
+    cfg.validate()
+        .map_err(|e| io::Error::other(format!("raft configuration: {e}")))?;
+    let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
+    let raw =
+        RawNode::new(&cfg, storage, &logger).map_err(|e| io::Error::other(format!("raft: {e}")))?;
+    METRICS.has_leader.store(0, Relaxed);
+    METRICS.is_leader.store(0, Relaxed);
+    METRICS.leader_changes.store(0, Relaxed);
+    let role = Rc::new(Role::default());
+    let (tx, rx) = local_channel::new_bounded(crate::limits::SHARD_QUEUE_DEPTH);
+    let mut node = Node {
+        raw,
+        state,
+        log,
+        peers,
+        me: identity.member_id,
+        publish: publish_payload(&identity),
+        members,
+        applied,
+        next_req: request_id_base(),
+        pending: HashMap::new(),
+        reads: Vec::new(),
+        rounds: HashMap::new(),
+        next_round: 0,
+        ready_reads: Vec::new(),
+        role: role.clone(),
+        timeout: request_timeout(cluster.election),
+        election: cluster.election,
+        read_retry: 3 * cluster.heartbeat,
+        leader: 0,
+        last_publish: None,
+        abandoned: Vec::new(),
+    };
+    if let Some(m) = node.members.list.get_mut(&node.me) {
+        // Until this member's attributes are applied, it shows its own as it knows them.
+        m.name = identity.name.clone();
+        m.client_ur_ls = identity.client_urls.clone();
+    }
+    node.state.set_members(node.members.list());
+    node.update_role();
+    let heartbeat = cluster.heartbeat;
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(heartbeat).await;
+            // A full queue already has work that will run the loop; a tick may be skipped.
+            if let Err(glommio::GlommioError::Closed(_)) = events_tx.try_send(Event::Tick) {
+                return;
+            }
+        }
+    })
+    .detach();
+    glommio::spawn_local(run(node, rx, events_rx, notifier)).detach();
+    Ok((tx, role))
+}
+
+/// Request ids start from the clock, so that ids of entries proposed before a restart (and
+/// applied after it) never match a request waiting after it.
+fn request_id_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        << 12
+}
+
+struct Node {
+    raw: RawNode<LogStorage>,
+    state: KvState,
+    log: Log,
+    peers: Peers,
+    me: u64,
+    publish: Vec<u8>,
+    members: Members,
+    applied: u64,
+    next_req: u64,
+    /// Proposals of this member waiting to be applied: request id -> (client, since).
+    pending: HashMap<u64, (Reply, Instant)>,
+    /// Linearizable reads of this turn, for one ReadIndex round.
+    reads: Vec<Job>,
+    /// ReadIndex rounds in flight: context -> (reads, first asked, last asked).
+    rounds: HashMap<u64, (Vec<Job>, Instant, Instant)>,
+    next_round: u64,
+    /// Reads whose read index is known, waiting for it to be applied.
+    ready_reads: Vec<(u64, Vec<Job>)>,
+    role: Rc<Role>,
+    timeout: Duration,
+    election: Duration,
+    read_retry: Duration,
+    leader: u64,
+    last_publish: Option<Instant>,
+    /// Clients to answer "leader changed" (collected where the loop cannot wait).
+    abandoned: Vec<Reply>,
+}
+
+enum Input {
+    Job(Job),
+    Event(Event),
+}
+
+async fn run(
+    mut node: Node,
+    rx: LocalReceiver<Job>,
+    events: LocalReceiver<Event>,
+    notifier: Rc<Notifier>,
+) {
+    notifier.notify(node.state.store().rev());
+    loop {
+        let next = async {
+            futures_lite::future::or(async { rx.recv().await.map(Input::Job) }, async {
+                events.recv().await.map(Input::Event)
+            })
+            .await
+        };
+        let first = if node.state.store().compaction_pending() {
+            match futures_lite::future::poll_once(next).await {
+                Some(i) => i,
+                None => {
+                    node.state.compact_step(COMPACT_KEYS_PER_STEP);
+                    futures_lite::future::yield_now().await;
+                    continue;
+                }
+            }
+        } else {
+            next.await
+        };
+        match first {
+            Some(Input::Job(j)) => node.job(j).await,
+            Some(Input::Event(e)) => node.event(e).await,
+            None => return,
+        }
+        for _ in 0..APPLY_BATCH_REQUESTS_MAX {
+            match futures_lite::future::poll_once(rx.recv()).await {
+                Some(Some(j)) => node.job(j).await,
+                _ => break,
+            }
+        }
+        for _ in 0..RAFT_EVENTS_DEPTH {
+            match futures_lite::future::poll_once(events.recv()).await {
+                Some(Some(e)) => node.event(e).await,
+                _ => break,
+            }
+        }
+        node.start_reads().await;
+        while node.raw.has_ready() {
+            node.ready().await;
+        }
+        node.answer_reads().await;
+        notifier.notify(node.state.store().rev());
+        if node.state.store().compaction_pending() {
+            node.state.compact_step(COMPACT_KEYS_PER_STEP);
+        }
+    }
+}
+
+/// Reads that must see every write acknowledged before they arrived (ReadIndex).
+fn is_linearizable_read(req: &Request) -> bool {
+    match req {
+        Request::Range(r) => !r.serializable,
+        Request::Txn(_) => true,
+        Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => true,
+        _ => false,
+    }
+}
+
+impl Node {
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    async fn job(&mut self, (mut req, tx): Job) {
+        shard::count(&req);
+        match &req {
+            // Only the leader decides which leases expired.
+            Request::LeaseExpire(_) if !self.is_leader() => {
+                tx.send(Ok(Response::LeaseExpire(0))).await;
+                return;
+            }
+            // A follower logs keepalives, so that the leader (which decides expiry) sees them.
+            Request::LeaseKeepAlive(_) if !self.is_leader() => {
+                let payload = kv::encode_write(&req);
+                self.propose(payload, Some(tx)).await;
+                return;
+            }
+            _ => {}
+        }
+        self.state.prepare(&mut req);
+        if let Err(e) = self.state.precheck(&req) {
+            for raise in self.state.take_raised() {
+                self.propose(kv::encode_write(&raise), None).await;
+            }
+            tx.send(Err(e)).await;
+            return;
+        }
+        if kv::is_write(&req) {
+            self.propose(kv::encode_write(&req), Some(tx)).await;
+        } else if is_linearizable_read(&req) {
+            self.reads.push((req, tx));
+        } else {
+            let answer = self.state.execute(req);
+            tx.send(answer).await;
+        }
+    }
+
+    async fn propose(&mut self, payload: Vec<u8>, tx: Option<Reply>) {
+        let id = self.next_req;
+        self.next_req += 1;
+        let data = consensus::proposal(self.me, id, &payload);
+        match self.raw.propose(vec![], data) {
+            Ok(()) => {
+                if let Some(tx) = tx {
+                    self.pending.insert(id, (tx, Instant::now()));
+                }
+            }
+            Err(_) => {
+                let e = if self.raw.raft.leader_id == 0 {
+                    EtcdError::NoLeader
+                } else {
+                    EtcdError::TooManyRequests
+                };
+                if let Some(tx) = tx {
+                    tx.send(Err(e)).await;
+                }
+            }
+        }
+    }
+
+    async fn event(&mut self, e: Event) {
+        match e {
+            Event::Peer(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            Event::Tick => {
+                self.raw.tick();
+                self.on_tick().await;
+            }
+        }
+    }
+
+    /// Time-outs, ReadIndex retries, and publishing this member's attributes.
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let timeout = self.timeout;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, since))| now - *since > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((tx, _)) = self.pending.remove(&id) {
+                tx.send(Err(EtcdError::Timeout)).await;
+            }
+        }
+        let stale: Vec<u64> = self
+            .rounds
+            .iter()
+            .filter(|(_, (_, _, asked))| now - *asked > self.read_retry)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            let Some((jobs, first, _)) = self.rounds.remove(&ctx) else {
+                continue;
+            };
+            if now - first > timeout {
+                for (_, tx) in jobs {
+                    tx.send(Err(EtcdError::Timeout)).await;
+                }
+            } else if self.raw.raft.leader_id == 0 {
+                for (_, tx) in jobs {
+                    tx.send(Err(EtcdError::NoLeader)).await;
+                }
+            } else {
+                // The round was refused (a leader that has not committed in its term yet)
+                // or lost: ask again.
+                self.ask_read_index(jobs, first);
+            }
+        }
+        let due = self
+            .last_publish
+            .is_none_or(|t| now - t > self.election.max(Duration::from_secs(1)));
+        if !self.members.published() && self.raw.raft.leader_id != 0 && due {
+            self.last_publish = Some(now);
+            let data = consensus::proposal(self.me, PUBLISH_ID, &self.publish);
+            if self.raw.propose(vec![], data).is_err() {
+                tracing::debug!("publishing member attributes: proposal dropped; will retry");
+            }
+        }
+    }
+
+    fn ask_read_index(&mut self, jobs: Vec<Job>, first: Instant) {
+        let ctx = self.next_round;
+        self.next_round += 1;
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.rounds.insert(ctx, (jobs, first, Instant::now()));
+    }
+
+    async fn start_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.reads);
+        if self.raw.raft.leader_id == 0 {
+            for (_, tx) in jobs {
+                tx.send(Err(EtcdError::NoLeader)).await;
+            }
+            return;
+        }
+        self.ask_read_index(jobs, Instant::now());
+    }
+
+    async fn answer_reads(&mut self) {
+        if self.ready_reads.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.ready_reads = later;
+        for (_, jobs) in now {
+            for (req, tx) in jobs {
+                shard::answer_read(&mut self.state, req, tx).await;
+            }
+        }
+    }
+
+    async fn ready(&mut self) {
+        let mut rd = self.raw.ready();
+        self.peers.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            tracing::error!("raft asked to install a snapshot: not implemented yet; stopping");
+            std::process::exit(1);
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed).await;
+        for rs in rd.take_read_states() {
+            let ctx = rs
+                .request_ctx
+                .get(..8)
+                .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
+            if let Some((jobs, _, _)) = self.rounds.remove(&ctx) {
+                self.ready_reads.push((rs.index, jobs));
+            }
+        }
+        let mut entries = rd.take_entries();
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone());
+        }
+        if !entries.is_empty() || rd.must_sync() {
+            let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
+            payloads.push(consensus::encode_hard_state(self.raw.store().hard_state()));
+            METRICS.proposals_pending.set(entries.len() as i64);
+            let before = self.log.stats();
+            let started = Instant::now();
+            let written = match self.log.append(&payloads).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "log write failed: stopping the node");
+                    std::process::exit(1);
+                }
+            };
+            shard::after_append(&mut self.state, &self.log, &before, started, payloads.len());
+            for (e, w) in entries.iter_mut().zip(&written) {
+                e.data = consensus::entry_data(w);
+            }
+            self.raw.mut_store().append(&entries);
+            METRICS.proposals_pending.set(0);
+        }
+        self.peers.send(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(c) = light.commit_index() {
+            self.raw.mut_store().set_commit(c);
+        }
+        self.peers.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed).await;
+        self.raw.advance_apply();
+        self.update_role();
+        for tx in std::mem::take(&mut self.abandoned) {
+            tx.send(Err(EtcdError::LeaderChanged)).await;
+        }
+    }
+
+    async fn apply(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let n = entries.len() as u64;
+        for e in &entries {
+            let applied = match apply_entry(&mut self.state, &mut self.members, e) {
+                Ok(a) => a,
+                Err(err) => {
+                    tracing::error!(error = %err, "a committed entry cannot be applied: stopping");
+                    std::process::exit(1);
+                }
+            };
+            self.applied = e.index;
+            if let Some((origin, id, answer)) = applied {
+                if origin == self.me {
+                    if let Some((tx, _)) = self.pending.remove(&id) {
+                        tx.send(answer).await;
+                    }
+                }
+            }
+        }
+        METRICS.proposals_committed.inc_by(n);
+        METRICS.proposals_applied.inc_by(n);
+        METRICS
+            .keys_total
+            .set(self.state.store().keys_indexed() as i64);
+    }
+
+    fn update_role(&mut self) {
+        let r = &self.raw.raft;
+        let leader = r.leader_id;
+        if leader != self.leader {
+            if leader != 0 {
+                METRICS.leader_changes.fetch_add(1, Relaxed);
+                tracing::info!(
+                    leader = %format!("{leader:x}"),
+                    term = r.term,
+                    "raft: leader elected"
+                );
+            } else {
+                tracing::warn!(term = r.term, "raft: no leader");
+            }
+            if self.leader != 0 {
+                // Proposals forwarded to the old leader may be lost, and reads waiting for its
+                // read index will not get one: their clients hear "leader changed" now rather
+                // than time out (the outcome of such a write is unknown, as after a time-out).
+                self.abandoned
+                    .extend(self.pending.drain().map(|(_, (tx, _))| tx));
+                let rounds = std::mem::take(&mut self.rounds);
+                self.abandoned.extend(
+                    rounds
+                        .into_values()
+                        .flat_map(|(jobs, _, _)| jobs)
+                        .map(|(_, tx)| tx),
+                );
+            }
+            self.leader = leader;
+        }
+        let is_leader = r.state == StateRole::Leader;
+        METRICS.has_leader.store((leader != 0) as u64, Relaxed);
+        METRICS.is_leader.store(is_leader as u64, Relaxed);
+        self.role.is_leader.set(is_leader);
+        self.state.set_lease_authority(is_leader, self.election);
+        self.state.set_raft(RaftInfo {
+            leader,
+            term: r.term,
+            commit: r.raft_log.committed,
+            applied: self.applied,
+        });
+    }
+}
