@@ -33,9 +33,10 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
         endpoints: Vec<String>,
-        /// Process id of the server, to report its CPU time per request.
-        #[arg(long)]
-        server_pid: Option<u32>,
+        /// Process ids of the servers (comma-separated: every member of a cluster), to report
+        /// their CPU time per request.
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
         #[command(flatten)]
         w: Workload,
     },
@@ -84,10 +85,10 @@ enum Cmd {
         a_name: String,
         #[arg(long, default_value = "b")]
         b_name: String,
-        #[arg(long)]
-        a_pid: Option<u32>,
-        #[arg(long)]
-        b_pid: Option<u32>,
+        #[arg(long, value_delimiter = ',')]
+        a_pid: Vec<u32>,
+        #[arg(long, value_delimiter = ',')]
+        b_pid: Vec<u32>,
         /// Runs per side, alternating a, b, a, b, ...
         #[arg(long, default_value_t = 2)]
         rounds: usize,
@@ -281,9 +282,12 @@ fn progress(shared: Arc<WatchShared>, total: u64, finished: Arc<std::sync::atomi
     });
 }
 
-/// CPU seconds (user + system) of the server, when its pid was given.
-fn server_cpu_seconds(pid: Option<u32>) -> Option<f64> {
-    pid.and_then(|p| cpu_seconds(Some(p)))
+/// CPU seconds (user + system) of the servers, summed, when their pids were given.
+fn server_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(Some(p))).sum()
 }
 
 /// CPU seconds (user + system) a process has used (None: this one), from /proc.
@@ -507,7 +511,7 @@ async fn k8s_op(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Inst
 }
 
 /// Runs the workload against `endpoints`; returns the merged report.
-fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
+fn run(endpoints: &[String], w: &Workload, server_pid: &[u32]) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = Arc::new(WatchShared {
@@ -519,7 +523,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: Option<u32>) -> Report {
         epoch: Instant::now(),
         puts_start_ns: AtomicU64::new(0),
         server_cpu_at_start: AtomicU64::new(f64::NAN.to_bits()),
-        server_pid,
+        server_pid: server_pid.to_vec(),
     });
     progress(watch.clone(), w.total, finished.clone());
     let threads = w.threads.max(1);
@@ -615,7 +619,7 @@ struct WatchShared {
     /// The server's CPU seconds (f64 bits) when the puts started, so that creating the
     /// watchers is not counted.
     server_cpu_at_start: AtomicU64,
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 }
 
 /// Opens this thread's share of the watch streams (stream s on thread s % threads), creates
@@ -773,7 +777,7 @@ async fn thread_main(
         let ns = started.duration_since(watch.epoch).as_nanos() as u64;
         watch.puts_start_ns.fetch_max(ns, Ordering::SeqCst);
         if t == 0 {
-            if let Some(c) = server_cpu_seconds(watch.server_pid) {
+            if let Some(c) = server_cpu_seconds(&watch.server_pid) {
                 watch
                     .server_cpu_at_start
                     .store(c.to_bits(), Ordering::SeqCst);
@@ -909,7 +913,7 @@ fn main() {
             server_pid,
             w,
         } => {
-            let r = run(&endpoints, &w, server_pid);
+            let r = run(&endpoints, &w, &server_pid);
             r.print(&endpoints.join(","));
             if let Some(p) = &w.hgrm {
                 write_hgrm(p, &r);
@@ -941,7 +945,7 @@ fn main() {
                     total: (rate * step_seconds).max(100.0) as u64,
                     ..w.clone()
                 };
-                let r = run(&endpoints, &step, None);
+                let r = run(&endpoints, &step, &[]);
                 // Keeping up: the run took no longer than its schedule (5% slack).
                 let kept_up = r.seconds <= step_seconds * 1.05 + 0.05 && r.errors == 0;
                 let ok = kept_up && r.q_ms(0.99) <= slo_p99_ms;
@@ -1001,13 +1005,13 @@ fn main() {
             let mut ra = Vec::new();
             let mut rb = Vec::new();
             for _ in 0..rounds.max(1) {
-                let r = run(&a, &w, a_pid);
+                let r = run(&a, &w, &a_pid);
                 r.print(&a_name);
                 ra.push(r);
                 if stopped() {
                     return;
                 }
-                let r = run(&b, &w, b_pid);
+                let r = run(&b, &w, &b_pid);
                 r.print(&b_name);
                 rb.push(r);
                 if stopped() {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Three ferrocd members against three etcd members (Debian's etcd-server), all on this machine
+# on loopback with fresh temporary data dirs; the same loadgen workloads against both,
+# alternating; server CPU summed over the three members. Writes
+# tuning/results/<date>-cluster.md with the machine and the commit.
+#
+# usage: tuning/cluster.sh [TOTAL_REQUESTS]   (default 50000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+total=${1:-50000}
+cargo build --release --workspace --bins >/dev/null
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# start KIND BIN: three members; sets ENDPOINTS and PIDS
+start() {
+  local kind=$1 bin=$2 cp pp initial="" eps="" ps=""
+  local -a cports pports
+  for i in 0 1 2; do cports[$i]=$(port); pports[$i]=$(port); done
+  for i in 0 1 2; do initial+="${initial:+,}$kind$i=http://127.0.0.1:${pports[$i]}"; done
+  for i in 0 1 2; do
+    cp=${cports[$i]}; pp=${pports[$i]}
+    "$bin" --name "$kind$i" --data-dir "$work/$kind$i" \
+      --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+      --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+      --initial-cluster "$initial" --initial-cluster-token "$kind-bench" 2>"$work/$kind$i.log" &
+    pids+=($!); ps+="${ps:+,}$!"; eps+="${eps:+,}127.0.0.1:$cp"
+  done
+  for i in 0 1 2; do
+    for _ in $(seq 200); do curl -sf "http://127.0.0.1:${cports[$i]}/health" >/dev/null && break; sleep 0.1; done
+  done
+  ENDPOINTS=$eps; PIDS=$ps
+}
+start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
+start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
+
+out="tuning/results/$(date -u +%Y-%m-%d)-cluster.md"
+{
+  echo "# Three ferrocd members vs three etcd $(etcd --version | head -n1 | awk '{print $3}') members, side by side"
+  echo
+  echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "- machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, shared and noisy; six servers and loadgen on the same machine"
+  echo "- each cluster: 3 members on loopback, fresh data dirs on the same disk, default heartbeat/election; clients spread over all members' endpoints"
+  echo "- loadgen alternates ferrocd, etcd, twice; best run of each shown; CPU is the sum over the three members"
+  echo "- $total requests per run; 8 B keys in a space of 100k, 256 B values; closed loop"
+  echo
+} > "$out.tmp"
+run() {
+  local n=$1; shift
+  target/release/loadgen compare --a "$fe" --b "$ee" --a-name ferrocd --b-name etcd \
+    --a-pid "$fpids" --b-pid "$epids" --total "$n" "$@" | tee -a "$work/raw.txt" | grep '^|' | tail -n1
+}
+{
+  echo "| workload | ferrocd req/s | etcd req/s | ratio | ferrocd p50 ms | etcd p50 ms | ferrocd p99 ms | etcd p99 ms | ferrocd CPU us/req | etcd CPU us/req |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  run "$total" --workload put --clients 100 --conns 10
+  run $((total / 10)) --workload put --clients 1 --conns 1
+  run "$total" --workload range --clients 100 --conns 10
+  run "$total" --workload range-serializable --clients 100 --conns 10
+  run "$total" --workload mixed --read-ratio 0.9 --clients 100 --conns 10
+} | tee -a "$out.tmp"
+echo >> "$out.tmp"
+echo '```' >> "$out.tmp"; cat "$work/raw.txt" >> "$out.tmp"; echo '```' >> "$out.tmp"
+mv "$out.tmp" "$out"
