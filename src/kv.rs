@@ -37,6 +37,9 @@ pub enum Request {
     LeaseKeepAlive(pb::LeaseKeepAliveRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
     LeaseLeases(pb::LeaseLeasesRequest),
+    /// Maintenance MoveLeader (a cluster member's Raft loop handles it; a single member is
+    /// its own leader).
+    MoveLeader(pb::MoveLeaderRequest),
     /// Events for the watchers of one watch stream.
     WatchPull(WatchPull),
 }
@@ -111,6 +114,7 @@ pub enum Response {
     LeaseKeepAlive(pb::LeaseKeepAliveResponse),
     LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
     LeaseLeases(pb::LeaseLeasesResponse),
+    MoveLeader(pb::MoveLeaderResponse),
     WatchPull(WatchPulled),
 }
 
@@ -294,6 +298,7 @@ impl KvState {
             | Request::LeaseKeepAlive(_)
             | Request::LeaseTimeToLive(_)
             | Request::LeaseLeases(_)
+            | Request::MoveLeader(_)
             | Request::WatchPull(_) => Ok(()),
         }
     }
@@ -424,8 +429,26 @@ impl KvState {
                 self.fill(&mut resp.header);
                 Response::LeaseLeases(resp)
             }
+            Request::MoveLeader(r) => {
+                // etcd: a transferee that is not a member is refused; moving to the leader
+                // itself is done at once.
+                let members = self.members.as_deref().unwrap_or_default();
+                let known = r.target_id == self.opts.identity.member_id
+                    || members.iter().any(|m| m.id == r.target_id && !m.is_learner);
+                if !known {
+                    return Err(EtcdError::BadLeaderTransferee);
+                }
+                Response::MoveLeader(self.move_leader_done())
+            }
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
         })
+    }
+
+    /// The answer to a MoveLeader that completed.
+    pub fn move_leader_done(&self) -> pb::MoveLeaderResponse {
+        let mut resp = pb::MoveLeaderResponse::default();
+        self.fill(&mut resp.header);
+        resp
     }
 
     /// Revokes a lease and deletes its keys, in one revision (none if it had no keys).
@@ -671,6 +694,7 @@ pub fn is_write(req: &Request) -> bool {
         | Request::LeaseKeepAlive(_)
         | Request::LeaseTimeToLive(_)
         | Request::LeaseLeases(_)
+        | Request::MoveLeader(_)
         | Request::WatchPull(_) => false,
     }
 }

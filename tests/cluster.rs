@@ -89,6 +89,19 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
         })
         .collect();
     assert_eq!(is_leader.iter().filter(|x| **x).count(), 1, "{is_leader:?}");
+
+    // move-leader: etcdctl finds the leader among the endpoints and moves the leadership to a
+    // follower; a transferee that is no member is refused as etcd refuses it.
+    let (target, _) = c.status_of(follower).expect("status");
+    let out = etcdctl(&c.endpoints(), &["move-leader", &format!("{target:x}")], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&format!("to {target:x}")), "{out:?}");
+    assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), follower);
+    let out = etcdctl(&c.endpoints(), &["move-leader", "12345"], "");
+    assert!(
+        out.stderr.contains("etcdserver: bad leader transferee"),
+        "{out:?}"
+    );
 }
 
 /// Puts `key{i}` through `endpoints` (the client fails over between them) until `stop`;

@@ -420,6 +420,7 @@ fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_jso
         Method::Status => proto::<pb::StatusRequest>(body),
         Method::Alarm => proto::<pb::AlarmRequest>(body),
         Method::MemberList => proto::<pb::MemberListRequest>(body),
+        Method::MoveLeader => proto::<pb::MoveLeaderRequest>(body),
         Method::LeaseGrant => proto::<pb::LeaseGrantRequest>(body),
         Method::LeaseRevoke => proto::<pb::LeaseRevokeRequest>(body),
         Method::LeaseTimeToLive => proto::<pb::LeaseTimeToLiveRequest>(body),
@@ -476,6 +477,7 @@ fn response_json(resp: &kv::Response) -> Vec<u8> {
         kv::Response::LeaseKeepAlive(r) => to_json(r),
         kv::Response::LeaseTimeToLive(r) => to_json(r),
         kv::Response::LeaseLeases(r) => to_json(r),
+        kv::Response::MoveLeader(r) => to_json(r),
         kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }

@@ -29,6 +29,7 @@ pub(super) enum Method {
     Status,
     Alarm,
     MemberList,
+    MoveLeader,
     LeaseGrant,
     LeaseRevoke,
     LeaseTimeToLive,
@@ -62,6 +63,7 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseRevoke",
     "/etcdserverpb.Lease/LeaseTimeToLive",
     "/etcdserverpb.Lease/LeaseLeases",
+    "/etcdserverpb.Maintenance/MoveLeader",
 ];
 
 /// Every method of etcd's API, with its kind as go-grpc-prometheus labels it: to tell "not
@@ -141,6 +143,7 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
+        ("etcdserverpb.Maintenance", "MoveLeader") => Method::MoveLeader,
         ("etcdserverpb.Lease", "LeaseGrant") => Method::LeaseGrant,
         ("etcdserverpb.Lease", "LeaseRevoke") => Method::LeaseRevoke,
         ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
@@ -459,6 +462,7 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::LeaseRevoke => kv::Request::LeaseRevoke(decode_msg(msg)?),
         Method::LeaseTimeToLive => kv::Request::LeaseTimeToLive(decode_msg(msg)?),
         Method::LeaseLeases => kv::Request::LeaseLeases(decode_msg(msg)?),
+        Method::MoveLeader => kv::Request::MoveLeader(decode_msg(msg)?),
         Method::Snapshot
         | Method::Watch
         | Method::LeaseKeepAlive
@@ -493,6 +497,7 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
         kv::Response::LeaseKeepAlive(r) => frame(r),
         kv::Response::LeaseTimeToLive(r) => frame(r),
         kv::Response::LeaseLeases(r) => frame(r),
+        kv::Response::MoveLeader(r) => frame(r),
         kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }

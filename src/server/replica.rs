@@ -314,6 +314,7 @@ pub(crate) fn start(
         leader: 0,
         last_publish: None,
         abandoned: Vec::new(),
+        moving: Vec::new(),
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {
         // Until this member's attributes are applied, it shows its own as it knows them.
@@ -373,6 +374,8 @@ struct Node {
     last_publish: Option<Instant>,
     /// Clients to answer "leader changed" (collected where the loop cannot wait).
     abandoned: Vec<Reply>,
+    /// MoveLeader calls waiting for the leadership to reach their target.
+    moving: Vec<(u64, Reply, Instant)>,
 }
 
 enum Input {
@@ -458,6 +461,22 @@ impl Node {
                 tx.send(Ok(Response::LeaseExpire(0))).await;
                 return;
             }
+            Request::MoveLeader(r) => {
+                let target = r.target_id;
+                if !self.is_leader() {
+                    tx.send(Err(EtcdError::NotLeader)).await;
+                } else if !self.raw.store().voters().contains(&target) {
+                    tx.send(Err(EtcdError::BadLeaderTransferee)).await;
+                } else if target == self.me {
+                    let done = self.state.move_leader_done();
+                    tx.send(Ok(Response::MoveLeader(done))).await;
+                } else {
+                    tracing::info!(to = %format!("{target:x}"), "raft: moving the leadership");
+                    self.raw.transfer_leader(target);
+                    self.moving.push((target, tx, Instant::now()));
+                }
+                return;
+            }
             // A follower logs keepalives, so that the leader (which decides expiry) sees them.
             Request::LeaseKeepAlive(_) if !self.is_leader() => {
                 let payload = kv::encode_write(&req);
@@ -523,6 +542,7 @@ impl Node {
 
     /// Time-outs, ReadIndex retries, and publishing this member's attributes.
     async fn on_tick(&mut self) {
+        self.answer_moves().await;
         let now = Instant::now();
         let timeout = self.timeout;
         let expired: Vec<u64> = self
@@ -568,6 +588,25 @@ impl Node {
             let data = consensus::proposal(self.me, PUBLISH_ID, &self.publish);
             if self.raw.propose(vec![], data).is_err() {
                 tracing::debug!("publishing member attributes: proposal dropped; will retry");
+            }
+        }
+    }
+
+    /// Answers MoveLeader calls whose target leads now, or that waited too long.
+    async fn answer_moves(&mut self) {
+        if self.moving.is_empty() {
+            return;
+        }
+        let leader = self.raw.raft.leader_id;
+        let timeout = self.timeout;
+        for (target, tx, since) in std::mem::take(&mut self.moving) {
+            if leader == target {
+                let done = self.state.move_leader_done();
+                tx.send(Ok(Response::MoveLeader(done))).await;
+            } else if since.elapsed() > timeout {
+                tx.send(Err(EtcdError::TimeoutLeaderTransfer)).await;
+            } else {
+                self.moving.push((target, tx, since));
             }
         }
     }
@@ -664,6 +703,7 @@ impl Node {
         for tx in std::mem::take(&mut self.abandoned) {
             tx.send(Err(EtcdError::LeaderChanged)).await;
         }
+        self.answer_moves().await;
     }
 
     async fn apply(&mut self, entries: Vec<Entry>) {
