@@ -178,6 +178,19 @@ impl LogStorage {
         self.entries.extend_from_slice(ents);
     }
 
+    /// Points a persisted entry's data at its copy in the log (if the entry is still there).
+    pub fn set_data(&mut self, index: u64, term: u64, data: Bytes) {
+        let start = self.snapshot_index + 1;
+        if index < start {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut((index - start) as usize) {
+            if e.term == term {
+                e.data = data;
+            }
+        }
+    }
+
     pub fn set_hard_state(&mut self, hs: HardState) {
         self.hard_state = hs;
     }

@@ -292,10 +292,14 @@ pub(crate) fn start(
     METRICS.leader_changes.store(0, Relaxed);
     let role = Rc::new(Role::default());
     let (tx, rx) = local_channel::new_bounded(crate::limits::SHARD_QUEUE_DEPTH);
+    let (append_tx, append_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
+    let (done_tx, done_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
+    glommio::spawn_local(appender(log, append_rx, done_tx)).detach();
     let mut node = Node {
         raw,
         state,
-        log,
+        appends: 0,
+        to_appender: append_tx,
         peers,
         me: identity.member_id,
         publish: publish_payload(&identity),
@@ -334,7 +338,7 @@ pub(crate) fn start(
         }
     })
     .detach();
-    glommio::spawn_local(run(node, rx, events_rx, notifier)).detach();
+    glommio::spawn_local(run(node, rx, events_rx, done_rx, notifier)).detach();
     Ok((tx, role))
 }
 
@@ -350,7 +354,9 @@ fn request_id_base() -> u64 {
 struct Node {
     raw: RawNode<LogStorage>,
     state: KvState,
-    log: Log,
+    /// Readies being made durable by the appender, and the way there.
+    appends: usize,
+    to_appender: LocalSender<AppendReq>,
     peers: Peers,
     me: u64,
     publish: Vec<u8>,
@@ -381,20 +387,99 @@ struct Node {
 enum Input {
     Job(Job),
     Event(Event),
+    Persisted(Persisted),
+}
+
+/// Readies handed to the appender and not yet durable, at most (the appender's queues hold
+/// this many, so the loop never waits on them).
+const APPENDS_IN_FLIGHT_MAX: usize = 8;
+
+/// A Ready's share of the log: what to append (entries, then the hard state; nothing for a
+/// Ready with nothing to persist, which still completes in order), and the messages that may
+/// leave only once it is durable.
+struct AppendReq {
+    number: u64,
+    /// (index, term) of each entry, in the order of the first payloads.
+    entries: Vec<(u64, u64)>,
+    payloads: Vec<Vec<u8>>,
+    persisted: Vec<raft::eraftpb::Message>,
+}
+
+/// An [`AppendReq`] made durable.
+struct Persisted {
+    number: u64,
+    entries: Vec<(u64, u64)>,
+    /// The entries' payloads as they are in the log's mapping.
+    written: Vec<bytes::Bytes>,
+    persisted: Vec<raft::eraftpb::Message>,
+    /// What the append changed in the log (None when nothing was written); one report per
+    /// append, given with its first request.
+    report: Option<(shard::LogReport, usize)>,
+}
+
+/// Owns the log: appends the Readies it is handed, in order, each group of queued ones with one
+/// write and one fdatasync (group commit across Readies), and hands them back durable. A failed
+/// write or fdatasync stops the node.
+async fn appender(mut log: Log, rx: LocalReceiver<AppendReq>, done: LocalSender<Persisted>) {
+    let mut known = log.segment_maps().count();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Some(Some(r)) = futures_lite::future::poll_once(rx.recv()).await {
+            batch.push(r);
+        }
+        let counts: Vec<usize> = batch.iter().map(|r| r.payloads.len()).collect();
+        let all: Vec<Vec<u8>> = batch
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.payloads))
+            .collect();
+        let (mut written, mut report) = (Vec::new(), None);
+        if !all.is_empty() {
+            let before = log.stats();
+            let started = Instant::now();
+            written = match log.append(&all).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "log write failed: stopping the node");
+                    std::process::exit(1);
+                }
+            };
+            let r = shard::LogReport::of(&log, known, before, started);
+            known += r.new_segments.len();
+            report = Some((r, all.len()));
+        }
+        let mut written = written.into_iter();
+        for (r, n) in batch.into_iter().zip(counts) {
+            let mine: Vec<bytes::Bytes> = written.by_ref().take(n).collect();
+            let p = Persisted {
+                number: r.number,
+                written: mine.into_iter().take(r.entries.len()).collect(),
+                entries: r.entries,
+                persisted: r.persisted,
+                report: report.take(),
+            };
+            if done.send(p).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn run(
     mut node: Node,
     rx: LocalReceiver<Job>,
     events: LocalReceiver<Event>,
+    done: LocalReceiver<Persisted>,
     notifier: Rc<Notifier>,
 ) {
     notifier.notify(node.state.store().rev());
     loop {
         let next = async {
-            futures_lite::future::or(async { rx.recv().await.map(Input::Job) }, async {
-                events.recv().await.map(Input::Event)
-            })
+            futures_lite::future::or(
+                async { done.recv().await.map(Input::Persisted) },
+                futures_lite::future::or(async { rx.recv().await.map(Input::Job) }, async {
+                    events.recv().await.map(Input::Event)
+                }),
+            )
             .await
         };
         let first = if node.state.store().compaction_pending() {
@@ -412,7 +497,11 @@ async fn run(
         match first {
             Some(Input::Job(j)) => node.job(j).await,
             Some(Input::Event(e)) => node.event(e).await,
+            Some(Input::Persisted(p)) => node.persisted(p),
             None => return,
+        }
+        while let Some(Some(p)) = futures_lite::future::poll_once(done.recv()).await {
+            node.persisted(p);
         }
         for _ in 0..APPLY_BATCH_REQUESTS_MAX {
             match futures_lite::future::poll_once(rx.recv()).await {
@@ -427,7 +516,7 @@ async fn run(
             }
         }
         node.start_reads().await;
-        while node.raw.has_ready() {
+        while node.appends < APPENDS_IN_FLIGHT_MAX && node.raw.has_ready() {
             node.ready().await;
         }
         node.answer_reads().await;
@@ -648,6 +737,10 @@ impl Node {
         }
     }
 
+    /// Handles one Ready: messages to followers at once, committed entries applied, read
+    /// indexes noted; its entries go into the storage (raft-rs reads them from there) and,
+    /// with the hard state, to the appender; the messages that must wait for durability go
+    /// with them ([`Node::persisted`]).
     async fn ready(&mut self) {
         let mut rd = self.raw.ready();
         self.peers.send(rd.take_messages());
@@ -666,44 +759,52 @@ impl Node {
                 self.ready_reads.push((rs.index, jobs));
             }
         }
-        let mut entries = rd.take_entries();
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs.clone());
         }
+        let entries = rd.take_entries();
+        let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
         if !entries.is_empty() || rd.must_sync() {
-            let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
             payloads.push(consensus::encode_hard_state(self.raw.store().hard_state()));
-            METRICS.proposals_pending.set(entries.len() as i64);
-            let before = self.log.stats();
-            let started = Instant::now();
-            let written = match self.log.append(&payloads).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, "log write failed: stopping the node");
-                    std::process::exit(1);
-                }
-            };
-            shard::after_append(&mut self.state, &self.log, &before, started, payloads.len());
-            for (e, w) in entries.iter_mut().zip(&written) {
-                e.data = consensus::entry_data(w);
-            }
-            self.raw.mut_store().append(&entries);
-            METRICS.proposals_pending.set(0);
         }
-        self.peers.send(rd.take_persisted_messages());
-        let mut light = self.raw.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.raw.mut_store().set_commit(c);
+        self.raw.mut_store().append(&entries);
+        METRICS.proposals_pending.set(entries.len() as i64);
+        let req = AppendReq {
+            number: rd.number(),
+            entries: entries.iter().map(|e| (e.index, e.term)).collect(),
+            payloads,
+            persisted: rd.take_persisted_messages(),
+        };
+        self.raw.advance_append_async(rd);
+        self.raw.advance_apply_to(self.applied);
+        self.appends += 1;
+        if self.to_appender.try_send(req).is_err() {
+            // The loop never has more than the queue holds in flight.
+            tracing::error!("the appender is gone: stopping the node");
+            std::process::exit(1);
         }
-        self.peers.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        self.apply(committed).await;
-        self.raw.advance_apply();
         self.update_role();
         for tx in std::mem::take(&mut self.abandoned) {
             tx.send(Err(EtcdError::LeaderChanged)).await;
         }
         self.answer_moves().await;
+    }
+
+    /// A Ready is durable: its entries now point into the log, raft-rs learns it, and the
+    /// messages that waited for it leave.
+    fn persisted(&mut self, p: Persisted) {
+        self.appends -= 1;
+        if let Some((report, records)) = &p.report {
+            shard::apply_report(&mut self.state, report, *records);
+        }
+        for (&(index, term), w) in p.entries.iter().zip(&p.written) {
+            self.raw
+                .mut_store()
+                .set_data(index, term, consensus::entry_data(w));
+        }
+        METRICS.proposals_pending.set(0);
+        self.raw.on_persist_ready(p.number);
+        self.peers.send(p.persisted);
     }
 
     async fn apply(&mut self, entries: Vec<Entry>) {

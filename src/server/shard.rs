@@ -640,6 +640,32 @@ async fn run_batch(
     }
 }
 
+/// What one append changed in the log: for the value store, the quota and the metrics.
+pub(crate) struct LogReport {
+    /// Segments created by the append (their mappings), in order.
+    pub new_segments: Vec<bytes::Bytes>,
+    pub disk_bytes: u64,
+    pub used_bytes: u64,
+    pub before: LogStats,
+    pub after: LogStats,
+    pub elapsed: std::time::Duration,
+}
+
+impl LogReport {
+    /// The report of an append that started at `started` with the log's stats at `before`;
+    /// `known` is how many segments the value store has.
+    pub fn of(log: &Log, known: usize, before: LogStats, started: std::time::Instant) -> Self {
+        LogReport {
+            new_segments: log.segment_maps().skip(known).cloned().collect(),
+            disk_bytes: log.disk_bytes(),
+            used_bytes: log.used_bytes(),
+            before,
+            after: log.stats(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
 /// After a batch was appended: new segments for the value store, sizes, and the log's metrics.
 pub(crate) fn after_append(
     state: &mut KvState,
@@ -649,20 +675,25 @@ pub(crate) fn after_append(
     records: usize,
 ) {
     let known = state.values_mut().segments();
-    for m in log.segment_maps().skip(known) {
+    apply_report(state, &LogReport::of(log, known, *before, started), records);
+}
+
+/// Applies what an append changed (see [`LogReport`]).
+pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
+    for m in &r.new_segments {
         state.values_mut().add_segment(m.clone());
     }
-    state.values_mut().set_disk_bytes(log.disk_bytes());
-    state.set_db_used(log.used_bytes());
-    set_sizes(log);
-    let after = log.stats();
-    METRICS
-        .backend_commit
-        .observe(started.elapsed().as_secs_f64());
+    state.values_mut().set_disk_bytes(r.disk_bytes);
+    state.set_db_used(r.used_bytes);
+    METRICS.db_total_size.set(r.disk_bytes as i64);
+    METRICS.db_in_use.set(r.used_bytes as i64);
+    METRICS.backend_commit.observe(r.elapsed.as_secs_f64());
     METRICS
         .wal_fsync
-        .observe(after.fsync_micros_last as f64 / 1e6);
-    METRICS.wal_write_bytes.inc_by(after.bytes - before.bytes);
+        .observe(r.after.fsync_micros_last as f64 / 1e6);
+    METRICS
+        .wal_write_bytes
+        .inc_by(r.after.bytes - r.before.bytes);
     METRICS.records_per_fsync.observe(records as f64);
 }
 
