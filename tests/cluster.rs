@@ -440,3 +440,53 @@ fn a_history_across_a_leader_kill_and_restart_is_linearizable() {
         panic!("the history is not shown linearizable: {e:#?}");
     }
 }
+
+/// `etcdctl watch` requires a leader (clientv3.WithRequireLeader): when its member loses the
+/// leader, the watch is canceled with "etcdserver: no leader", on ferrocd as on etcd.
+#[test]
+fn a_watch_that_requires_a_leader_ends_when_the_member_loses_it() {
+    if !common::etcd_tools_or_skip("a_watch_that_requires_a_leader_ends_when_the_member_loses_it") {
+        return;
+    }
+    let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+    let mut outputs = Vec::new();
+    for mut c in [Cluster::etcd(3, &fast), Cluster::ferrocd(3, &fast)] {
+        c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+        let kind = c.members[0].kind;
+        let mut w = common::Background::etcdctl(&c.members[0].endpoint(), &["watch", "foo"]);
+        // The watch is open once a put made after it shows up.
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        while !w.output().contains("\nx\n") {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: watch saw nothing: {}",
+                w.output()
+            );
+            etcdctl(&c.members[0].endpoint(), &["put", "foo", "x"], "");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.members[1].kill9();
+        c.members[2].kill9();
+        let ended = w.wait_for(LEADER_TIMEOUT, |o| o.contains("canceled by the server"));
+        assert!(ended, "{kind}: watch still open: {}", w.output());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !w.exited() {
+            assert!(Instant::now() < deadline, "{kind}: etcdctl did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // From the first put on: as many "PUT foo x" as puts it took to see one.
+        let out = w.output();
+        let tail: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with("{\"level\""))
+            .skip_while(|l| *l != "x")
+            .skip_while(|l| *l == "x" || *l == "PUT" || *l == "foo")
+            .collect();
+        outputs.push((kind, tail.join("\n")));
+    }
+    assert_eq!(outputs[0].1, outputs[1].1, "{outputs:?}");
+    assert!(
+        outputs[1].1.contains("etcdserver: no leader"),
+        "{outputs:?}"
+    );
+}

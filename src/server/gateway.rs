@@ -591,8 +591,8 @@ where
         _resp: PhantomData,
     };
     match method {
-        Method::Watch => watch::serve_watch(&mut source, &mut sink, ctx).await,
-        Method::LeaseKeepAlive => watch::serve_keep_alive(&mut source, &mut sink, ctx).await,
+        Method::Watch => watch::serve_watch(&mut source, &mut sink, ctx, false).await,
+        Method::LeaseKeepAlive => watch::serve_keep_alive(&mut source, &mut sink, ctx, false).await,
         Method::Snapshot => snapshot::serve(&mut sink, ctx).await,
         Method::Observe => {
             // The only request: an election's name.

@@ -228,15 +228,31 @@ async fn serve_call(
         .and_then(parse_timeout);
     let limit = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut reader = MessageReader::new(body, limit);
+    // etcd's clients mark calls that must not be served without a leader ("hasleader"
+    // metadata, clientv3.WithRequireLeader; etcdctl watch sets it): refused at once without
+    // one, and such streams end when the member loses its leader.
+    let require_leader = parts
+        .headers
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if require_leader && !watch::has_leader() {
+        let status = Status::from(EtcdError::NoLeader);
+        if let Err(e) = send_status(&mut respond, &status) {
+            tracing::debug!(error = %e, "client went away before the response");
+        }
+        return status.code;
+    }
     match route(parts.uri.path()) {
         Ok(Method::Watch) => {
             let mut sink = H2Sink::new(&mut respond);
-            Box::pin(watch::serve_watch(&mut reader, &mut sink, ctx)).await;
+            let serve = watch::serve_watch(&mut reader, &mut sink, ctx, require_leader);
+            Box::pin(serve).await;
             return sink.code;
         }
         Ok(Method::LeaseKeepAlive) => {
             let mut sink = H2Sink::new(&mut respond);
-            Box::pin(watch::serve_keep_alive(&mut reader, &mut sink, ctx)).await;
+            let serve = watch::serve_keep_alive(&mut reader, &mut sink, ctx, require_leader);
+            Box::pin(serve).await;
             return sink.code;
         }
         Ok(

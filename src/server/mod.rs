@@ -85,6 +85,8 @@ pub(crate) struct ShardCtx {
     /// The owner's revision as this shard knows it; wakes watch streams.
     pub notifier: Rc<shard::Notifier>,
     pub watch_progress_notify_secs: u64,
+    /// `--election-timeout`: how often streams that require a leader check for one.
+    pub election: std::time::Duration,
     /// The JSON gateway is served (`--enable-grpc-gateway`).
     pub gateway: bool,
     /// This context serves a metrics URL: only `/metrics` and the health endpoints.
@@ -133,6 +135,10 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     owner,
                     notifier,
                     watch_progress_notify_secs: opts.watch_progress_notify_secs,
+                    election: opts
+                        .cluster
+                        .as_ref()
+                        .map_or(std::time::Duration::from_secs(1), |c| c.election),
                     gateway: opts.gateway,
                     metrics_only: false,
                 });
@@ -141,6 +147,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     owner: ctx.owner.clone(),
                     notifier: ctx.notifier.clone(),
                     watch_progress_notify_secs: ctx.watch_progress_notify_secs,
+                    election: ctx.election,
                     gateway: false,
                     metrics_only: true,
                 });

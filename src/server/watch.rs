@@ -103,7 +103,41 @@ struct WatchStream<'a, S> {
 
 /// Serves one Watch stream until the client goes away. As etcd's, the stream goes on after
 /// the client ends its side (no more requests): its watchers still get their events.
-pub(crate) async fn serve_watch(reader: &mut impl Source, out: &mut impl Sink, ctx: &ShardCtx) {
+/// Whether this member knows a leader (a single member is always its own).
+pub(crate) fn has_leader() -> bool {
+    METRICS
+        .has_leader
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 0
+}
+
+/// Completes when the member has had no leader for three checks in a row, one per election
+/// timeout (etcd's `monitorLeader`): a stream that requires a leader then ends with "no
+/// leader". Never completes for a stream that does not require one.
+async fn leader_lost(ctx: &ShardCtx, required: bool) -> End {
+    if !required {
+        return std::future::pending().await;
+    }
+    let mut missed = 0;
+    loop {
+        glommio::timer::sleep(ctx.election).await;
+        if has_leader() {
+            missed = 0;
+        } else {
+            missed += 1;
+            if missed >= 3 {
+                return End::Status(crate::error::EtcdError::NoLeader.into());
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve_watch(
+    reader: &mut impl Source,
+    out: &mut impl Sink,
+    ctx: &ShardCtx,
+    require_leader: bool,
+) {
     if out.open().await.is_err() {
         return;
     }
@@ -120,7 +154,10 @@ pub(crate) async fn serve_watch(reader: &mut impl Source, out: &mut impl Sink, c
         pending: BytesMut::new(),
     };
     METRICS.watch_streams.inc();
-    let end = s.run(reader, &wake).await;
+    let end = futures_lite::future::or(s.run(reader, &wake), async {
+        Err(leader_lost(ctx, require_leader).await)
+    })
+    .await;
     METRICS.watch_streams.dec();
     METRICS.watchers.dec_by(s.watchers.len() as i64);
     // Responses queued before the stream ended (say, to the requests before a malformed one)
@@ -141,11 +178,12 @@ pub(crate) async fn serve_keep_alive(
     reader: &mut impl Source,
     out: &mut impl Sink,
     ctx: &ShardCtx,
+    require_leader: bool,
 ) {
     if out.open().await.is_err() {
         return;
     }
-    let end = async {
+    let serve = async {
         while let Some(msg) = reader.next().await {
             let req: pb::LeaseKeepAliveRequest = decode_msg(msg?)?;
             let resp = match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
@@ -156,8 +194,10 @@ pub(crate) async fn serve_keep_alive(
             out.send(frame(&resp)).await?;
         }
         Ok(())
-    }
-    .await;
+    };
+    let end =
+        futures_lite::future::or(serve, async { Err(leader_lost(ctx, require_leader).await) })
+            .await;
     finish(out, end).await;
 }
 
