@@ -452,8 +452,8 @@ impl Config {
                 "initial-cluster-state must be new or existing, not {state:?}"
             ));
         }
-        if state == "existing" {
-            return err("initial-cluster-state existing (joining a cluster) is recognised but not implemented yet");
+        if state == "existing" && initial_cluster.len() < 2 {
+            return err("initial-cluster-state existing: --initial-cluster must list the members of the cluster to join");
         }
         let heartbeat_ms = raw.heartbeat_interval.unwrap_or(100);
         let election_ms = raw.election_timeout.unwrap_or(1000);

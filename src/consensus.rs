@@ -10,7 +10,8 @@
 //! the log as they do on a single member.
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 /// Log payload tag of a Raft entry: tag, term (u64 LE), index (u64 LE), entry type (u8), data.
@@ -126,16 +127,83 @@ pub struct LogStorage {
     snapshot_term: u64,
 }
 
-impl LogStorage {
-    /// The storage of a member of a new cluster of `voters`.
-    pub fn new(voters: Vec<u64>) -> LogStorage {
-        LogStorage {
-            conf_state: ConfState {
-                voters,
+/// The entries that start a new cluster, the same on every member (as etcd's `StartNode`):
+/// one AddNode configuration change per member, in id order, in term 1, each carrying the
+/// member's peer URLs (JSON) so that a member added later learns them from the log.
+pub fn bootstrap_entries(members: &[(u64, Vec<String>)]) -> Vec<Entry> {
+    let mut sorted: Vec<&(u64, Vec<String>)> = members.iter().collect();
+    sorted.sort_by_key(|(id, _)| *id);
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, (id, urls))| {
+            let cc = ConfChange {
+                change_type: ConfChangeType::AddNode,
+                node_id: *id,
+                context: Bytes::from(member_context(urls, false)),
                 ..Default::default()
-            },
-            ..Default::default()
-        }
+            };
+            let mut e = Entry {
+                term: 1,
+                index: i as u64 + 1,
+                data: Bytes::from(cc.write_to_bytes().expect("a conf change encodes")),
+                ..Default::default()
+            };
+            e.set_entry_type(EntryType::EntryConfChange);
+            e
+        })
+        .collect()
+}
+
+/// A configuration change's context: the member's peer URLs and whether it is a learner.
+pub fn member_context(peer_urls: &[String], is_learner: bool) -> Vec<u8> {
+    serde_json::json!({"peer_urls": peer_urls, "is_learner": is_learner})
+        .to_string()
+        .into_bytes()
+}
+
+/// The configuration change in a conf change entry, with the peer URLs of its context.
+pub fn parse_conf_change(e: &Entry) -> Result<(ConfChange, Vec<String>), String> {
+    let cc = ConfChange::parse_from_bytes(&e.data)
+        .map_err(|err| format!("raft entry {}: undecodable conf change: {err}", e.index))?;
+    let urls = serde_json::from_slice::<serde_json::Value>(&cc.context)
+        .ok()
+        .and_then(|v| {
+            v["peer_urls"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    Ok((cc, urls))
+}
+
+/// Applies a configuration change to a configuration (recovery does this without raft-rs; the
+/// loop asks raft-rs, which gives the same for these simple changes).
+pub fn change_conf(cs: &mut ConfState, cc: &ConfChange) {
+    let id = cc.node_id;
+    cs.voters.retain(|v| *v != id);
+    cs.learners.retain(|v| *v != id);
+    match cc.get_change_type() {
+        ConfChangeType::AddNode => cs.voters.push(id),
+        ConfChangeType::AddLearnerNode => cs.learners.push(id),
+        ConfChangeType::RemoveNode => {}
+    }
+}
+
+impl LogStorage {
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// True when no entry was ever stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.snapshot_index == 0
     }
 
     /// Adds a record read back from the log at start.
@@ -205,6 +273,10 @@ impl LogStorage {
 
     pub fn voters(&self) -> &[u64] {
         &self.conf_state.voters
+    }
+
+    pub fn learners(&self) -> &[u64] {
+        &self.conf_state.learners
     }
 
     /// Entries in `[low, high)` (recovery applies the committed ones).
@@ -317,8 +389,29 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_entries_are_the_same_whatever_the_order_and_rebuild_the_conf() {
+        let a = bootstrap_entries(&[(9, vec!["http://b".into()]), (3, vec!["http://a".into()])]);
+        let b = bootstrap_entries(&[(3, vec!["http://a".into()]), (9, vec!["http://b".into()])]);
+        assert_eq!(a, b);
+        let mut cs = ConfState::default();
+        for e in &a {
+            let (cc, urls) = parse_conf_change(e).unwrap();
+            change_conf(&mut cs, &cc);
+            assert_eq!(urls.len(), 1);
+        }
+        assert_eq!(cs.voters, [3, 9]);
+        let rm = ConfChange {
+            change_type: ConfChangeType::RemoveNode,
+            node_id: 3,
+            ..Default::default()
+        };
+        change_conf(&mut cs, &rm);
+        assert_eq!(cs.voters, [9]);
+    }
+
+    #[test]
     fn storage_overwrites_a_suffix_and_answers_raft() {
-        let mut s = LogStorage::new(vec![1, 2, 3]);
+        let mut s = LogStorage::default();
         assert_eq!(s.first_index().unwrap(), 1);
         assert_eq!(s.last_index().unwrap(), 0);
         assert_eq!(s.term(0).unwrap(), 0);
@@ -338,7 +431,7 @@ mod tests {
         // A size limit still returns the first entry.
         let one = s.entries(2, 5, 1, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(one.len(), 1);
-        let mut r = LogStorage::new(vec![1]);
+        let mut r = LogStorage::default();
         assert!(r.recover(Record::Entry(entry(2, 1, b""))).is_err());
         r.recover(Record::Entry(entry(1, 1, b""))).unwrap();
         assert_eq!(r.slice(1, 10).len(), 1);

@@ -151,6 +151,7 @@ etcd_errors! {
     Corrupt => (DataLoss, "etcdserver: corrupt cluster"),
     NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
     BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
+    MembershipNeedsCluster => (Unimplemented, "ferrocd: a single member (started without peers) cannot change membership yet"),
     TimeoutLeaderTransfer => (Unavailable, "etcdserver: request timed out, leader transfer took too long"),
 }
 

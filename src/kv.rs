@@ -40,6 +40,10 @@ pub enum Request {
     /// Maintenance MoveLeader (a cluster member's Raft loop handles it; a single member is
     /// its own leader).
     MoveLeader(pb::MoveLeaderRequest),
+    /// Membership changes (a cluster member's Raft loop handles them).
+    MemberAdd(pb::MemberAddRequest),
+    MemberRemove(pb::MemberRemoveRequest),
+    MemberPromote(pb::MemberPromoteRequest),
     /// Events for the watchers of one watch stream.
     WatchPull(WatchPull),
 }
@@ -115,6 +119,9 @@ pub enum Response {
     LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
     LeaseLeases(pb::LeaseLeasesResponse),
     MoveLeader(pb::MoveLeaderResponse),
+    MemberAdd(pb::MemberAddResponse),
+    MemberRemove(pb::MemberRemoveResponse),
+    MemberPromote(pb::MemberPromoteResponse),
     WatchPull(WatchPulled),
 }
 
@@ -299,6 +306,9 @@ impl KvState {
             | Request::LeaseTimeToLive(_)
             | Request::LeaseLeases(_)
             | Request::MoveLeader(_)
+            | Request::MemberAdd(_)
+            | Request::MemberRemove(_)
+            | Request::MemberPromote(_)
             | Request::WatchPull(_) => Ok(()),
         }
     }
@@ -440,8 +450,26 @@ impl KvState {
                 }
                 Response::MoveLeader(self.move_leader_done())
             }
+            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
+                return Err(EtcdError::MembershipNeedsCluster)
+            }
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
         })
+    }
+
+    /// The cluster's members as MemberList shows them.
+    pub fn members(&self) -> Vec<pb::Member> {
+        self.member_list().members
+    }
+
+    /// A header for the cluster service's answers (no revision, as etcd's).
+    pub fn cluster_header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.opts.identity.cluster_id,
+            member_id: self.opts.identity.member_id,
+            revision: 0,
+            raft_term: self.term,
+        }
     }
 
     /// The answer to a MoveLeader that completed.
@@ -695,6 +723,9 @@ pub fn is_write(req: &Request) -> bool {
         | Request::LeaseTimeToLive(_)
         | Request::LeaseLeases(_)
         | Request::MoveLeader(_)
+        | Request::MemberAdd(_)
+        | Request::MemberRemove(_)
+        | Request::MemberPromote(_)
         | Request::WatchPull(_) => false,
     }
 }

@@ -490,3 +490,177 @@ fn a_watch_that_requires_a_leader_ends_when_the_member_loses_it() {
         "{outputs:?}"
     );
 }
+
+/// Membership through etcdctl: a learner is added and started with the ETCD_INITIAL_CLUSTER
+/// etcdctl printed and `--initial-cluster-state existing`, catches up from the log, is
+/// promoted, then an original member is removed (and stops); the cluster serves throughout.
+#[test]
+fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
+    if !common::etcd_tools_or_skip(
+        "members_are_added_as_learners_promoted_and_removed_with_etcdctl",
+    ) {
+        return;
+    }
+    let mut c = Cluster::ferrocd(3, &[]);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    assert_eq!(etcdctl(&c.endpoints(), &["put", "k", "v"], "").code, 0);
+
+    let (client, peer) = (common::free_port(), common::free_port());
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let out = etcdctl(
+        &c.endpoints(),
+        &[
+            "member",
+            "add",
+            "m3",
+            &format!("--peer-urls={peer_url}"),
+            "--learner",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let initial = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
+        .to_string();
+    assert_eq!(initial.matches('=').count(), 4, "{initial}");
+    assert!(initial.contains(&format!("m3={peer_url}")), "{initial}");
+    assert!(
+        out.stdout
+            .contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let curl = format!("http://127.0.0.1:{client}");
+    let args: Vec<String> = [
+        "--name",
+        "m3",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        "--listen-client-urls",
+        &curl,
+        "--advertise-client-urls",
+        &curl,
+        "--listen-peer-urls",
+        &peer_url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-token",
+        "test-cluster",
+        "--initial-cluster-state",
+        "existing",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    c.members.push(Server::launch(
+        "ferrocd",
+        env!("CARGO_BIN_EXE_ferrocd"),
+        args,
+        client,
+        peer,
+        dir,
+    ));
+    // The learner catches up from the log (entries from the cluster's first).
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let out = etcdctl(
+            &c.members[3].endpoint(),
+            &["get", "k", "--consistency=s"],
+            "",
+        );
+        if out.stdout == "k\nv\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner did not catch up: {out:?}\n{}",
+            c.members[3].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = |c: &Cluster| -> serde_json::Value {
+        let out = etcdctl(&c.endpoints(), &["member", "list", "-w", "json"], "");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    let v = list(&c);
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4, "{v}");
+    let learner = members
+        .iter()
+        .find(|m| m["isLearner"] == true)
+        .unwrap_or_else(|| panic!("no learner in {v}"));
+    let learner_id = learner["ID"].as_u64().unwrap();
+
+    // Promotion, through the leader (etcd forwards it there; ferrocd needs it asked there).
+    let leader_ep = c.members[leader].endpoint();
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let out = etcdctl(
+            &leader_ep,
+            &["member", "promote", &format!("{learner_id:x}")],
+            "",
+        );
+        if out.code == 0 {
+            assert!(out.stdout.contains("promoted"), "{out:?}");
+            break;
+        }
+        assert!(
+            out.stderr.contains("in sync with leader") && Instant::now() < deadline,
+            "{out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = list(&c);
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["isLearner"] != true),
+        "{v}"
+    );
+    // The promoted member takes writes.
+    let out = etcdctl(&c.members[3].endpoint(), &["put", "k2", "v2"], "");
+    assert_eq!(out.stdout, "OK\n", "{out:?}");
+
+    // Remove an original follower: it stops, the other three serve.
+    let gone = (leader + 1) % 3;
+    let (gone_id, _) = c.status_of(gone).expect("status");
+    let out = etcdctl(
+        &leader_ep,
+        &["member", "remove", &format!("{gone_id:x}")],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("removed from cluster"), "{out:?}");
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    while c.members[gone].alive() {
+        assert!(Instant::now() < deadline, "the removed member still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rest: Vec<usize> = (0..4).filter(|&i| i != gone).collect();
+    let eps: Vec<String> = rest.iter().map(|&i| c.members[i].endpoint()).collect();
+    let out = etcdctl(&eps.join(","), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    for &i in &rest {
+        let out = etcdctl(&c.members[i].endpoint(), &["get", "k2"], "");
+        assert_eq!(out.stdout, "k2\nv2\n", "member {i}: {out:?}");
+    }
+
+    // The joined member restarts from its data dir (same flags) and is a voter of the
+    // three-member cluster again: kill -9 and restart it, and write through it.
+    c.members[3].kill9();
+    c.members[3].relaunch();
+    c.members[3].wait_healthy();
+    let out = etcdctl(&c.members[3].endpoint(), &["put", "k3", "v3"], "");
+    assert_eq!(out.stdout, "OK\n", "{out:?}");
+    let out = etcdctl(&c.members[rest[0]].endpoint(), &["get", "k3"], "");
+    assert_eq!(out.stdout, "k3\nv3\n", "{out:?}");
+}

@@ -121,6 +121,8 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
         listen_peer,
         heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms),
         election: std::time::Duration::from_millis(cfg.election_ms),
+        token: cfg.initial_cluster_token.clone(),
+        join: cfg.initial_cluster_state == "existing",
     }))
 }
 

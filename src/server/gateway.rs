@@ -421,6 +421,9 @@ fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_jso
         Method::Alarm => proto::<pb::AlarmRequest>(body),
         Method::MemberList => proto::<pb::MemberListRequest>(body),
         Method::MoveLeader => proto::<pb::MoveLeaderRequest>(body),
+        Method::MemberAdd => proto::<pb::MemberAddRequest>(body),
+        Method::MemberRemove => proto::<pb::MemberRemoveRequest>(body),
+        Method::MemberPromote => proto::<pb::MemberPromoteRequest>(body),
         Method::LeaseGrant => proto::<pb::LeaseGrantRequest>(body),
         Method::LeaseRevoke => proto::<pb::LeaseRevokeRequest>(body),
         Method::LeaseTimeToLive => proto::<pb::LeaseTimeToLiveRequest>(body),
@@ -478,6 +481,9 @@ fn response_json(resp: &kv::Response) -> Vec<u8> {
         kv::Response::LeaseTimeToLive(r) => to_json(r),
         kv::Response::LeaseLeases(r) => to_json(r),
         kv::Response::MoveLeader(r) => to_json(r),
+        kv::Response::MemberAdd(r) => to_json(r),
+        kv::Response::MemberRemove(r) => to_json(r),
+        kv::Response::MemberPromote(r) => to_json(r),
         kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }

@@ -29,6 +29,9 @@ pub(super) enum Method {
     Status,
     Alarm,
     MemberList,
+    MemberAdd,
+    MemberRemove,
+    MemberPromote,
     MoveLeader,
     LeaseGrant,
     LeaseRevoke,
@@ -64,6 +67,9 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseTimeToLive",
     "/etcdserverpb.Lease/LeaseLeases",
     "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Cluster/MemberAdd",
+    "/etcdserverpb.Cluster/MemberRemove",
+    "/etcdserverpb.Cluster/MemberPromote",
 ];
 
 /// Every method of etcd's API, with its kind as go-grpc-prometheus labels it: to tell "not
@@ -144,6 +150,9 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         ("etcdserverpb.Maintenance", "MoveLeader") => Method::MoveLeader,
+        ("etcdserverpb.Cluster", "MemberAdd") => Method::MemberAdd,
+        ("etcdserverpb.Cluster", "MemberRemove") => Method::MemberRemove,
+        ("etcdserverpb.Cluster", "MemberPromote") => Method::MemberPromote,
         ("etcdserverpb.Lease", "LeaseGrant") => Method::LeaseGrant,
         ("etcdserverpb.Lease", "LeaseRevoke") => Method::LeaseRevoke,
         ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
@@ -479,6 +488,9 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::LeaseTimeToLive => kv::Request::LeaseTimeToLive(decode_msg(msg)?),
         Method::LeaseLeases => kv::Request::LeaseLeases(decode_msg(msg)?),
         Method::MoveLeader => kv::Request::MoveLeader(decode_msg(msg)?),
+        Method::MemberAdd => kv::Request::MemberAdd(decode_msg(msg)?),
+        Method::MemberRemove => kv::Request::MemberRemove(decode_msg(msg)?),
+        Method::MemberPromote => kv::Request::MemberPromote(decode_msg(msg)?),
         Method::Snapshot
         | Method::Watch
         | Method::LeaseKeepAlive
@@ -514,6 +526,9 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
         kv::Response::LeaseTimeToLive(r) => frame(r),
         kv::Response::LeaseLeases(r) => frame(r),
         kv::Response::MoveLeader(r) => frame(r),
+        kv::Response::MemberAdd(r) => frame(r),
+        kv::Response::MemberRemove(r) => frame(r),
+        kv::Response::MemberPromote(r) => frame(r),
         kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }

@@ -40,12 +40,34 @@ pub(crate) enum Event {
     Tick,
 }
 
+/// The members' ids and peer URLs, kept current by the Raft loop: a joining member finds its
+/// id here by its peer URLs.
+pub(crate) type Directory = Rc<std::cell::RefCell<Vec<(u64, Vec<String>)>>>;
+
 /// The senders towards every other member.
 pub(crate) struct Peers {
+    me: u64,
+    cluster_id: u64,
     out: HashMap<u64, LocalSender<Message>>,
 }
 
 impl Peers {
+    /// Starts the link to a member (added to the cluster, or known at start).
+    pub fn add(&mut self, id: u64, urls: Vec<String>) {
+        if id == self.me || self.out.contains_key(&id) {
+            return;
+        }
+        let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
+        self.out.insert(id, tx);
+        glommio::spawn_local(send_loop(self.me, self.cluster_id, id, urls, rx)).detach();
+    }
+
+    /// Ends the link to a member removed from the cluster.
+    pub fn remove(&mut self, id: u64) {
+        // The sender task ends when its queue closes.
+        self.out.remove(&id);
+    }
+
     /// Queues messages to their receivers; drops a message whose queue is full.
     pub fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
@@ -82,52 +104,89 @@ pub(crate) fn start(
     listen: &[SocketAddr],
     peers: &[(u64, Vec<String>)],
     events: Rc<LocalSender<Event>>,
+    directory: Directory,
 ) -> io::Result<Peers> {
     for addr in listen {
         let l = TcpListener::bind(addr)
             .map_err(|e| io::Error::other(format!("cannot listen on peer address {addr}: {e}")))?;
-        glommio::spawn_local(accept_loop(l, me, cluster_id, events.clone())).detach();
+        let (events, dir) = (events.clone(), directory.clone());
+        glommio::spawn_local(accept_loop(l, me, cluster_id, events, dir)).detach();
     }
-    let mut out = HashMap::new();
-    for (id, urls) in peers.iter().filter(|(id, _)| *id != me) {
-        let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
-        out.insert(*id, tx);
-        let (id, urls) = (*id, urls.clone());
-        glommio::spawn_local(async move {
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                match connect(&urls, me, cluster_id, id).await {
-                    Ok(mut s) => {
-                        backoff = BACKOFF_MIN;
-                        tracing::info!(peer = %format!("{id:x}"), "peer link up");
-                        let mut buf = Vec::new();
-                        loop {
-                            let Some(first) = rx.recv().await else { return };
-                            buf.clear();
-                            frame(&mut buf, &first);
-                            for _ in 1..SEND_BATCH_MSGS {
-                                match futures_lite::future::poll_once(rx.recv()).await {
-                                    Some(Some(m)) => frame(&mut buf, &m),
-                                    _ => break,
-                                }
-                            }
-                            if let Err(e) = s.write_all(&buf).await {
-                                tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
-                                break;
-                            }
+    let mut p = Peers {
+        me,
+        cluster_id,
+        out: HashMap::new(),
+    };
+    for (id, urls) in peers {
+        p.add(*id, urls.clone());
+    }
+    Ok(p)
+}
+
+/// The link to one peer: connects (again, with backoff, after a failure) and writes the
+/// queued messages, many per write; ends when the queue closes.
+async fn send_loop(
+    me: u64,
+    cluster_id: u64,
+    id: u64,
+    urls: Vec<String>,
+    rx: glommio::channels::local_channel::LocalReceiver<Message>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match connect(&urls, me, cluster_id, id).await {
+            Ok(mut s) => {
+                backoff = BACKOFF_MIN;
+                tracing::info!(peer = %format!("{id:x}"), "peer link up");
+                let mut buf = Vec::new();
+                loop {
+                    let Some(first) = rx.recv().await else { return };
+                    buf.clear();
+                    frame(&mut buf, &first);
+                    for _ in 1..SEND_BATCH_MSGS {
+                        match futures_lite::future::poll_once(rx.recv()).await {
+                            Some(Some(m)) => frame(&mut buf, &m),
+                            _ => break,
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(peer = %format!("{id:x}"), error = %e, "cannot reach peer");
+                    if let Err(e) = s.write_all(&buf).await {
+                        tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
+                        break;
                     }
                 }
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-        })
-        .detach();
+            Err(e) => {
+                tracing::debug!(peer = %format!("{id:x}"), error = %e, "cannot reach peer");
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    Ok(Peers { out })
+}
+
+/// Asks the members at `urls` for the cluster id and for this member's id (the one the
+/// cluster gave the member with `my_urls` as peer URLs), as a joining member must; the first
+/// that answers wins.
+pub(crate) async fn ask_identity(urls: &[String], my_urls: &[String]) -> io::Result<(u64, u64)> {
+    let mut last = io::Error::other("no peer to ask");
+    let mine = serde_json::to_vec(my_urls).expect("URLs encode");
+    for url in urls {
+        let attempt = async {
+            let mut s = connect(std::slice::from_ref(url), 0, 0, 0).await?;
+            s.write_all(&(mine.len() as u32).to_le_bytes()).await?;
+            s.write_all(&mine).await?;
+            let mut ids = [0u8; 16];
+            s.read_exact(&mut ids).await?;
+            let word = |i: usize| u64::from_le_bytes(ids[i * 8..i * 8 + 8].try_into().expect("8"));
+            Ok::<(u64, u64), io::Error>((word(0), word(1)))
+        };
+        match attempt.await {
+            Ok((c, m)) if c != 0 && m != 0 => return Ok((c, m)),
+            Ok(_) => last = io::Error::other(format!("{url}: this member is not in its cluster")),
+            Err(e) => last = io::Error::other(format!("{url}: {e}")),
+        }
+    }
+    Err(last)
 }
 
 fn frame(buf: &mut Vec<u8>, m: &Message) {
@@ -177,14 +236,20 @@ async fn connect(urls: &[String], me: u64, cluster_id: u64, to: u64) -> io::Resu
     Err(last)
 }
 
-async fn accept_loop(l: TcpListener, me: u64, cluster_id: u64, events: Rc<LocalSender<Event>>) {
+async fn accept_loop(
+    l: TcpListener,
+    me: u64,
+    cluster_id: u64,
+    events: Rc<LocalSender<Event>>,
+    directory: Directory,
+) {
     loop {
         match l.accept().await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                let events = events.clone();
+                let (events, dir) = (events.clone(), directory.clone());
                 glommio::spawn_local(async move {
-                    if let Err(e) = receive(s, me, cluster_id, events).await {
+                    if let Err(e) = receive(s, me, cluster_id, events, dir).await {
                         tracing::debug!(error = %e, "peer connection closed");
                     }
                 })
@@ -203,6 +268,7 @@ async fn receive(
     me: u64,
     cluster_id: u64,
     events: Rc<LocalSender<Event>>,
+    directory: Directory,
 ) -> io::Result<()> {
     let mut r = futures_lite::io::BufReader::with_capacity(64 << 10, s);
     let mut hello = [0u8; HANDSHAKE_BYTES];
@@ -212,6 +278,27 @@ async fn receive(
         return Err(io::Error::other("not a ferrocd peer (bad handshake)"));
     }
     let (cid, from, to) = (word(0), word(1), word(2));
+    if cid == 0 && to == 0 {
+        // A joining member asks for the cluster id and its own id, by its peer URLs.
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > 64 << 10 {
+            return Err(io::Error::other("oversized identity question"));
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await?;
+        let urls: Vec<String> = serde_json::from_slice(&body).unwrap_or_default();
+        let id = directory
+            .borrow()
+            .iter()
+            .find(|(_, u)| !urls.is_empty() && u.iter().any(|x| urls.contains(x)))
+            .map_or(0, |(id, _)| *id);
+        let mut answer = cluster_id.to_le_bytes().to_vec();
+        answer.extend_from_slice(&id.to_le_bytes());
+        r.get_mut().write_all(&answer).await?;
+        return Ok(());
+    }
     if cid != cluster_id || to != me {
         tracing::warn!(
             from = %format!("{from:x}"),

@@ -53,6 +53,10 @@ pub struct ClusterOptions {
     pub listen_peer: Vec<std::net::SocketAddr>,
     pub heartbeat: Duration,
     pub election: Duration,
+    /// `--initial-cluster-token` (new members' ids are derived from it, as etcd's).
+    pub token: String,
+    /// `--initial-cluster-state existing`: this member joins a running cluster that added it.
+    pub join: bool,
 }
 
 /// What the other tasks of the owner shard know of the member's role.
@@ -72,24 +76,80 @@ impl Role {
 const TAG_PUBLISH: u8 = 0x30;
 /// The request id of a publishing proposal ([`request_id_base`] never gives it).
 const PUBLISH_ID: u64 = 0;
+/// What a configuration change answers (the last byte of its entry's context).
+const KIND_ADD: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+const KIND_PROMOTE: u8 = 3;
+
+/// The id of a member added to the cluster, as etcd computes it: SHA-1 over the sorted peer
+/// URLs, the cluster token and the time in seconds; the first 8 bytes, big endian.
+fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let b = format!("{}{token}{now}", urls.concat());
+    let digest = sha1_smol::Sha1::from(b.as_bytes()).digest().bytes();
+    u64::from_be_bytes(digest[..8].try_into().expect("sha1 has 20 bytes"))
+}
 /// How long a proposal or read may wait for its answer (etcd: 5 s plus two election
 /// timeouts).
 fn request_timeout(election: Duration) -> Duration {
     Duration::from_secs(5) + 2 * election
 }
 
+/// What a cluster member starts from.
+pub(crate) struct Recovered {
+    pub state: KvState,
+    pub log: Log,
+    pub storage: LogStorage,
+    pub members: Members,
+    /// The member's identity, with the cluster id a joining member learned.
+    pub identity: kv::Identity,
+}
+
 /// Opens the log of a cluster member, rebuilds Raft's storage from it and applies what was
-/// committed. Refuses a log written by a single member without peers.
+/// committed. A new cluster's members first log the same bootstrap entries (one AddNode per
+/// member); a joining member starts empty and learns everything from the leader. Refuses a log
+/// written by a single member without peers.
 pub(crate) async fn recover(
     opts: &StateOptions,
     cluster: &ClusterOptions,
-) -> io::Result<(KvState, Log, LogStorage, Members)> {
-    let (mut state, rec) = shard::open(opts).await?;
-    let Some(rec) = rec else {
+) -> io::Result<Recovered> {
+    let mut opts = opts.clone();
+    let dir = opts
+        .log_dir
+        .clone()
+        .ok_or_else(|| io::Error::other("a cluster member needs a data directory"))?;
+    if cluster.join {
+        let (c, m) = joined_identity(&dir, cluster, &opts.kv.identity).await?;
+        opts.kv.identity.cluster_id = c;
+        opts.kv.identity.member_id = m;
+    }
+    let (mut state, rec) = shard::open(&opts).await?;
+    let Some(mut rec) = rec else {
         return Err(io::Error::other("a cluster member needs a data directory"));
     };
-    let dir = opts.log_dir.clone().unwrap_or_default();
-    let mut storage = LogStorage::new(cluster.members.iter().map(|m| m.id).collect());
+    if rec.payloads.is_empty() && !cluster.join {
+        let members: Vec<(u64, Vec<String>)> = cluster
+            .members
+            .iter()
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect();
+        let entries = consensus::bootstrap_entries(&members);
+        let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
+        payloads.push(consensus::encode_hard_state(&raft::eraftpb::HardState {
+            term: 1,
+            commit: entries.len() as u64,
+            ..Default::default()
+        }));
+        rec.payloads = rec.log.append(&payloads).await?;
+        for m in rec.log.segment_maps().skip(state.values_mut().segments()) {
+            state.values_mut().add_segment(m.clone());
+        }
+    }
+    let mut storage = LogStorage::default();
     let records = rec.payloads.len();
     for p in rec.payloads {
         if !consensus::is_raft_record(&p) {
@@ -105,12 +165,17 @@ pub(crate) async fn recover(
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
     }
     let commit = storage.hard_state().commit;
-    let mut members = Members::new(cluster, &opts.kv.identity);
+    let mut members = Members::new(&opts.kv.identity);
+    let mut conf = raft::eraftpb::ConfState::default();
     let committed = storage.slice(1, commit + 1).to_vec();
     for e in &committed {
-        apply_entry(&mut state, &mut members, e)
+        let applied = apply_entry(&mut state, &mut members, e)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
+        if let Applied::Conf(cc) = applied {
+            consensus::change_conf(&mut conf, &cc);
+        }
     }
+    storage.set_conf_state(conf);
     // Published again on every start (the URLs may have changed).
     members.published = false;
     state.set_members(members.list());
@@ -121,9 +186,67 @@ pub(crate) async fn recover(
         commit,
         term = storage.hard_state().term,
         revision = state.store().rev(),
+        voters = ?storage.voters(),
         "raft log replayed"
     );
-    Ok((state, log, storage, members))
+    Ok(Recovered {
+        state,
+        log,
+        storage,
+        members,
+        identity: opts.kv.identity.clone(),
+    })
+}
+
+/// The cluster id of the cluster this member joins, and the id the cluster gave this member
+/// (found by its peer URLs, as etcd does): kept in `<data-dir>/member/cluster` once learned
+/// from a peer.
+async fn joined_identity(
+    log_dir: &std::path::Path,
+    cluster: &ClusterOptions,
+    me: &kv::Identity,
+) -> io::Result<(u64, u64)> {
+    let file = log_dir.parent().unwrap_or(log_dir).join("cluster");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let ids: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|w| u64::from_str_radix(w, 16).ok())
+            .collect();
+        if let [c, m] = ids[..] {
+            return Ok((c, m));
+        }
+    }
+    let urls: Vec<String> = cluster
+        .members
+        .iter()
+        .filter(|m| m.peer_urls != me.peer_urls)
+        .flat_map(|m| m.peer_urls.clone())
+        .collect();
+    let mut last = None;
+    for _ in 0..50 {
+        match peer::ask_identity(&urls, &me.peer_urls).await {
+            Ok((c, m)) => {
+                let tmp = file.with_extension("tmp");
+                std::fs::create_dir_all(file.parent().unwrap_or(log_dir))?;
+                std::fs::write(&tmp, format!("{c:x} {m:x}\n"))?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &file)?;
+                tracing::info!(
+                    cluster_id = %format!("{c:x}"),
+                    member_id = %format!("{m:x}"),
+                    "joining an existing cluster"
+                );
+                return Ok((c, m));
+            }
+            Err(e) => last = Some(e),
+        }
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+    }
+    Err(io::Error::other(format!(
+        "initial-cluster-state existing: no member of the cluster knows this member (add it \
+         first with MemberAdd): {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
 /// The cluster's members with what they published.
@@ -135,25 +258,12 @@ pub(crate) struct Members {
 }
 
 impl Members {
-    fn new(cluster: &ClusterOptions, me: &kv::Identity) -> Members {
-        let list = cluster
-            .members
-            .iter()
-            .map(|m| {
-                let member = pb::Member {
-                    id: m.id,
-                    // etcd shows an empty name until the member has published it.
-                    name: String::new(),
-                    peer_ur_ls: m.peer_urls.clone(),
-                    client_ur_ls: vec![],
-                    is_learner: false,
-                };
-                (m.id, member)
-            })
-            .collect();
+    /// No members yet: the log's configuration changes add them (a new cluster's bootstrap
+    /// entries, then MemberAdd and MemberRemove).
+    fn new(me: &kv::Identity) -> Members {
         Members {
             me: me.member_id,
-            list,
+            list: BTreeMap::new(),
             published: false,
         }
     }
@@ -165,6 +275,36 @@ impl Members {
     fn published(&self) -> bool {
         self.published
     }
+
+    fn conf_change(&mut self, cc: &raft::eraftpb::ConfChange, urls: Vec<String>) {
+        use raft::eraftpb::ConfChangeType;
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            t @ (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode) => {
+                let learner = t == ConfChangeType::AddLearnerNode;
+                let m = self.list.entry(id).or_insert_with(|| pb::Member {
+                    id,
+                    ..Default::default()
+                });
+                m.is_learner = learner;
+                if !urls.is_empty() {
+                    m.peer_ur_ls = urls;
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                self.list.remove(&id);
+            }
+        }
+    }
+}
+
+/// What applying an entry gave.
+pub(crate) enum Applied {
+    Nothing,
+    /// A request's answer, for its proposer (member id, request id).
+    Answer(u64, u64, shard::Answer),
+    /// A configuration change, applied to the members already.
+    Conf(raft::eraftpb::ConfChange),
 }
 
 /// The proposal data that publishes this member's name and client URLs.
@@ -179,23 +319,26 @@ fn publish_payload(id: &kv::Identity) -> Vec<u8> {
     out
 }
 
-/// Applies one committed entry; returns the proposer, its request id and the answer for a
-/// request (None for an entry that answers nobody).
-fn apply_entry(
-    state: &mut KvState,
-    members: &mut Members,
-    e: &Entry,
-) -> Result<Option<(u64, u64, shard::Answer)>, String> {
-    if e.get_entry_type() != EntryType::EntryNormal {
-        tracing::warn!(
-            index = e.index,
-            "a configuration change entry: membership changes are not implemented yet"
-        );
-        return Ok(None);
+/// Applies one committed entry.
+fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<Applied, String> {
+    match e.get_entry_type() {
+        EntryType::EntryNormal => {}
+        EntryType::EntryConfChange => {
+            let (cc, urls) = consensus::parse_conf_change(e)?;
+            members.conf_change(&cc, urls);
+            state.set_members(members.list());
+            return Ok(Applied::Conf(cc));
+        }
+        EntryType::EntryConfChangeV2 => {
+            return Err(format!(
+                "raft entry {}: a joint configuration change",
+                e.index
+            ));
+        }
     }
     if e.data.is_empty() {
         // A new leader's empty entry.
-        return Ok(None);
+        return Ok(Applied::Nothing);
     }
     let (origin, id, payload) = consensus::parse_proposal(&e.data)
         .ok_or_else(|| format!("raft entry {}: undecodable proposal", e.index))?;
@@ -218,10 +361,10 @@ fn apply_entry(
                 .unwrap_or_default();
         }
         state.set_members(members.list());
-        return Ok(None);
+        return Ok(Applied::Nothing);
     }
     let req = kv::decode_write(payload).map_err(|err| format!("raft entry {}: {err}", e.index))?;
-    Ok(Some((origin, id, state.execute(req))))
+    Ok(Applied::Answer(origin, id, state.execute(req)))
 }
 
 /// A slog drain that hands raft-rs's messages (elections, leader changes) to tracing.
@@ -246,27 +389,44 @@ impl slog::Drain for TracingDrain {
 
 /// Starts the Raft loop, its ticker and the peer links; returns the queue of client requests.
 pub(crate) fn start(
-    state: KvState,
-    log: Log,
-    storage: LogStorage,
-    members: Members,
+    rec: Recovered,
     cluster: ClusterOptions,
-    identity: kv::Identity,
     notifier: Rc<Notifier>,
 ) -> io::Result<(LocalSender<Job>, Rc<Role>)> {
+    let Recovered {
+        state,
+        log,
+        storage,
+        members,
+        identity,
+    } = rec;
     let (events_tx, events_rx) = local_channel::new_bounded(RAFT_EVENTS_DEPTH);
     let events_tx = Rc::new(events_tx);
-    let peers: Vec<(u64, Vec<String>)> = cluster
-        .members
-        .iter()
-        .map(|m| (m.id, m.peer_urls.clone()))
+    // The members the log knows, and those of --initial-cluster it does not (a joining member
+    // knows no member from its log yet, and must answer the leader to learn them).
+    let mut peers: Vec<(u64, Vec<String>)> = members
+        .list
+        .values()
+        .map(|m| (m.id, m.peer_ur_ls.clone()))
         .collect();
+    for m in &cluster.members {
+        if m.peer_urls != identity.peer_urls && !members.list.contains_key(&m.id) {
+            peers.push((m.id, m.peer_urls.clone()));
+        }
+    }
+    let known: Vec<(u64, Vec<String>)> = members
+        .list
+        .values()
+        .map(|m| (m.id, m.peer_ur_ls.clone()))
+        .collect();
+    let directory: peer::Directory = Rc::new(std::cell::RefCell::new(known));
     let peers = peer::start(
         identity.member_id,
         identity.cluster_id,
         &cluster.listen_peer,
         &peers,
         events_tx.clone(),
+        directory.clone(),
     )?;
     let applied = storage.hard_state().commit;
     let election_ticks = (cluster.election.as_millis() / cluster.heartbeat.as_millis()).max(2);
@@ -319,6 +479,8 @@ pub(crate) fn start(
         last_publish: None,
         abandoned: Vec::new(),
         moving: Vec::new(),
+        token: cluster.token.clone(),
+        directory,
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {
         // Until this member's attributes are applied, it shows its own as it knows them.
@@ -382,6 +544,10 @@ struct Node {
     abandoned: Vec<Reply>,
     /// MoveLeader calls waiting for the leadership to reach their target.
     moving: Vec<(u64, Reply, Instant)>,
+    /// `--initial-cluster-token`, for the ids of added members.
+    token: String,
+    /// Members' peer URLs for the peer links' identity answers.
+    directory: peer::Directory,
 }
 
 enum Input {
@@ -566,6 +732,11 @@ impl Node {
                 }
                 return;
             }
+            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
+                let r = std::mem::replace(&mut req, Request::LeaseLeases(Default::default()));
+                self.membership(r, tx).await;
+                return;
+            }
             // A follower logs keepalives, so that the leader (which decides expiry) sees them.
             Request::LeaseKeepAlive(_) if !self.is_leader() => {
                 let payload = kv::encode_write(&req);
@@ -589,6 +760,169 @@ impl Node {
         } else {
             let answer = self.state.execute(req);
             tx.send(answer).await;
+        }
+    }
+
+    /// MemberAdd, MemberRemove and MemberPromote: checked as etcd checks them, then proposed
+    /// as a configuration change, answered when it is applied.
+    async fn membership(&mut self, req: Request, tx: Reply) {
+        use raft::eraftpb::{ConfChange, ConfChangeType};
+        let exists = |id: u64| self.members.list.get(&id).cloned();
+        let (cc, kind) = match req {
+            Request::MemberAdd(r) => {
+                if r.peer_ur_ls.is_empty()
+                    || r.peer_ur_ls.iter().any(|u| peer::url_addr(u).is_err())
+                {
+                    return tx.send(Err(EtcdError::MemberBadUrls)).await;
+                }
+                let taken = self
+                    .members
+                    .list
+                    .values()
+                    .any(|m| m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u)));
+                if taken {
+                    return tx.send(Err(EtcdError::PeerUrlExist)).await;
+                }
+                if r.is_learner && self.members.list.values().any(|m| m.is_learner) {
+                    // etcd's --max-learners default: one.
+                    return tx.send(Err(EtcdError::TooManyLearners)).await;
+                }
+                let id = new_member_id(&r.peer_ur_ls, &self.token);
+                if exists(id).is_some() {
+                    return tx.send(Err(EtcdError::MemberExist)).await;
+                }
+                let cc = ConfChange {
+                    change_type: if r.is_learner {
+                        ConfChangeType::AddLearnerNode
+                    } else {
+                        ConfChangeType::AddNode
+                    },
+                    node_id: id,
+                    context: consensus::member_context(&r.peer_ur_ls, r.is_learner).into(),
+                    ..Default::default()
+                };
+                (cc, KIND_ADD)
+            }
+            Request::MemberRemove(r) => {
+                if exists(r.id).is_none() {
+                    return tx.send(Err(EtcdError::MemberNotFound)).await;
+                }
+                let cc = ConfChange {
+                    change_type: ConfChangeType::RemoveNode,
+                    node_id: r.id,
+                    ..Default::default()
+                };
+                (cc, KIND_REMOVE)
+            }
+            Request::MemberPromote(r) => {
+                let Some(m) = exists(r.id) else {
+                    return tx.send(Err(EtcdError::MemberNotFound)).await;
+                };
+                if !m.is_learner {
+                    return tx.send(Err(EtcdError::MemberNotLearner)).await;
+                }
+                // Only the leader knows how far the learner is (etcd forwards to it).
+                if !self.is_leader() {
+                    return tx.send(Err(EtcdError::NotLeader)).await;
+                }
+                let last = self.raw.raft.raft_log.last_index();
+                let matched = self.raw.raft.prs().get(r.id).map_or(0, |p| p.matched);
+                // etcd: a learner is ready at 90% of the leader's log.
+                if (matched as f64) < (last as f64) * 0.9 {
+                    return tx.send(Err(EtcdError::LearnerNotReady)).await;
+                }
+                let cc = ConfChange {
+                    change_type: ConfChangeType::AddNode,
+                    node_id: r.id,
+                    context: consensus::member_context(&m.peer_ur_ls, false).into(),
+                    ..Default::default()
+                };
+                (cc, KIND_PROMOTE)
+            }
+            _ => unreachable!("not a membership request"),
+        };
+        let id = self.next_req;
+        self.next_req += 1;
+        let mut ctx = consensus::proposal(self.me, id, &[kind]);
+        ctx.truncate(17);
+        match self.raw.propose_conf_change(ctx, cc) {
+            Ok(()) => {
+                self.pending.insert(id, (tx, Instant::now()));
+            }
+            Err(_) => {
+                let e = if self.raw.raft.leader_id == 0 {
+                    EtcdError::NoLeader
+                } else {
+                    // Another configuration change is still being applied.
+                    EtcdError::TooManyRequests
+                };
+                tx.send(Err(e)).await;
+            }
+        }
+    }
+
+    /// A committed configuration change: raft-rs applies it, the links follow, and the
+    /// proposer answers its client. A member that removed itself stops.
+    async fn conf_changed(&mut self, e: &Entry, cc: raft::eraftpb::ConfChange) {
+        use raft::eraftpb::ConfChangeType;
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.raw.mut_store().set_conf_state(cs),
+            Err(err) => {
+                tracing::error!(error = %err, "raft refused a committed configuration change");
+            }
+        }
+        let id = cc.node_id;
+        let removed_me = cc.get_change_type() == ConfChangeType::RemoveNode && id == self.me;
+        *self.directory.borrow_mut() = self
+            .members
+            .list
+            .values()
+            .map(|m| (m.id, m.peer_ur_ls.clone()))
+            .collect();
+        match cc.get_change_type() {
+            ConfChangeType::RemoveNode => self.peers.remove(id),
+            _ => {
+                if let Some(m) = self.members.list.get(&id) {
+                    self.peers.add(id, m.peer_ur_ls.clone());
+                }
+            }
+        }
+        tracing::info!(
+            member = %format!("{id:x}"),
+            change = ?cc.get_change_type(),
+            voters = ?self.raw.store().voters(),
+            learners = ?self.raw.store().learners(),
+            "raft: membership changed"
+        );
+        if let Some((origin, rid, kind)) = consensus::parse_proposal(&e.context)
+            .map(|(o, r, k)| (o, r, k.first().copied().unwrap_or(0)))
+        {
+            if origin == self.me {
+                if let Some((tx, _)) = self.pending.remove(&rid) {
+                    let header = Some(self.state.cluster_header());
+                    let members = self.state.members();
+                    let resp = match kind {
+                        KIND_ADD => Response::MemberAdd(pb::MemberAddResponse {
+                            header,
+                            member: self.members.list.get(&id).cloned(),
+                            members,
+                        }),
+                        KIND_REMOVE => {
+                            Response::MemberRemove(pb::MemberRemoveResponse { header, members })
+                        }
+                        _ => Response::MemberPromote(pb::MemberPromoteResponse { header, members }),
+                    };
+                    tx.send(Ok(resp)).await;
+                }
+            }
+        }
+        if removed_me {
+            tracing::warn!("this member was removed from the cluster: stopping");
+            glommio::spawn_local(async {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                std::process::exit(0);
+            })
+            .detach();
         }
     }
 
@@ -821,12 +1155,14 @@ impl Node {
                 }
             };
             self.applied = e.index;
-            if let Some((origin, id, answer)) = applied {
-                if origin == self.me {
+            match applied {
+                Applied::Answer(origin, id, answer) if origin == self.me => {
                     if let Some((tx, _)) = self.pending.remove(&id) {
                         tx.send(answer).await;
                     }
                 }
+                Applied::Conf(cc) => self.conf_changed(e, cc).await,
+                _ => {}
             }
         }
         METRICS.proposals_committed.inc_by(n);

@@ -127,18 +127,8 @@ impl Links {
                 let auto_compaction = opts.auto_compaction;
                 let (tx, role) = match opts.cluster.clone() {
                     Some(cluster) => {
-                        let identity = opts.kv.identity.clone();
-                        let (state, log, storage, members) =
-                            super::replica::recover(&opts, &cluster).await?;
-                        let (tx, role) = super::replica::start(
-                            state,
-                            log,
-                            storage,
-                            members,
-                            cluster,
-                            identity,
-                            notifier.clone(),
-                        )?;
+                        let rec = super::replica::recover(&opts, &cluster).await?;
+                        let (tx, role) = super::replica::start(rec, cluster, notifier.clone())?;
                         (tx, Some(role))
                     }
                     None => {
