@@ -34,6 +34,9 @@ pub enum Request {
     /// Revokes leases whose deadline passed. Sent empty by the owner's ticker;
     /// [`KvState::prepare`] fills in the expired leases, and only a non-empty one is logged.
     LeaseExpire(Vec<i64>),
+    /// A cluster leader's lease deadlines: (lease id, milliseconds left), logged so that a
+    /// new leader keeps them ([`KvState::take_lease_checkpoint`]).
+    LeaseCheckpoint(Vec<(i64, i64)>),
     LeaseKeepAlive(pb::LeaseKeepAliveRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
     LeaseLeases(pb::LeaseLeasesRequest),
@@ -115,6 +118,7 @@ pub enum Response {
     LeaseRevoke(pb::LeaseRevokeResponse),
     /// How many leases were revoked.
     LeaseExpire(usize),
+    LeaseCheckpoint,
     LeaseKeepAlive(pb::LeaseKeepAliveResponse),
     LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
     LeaseLeases(pb::LeaseLeasesResponse),
@@ -203,6 +207,13 @@ impl KvState {
     /// The cluster's members as the log has them (names, URLs) for MemberList.
     pub fn set_members(&mut self, members: Vec<pb::Member>) {
         self.members = Some(members);
+    }
+
+    /// The leases renewed since the last checkpoint, as the request that logs their deadlines
+    /// (None when there is none).
+    pub fn take_lease_checkpoint(&mut self) -> Option<Request> {
+        let c = self.leases.take_checkpoint(Instant::now());
+        (!c.is_empty()).then_some(Request::LeaseCheckpoint(c))
     }
 
     /// This member decides lease expiry (the leader; a single member always does).
@@ -302,6 +313,7 @@ impl KvState {
             | Request::Alarm(_)
             | Request::LeaseRevoke(_)
             | Request::LeaseExpire(_)
+            | Request::LeaseCheckpoint(_)
             | Request::LeaseKeepAlive(_)
             | Request::LeaseTimeToLive(_)
             | Request::LeaseLeases(_)
@@ -383,6 +395,16 @@ impl KvState {
                 // Raft entry does; one that was revoked meanwhile is skipped.
                 let n = ids.iter().filter(|&&id| self.revoke(id).is_ok()).count();
                 Response::LeaseExpire(n)
+            }
+            Request::LeaseCheckpoint(c) => {
+                // The leader knows its deadlines better than its own checkpoint of them.
+                if !self.lease_authority {
+                    let now = Instant::now();
+                    for &(id, left_ms) in &c {
+                        self.leases.checkpoint(id, left_ms, now);
+                    }
+                }
+                Response::LeaseCheckpoint
             }
             Request::LeaseKeepAlive(r) => {
                 // An unknown or expired lease gets TTL 0 on the stream, not an error.
@@ -713,6 +735,7 @@ pub fn is_write(req: &Request) -> bool {
         | Request::LeaseRevoke(_) => true,
         Request::Txn(t) => !txn_is_read_only(t),
         Request::LeaseExpire(ids) => !ids.is_empty(),
+        Request::LeaseCheckpoint(_) => true,
         // Raising or disarming an alarm is logged: alarms survive a restart, as etcd's (kept
         // in its backend) do. Listing them is not a write.
         Request::Alarm(r) => r.action != pb::alarm_request::AlarmAction::Get as i32,
@@ -745,6 +768,12 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
         Request::Alarm(r) => (8, r.encode_to_vec()),
         // Only a follower logs a keepalive (so that the leader, which decides expiry, sees it).
         Request::LeaseKeepAlive(r) => (10, r.encode_to_vec()),
+        Request::LeaseCheckpoint(c) => (
+            11,
+            c.iter()
+                .flat_map(|(id, ms)| id.to_le_bytes().into_iter().chain(ms.to_le_bytes()))
+                .collect(),
+        ),
         other => panic!("not a write: {other:?}"),
     };
     let mut out = Vec::with_capacity(1 + body.len());
@@ -783,6 +812,22 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
         }
         8 => Request::Alarm(pb::AlarmRequest::decode(body).map_err(e)?),
         10 => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest::decode(body).map_err(e)?),
+        11 => {
+            if body.len() % 16 != 0 {
+                return Err(format!(
+                    "undecodable log payload (tag 11): {} bytes",
+                    body.len()
+                ));
+            }
+            Request::LeaseCheckpoint(
+                body.chunks_exact(16)
+                    .map(|c| {
+                        let w = |i: usize| i64::from_le_bytes(c[i..i + 8].try_into().expect("8"));
+                        (w(0), w(8))
+                    })
+                    .collect(),
+            )
+        }
         t => return Err(format!("unknown log payload tag {t}")),
     })
 }

@@ -1,11 +1,12 @@
 //! Leases: which exist, their TTLs and when they expire (etcd's `lessor`).
 //!
 //! Granting and revoking go through the log like any write, so the set of leases and the keys
-//! attached to them (kept by the MVCC store) are rebuilt by replay. Expiry deadlines are
-//! in-memory only: after a restart every lease gets its full TTL again, which is what etcd does
-//! when a member restarts or a new leader takes over (it "promotes" leases). The owner shard
-//! checks deadlines periodically and logs a revoke of the expired ones, so expiry is a logged
-//! event as well and a replay never depends on the clock.
+//! attached to them (kept by the MVCC store) are rebuilt by replay. Expiry deadlines are kept
+//! in memory: after a restart every lease gets its full TTL again, as etcd does. In a cluster
+//! the leader logs checkpoints of its deadlines, so a new leader keeps them (plus an election
+//! timeout) instead of resetting them. The leader (or single member) checks deadlines
+//! periodically and logs a revoke of the expired ones, so expiry is a logged event as well and
+//! a replay never depends on the clock.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,9 @@ struct Lease {
 #[derive(Debug)]
 pub struct Lessor {
     leases: HashMap<i64, Lease>,
+    /// Leases renewed since the last checkpoint (a cluster's leader logs their remaining TTL,
+    /// see [`Lessor::take_checkpoint`]).
+    renewed: std::collections::HashSet<i64>,
     min_ttl: i64,
     /// etcd's idutil.Generator: member id in the top 16 bits, then milliseconds and a count.
     id_prefix: u64,
@@ -43,6 +47,7 @@ impl Lessor {
             .map_or(0, |d| d.as_millis() as u64);
         Lessor {
             leases: HashMap::new(),
+            renewed: Default::default(),
             min_ttl: MIN_LEASE_TTL_SECONDS,
             id_prefix: member_id << 48,
             id_suffix: (millis & ((1 << 40) - 1)) << 8,
@@ -89,6 +94,7 @@ impl Lessor {
 
     /// Forgets lease `id` (the caller deletes its keys).
     pub fn revoke(&mut self, id: i64) -> Result<(), EtcdError> {
+        self.renewed.remove(&id);
         self.leases
             .remove(&id)
             .map(drop)
@@ -101,6 +107,7 @@ impl Lessor {
         match self.leases.get_mut(&id) {
             Some(l) if l.expiry > now => {
                 l.expiry = now + secs(l.ttl);
+                self.renewed.insert(id);
                 Ok(l.ttl)
             }
             _ => Err(EtcdError::LeaseNotFound),
@@ -116,11 +123,42 @@ impl Lessor {
         Ok(l.ttl)
     }
 
-    /// A member became leader: every lease lives its whole TTL again, plus `extend` (etcd's
-    /// `Promote`: the old leader's keepalives are not known here).
+    /// A member became leader: each lease keeps the deadline this member knows (from its
+    /// grant, logged keepalives and the old leader's checkpoints), plus `extend`, and never
+    /// less than `extend` from now. With checkpoints at least once per `extend`, that deadline
+    /// is at most `extend` earlier than the old leader's, so no lease expires before its time
+    /// and none lives more than about two `extend` longer (etcd without checkpoints gives each
+    /// lease its whole TTL again).
     pub fn promote(&mut self, now: Instant, extend: std::time::Duration) {
         for l in self.leases.values_mut() {
-            l.expiry = now + extend + secs(l.ttl);
+            l.expiry = l.expiry.max(now) + extend;
+        }
+        self.renewed.clear();
+    }
+
+    /// The leases renewed since the last call, with the milliseconds each has left: the
+    /// leader logs them so that the other members know the deadlines.
+    pub fn take_checkpoint(&mut self, now: Instant) -> Vec<(i64, i64)> {
+        let mut out: Vec<(i64, i64)> = self
+            .renewed
+            .drain()
+            .filter_map(|id| {
+                let l = self.leases.get(&id)?;
+                Some((
+                    id,
+                    l.expiry.saturating_duration_since(now).as_millis() as i64,
+                ))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// A checkpoint applied: lease `id` has `left_ms` left from `now` (unknown ids are
+    /// skipped: revoked meanwhile).
+    pub fn checkpoint(&mut self, id: i64, left_ms: i64, now: Instant) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.expiry = now + Duration::from_millis(left_ms.max(0) as u64);
         }
     }
 
@@ -159,6 +197,50 @@ fn secs(s: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_carry_deadlines_to_a_new_leader() {
+        let t0 = Instant::now();
+        let mut leader = Lessor::new(1);
+        let mut follower = Lessor::new(2);
+        for l in [&mut leader, &mut follower] {
+            l.grant(7, 10, t0).unwrap();
+            l.grant(8, 10, t0).unwrap();
+        }
+        // Lease 7 is renewed at the leader 4 s later; 8 is not.
+        let t4 = t0 + Duration::from_secs(4);
+        leader.renew(7, t4).unwrap();
+        let c = leader.take_checkpoint(t4);
+        assert_eq!(c, [(7, 10_000)]);
+        assert!(leader.take_checkpoint(t4).is_empty(), "drained");
+        for (id, ms) in c {
+            follower.checkpoint(id, ms, t4);
+        }
+        // The follower becomes leader at 5 s, adding a 1 s election timeout.
+        let t5 = t0 + Duration::from_secs(5);
+        follower.promote(t5, Duration::from_secs(1));
+        assert_eq!(
+            follower.time_to_live(7, t5),
+            Some((10, 10)),
+            "4 + 10 + 1 - 5"
+        );
+        assert_eq!(
+            follower.time_to_live(8, t5),
+            Some((10, 6)),
+            "0 + 10 + 1 - 5, not reset"
+        );
+        // A lease whose deadline passed gets the election timeout, no more.
+        let t20 = t0 + Duration::from_secs(20);
+        follower.promote(t20, Duration::from_secs(1));
+        assert_eq!(
+            follower.expired(t20 + Duration::from_millis(1500), 10),
+            [7, 8]
+        );
+        // A revoked lease leaves the checkpoint set.
+        leader.renew(8, t4).unwrap();
+        leader.revoke(8).unwrap();
+        assert!(leader.take_checkpoint(t4).is_empty());
+    }
 
     #[test]
     fn grant_renew_expire_revoke() {

@@ -664,3 +664,54 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
     let out = etcdctl(&c.members[rest[0]].endpoint(), &["get", "k3"], "");
     assert_eq!(out.stdout, "k3\nv3\n", "{out:?}");
 }
+
+/// A lease's deadline survives a leader change (through the leader's checkpoints in the log):
+/// the new leader neither resets it to the whole TTL (etcd 3.4's default) nor forgets a renewal
+/// the old leader saw.
+#[test]
+fn lease_deadlines_survive_a_leader_change() {
+    if !common::etcd_tools_or_skip("lease_deadlines_survive_a_leader_change") {
+        return;
+    }
+    let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+    let mut c = Cluster::ferrocd(3, &fast);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let ep = c.members[leader].endpoint();
+    let out = etcdctl(&ep, &["lease", "grant", "10"], "");
+    let id = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    // Renewed at the leader only (not logged), 3 s after the grant.
+    let out = etcdctl(&ep, &["lease", "keep-alive", "--once", &id], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    let renewed = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    c.members[leader].kill9();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = c.wait_leader(&rest, LEADER_TIMEOUT);
+    let out = etcdctl(
+        &c.members[new_leader].endpoint(),
+        &["lease", "timetolive", &id],
+        "",
+    );
+    let left: f64 = out
+        .stdout
+        .split("remaining(")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    // From the renewal: 10 s, plus the election timeout the new leader adds (0.5 s).
+    let expected = 10.5 - renewed.elapsed().as_secs_f64();
+    eprintln!("lease {id}: {left} s left on the new leader, {expected:.1} s expected");
+    // etcd prints whole seconds, rounded down.
+    assert!(
+        left <= expected + 0.25 && left >= expected - 1.5,
+        "{left} s left, expected about {expected:.1} (a reset would give 10, a lost renewal about {:.1})",
+        expected - 3.0
+    );
+}

@@ -484,7 +484,9 @@ fn response_json(resp: &kv::Response) -> Vec<u8> {
         kv::Response::MemberAdd(r) => to_json(r),
         kv::Response::MemberRemove(r) => to_json(r),
         kv::Response::MemberPromote(r) => to_json(r),
-        kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
+        kv::Response::LeaseExpire(_)
+        | kv::Response::LeaseCheckpoint
+        | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }
     }

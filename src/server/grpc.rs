@@ -529,7 +529,9 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
         kv::Response::MemberAdd(r) => frame(r),
         kv::Response::MemberRemove(r) => frame(r),
         kv::Response::MemberPromote(r) => frame(r),
-        kv::Response::LeaseExpire(_) | kv::Response::WatchPull(_) => {
+        kv::Response::LeaseExpire(_)
+        | kv::Response::LeaseCheckpoint
+        | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
         }
     }

@@ -481,6 +481,8 @@ pub(crate) fn start(
         moving: Vec::new(),
         token: cluster.token.clone(),
         directory,
+        ticks: 0,
+        checkpoint_ticks: (election_ticks as u64 / 2).max(1),
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {
         // Until this member's attributes are applied, it shows its own as it knows them.
@@ -548,6 +550,9 @@ struct Node {
     token: String,
     /// Members' peer URLs for the peer links' identity answers.
     directory: peer::Directory,
+    ticks: u64,
+    /// Ticks between lease checkpoints (half an election timeout).
+    checkpoint_ticks: u64,
 }
 
 enum Input {
@@ -963,9 +968,19 @@ impl Node {
         }
     }
 
-    /// Time-outs, ReadIndex retries, and publishing this member's attributes.
+    /// Time-outs, ReadIndex retries, lease checkpoints, and publishing this member's
+    /// attributes.
     async fn on_tick(&mut self) {
         self.answer_moves().await;
+        self.ticks += 1;
+        // The leader logs the deadlines of the leases renewed since its last checkpoint, twice
+        // per election timeout, so that a new leader's deadlines are never earlier than the
+        // old leader's by more than the election timeout it adds (see `Lessor::promote`).
+        if self.ticks % self.checkpoint_ticks == 0 && self.is_leader() {
+            if let Some(c) = self.state.take_lease_checkpoint() {
+                self.propose(kv::encode_write(&c), None).await;
+            }
+        }
         let now = Instant::now();
         let timeout = self.timeout;
         let expired: Vec<u64> = self
