@@ -715,3 +715,113 @@ fn lease_deadlines_survive_a_leader_change() {
         expected - 3.0
     );
 }
+
+/// The leader freezes (SIGSTOP: to the others it is cut off) under writes and comes back
+/// (SIGCONT): a new leader takes over, the old one steps down and catches up, and a watch on a
+/// follower from the first revision sees every acknowledged put, in order, once.
+#[test]
+fn a_frozen_leader_steps_down_and_a_follower_watch_misses_nothing() {
+    if !common::etcd_tools_or_skip("a_frozen_leader_steps_down_and_a_follower_watch_misses_nothing")
+    {
+        return;
+    }
+    let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+    let c = Cluster::ferrocd(3, &fast);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let watch_url = c.members[followers[0]].url();
+    let watcher = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let mut client = etcd_client::Client::connect([watch_url], None)
+                .await
+                .expect("connect");
+            let opts = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(1);
+            let mut stream = client.watch("p/", Some(opts)).await.expect("watch");
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let msg = tokio::time::timeout_at(deadline, stream.message())
+                    .await
+                    .expect("watch stalled")
+                    .expect("watch failed")
+                    .expect("watch ended");
+                for e in msg.events() {
+                    let kv = e.kv().expect("kv");
+                    seen.push((kv.mod_revision(), kv.key_str().unwrap().to_string()));
+                }
+                if seen.iter().any(|(_, k)| k == "p/end") {
+                    return seen;
+                }
+            }
+        })
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoints: Vec<String> = followers.iter().map(|&i| c.members[i].url()).collect();
+    let writer = {
+        let (stop, endpoints) = (stop.clone(), endpoints.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async move {
+                let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2));
+                let mut client = etcd_client::Client::connect(endpoints, Some(opts))
+                    .await
+                    .expect("connect");
+                let mut acked = BTreeMap::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("p/{i:06}");
+                    if let Ok(r) = client.put(key.clone(), "v", None).await {
+                        acked.insert(key, r.header().unwrap().revision());
+                    }
+                    i += 1;
+                }
+                let r = client.put("p/end", "v", None).await.expect("last put");
+                acked.insert("p/end".to_string(), r.header().unwrap().revision());
+                acked
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    c.members[leader].pause();
+    let new_leader = c.wait_leader(&followers, LEADER_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1000));
+    c.members[leader].resume();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().expect("writer");
+    let seen = watcher.join().expect("watcher");
+    eprintln!(
+        "leader m{leader} frozen, m{new_leader} took over; {} puts acknowledged, {} events seen",
+        acked.len(),
+        seen.len()
+    );
+    // Ordered and unique: revisions strictly increase (one put per revision here).
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "events out of order or repeated"
+    );
+    // Reliable: every acknowledged put is there, at its revision.
+    let by_key: BTreeMap<&str, i64> = seen.iter().map(|(r, k)| (k.as_str(), *r)).collect();
+    for (k, rev) in &acked {
+        assert_eq!(by_key.get(k.as_str()), Some(rev), "the watch missed {k}");
+    }
+    // The old leader followed: it serves the last put locally, under the new term.
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let out = etcdctl(
+            &c.members[leader].endpoint(),
+            &["get", "p/end", "--consistency=s"],
+            "",
+        );
+        if out.stdout == "p/end\nv\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not catch up: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), new_leader);
+}

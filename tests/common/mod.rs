@@ -196,6 +196,18 @@ impl Server {
         self.wait_answering(true);
     }
 
+    /// Freezes the process (SIGSTOP): to its peers it is as if cut off, until `resume`.
+    pub fn pause(&self) {
+        // SAFETY: kill(2) with a pid this harness started; no memory is touched.
+        unsafe { libc_kill(self.child.id() as i32, 19) };
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        unsafe { libc_kill(self.child.id() as i32, 18) };
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
