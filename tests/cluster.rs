@@ -89,6 +89,35 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
         })
         .collect();
     assert_eq!(is_leader.iter().filter(|x| **x).count(), 1, "{is_leader:?}");
+    // etcd's peer network metrics, per peer: bytes both ways and round trips (pings).
+    for m in &c.members {
+        let (_, body) = http_get(m.client_port, "/metrics").expect("metrics");
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text");
+        let per_peer = |name: &str| -> Vec<f64> {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == name)
+                .map(|s| match &s.value {
+                    prometheus_parse::Value::Counter(v) => *v,
+                    prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+                    _ => 0.0,
+                })
+                .collect()
+        };
+        for name in [
+            "etcd_network_peer_sent_bytes_total",
+            "etcd_network_peer_round_trip_time_seconds",
+        ] {
+            let v = per_peer(name);
+            assert_eq!(v.len(), 2, "{name} for two peers: {v:?}");
+            assert!(v.iter().all(|x| *x > 0.0), "{name}: {v:?}");
+        }
+        // (A follower hears from the leader; two followers need not talk.)
+        let received = per_peer("etcd_network_peer_received_bytes_total");
+        assert!(received.iter().any(|x| *x > 0.0), "{received:?}");
+    }
 
     // move-leader: etcdctl finds the leader among the endpoints and moves the leadership to a
     // follower; a transferee that is no member is refused as etcd refuses it.

@@ -398,6 +398,20 @@ fn metrics_parse_and_move_under_load() {
         &[("grpc_method", "Put"), ("grpc_type", "unary")],
     );
     assert_eq!(timed, PUTS as f64);
+    // Its buckets: cumulative, non-decreasing, the last one +Inf and equal to the count.
+    let put_hist = after
+        .samples
+        .iter()
+        .find(|x| {
+            x.metric == "grpc_server_handling_seconds" && x.labels.get("grpc_method") == Some("Put")
+        })
+        .expect("the Put handling histogram");
+    let prometheus_parse::Value::Histogram(ref h) = put_hist.value else {
+        panic!("not a histogram: {put_hist:?}");
+    };
+    assert!(h.windows(2).all(|w| w[0].count <= w[1].count), "{h:?}");
+    assert!(h.last().is_some_and(|b| b.less_than.is_infinite()), "{h:?}");
+    assert!(h.iter().all(|b| b.count <= PUTS as f64), "{h:?}");
     // Calls through the JSON gateway count as gRPC calls, as etcd's do.
     let (status, _, _) = http_request(port, "POST", "/v3/kv/range", r#"{"key":"azE="}"#).unwrap();
     assert_eq!(status, 200);

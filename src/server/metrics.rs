@@ -93,6 +93,9 @@ pub(crate) struct Metrics {
     pub leader_changes: AtomicU64,
     /// Raft messages to peers dropped because a peer's queue was full.
     pub peer_dropped: AtomicU64,
+    /// Per peer (by member id): etcd's `etcd_network_peer_*` figures. Only the owner shard's
+    /// peer links write them, once per batch of messages.
+    peers: std::sync::Mutex<std::collections::BTreeMap<u64, PeerStats>>,
     grpc_started: Vec<AtomicU64>,
     grpc_handled: Vec<AtomicU64>,
     /// `--metrics extensive`: per-method handling time histograms (cumulative bucket counts,
@@ -100,6 +103,63 @@ pub(crate) struct Metrics {
     extensive: std::sync::atomic::AtomicBool,
     handling: Vec<AtomicU64>,
     start_unix: AtomicI64,
+}
+
+/// A peer link's traffic and round trips.
+#[derive(Default, Clone)]
+struct PeerStats {
+    sent_bytes: u64,
+    received_bytes: u64,
+    sent_failures: u64,
+    /// Round-trip counts per bucket of `RTT_BUCKETS`, then +Inf; and their sum in seconds.
+    rtt: [u64; RTT_BUCKETS.len() + 1],
+    rtt_sum: f64,
+}
+
+/// etcd's buckets for `etcd_network_peer_round_trip_time_seconds`: 0.1 ms doubling, 16 of them.
+const RTT_BUCKETS: [f64; 16] = {
+    let mut b = [0.0001; 16];
+    let mut i = 1;
+    while i < 16 {
+        b[i] = b[i - 1] * 2.0;
+        i += 1;
+    }
+    b
+};
+
+impl Metrics {
+    fn peer(&self, id: u64, f: impl FnOnce(&mut PeerStats)) {
+        if let Ok(mut p) = self.peers.lock() {
+            f(p.entry(id).or_default());
+        }
+    }
+
+    /// Bytes written to peer `id`.
+    pub fn peer_sent(&self, id: u64, bytes: u64) {
+        self.peer(id, |p| p.sent_bytes += bytes);
+    }
+
+    /// Bytes read from peer `id`.
+    pub fn peer_received(&self, id: u64, bytes: u64) {
+        self.peer(id, |p| p.received_bytes += bytes);
+    }
+
+    /// A write to peer `id` that failed (the link is reopened).
+    pub fn peer_send_failed(&self, id: u64) {
+        self.peer(id, |p| p.sent_failures += 1);
+    }
+
+    /// A round trip to peer `id` (a ping on its link answered).
+    pub fn peer_rtt(&self, id: u64, seconds: f64) {
+        self.peer(id, |p| {
+            let i = RTT_BUCKETS
+                .iter()
+                .position(|&b| seconds <= b)
+                .unwrap_or(RTT_BUCKETS.len());
+            p.rtt[i] += 1;
+            p.rtt_sum += seconds;
+        });
+    }
 }
 
 /// Per-shard slots of the in-flight count (shards beyond share slots).
@@ -164,6 +224,7 @@ impl Metrics {
             is_leader: AtomicU64::new(1),
             leader_changes: AtomicU64::new(1),
             peer_dropped: AtomicU64::new(0),
+            peers: Default::default(),
             grpc_started: (0..METHODS.len()).map(|_| AtomicU64::new(0)).collect(),
             grpc_handled: (0..METHODS.len() * CODES.len())
                 .map(|_| AtomicU64::new(0))
@@ -397,6 +458,72 @@ impl Collector for Dynamic {
             g.encode(e.encode_family(&[("server_version", ETCD_API_VERSION)])?)?;
         }
         {
+            let peers = m.peers.lock().map(|p| p.clone()).unwrap_or_default();
+            let per_peer = |enc: &mut DescriptorEncoder,
+                            name: &str,
+                            help: &str,
+                            label: &str,
+                            v: &dyn Fn(&PeerStats) -> u64|
+             -> Result<(), std::fmt::Error> {
+                if peers.is_empty() {
+                    return Ok(());
+                }
+                let c = ConstCounter::new(0u64);
+                let mut e = enc.encode_descriptor(name, help, None, c.metric_type())?;
+                for (id, p) in &peers {
+                    let id = format!("{id:x}");
+                    ConstCounter::new(v(p)).encode(e.encode_family(&[(label, id.as_str())])?)?;
+                }
+                Ok(())
+            };
+            per_peer(
+                &mut enc,
+                "etcd_network_peer_sent_bytes",
+                "The total number of bytes sent to peers.",
+                "To",
+                &|p| p.sent_bytes,
+            )?;
+            per_peer(
+                &mut enc,
+                "etcd_network_peer_received_bytes",
+                "The total number of bytes received from peers.",
+                "From",
+                &|p| p.received_bytes,
+            )?;
+            per_peer(
+                &mut enc,
+                "etcd_network_peer_sent_failures",
+                "The total number of send failures from peers.",
+                "To",
+                &|p| p.sent_failures,
+            )?;
+            if !peers.is_empty() {
+                let h = prometheus_client::metrics::histogram::Histogram::new(
+                    RTT_BUCKETS.iter().copied(),
+                );
+                let mut e = enc.encode_descriptor(
+                    "etcd_network_peer_round_trip_time_seconds",
+                    "Round-Trip-Time histogram between peers",
+                    None,
+                    h.metric_type(),
+                )?;
+                for (id, p) in &peers {
+                    let id = format!("{id:x}");
+                    let buckets: Vec<(f64, u64)> = RTT_BUCKETS
+                        .iter()
+                        .copied()
+                        .chain([f64::INFINITY])
+                        .zip(p.rtt)
+                        .collect();
+                    let count = p.rtt.iter().sum();
+                    e.encode_family(&[("To", id.as_str())])?
+                        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        p.rtt_sum, count, &buckets, None,
+                    )?;
+                }
+            }
+        }
+        {
             let c = ConstCounter::new(0u64);
             let mut e = enc.encode_descriptor(
                 "grpc_server_started",
@@ -457,12 +584,14 @@ impl Collector for Dynamic {
                 if count == 0 {
                     continue;
                 }
-                let mut cumulative = 0;
-                let mut buckets = Vec::with_capacity(HANDLING_BUCKETS.len() + 1);
-                for (b, le) in HANDLING_BUCKETS.iter().chain([f64::MAX].iter()).enumerate() {
-                    cumulative += counts[b];
-                    buckets.push((*le, cumulative));
-                }
+                // Per bucket, not cumulative: the encoder sums them up, and writes the last
+                // bound (infinity) as "+Inf".
+                let buckets: Vec<(f64, u64)> = HANDLING_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(counts)
+                    .collect();
                 let sum = m.handling[base + HANDLING_SLOTS - 1].load(Relaxed) as f64 / 1e6;
                 let labels = [
                     ("grpc_method", method),

@@ -123,8 +123,22 @@ pub(crate) fn start(
     Ok(p)
 }
 
+/// A frame length that marks a ping (8 bytes of send time follow; the receiver writes them
+/// back on the same connection, so the sender measures the round trip).
+const PING: u32 = u32::MAX;
+/// Pings on a link this often (etcd probes its peers every 5 s).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Nanoseconds since the process's first use of this clock.
+fn clock_nanos() -> u64 {
+    static ORIGIN: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    ORIGIN.elapsed().as_nanos() as u64
+}
+
 /// The link to one peer: connects (again, with backoff, after a failure) and writes the
-/// queued messages, many per write; ends when the queue closes.
+/// queued messages, many per write, and a ping every `PING_INTERVAL`; ends when the queue
+/// closes.
 async fn send_loop(
     me: u64,
     cluster_id: u64,
@@ -135,24 +149,52 @@ async fn send_loop(
     let mut backoff = BACKOFF_MIN;
     loop {
         match connect(&urls, me, cluster_id, id).await {
-            Ok(mut s) => {
+            Ok(s) => {
                 backoff = BACKOFF_MIN;
                 tracing::info!(peer = %format!("{id:x}"), "peer link up");
+                let (mut pongs, mut s) = futures_lite::io::split(s);
+                glommio::spawn_local(async move {
+                    let mut t = [0u8; 8];
+                    while pongs.read_exact(&mut t).await.is_ok() {
+                        let sent = u64::from_le_bytes(t);
+                        let rtt = clock_nanos().saturating_sub(sent) as f64 / 1e9;
+                        METRICS.peer_rtt(id, rtt);
+                    }
+                })
+                .detach();
                 let mut buf = Vec::new();
+                let mut next_ping = std::time::Instant::now();
                 loop {
-                    let Some(first) = rx.recv().await else { return };
                     buf.clear();
-                    frame(&mut buf, &first);
-                    for _ in 1..SEND_BATCH_MSGS {
-                        match futures_lite::future::poll_once(rx.recv()).await {
-                            Some(Some(m)) => frame(&mut buf, &m),
-                            _ => break,
+                    let wait = next_ping.saturating_duration_since(std::time::Instant::now());
+                    let first = futures_lite::future::or(async { Some(rx.recv().await) }, async {
+                        glommio::timer::sleep(wait).await;
+                        None
+                    })
+                    .await;
+                    match first {
+                        Some(None) => return,
+                        Some(Some(m)) => {
+                            frame(&mut buf, &m);
+                            for _ in 1..SEND_BATCH_MSGS {
+                                match futures_lite::future::poll_once(rx.recv()).await {
+                                    Some(Some(m)) => frame(&mut buf, &m),
+                                    _ => break,
+                                }
+                            }
+                        }
+                        None => {
+                            buf.extend_from_slice(&PING.to_le_bytes());
+                            buf.extend_from_slice(&clock_nanos().to_le_bytes());
+                            next_ping = std::time::Instant::now() + PING_INTERVAL;
                         }
                     }
                     if let Err(e) = s.write_all(&buf).await {
+                        METRICS.peer_send_failed(id);
                         tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
                         break;
                     }
+                    METRICS.peer_sent(id, buf.len() as u64);
                 }
             }
             Err(e) => {
@@ -312,7 +354,14 @@ async fn receive(
     loop {
         let mut len = [0u8; 4];
         r.read_exact(&mut len).await?;
+        if u32::from_le_bytes(len) == PING {
+            let mut t = [0u8; 8];
+            r.read_exact(&mut t).await?;
+            r.get_mut().write_all(&t).await?;
+            continue;
+        }
         let len = u32::from_le_bytes(len) as usize;
+        METRICS.peer_received(from, 4 + len as u64);
         if len > PEER_FRAME_BYTES_MAX {
             return Err(io::Error::other(format!("peer frame of {len} bytes")));
         }
