@@ -47,6 +47,7 @@ pub enum Request {
     MemberAdd(pb::MemberAddRequest),
     MemberRemove(pb::MemberRemoveRequest),
     MemberPromote(pb::MemberPromoteRequest),
+    MemberUpdate(pb::MemberUpdateRequest),
     /// Events for the watchers of one watch stream.
     WatchPull(WatchPull),
 }
@@ -126,6 +127,7 @@ pub enum Response {
     MemberAdd(pb::MemberAddResponse),
     MemberRemove(pb::MemberRemoveResponse),
     MemberPromote(pb::MemberPromoteResponse),
+    MemberUpdate(pb::MemberUpdateResponse),
     WatchPull(WatchPulled),
 }
 
@@ -321,6 +323,7 @@ impl KvState {
             | Request::MemberAdd(_)
             | Request::MemberRemove(_)
             | Request::MemberPromote(_)
+            | Request::MemberUpdate(_)
             | Request::WatchPull(_) => Ok(()),
         }
     }
@@ -472,9 +475,10 @@ impl KvState {
                 }
                 Response::MoveLeader(self.move_leader_done())
             }
-            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
-                return Err(EtcdError::MembershipNeedsCluster)
-            }
+            Request::MemberAdd(_)
+            | Request::MemberRemove(_)
+            | Request::MemberPromote(_)
+            | Request::MemberUpdate(_) => return Err(EtcdError::MembershipNeedsCluster),
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
         })
     }
@@ -749,6 +753,7 @@ pub fn is_write(req: &Request) -> bool {
         | Request::MemberAdd(_)
         | Request::MemberRemove(_)
         | Request::MemberPromote(_)
+        | Request::MemberUpdate(_)
         | Request::WatchPull(_) => false,
     }
 }

@@ -655,6 +655,51 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
             .all(|m| m["isLearner"] != true),
         "{v}"
     );
+    // member update: its own URLs again (allowed), another member's (refused), an unknown id.
+    let id_hex = format!("{learner_id:x}");
+    let out = etcdctl(
+        &c.endpoints(),
+        &[
+            "member",
+            "update",
+            &id_hex,
+            &format!("--peer-urls={peer_url}"),
+        ],
+        "",
+    );
+    assert!(
+        out.stdout.contains(&format!("Member {id_hex} updated")),
+        "{out:?}"
+    );
+    let other_url = format!("http://127.0.0.1:{}", c.members[0].peer_port);
+    let out = etcdctl(
+        &c.endpoints(),
+        &[
+            "member",
+            "update",
+            &id_hex,
+            &format!("--peer-urls={other_url}"),
+        ],
+        "",
+    );
+    assert!(
+        out.stderr.contains("etcdserver: Peer URLs already exists"),
+        "{out:?}"
+    );
+    let out = etcdctl(
+        &c.endpoints(),
+        &[
+            "member",
+            "update",
+            "1234",
+            &format!("--peer-urls={peer_url}"),
+        ],
+        "",
+    );
+    assert!(
+        out.stderr.contains("etcdserver: member not found"),
+        "{out:?}"
+    );
     // The promoted member takes writes.
     let out = etcdctl(&c.members[3].endpoint(), &["put", "k2", "v2"], "");
     assert_eq!(out.stdout, "OK\n", "{out:?}");

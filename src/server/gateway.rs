@@ -424,6 +424,7 @@ fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_jso
         Method::MemberAdd => proto::<pb::MemberAddRequest>(body),
         Method::MemberRemove => proto::<pb::MemberRemoveRequest>(body),
         Method::MemberPromote => proto::<pb::MemberPromoteRequest>(body),
+        Method::MemberUpdate => proto::<pb::MemberUpdateRequest>(body),
         Method::LeaseGrant => proto::<pb::LeaseGrantRequest>(body),
         Method::LeaseRevoke => proto::<pb::LeaseRevokeRequest>(body),
         Method::LeaseTimeToLive => proto::<pb::LeaseTimeToLiveRequest>(body),
@@ -484,6 +485,7 @@ fn response_json(resp: &kv::Response) -> Vec<u8> {
         kv::Response::MemberAdd(r) => to_json(r),
         kv::Response::MemberRemove(r) => to_json(r),
         kv::Response::MemberPromote(r) => to_json(r),
+        kv::Response::MemberUpdate(r) => to_json(r),
         kv::Response::LeaseExpire(_)
         | kv::Response::LeaseCheckpoint
         | kv::Response::WatchPull(_) => {

@@ -32,6 +32,7 @@ pub(super) enum Method {
     MemberAdd,
     MemberRemove,
     MemberPromote,
+    MemberUpdate,
     MoveLeader,
     LeaseGrant,
     LeaseRevoke,
@@ -70,6 +71,7 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Cluster/MemberAdd",
     "/etcdserverpb.Cluster/MemberRemove",
     "/etcdserverpb.Cluster/MemberPromote",
+    "/etcdserverpb.Cluster/MemberUpdate",
 ];
 
 /// Every method of etcd's API, with its kind as go-grpc-prometheus labels it: to tell "not
@@ -153,6 +155,7 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Cluster", "MemberAdd") => Method::MemberAdd,
         ("etcdserverpb.Cluster", "MemberRemove") => Method::MemberRemove,
         ("etcdserverpb.Cluster", "MemberPromote") => Method::MemberPromote,
+        ("etcdserverpb.Cluster", "MemberUpdate") => Method::MemberUpdate,
         ("etcdserverpb.Lease", "LeaseGrant") => Method::LeaseGrant,
         ("etcdserverpb.Lease", "LeaseRevoke") => Method::LeaseRevoke,
         ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
@@ -491,6 +494,7 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::MemberAdd => kv::Request::MemberAdd(decode_msg(msg)?),
         Method::MemberRemove => kv::Request::MemberRemove(decode_msg(msg)?),
         Method::MemberPromote => kv::Request::MemberPromote(decode_msg(msg)?),
+        Method::MemberUpdate => kv::Request::MemberUpdate(decode_msg(msg)?),
         Method::Snapshot
         | Method::Watch
         | Method::LeaseKeepAlive
@@ -529,6 +533,7 @@ pub fn encode_response(resp: &kv::Response) -> Bytes {
         kv::Response::MemberAdd(r) => frame(r),
         kv::Response::MemberRemove(r) => frame(r),
         kv::Response::MemberPromote(r) => frame(r),
+        kv::Response::MemberUpdate(r) => frame(r),
         kv::Response::LeaseExpire(_)
         | kv::Response::LeaseCheckpoint
         | kv::Response::WatchPull(_) => {

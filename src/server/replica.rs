@@ -74,6 +74,8 @@ impl Role {
 /// The tag of a proposal that publishes a member's name and client URLs (as etcd's
 /// attributes), inside the proposal data in place of a request.
 const TAG_PUBLISH: u8 = 0x30;
+/// The tag of a proposal that changes a member's peer URLs (MemberUpdate).
+const TAG_UPDATE: u8 = 0x31;
 /// The request id of a publishing proposal ([`request_id_base`] never gives it).
 const PUBLISH_ID: u64 = 0;
 /// What a configuration change answers (the last byte of its entry's context).
@@ -305,6 +307,8 @@ pub(crate) enum Applied {
     Answer(u64, u64, shard::Answer),
     /// A configuration change, applied to the members already.
     Conf(raft::eraftpb::ConfChange),
+    /// A member's peer URLs changed (proposer, request id, member id, answer).
+    Updated(u64, u64, u64, shard::Answer),
 }
 
 /// The proposal data that publishes this member's name and client URLs.
@@ -362,6 +366,33 @@ fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<
         }
         state.set_members(members.list());
         return Ok(Applied::Nothing);
+    }
+    if payload.first() == Some(&TAG_UPDATE) {
+        let v: serde_json::Value = serde_json::from_slice(&payload[1..])
+            .map_err(|err| format!("raft entry {}: bad member update: {err}", e.index))?;
+        let mid = v["id"].as_u64().unwrap_or(0);
+        let urls: Vec<String> = v["peer_urls"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(m) = members.list.get_mut(&mid) {
+            m.peer_ur_ls = urls;
+        }
+        state.set_members(members.list());
+        let resp = pb::MemberUpdateResponse {
+            header: Some(state.cluster_header()),
+            members: state.members(),
+        };
+        return Ok(Applied::Updated(
+            origin,
+            id,
+            mid,
+            Ok(Response::MemberUpdate(resp)),
+        ));
     }
     let req = kv::decode_write(payload).map_err(|err| format!("raft entry {}: {err}", e.index))?;
     Ok(Applied::Answer(origin, id, state.execute(req)))
@@ -737,7 +768,10 @@ impl Node {
                 }
                 return;
             }
-            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
+            Request::MemberAdd(_)
+            | Request::MemberRemove(_)
+            | Request::MemberPromote(_)
+            | Request::MemberUpdate(_) => {
                 let r = std::mem::replace(&mut req, Request::LeaseLeases(Default::default()));
                 self.membership(r, tx).await;
                 return;
@@ -844,6 +878,29 @@ impl Node {
                 };
                 (cc, KIND_PROMOTE)
             }
+            Request::MemberUpdate(r) => {
+                if exists(r.id).is_none() {
+                    return tx.send(Err(EtcdError::MemberNotFound)).await;
+                }
+                if r.peer_ur_ls.is_empty()
+                    || r.peer_ur_ls.iter().any(|u| peer::url_addr(u).is_err())
+                {
+                    return tx.send(Err(EtcdError::MemberBadUrls)).await;
+                }
+                let taken =
+                    self.members.list.values().any(|m| {
+                        m.id != r.id && m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u))
+                    });
+                if taken {
+                    return tx.send(Err(EtcdError::PeerUrlExist)).await;
+                }
+                // Not a change of Raft's configuration: an entry the members apply to their list.
+                let mut payload = vec![TAG_UPDATE];
+                let body = serde_json::json!({"id": r.id, "peer_urls": r.peer_ur_ls});
+                payload.extend_from_slice(body.to_string().as_bytes());
+                self.propose(payload, Some(tx)).await;
+                return;
+            }
             _ => unreachable!("not a membership request"),
         };
         let id = self.next_req;
@@ -866,6 +923,16 @@ impl Node {
         }
     }
 
+    /// The members' peer URLs, for the peer links' identity answers.
+    fn refresh_directory(&self) {
+        *self.directory.borrow_mut() = self
+            .members
+            .list
+            .values()
+            .map(|m| (m.id, m.peer_ur_ls.clone()))
+            .collect();
+    }
+
     /// A committed configuration change: raft-rs applies it, the links follow, and the
     /// proposer answers its client. A member that removed itself stops.
     async fn conf_changed(&mut self, e: &Entry, cc: raft::eraftpb::ConfChange) {
@@ -878,12 +945,7 @@ impl Node {
         }
         let id = cc.node_id;
         let removed_me = cc.get_change_type() == ConfChangeType::RemoveNode && id == self.me;
-        *self.directory.borrow_mut() = self
-            .members
-            .list
-            .values()
-            .map(|m| (m.id, m.peer_ur_ls.clone()))
-            .collect();
+        self.refresh_directory();
         match cc.get_change_type() {
             ConfChangeType::RemoveNode => self.peers.remove(id),
             _ => {
@@ -1177,6 +1239,19 @@ impl Node {
                     }
                 }
                 Applied::Conf(cc) => self.conf_changed(e, cc).await,
+                Applied::Updated(origin, id, member, answer) => {
+                    // The link to the member follows its new URLs.
+                    if let Some(m) = self.members.list.get(&member) {
+                        self.peers.remove(member);
+                        self.peers.add(member, m.peer_ur_ls.clone());
+                    }
+                    self.refresh_directory();
+                    if origin == self.me {
+                        if let Some((tx, _)) = self.pending.remove(&id) {
+                            tx.send(answer).await;
+                        }
+                    }
+                }
                 _ => {}
             }
         }
