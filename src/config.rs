@@ -133,6 +133,8 @@ struct Raw {
     shards: Option<usize>,
     /// ferrocd's own: microseconds to wait for more requests before flushing a small batch.
     batch_wait_us: Option<u64>,
+    /// ferrocd's own: append messages in flight to one follower.
+    max_inflight_msgs: Option<usize>,
     /// A Go duration ("10m", "1m30s").
     experimental_watch_progress_notify_interval: Option<String>,
     auto_compaction_mode: Option<String>,
@@ -231,6 +233,8 @@ pub struct Config {
     pub shards: usize,
     /// Microseconds the log waits for more requests before flushing a small batch (0: never).
     pub batch_wait_us: u64,
+    /// `--max-inflight-msgs`: append messages in flight to one follower (pipelining).
+    pub max_inflight_msgs: usize,
     /// Seconds between progress notifications to watchers that asked for them.
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -278,6 +282,7 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --max-txn-ops N                    most operations in one txn (default 128)
   --log-level LEVEL                  debug, info, warn or error (default info)
   --shards N                         executors, one per core (default: the available cores)
+  --max-inflight-msgs N              append messages in flight to one follower (default 512)
   --batch-wait-us N                  wait up to N us for more requests before flushing a small
                                      batch to the log (default 0: flush at once; at most 10000)
   --experimental-watch-progress-notify-interval DURATION
@@ -514,6 +519,15 @@ impl Config {
             log_level,
             shards,
             batch_wait_us: raw.batch_wait_us.unwrap_or(0).min(10_000),
+            max_inflight_msgs: match raw.max_inflight_msgs {
+                None => crate::limits::RAFT_INFLIGHT_MSGS,
+                Some(n) if (1..=65_536).contains(&n) => n,
+                Some(n) => {
+                    return err(format!(
+                        "max-inflight-msgs must be between 1 and 65536, not {n}"
+                    ))
+                }
+            },
             watch_progress_notify_secs: match &raw.experimental_watch_progress_notify_interval {
                 None => 600,
                 Some(d) => {
@@ -846,6 +860,22 @@ mod tests {
                 AutoCompaction::Periodic(Duration::from_secs(want))
             );
         }
+    }
+
+    #[test]
+    fn raft_timing_is_checked_as_etcd_checks_it() {
+        let c = args(&[]).unwrap();
+        assert_eq!((c.heartbeat_ms, c.election_ms), (100, 1000));
+        assert_eq!(c.max_inflight_msgs, crate::limits::RAFT_INFLIGHT_MSGS);
+        let e = args(&["--heartbeat-interval", "100", "--election-timeout", "400"]).unwrap_err();
+        assert!(e.0.contains("should be at least as 5 times as"), "{e}");
+        let e = args(&["--election-timeout", "60000"]).unwrap_err();
+        assert!(e.0.contains("is too long"), "{e}");
+        assert!(args(&["--max-inflight-msgs", "0"]).is_err());
+        let c = args(&["--max-inflight-msgs", "64", "--heartbeat-interval", "50"]).unwrap();
+        assert_eq!((c.max_inflight_msgs, c.heartbeat_ms), (64, 50));
+        let e = args(&["--initial-cluster-state", "existing"]).unwrap_err();
+        assert!(e.0.contains("must list the members"), "{e}");
     }
 
     #[test]

@@ -123,6 +123,7 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
         election: std::time::Duration::from_millis(cfg.election_ms),
         token: cfg.initial_cluster_token.clone(),
         join: cfg.initial_cluster_state == "existing",
+        max_inflight_msgs: cfg.max_inflight_msgs,
     }))
 }
 

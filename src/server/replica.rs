@@ -32,8 +32,8 @@ use crate::consensus::{self, LogStorage};
 use crate::error::EtcdError;
 use crate::kv::{self, KvState, RaftInfo, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_EVENTS_DEPTH, RAFT_INFLIGHT_MSGS,
-    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX,
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_EVENTS_DEPTH, RAFT_MSG_BYTES_MAX,
+    RAFT_UNCOMMITTED_BYTES_MAX,
 };
 use crate::log::Log;
 use crate::proto::etcdserverpb as pb;
@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub token: String,
     /// `--initial-cluster-state existing`: this member joins a running cluster that added it.
     pub join: bool,
+    /// `--max-inflight-msgs`.
+    pub max_inflight_msgs: usize,
 }
 
 /// What the other tasks of the owner shard know of the member's role.
@@ -467,7 +469,7 @@ pub(crate) fn start(
         heartbeat_tick: 1,
         applied,
         max_size_per_msg: RAFT_MSG_BYTES_MAX,
-        max_inflight_msgs: RAFT_INFLIGHT_MSGS,
+        max_inflight_msgs: cluster.max_inflight_msgs,
         check_quorum: true,
         pre_vote: true,
         max_uncommitted_size: RAFT_UNCOMMITTED_BYTES_MAX,
