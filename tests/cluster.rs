@@ -899,3 +899,113 @@ fn a_frozen_leader_steps_down_and_a_follower_watch_misses_nothing() {
     }
     assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), new_leader);
 }
+
+/// A CA, a peer certificate for 127.0.0.1 signed by it (server and client use, as etcd's peer
+/// certificates), and one signed by another CA.
+fn peer_certificates(dir: &std::path::Path) {
+    use common::openssl;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let subj = format!("/CN={ca}");
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &a);
+    }
+    std::fs::write(
+        dir.join("peer.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    for (name, ca) in [("peer", "ca"), ("stranger", "other-ca")] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut a = vec!["req", "-subj", "/CN=peer"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &a);
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-extfile",
+                "peer.ext",
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+/// Peer links over TLS with etcd's flags (https:// peer URLs, `--peer-cert-file`,
+/// `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`): the same
+/// certificates form an etcd cluster and a ferrocd cluster that replicates; a member whose
+/// certificate another CA signed is refused by its peers and never gets a leader.
+#[test]
+fn peer_links_use_tls_with_etcds_flags() {
+    if !common::etcd_tools_or_skip("peer_links_use_tls_with_etcds_flags") {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    peer_certificates(certs.path());
+    let flags = |cert: &str| -> Vec<String> {
+        let f = |n: &str| certs.path().join(n).display().to_string();
+        vec![
+            "--peer-cert-file".into(),
+            f(&format!("{cert}.crt")),
+            "--peer-key-file".into(),
+            f(&format!("{cert}.key")),
+            "--peer-trusted-ca-file".into(),
+            f("ca.crt"),
+            "--peer-client-cert-auth".into(),
+        ]
+    };
+    for (kind, bin) in [("etcd", common::ETCD), ("ferrocd", Cluster::ferrocd_bin())] {
+        let mut c = Cluster::launch(kind, bin, 3, "https", |_| flags("peer"));
+        for m in &mut c.members {
+            m.wait_healthy();
+        }
+        c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+        let out = etcdctl(&c.members[0].endpoint(), &["put", "k", "over-tls"], "");
+        assert_eq!(out.stdout, "OK\n", "{kind}: {out:?}");
+        let out = etcdctl(&c.members[2].endpoint(), &["get", "k"], "");
+        assert_eq!(out.stdout, "k\nover-tls\n", "{kind}: {out:?}");
+    }
+    // Member 2 presents a certificate from another CA: members 0 and 1 form the cluster, 2
+    // stays without a leader.
+    let mut c = Cluster::launch("ferrocd", Cluster::ferrocd_bin(), 3, "https", |i| {
+        flags(if i == 2 { "stranger" } else { "peer" })
+    });
+    c.members[0].wait_healthy();
+    c.members[1].wait_healthy();
+    c.wait_leader(&[0, 1], LEADER_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = http_get(c.members[2].client_port, "/health").expect("health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("RAFT NO LEADER"), "{body}");
+    let refused = c.members[..2]
+        .iter()
+        .any(|m| m.log().contains("peer TLS handshake failed"));
+    assert!(refused, "no member logged a refused handshake");
+}

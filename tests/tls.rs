@@ -9,20 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcd_tools_or_skip, free_port, run, Output, ETCD, ETCDCTL};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is installed (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{etcd_tools_or_skip, free_port, openssl, run, Output, ETCD, ETCDCTL};
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate (CN root)
 /// signed by it, and a client certificate signed by another CA.

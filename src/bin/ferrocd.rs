@@ -95,14 +95,25 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
     if cfg.initial_cluster.len() < 2 {
         return Ok(None);
     }
+    let peer_tls = if cfg.peer_tls.is_empty() {
+        None
+    } else {
+        Some(server::tls::peer_config(&cfg.peer_tls).map_err(|e| format!("peer TLS: {e}"))?)
+    };
+    let https = cfg
+        .listen_peer_urls
+        .iter()
+        .chain(cfg.initial_cluster.values().flatten())
+        .any(|u| u.starts_with("https://"));
+    if https != peer_tls.is_some() {
+        return Err(
+            "peer URLs and peer TLS disagree: https:// peer URLs need --peer-cert-file, \
+             --peer-key-file and --peer-trusted-ca-file, and those need https:// peer URLs"
+                .into(),
+        );
+    }
     let mut listen_peer = Vec::new();
     for u in &cfg.listen_peer_urls {
-        if u.starts_with("https://") {
-            return Err(format!(
-                "{u}: TLS on peer links is not implemented yet (use http:// peer URLs)"
-            )
-            .into());
-        }
         listen_peer.push(
             ferrocd::server::peer_addr(u).map_err(|e| format!("listen-peer-urls: {u}: {e}"))?,
         );
@@ -124,6 +135,7 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
         token: cfg.initial_cluster_token.clone(),
         join: cfg.initial_cluster_state == "existing",
         max_inflight_msgs: cfg.max_inflight_msgs,
+        peer_tls,
     }))
 }
 
@@ -143,9 +155,9 @@ fn client_tls(
     cfg: &Config,
 ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Box<dyn std::error::Error>> {
     if !cfg.peer_tls.is_empty() {
-        // Checked now, so that a bad file is found at start, not when peers connect.
+        // Checked now, so that a bad file is found at start, not when peers connect (a single
+        // member has no peer links to use it on).
         server::tls::server_config(&cfg.peer_tls).map_err(|e| format!("peer TLS: {e}"))?;
-        tracing::warn!("peer TLS is set up but unused: this build has no peer links yet");
     }
     if cfg.client_tls.is_empty() {
         return Ok(None);

@@ -27,6 +27,13 @@ use super::metrics::METRICS;
 use crate::limits::{PEER_FRAME_BYTES_MAX, PEER_QUEUE_MSGS};
 
 const MAGIC: &[u8; 8] = b"ferrocd1";
+
+/// A peer connection: plain TCP, or TLS over it (`peer-*` TLS settings).
+trait Io: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Io for T {}
+type Conn = Box<dyn Io>;
+/// The TLS of the peer links, if any.
+type Tls = Option<Rc<super::tls::PeerTls>>;
 const HANDSHAKE_BYTES: usize = 8 + 8 + 8 + 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -48,6 +55,7 @@ pub(crate) type Directory = Rc<std::cell::RefCell<Vec<(u64, Vec<String>)>>>;
 pub(crate) struct Peers {
     me: u64,
     cluster_id: u64,
+    tls: Tls,
     out: HashMap<u64, LocalSender<Message>>,
 }
 
@@ -59,7 +67,8 @@ impl Peers {
         }
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
         self.out.insert(id, tx);
-        glommio::spawn_local(send_loop(self.me, self.cluster_id, id, urls, rx)).detach();
+        let link = send_loop(self.me, self.cluster_id, self.tls.clone(), id, urls, rx);
+        glommio::spawn_local(link).detach();
     }
 
     /// Ends the link to a member removed from the cluster.
@@ -105,16 +114,19 @@ pub(crate) fn start(
     peers: &[(u64, Vec<String>)],
     events: Rc<LocalSender<Event>>,
     directory: Directory,
+    tls: Option<super::tls::PeerTls>,
 ) -> io::Result<Peers> {
+    let tls: Tls = tls.map(Rc::new);
     for addr in listen {
         let l = TcpListener::bind(addr)
             .map_err(|e| io::Error::other(format!("cannot listen on peer address {addr}: {e}")))?;
-        let (events, dir) = (events.clone(), directory.clone());
-        glommio::spawn_local(accept_loop(l, me, cluster_id, events, dir)).detach();
+        let (events, dir, tls) = (events.clone(), directory.clone(), tls.clone());
+        glommio::spawn_local(accept_loop(l, me, cluster_id, events, dir, tls)).detach();
     }
     let mut p = Peers {
         me,
         cluster_id,
+        tls,
         out: HashMap::new(),
     };
     for (id, urls) in peers {
@@ -142,13 +154,14 @@ fn clock_nanos() -> u64 {
 async fn send_loop(
     me: u64,
     cluster_id: u64,
+    tls: Tls,
     id: u64,
     urls: Vec<String>,
     rx: glommio::channels::local_channel::LocalReceiver<Message>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match connect(&urls, me, cluster_id, id).await {
+        match connect(&urls, &tls, me, cluster_id, id).await {
             Ok(s) => {
                 backoff = BACKOFF_MIN;
                 tracing::info!(peer = %format!("{id:x}"), "peer link up");
@@ -189,7 +202,11 @@ async fn send_loop(
                             next_ping = std::time::Instant::now() + PING_INTERVAL;
                         }
                     }
-                    if let Err(e) = s.write_all(&buf).await {
+                    let written = async {
+                        s.write_all(&buf).await?;
+                        s.flush().await
+                    };
+                    if let Err(e) = written.await {
                         METRICS.peer_send_failed(id);
                         tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
                         break;
@@ -209,12 +226,17 @@ async fn send_loop(
 /// Asks the members at `urls` for the cluster id and for this member's id (the one the
 /// cluster gave the member with `my_urls` as peer URLs), as a joining member must; the first
 /// that answers wins.
-pub(crate) async fn ask_identity(urls: &[String], my_urls: &[String]) -> io::Result<(u64, u64)> {
+pub(crate) async fn ask_identity(
+    urls: &[String],
+    tls: Option<&super::tls::PeerTls>,
+    my_urls: &[String],
+) -> io::Result<(u64, u64)> {
+    let tls: Tls = tls.cloned().map(Rc::new);
     let mut last = io::Error::other("no peer to ask");
     let mine = serde_json::to_vec(my_urls).expect("URLs encode");
     for url in urls {
         let attempt = async {
-            let mut s = connect(std::slice::from_ref(url), 0, 0, 0).await?;
+            let mut s = connect(std::slice::from_ref(url), &tls, 0, 0, 0).await?;
             s.write_all(&(mine.len() as u32).to_le_bytes()).await?;
             s.write_all(&mine).await?;
             let mut ids = [0u8; 16];
@@ -239,7 +261,28 @@ fn frame(buf: &mut Vec<u8>, m: &Message) {
     buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-async fn connect(urls: &[String], me: u64, cluster_id: u64, to: u64) -> io::Result<TcpStream> {
+/// The host of a URL, as TLS names the server (an IP address or a DNS name).
+fn server_name(url: &str) -> io::Result<rustls::pki_types::ServerName<'static>> {
+    let hostport = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let host = match hostport.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => hostport,
+    };
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::other(format!("{url}: {e}")))
+}
+
+async fn connect(
+    urls: &[String],
+    tls: &Tls,
+    me: u64,
+    cluster_id: u64,
+    to: u64,
+) -> io::Result<Conn> {
     let mut last = io::Error::other("no peer URL");
     for url in urls {
         let addr = match url_addr(url) {
@@ -251,9 +294,18 @@ async fn connect(urls: &[String], me: u64, cluster_id: u64, to: u64) -> io::Resu
         };
         let attempt = futures_lite::future::or(
             async {
-                TcpStream::connect(addr)
+                let s = TcpStream::connect(addr)
                     .await
-                    .map_err(|e| io::Error::other(e.to_string()))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let _ = s.set_nodelay(true);
+                let s: Conn = match tls {
+                    Some(tls) => {
+                        let connector = futures_rustls::TlsConnector::from(tls.client.clone());
+                        Box::new(connector.connect(server_name(url)?, s).await?)
+                    }
+                    None => Box::new(s),
+                };
+                Ok(s)
             },
             async {
                 glommio::timer::sleep(CONNECT_TIMEOUT).await;
@@ -263,13 +315,13 @@ async fn connect(urls: &[String], me: u64, cluster_id: u64, to: u64) -> io::Resu
         .await;
         match attempt {
             Ok(mut s) => {
-                let _ = s.set_nodelay(true);
                 let mut hello = Vec::with_capacity(HANDSHAKE_BYTES);
                 hello.extend_from_slice(MAGIC);
                 for v in [cluster_id, me, to] {
                     hello.extend_from_slice(&v.to_le_bytes());
                 }
                 s.write_all(&hello).await?;
+                s.flush().await?;
                 return Ok(s);
             }
             Err(e) => last = e,
@@ -284,13 +336,36 @@ async fn accept_loop(
     cluster_id: u64,
     events: Rc<LocalSender<Event>>,
     directory: Directory,
+    tls: Tls,
 ) {
     loop {
         match l.accept().await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                let (events, dir) = (events.clone(), directory.clone());
+                let (events, dir, tls) = (events.clone(), directory.clone(), tls.clone());
                 glommio::spawn_local(async move {
+                    let s: Conn = match tls {
+                        Some(tls) => {
+                            let acceptor = futures_rustls::TlsAcceptor::from(tls.server.clone());
+                            let handshake = futures_lite::future::or(
+                                async { Some(acceptor.accept(s).await) },
+                                async {
+                                    glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                                    None
+                                },
+                            )
+                            .await;
+                            match handshake {
+                                Some(Ok(s)) => Box::new(s),
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "peer TLS handshake failed");
+                                    return;
+                                }
+                                None => return,
+                            }
+                        }
+                        None => Box::new(s),
+                    };
                     if let Err(e) = receive(s, me, cluster_id, events, dir).await {
                         tracing::debug!(error = %e, "peer connection closed");
                     }
@@ -306,7 +381,7 @@ async fn accept_loop(
 }
 
 async fn receive(
-    s: TcpStream,
+    s: Conn,
     me: u64,
     cluster_id: u64,
     events: Rc<LocalSender<Event>>,
@@ -339,6 +414,7 @@ async fn receive(
         let mut answer = cluster_id.to_le_bytes().to_vec();
         answer.extend_from_slice(&id.to_le_bytes());
         r.get_mut().write_all(&answer).await?;
+        r.get_mut().flush().await?;
         return Ok(());
     }
     if cid != cluster_id || to != me {
@@ -358,6 +434,7 @@ async fn receive(
             let mut t = [0u8; 8];
             r.read_exact(&mut t).await?;
             r.get_mut().write_all(&t).await?;
+            r.get_mut().flush().await?;
             continue;
         }
         let len = u32::from_le_bytes(len) as usize;

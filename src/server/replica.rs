@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     pub join: bool,
     /// `--max-inflight-msgs`.
     pub max_inflight_msgs: usize,
+    /// TLS on the peer links (`peer-*` settings, https:// peer URLs).
+    pub peer_tls: Option<super::tls::PeerTls>,
 }
 
 /// What the other tasks of the owner shard know of the member's role.
@@ -228,7 +230,7 @@ async fn joined_identity(
         .collect();
     let mut last = None;
     for _ in 0..50 {
-        match peer::ask_identity(&urls, &me.peer_urls).await {
+        match peer::ask_identity(&urls, cluster.peer_tls.as_ref(), &me.peer_urls).await {
             Ok((c, m)) => {
                 let tmp = file.with_extension("tmp");
                 std::fs::create_dir_all(file.parent().unwrap_or(log_dir))?;
@@ -460,6 +462,7 @@ pub(crate) fn start(
         &peers,
         events_tx.clone(),
         directory.clone(),
+        cluster.peer_tls.clone(),
     )?;
     let applied = storage.hard_state().commit;
     let election_ticks = (cluster.election.as_millis() / cluster.heartbeat.as_millis()).max(2);

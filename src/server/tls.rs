@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsInfo;
 
@@ -59,4 +59,56 @@ pub fn server_config(info: &TlsInfo) -> Result<Arc<ServerConfig>, String> {
         .map_err(|e| format!("cert-file {cert} with key-file: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The client side of a peer link (`peer-*` settings, as etcd's peer transport): the
+/// member's certificate is presented to the peer, whose certificate must be signed by the
+/// trusted CA.
+pub fn client_config(info: &TlsInfo) -> Result<Arc<ClientConfig>, String> {
+    let (Some(cert), Some(key)) = (&info.cert_file, &info.key_file) else {
+        return Err("TLS needs cert-file and key-file".into());
+    };
+    let Some(ca) = &info.trusted_ca_file else {
+        return Err(
+            "TLS on peer links needs trusted-ca-file (the CA peer certificates are signed by)"
+                .into(),
+        );
+    };
+    let mut roots = RootCertStore::empty();
+    for c in read_certs("trusted-ca-file", ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("trusted-ca-file {ca}: {e}"))?;
+    }
+    let chain = read_certs("cert-file", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key-file {key}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("cert-file {cert} with key-file: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// Both sides of the peer links' TLS.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
+}
+
+/// The peer links' TLS from the `peer-*` settings; an error names the file at fault.
+pub fn peer_config(info: &TlsInfo) -> Result<PeerTls, String> {
+    Ok(PeerTls {
+        server: server_config(info)?,
+        client: client_config(info)?,
+    })
 }

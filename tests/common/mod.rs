@@ -487,6 +487,20 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Runs openssl in `dir` (certificates for TLS tests); fails the test on error.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A single-threaded tokio runtime for tests that use the `etcd-client` crate.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -542,11 +556,28 @@ impl Cluster {
     }
 
     fn start(kind: &'static str, bin: &str, n: usize, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut c = Self::launch(kind, bin, n, "http", |_| extra.clone());
+        for m in &mut c.members {
+            m.wait_healthy();
+        }
+        c
+    }
+
+    /// Starts `n` members without waiting for them; peer URLs use `scheme` (http or https);
+    /// member `i` also gets the flags `extra(i)`.
+    pub fn launch(
+        kind: &'static str,
+        bin: &str,
+        n: usize,
+        scheme: &str,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("m{i}={scheme}://127.0.0.1:{p}"))
             .collect();
         let members = ports
             .iter()
@@ -554,7 +585,7 @@ impl Cluster {
             .map(|(i, &(client, peer))| {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let c = format!("http://127.0.0.1:{client}");
-                let p = format!("http://127.0.0.1:{peer}");
+                let p = format!("{scheme}://127.0.0.1:{peer}");
                 let mut args: Vec<String> = [
                     "--name",
                     &format!("m{i}"),
@@ -576,15 +607,16 @@ impl Cluster {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-                args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(extra(i));
                 Server::launch(kind, bin, args, client, peer, dir)
             })
             .collect();
-        let mut c = Cluster { members };
-        for m in &mut c.members {
-            m.wait_healthy();
-        }
-        c
+        Cluster { members }
+    }
+
+    /// The ferrocd binary (for `launch`).
+    pub fn ferrocd_bin() -> &'static str {
+        env!("CARGO_BIN_EXE_ferrocd")
     }
 
     /// Every member's client endpoint, comma-separated (etcdctl's `--endpoints`).
