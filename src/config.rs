@@ -254,7 +254,7 @@ pub struct Config {
     /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, or the
     /// `client-transport-security` section: TLS on https:// client URLs.
     pub client_tls: TlsInfo,
-    /// The `peer-*` equivalents: read and checked now, used by the peer links of Raft.
+    /// The `peer-*` equivalents, for the peer links of a cluster.
     pub peer_tls: TlsInfo,
 }
 
