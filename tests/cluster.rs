@@ -285,6 +285,14 @@ fn a_member_without_quorum_is_unhealthy_as_on_etcd() {
             out.code, 0,
             "{kind}: a put without quorum succeeded: {out:?}"
         );
+        if kind == "ferrocd" {
+            let (_, metrics) = http_get(port, "/metrics").expect("metrics");
+            let failed = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("etcd_server_proposals_failed_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            assert!(failed.is_some_and(|f| f >= 1.0), "{failed:?}");
+        }
     }
 }
 

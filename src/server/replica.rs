@@ -1009,6 +1009,7 @@ impl Node {
                 }
             }
             Err(_) => {
+                METRICS.proposals_failed.inc();
                 let e = if self.raw.raft.leader_id == 0 {
                     EtcdError::NoLeader
                 } else {
@@ -1058,6 +1059,7 @@ impl Node {
             .collect();
         for id in expired {
             if let Some((tx, _)) = self.pending.remove(&id) {
+                METRICS.proposals_failed.inc();
                 tx.send(Err(EtcdError::Timeout)).await;
             }
         }
@@ -1285,6 +1287,7 @@ impl Node {
                 // Proposals forwarded to the old leader may be lost, and reads waiting for its
                 // read index will not get one: their clients hear "leader changed" now rather
                 // than time out (the outcome of such a write is unknown, as after a time-out).
+                METRICS.proposals_failed.inc_by(self.pending.len() as u64);
                 self.abandoned
                     .extend(self.pending.drain().map(|(_, (tx, _))| tx));
                 let rounds = std::mem::take(&mut self.rounds);
