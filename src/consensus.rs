@@ -116,15 +116,35 @@ pub fn parse_proposal(data: &Bytes) -> Option<(u64, u64, Bytes)> {
 /// Raft's persistent state as raft-rs reads it: the entries (their data in the log's mapping
 /// once persisted), the hard state and the configuration. The log holds the durable copy; this
 /// is its in-memory index, rebuilt at start.
+///
+/// Only the newest entries are kept whole (`recent`); older ones, all applied, are kept as
+/// their place in the log's mapping (12 bytes each instead of 104) and decoded from
+/// there when a follower needs them. (With Raft snapshots and log GC, they will go.)
 #[derive(Default)]
 pub struct LogStorage {
     hard_state: HardState,
     conf_state: ConfState,
-    /// Consecutive entries, the first at `first_index`.
-    entries: Vec<Entry>,
-    /// Index and term of the last entry before `entries` (0 and 0: none ever).
+    /// Entries from `snapshot_index + 1`, as places in the log, then `recent` in full.
+    old: Vec<Place>,
+    recent: std::collections::VecDeque<Entry>,
+    /// Index and term of the last entry before `old` (0 and 0: none ever).
     snapshot_index: u64,
     snapshot_term: u64,
+    /// The log's segment mappings, by segment number (to find and read old entries).
+    maps: Vec<Bytes>,
+}
+
+/// Old entries decoded from the log's mapping (`ferrocd_raft_entries_read_from_log_total`):
+/// followers catching up from far behind.
+pub static ENTRIES_READ_FROM_LOG: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Where an old entry's data is: segment, offset and length in that segment's mapping.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    seg: u32,
+    off: u32,
+    len: u32,
 }
 
 /// The entries that start a new cluster, the same on every member (as etcd's `StartNode`):
@@ -203,7 +223,12 @@ impl LogStorage {
 
     /// True when no entry was ever stored.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.snapshot_index == 0
+        self.old.is_empty() && self.recent.is_empty() && self.snapshot_index == 0
+    }
+
+    /// A segment of the log, readable from now on (in the log's order).
+    pub fn add_segment(&mut self, map: Bytes) {
+        self.maps.push(map);
     }
 
     /// Adds a record read back from the log at start.
@@ -212,7 +237,7 @@ impl LogStorage {
             Record::HardState(hs) => self.hard_state = hs,
             Record::Entry(e) => {
                 let first = self.snapshot_index + 1;
-                let next = first + self.entries.len() as u64;
+                let next = self.last() + 1;
                 if e.index < first || e.index > next {
                     return Err(format!(
                         "raft entry {} in the log does not follow entries {first}..{next}",
@@ -226,45 +251,72 @@ impl LogStorage {
     }
 
     /// Appends entries, replacing any from the first one's index on (a leader's entries
-    /// overwrite an uncommitted suffix).
+    /// overwrite an uncommitted suffix, which is always among the recent ones).
     pub fn append(&mut self, ents: &[Entry]) {
         let Some(first) = ents.first() else { return };
-        let start = self.snapshot_index + 1;
+        let start = self.recent_start();
         assert!(
             first.index >= start,
-            "appending entry {} before the first entry {start}",
+            "appending entry {} before the recent entries from {start}",
             first.index
         );
         let keep = (first.index - start) as usize;
         assert!(
-            keep <= self.entries.len(),
+            keep <= self.recent.len(),
             "appending entry {} leaves a gap after {}",
             first.index,
-            start + self.entries.len() as u64 - 1
+            self.last()
         );
-        self.entries.truncate(keep);
-        self.entries.extend_from_slice(ents);
+        self.recent.truncate(keep);
+        self.recent.extend(ents.iter().cloned());
     }
 
     /// Points a persisted entry's data at its copy in the log (if the entry is still there).
     pub fn set_data(&mut self, index: u64, term: u64, data: Bytes) {
-        let start = self.snapshot_index + 1;
+        let start = self.recent_start();
         if index < start {
             return;
         }
-        if let Some(e) = self.entries.get_mut((index - start) as usize) {
+        if let Some(e) = self.recent.get_mut((index - start) as usize) {
             if e.term == term {
                 e.data = data;
             }
         }
     }
 
-    pub fn set_hard_state(&mut self, hs: HardState) {
-        self.hard_state = hs;
+    /// Keeps whole only the entries from `index` on (the caller passes an applied index, less
+    /// a margin); older ones become places in the log. Entries whose data is not in the log's
+    /// mapping (not persisted yet) stay whole.
+    pub fn trim_before(&mut self, index: u64) {
+        while self.recent_start() < index {
+            let Some(e) = self.recent.front() else { return };
+            let Some(place) = self.locate(&e.data) else {
+                return;
+            };
+            self.old.push(place);
+            self.recent.pop_front();
+        }
     }
 
-    pub fn set_commit(&mut self, commit: u64) {
-        self.hard_state.commit = commit;
+    fn locate(&self, data: &Bytes) -> Option<Place> {
+        let p = data.as_ptr() as usize;
+        self.maps.iter().enumerate().rev().find_map(|(i, m)| {
+            let base = m.as_ptr() as usize;
+            (base <= p && p + data.len() <= base + m.len()).then(|| Place {
+                seg: i as u32,
+                off: (p - base) as u32,
+                len: data.len() as u32,
+            })
+        })
+    }
+
+    /// How many entries are kept whole, and as places (for tests and logs).
+    pub fn kept(&self) -> (usize, usize) {
+        (self.recent.len(), self.old.len())
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -279,16 +331,46 @@ impl LogStorage {
         &self.conf_state.learners
     }
 
-    /// Entries in `[low, high)` (recovery applies the committed ones).
-    pub fn slice(&self, low: u64, high: u64) -> &[Entry] {
-        let start = self.snapshot_index + 1;
-        let lo = low.saturating_sub(start) as usize;
-        let hi = (high.saturating_sub(start) as usize).min(self.entries.len());
-        &self.entries[lo.min(hi)..hi]
+    /// Entries in `[low, high)`, within what is stored (recovery applies the committed ones).
+    pub fn slice(&self, low: u64, high: u64) -> Vec<Entry> {
+        let low = low.max(self.snapshot_index + 1);
+        let high = high.min(self.last() + 1);
+        (low..high).filter_map(|i| self.get(i)).collect()
+    }
+
+    /// Entry `index`, whole (an old one decoded from the log).
+    fn get(&self, index: u64) -> Option<Entry> {
+        let start = self.recent_start();
+        if index >= start {
+            return self.recent.get((index - start) as usize).cloned();
+        }
+        ENTRIES_READ_FROM_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = index.checked_sub(self.snapshot_index + 1)? as usize;
+        let p = *self.old.get(i)?;
+        let map = self.maps.get(p.seg as usize)?;
+        // The entry's record payload: its header right before the data.
+        let at = (p.off as usize).checked_sub(ENTRY_HEADER)?;
+        let payload = map.slice(at..p.off as usize + p.len as usize);
+        match decode(payload) {
+            Ok(Record::Entry(e)) if e.index == index => Some(e),
+            _ => None,
+        }
+    }
+
+    fn term_of(&self, index: u64) -> Option<u64> {
+        let start = self.recent_start();
+        if index >= start {
+            return self.recent.get((index - start) as usize).map(|e| e.term);
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    fn recent_start(&self) -> u64 {
+        self.snapshot_index + 1 + self.old.len() as u64
     }
 
     fn last(&self) -> u64 {
-        self.snapshot_index + self.entries.len() as u64
+        self.recent_start() + self.recent.len() as u64 - 1
     }
 }
 
@@ -313,8 +395,20 @@ impl raft::Storage for LogStorage {
         if high > self.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut out = self.slice(low, high).to_vec();
-        raft::util::limit_size(&mut out, max_size.into());
+        // Whole entries up to the size limit (at least one), as raft-rs's limit_size keeps.
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for i in low..high {
+            let Some(e) = self.get(i) else {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            };
+            size += protobuf::Message::compute_size(&e) as u64;
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e);
+        }
         Ok(out)
     }
 
@@ -325,8 +419,8 @@ impl raft::Storage for LogStorage {
         if idx < self.snapshot_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.slice(idx, idx + 1).first() {
-            Some(e) => Ok(e.term),
+        match self.term_of(idx) {
+            Some(t) => Ok(t),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
@@ -359,6 +453,11 @@ mod tests {
             data: Bytes::from_static(data),
             ..Default::default()
         }
+    }
+
+    /// The length of the first record payload in `map` (an entry of one byte of data).
+    fn spans_len(_map: &Bytes) -> usize {
+        ENTRY_HEADER + 1
     }
 
     #[test]
@@ -435,5 +534,56 @@ mod tests {
         assert!(r.recover(Record::Entry(entry(2, 1, b""))).is_err());
         r.recover(Record::Entry(entry(1, 1, b""))).unwrap();
         assert_eq!(r.slice(1, 10).len(), 1);
+    }
+
+    #[test]
+    fn old_entries_are_kept_as_places_in_the_log_and_read_back() {
+        // A "segment": three entry records laid out as the log lays them out.
+        let mut seg = Vec::new();
+        let mut spans = Vec::new();
+        for (i, d) in [b"a".as_slice(), b"bb", b"ccc"].iter().enumerate() {
+            let e = entry(i as u64 + 1, 1, d);
+            let p = encode_entry(&e);
+            spans.push((seg.len(), p.len()));
+            seg.extend_from_slice(&p);
+        }
+        let map = Bytes::from(seg);
+        let mut s = LogStorage::default();
+        s.add_segment(map.clone());
+        for (at, len) in spans {
+            let Record::Entry(e) = decode(map.slice(at..at + len)).unwrap() else {
+                panic!("not an entry")
+            };
+            s.recover(Record::Entry(e)).unwrap();
+        }
+        // A fourth, not in the log (its data on the heap): never trimmed.
+        s.append(&[entry(4, 2, b"dddd")]);
+        s.trim_before(10);
+        assert_eq!(s.kept(), (1, 3));
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let data: Vec<&[u8]> = got.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"a"[..], b"bb", b"ccc", b"dddd"]);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.last_index().unwrap(), 4);
+        // Appending after trimmed entries still works; overwriting them is refused.
+        s.append(&[entry(5, 2, b"e")]);
+        assert_eq!(s.last_index().unwrap(), 5);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut t = LogStorage::default();
+            t.add_segment(map.clone());
+            let Record::Entry(e) = decode(map.slice(0..spans_len(&map))).unwrap() else {
+                panic!()
+            };
+            t.recover(Record::Entry(e)).unwrap();
+            t.trim_before(5);
+            t.append(&[entry(1, 3, b"x")]);
+        }));
+        assert!(
+            r.is_err(),
+            "overwriting a trimmed entry must not pass silently"
+        );
     }
 }

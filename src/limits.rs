@@ -59,3 +59,6 @@ pub const RAFT_UNCOMMITTED_BYTES_MAX: u64 = 256 << 20;
 pub const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
 /// Append messages in flight to one follower (etcd's `--max-inflight-msgs` default 512).
 pub const RAFT_INFLIGHT_MSGS: usize = 512;
+/// Raft entries kept whole in memory behind the applied index; older ones are kept as their
+/// place in the log (12 bytes each) and read back from it when a follower needs them.
+pub const RAFT_ENTRIES_WHOLE: u64 = 10_000;

@@ -540,6 +540,27 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
     }
     let mut c = Cluster::ferrocd(3, &[]);
     let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    // More entries than members keep whole in memory (RAFT_ENTRIES_WHOLE, 10,000): the new
+    // member catches up through entries read back from the leader's log.
+    const HISTORY: usize = 12_000;
+    let url = c.members[leader].url();
+    rt().block_on(async move {
+        let mut tasks = Vec::new();
+        for t in 0..20 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut cl = etcd_client::Client::connect([url], None)
+                    .await
+                    .expect("connect");
+                for i in (t..HISTORY).step_by(20) {
+                    cl.put(format!("h/{i:05}"), "x", None).await.expect("put");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+    });
     assert_eq!(etcdctl(&c.endpoints(), &["put", "k", "v"], "").code, 0);
 
     let (client, peer) = (common::free_port(), common::free_port());
@@ -622,6 +643,36 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let out = etcdctl(
+        &c.members[3].endpoint(),
+        &[
+            "get",
+            "h/",
+            "--prefix",
+            "--keys-only",
+            "--consistency=s",
+            "-w",
+            "json",
+        ],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        v["count"].as_u64(),
+        Some(HISTORY as u64),
+        "the learner's copy of h/"
+    );
+    let (_, metrics) = http_get(c.members[leader].client_port, "/metrics").expect("metrics");
+    let read_back = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferrocd_raft_entries_read_from_log_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("the leader read {read_back} entries back from its log for the new member");
+    assert!(
+        read_back > 0.0,
+        "the leader read no entry back from its log"
+    );
     let list = |c: &Cluster| -> serde_json::Value {
         let out = etcdctl(&c.endpoints(), &["member", "list", "-w", "json"], "");
         serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))

@@ -417,6 +417,12 @@ impl Collector for Dynamic {
         )?;
         counter(
             &mut enc,
+            "ferrocd_raft_entries_read_from_log",
+            "Old Raft entries read back from the log for a follower far behind.",
+            crate::consensus::ENTRIES_READ_FROM_LOG.load(Relaxed) as f64,
+        )?;
+        counter(
+            &mut enc,
             "ferrocd_peer_messages_dropped",
             "Raft messages to peers dropped because the peer's queue was full.",
             m.peer_dropped.load(Relaxed) as f64,

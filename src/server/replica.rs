@@ -32,8 +32,8 @@ use crate::consensus::{self, LogStorage};
 use crate::error::EtcdError;
 use crate::kv::{self, KvState, RaftInfo, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_EVENTS_DEPTH, RAFT_MSG_BYTES_MAX,
-    RAFT_UNCOMMITTED_BYTES_MAX,
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_ENTRIES_WHOLE, RAFT_EVENTS_DEPTH,
+    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX,
 };
 use crate::log::Log;
 use crate::proto::etcdserverpb as pb;
@@ -156,6 +156,9 @@ pub(crate) async fn recover(
         }
     }
     let mut storage = LogStorage::default();
+    for m in rec.log.segment_maps() {
+        storage.add_segment(m.clone());
+    }
     let records = rec.payloads.len();
     for p in rec.payloads {
         if !consensus::is_raft_record(&p) {
@@ -173,7 +176,7 @@ pub(crate) async fn recover(
     let commit = storage.hard_state().commit;
     let mut members = Members::new(&opts.kv.identity);
     let mut conf = raft::eraftpb::ConfState::default();
-    let committed = storage.slice(1, commit + 1).to_vec();
+    let committed = storage.slice(1, commit + 1);
     for e in &committed {
         let applied = apply_entry(&mut state, &mut members, e)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
@@ -182,6 +185,7 @@ pub(crate) async fn recover(
         }
     }
     storage.set_conf_state(conf);
+    storage.trim_before(commit.saturating_sub(RAFT_ENTRIES_WHOLE));
     // Published again on every start (the URLs may have changed).
     members.published = false;
     state.set_members(members.list());
@@ -518,6 +522,7 @@ pub(crate) fn start(
         token: cluster.token.clone(),
         directory,
         ticks: 0,
+        trimmed_at: applied,
         checkpoint_ticks: (election_ticks as u64 / 2).max(1),
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {
@@ -587,6 +592,8 @@ struct Node {
     /// Members' peer URLs for the peer links' identity answers.
     directory: peer::Directory,
     ticks: u64,
+    /// The applied index at the last trim of whole entries.
+    trimmed_at: u64,
     /// Ticks between lease checkpoints (half an election timeout).
     checkpoint_ticks: u64,
 }
@@ -1214,6 +1221,9 @@ impl Node {
         self.appends -= 1;
         if let Some((report, records)) = &p.report {
             shard::apply_report(&mut self.state, report, *records);
+            for m in &report.new_segments {
+                self.raw.mut_store().add_segment(m.clone());
+            }
         }
         for (&(index, term), w) in p.entries.iter().zip(&p.written) {
             self.raw
@@ -1264,6 +1274,12 @@ impl Node {
         }
         METRICS.proposals_committed.inc_by(n);
         METRICS.proposals_applied.inc_by(n);
+        // Entries well behind the applied index are kept only as places in the log.
+        if self.applied >= self.trimmed_at + 1024 {
+            self.trimmed_at = self.applied;
+            let keep = self.applied.saturating_sub(RAFT_ENTRIES_WHOLE);
+            self.raw.mut_store().trim_before(keep);
+        }
         METRICS
             .keys_total
             .set(self.state.store().keys_indexed() as i64);
