@@ -686,12 +686,13 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         .unwrap_or_else(|| panic!("no learner in {v}"));
     let learner_id = learner["ID"].as_u64().unwrap();
 
-    // Promotion, through the leader (etcd forwards it there; ferrocd needs it asked there).
+    // Promotion, asked of a follower (which has the leader check the learner's progress).
     let leader_ep = c.members[leader].endpoint();
+    let follower_ep = c.members[(leader + 1) % 3].endpoint();
     let deadline = Instant::now() + LEADER_TIMEOUT;
     loop {
         let out = etcdctl(
-            &leader_ep,
+            &follower_ep,
             &["member", "promote", &format!("{learner_id:x}")],
             "",
         );

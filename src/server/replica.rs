@@ -80,6 +80,20 @@ impl Role {
 const TAG_PUBLISH: u8 = 0x30;
 /// The tag of a proposal that changes a member's peer URLs (MemberUpdate).
 const TAG_UPDATE: u8 = 0x31;
+/// A follower's MemberPromote (learner id, u64 LE), for the leader to check and carry out.
+const TAG_PROMOTE: u8 = 0x32;
+/// The leader's refusal of a follower's MemberPromote (a reason code), for its client.
+const TAG_PROMOTE_REFUSED: u8 = 0x33;
+
+/// The configuration change that promotes learner `id`.
+fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
+    raft::eraftpb::ConfChange {
+        change_type: raft::eraftpb::ConfChangeType::AddNode,
+        node_id: id,
+        context: consensus::member_context(&m.peer_ur_ls, false).into(),
+        ..Default::default()
+    }
+}
 /// The request id of a publishing proposal ([`request_id_base`] never gives it).
 const PUBLISH_ID: u64 = 0;
 /// What a configuration change answers (the last byte of its entry's context).
@@ -317,6 +331,8 @@ pub(crate) enum Applied {
     Conf(raft::eraftpb::ConfChange),
     /// A member's peer URLs changed (proposer, request id, member id, answer).
     Updated(u64, u64, u64, shard::Answer),
+    /// A follower asks the leader to promote a learner (proposer, request id, learner).
+    PromoteRequest(u64, u64, u64),
 }
 
 /// The proposal data that publishes this member's name and client URLs.
@@ -374,6 +390,18 @@ fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<
         }
         state.set_members(members.list());
         return Ok(Applied::Nothing);
+    }
+    if payload.first() == Some(&TAG_PROMOTE) && payload.len() == 9 {
+        let learner = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
+        return Ok(Applied::PromoteRequest(origin, id, learner));
+    }
+    if payload.first() == Some(&TAG_PROMOTE_REFUSED) {
+        let e = match payload.get(1) {
+            Some(1) => EtcdError::MemberNotFound,
+            Some(2) => EtcdError::MemberNotLearner,
+            _ => EtcdError::LearnerNotReady,
+        };
+        return Ok(Applied::Answer(origin, id, Err(e)));
     }
     if payload.first() == Some(&TAG_UPDATE) {
         let v: serde_json::Value = serde_json::from_slice(&payload[1..])
@@ -872,23 +900,18 @@ impl Node {
                 if !m.is_learner {
                     return tx.send(Err(EtcdError::MemberNotLearner)).await;
                 }
-                // Only the leader knows how far the learner is (etcd forwards to it).
+                // Only the leader knows how far the learner is (etcd forwards the call to it):
+                // a follower logs the request; the leader answers it through the log.
                 if !self.is_leader() {
-                    return tx.send(Err(EtcdError::NotLeader)).await;
+                    let mut payload = vec![TAG_PROMOTE];
+                    payload.extend_from_slice(&r.id.to_le_bytes());
+                    self.propose(payload, Some(tx)).await;
+                    return;
                 }
-                let last = self.raw.raft.raft_log.last_index();
-                let matched = self.raw.raft.prs().get(r.id).map_or(0, |p| p.matched);
-                // etcd: a learner is ready at 90% of the leader's log.
-                if (matched as f64) < (last as f64) * 0.9 {
-                    return tx.send(Err(EtcdError::LearnerNotReady)).await;
+                if let Err(e) = self.promotable(r.id) {
+                    return tx.send(Err(e)).await;
                 }
-                let cc = ConfChange {
-                    change_type: ConfChangeType::AddNode,
-                    node_id: r.id,
-                    context: consensus::member_context(&m.peer_ur_ls, false).into(),
-                    ..Default::default()
-                };
-                (cc, KIND_PROMOTE)
+                (promotion(r.id, &m), KIND_PROMOTE)
             }
             Request::MemberUpdate(r) => {
                 if exists(r.id).is_none() {
@@ -931,6 +954,51 @@ impl Node {
                     EtcdError::TooManyRequests
                 };
                 tx.send(Err(e)).await;
+            }
+        }
+    }
+
+    /// Whether the leader may promote `id` now (etcd: a learner, at 90% of the leader's log).
+    fn promotable(&self, id: u64) -> Result<(), EtcdError> {
+        match self.members.list.get(&id) {
+            None => return Err(EtcdError::MemberNotFound),
+            Some(m) if !m.is_learner => return Err(EtcdError::MemberNotLearner),
+            Some(_) => {}
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+        if (matched as f64) < (last as f64) * 0.9 {
+            return Err(EtcdError::LearnerNotReady);
+        }
+        Ok(())
+    }
+
+    /// A promotion a follower logged, applied: the leader checks it and proposes the
+    /// configuration change (answered to the follower's client when applied) or a refusal
+    /// (answered when applied); the other members do nothing.
+    async fn promote_for(&mut self, origin: u64, id: u64, learner: u64) {
+        if !self.is_leader() {
+            return;
+        }
+        match self.promotable(learner) {
+            Ok(()) => {
+                let cc = promotion(learner, &self.members.list[&learner]);
+                let mut ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
+                ctx.truncate(17);
+                if self.raw.propose_conf_change(ctx, cc).is_err() {
+                    METRICS.proposals_failed.inc();
+                }
+            }
+            Err(e) => {
+                let code = match e {
+                    EtcdError::MemberNotFound => 1,
+                    EtcdError::MemberNotLearner => 2,
+                    _ => 3,
+                };
+                let data = consensus::proposal(origin, id, &[TAG_PROMOTE_REFUSED, code]);
+                if self.raw.propose(vec![], data).is_err() {
+                    METRICS.proposals_failed.inc();
+                }
             }
         }
     }
@@ -1256,6 +1324,9 @@ impl Node {
                     }
                 }
                 Applied::Conf(cc) => self.conf_changed(e, cc).await,
+                Applied::PromoteRequest(origin, id, learner) => {
+                    self.promote_for(origin, id, learner).await
+                }
                 Applied::Updated(origin, id, member, answer) => {
                     // The link to the member follows its new URLs.
                     if let Some(m) = self.members.list.get(&member) {
