@@ -181,6 +181,8 @@ pub struct RaftInfo {
     /// The last committed index, and the last applied.
     pub commit: u64,
     pub applied: u64,
+    /// This member is a learner (Status's isLearner).
+    pub is_learner: bool,
 }
 
 impl KvState {
@@ -658,7 +660,7 @@ impl KvState {
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect(),
             db_size_in_use: values.live_bytes() as i64,
-            is_learner: false,
+            is_learner: self.raft.is_some_and(|r| r.is_learner),
             storage_version: String::new(),
         };
         self.fill(&mut resp.header);

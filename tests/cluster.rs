@@ -685,6 +685,13 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         .find(|m| m["isLearner"] == true)
         .unwrap_or_else(|| panic!("no learner in {v}"));
     let learner_id = learner["ID"].as_u64().unwrap();
+    // The learner says so in its status.
+    let out = etcdctl(
+        &c.members[3].endpoint(),
+        &["endpoint", "status", "-w", "json"],
+        "",
+    );
+    assert!(out.stdout.contains("\"isLearner\":true"), "{out:?}");
 
     // Promotion, asked of a follower (which has the leader check the learner's progress).
     let leader_ep = c.members[leader].endpoint();

@@ -1397,6 +1397,7 @@ impl Node {
             term: r.term,
             commit: r.raft_log.committed,
             applied: self.applied,
+            is_learner: self.raw.store().learners().contains(&self.me),
         });
     }
 }
