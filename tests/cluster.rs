@@ -131,6 +131,55 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
         out.stderr.contains("etcdserver: bad leader transferee"),
         "{out:?}"
     );
+
+    // ferroctl's membership commands print what etcdctl prints: moving the leadership back,
+    // and a member update to its own URLs, through both tools.
+    let ferroctl = |args: &[&str]| {
+        let mut a = vec![format!("--endpoints={}", c.endpoints())];
+        a.extend(args.iter().map(|s| s.to_string()));
+        common::run(env!("CARGO_BIN_EXE_ferroctl"), &[], &a, "")
+    };
+    let (old_id, _) = c.status_of(leader).expect("status");
+    let out = ferroctl(&["move-leader", &format!("{old_id:x}")]);
+    assert_eq!(
+        out.stdout,
+        format!("Leadership transferred from {target:x} to {old_id:x}\n"),
+        "{out:?}"
+    );
+    assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), leader);
+    let peer = format!(
+        "--peer-urls=http://127.0.0.1:{}",
+        c.members[other].peer_port
+    );
+    let (other_id, _) = c.status_of(other).expect("status");
+    let args = ["member", "update", &format!("{other_id:x}"), &peer];
+    let want = etcdctl(&c.endpoints(), &args, "");
+    let got = ferroctl(&args);
+    assert_eq!(
+        (got.code, &got.stdout),
+        (0, &want.stdout),
+        "{want:?} {got:?}"
+    );
+    // ferroctl member add (a member that never starts) and remove, in etcdctl's words.
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let out = ferroctl(&["member", "add", "x", &format!("--peer-urls={url}")]);
+    let first = out.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.starts_with("Member ") && first.contains(" added to cluster "),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("ETCD_INITIAL_CLUSTER=\""), "{out:?}");
+    assert!(out.stdout.contains(&format!("x={url}")), "{out:?}");
+    assert!(out
+        .stdout
+        .contains(&format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{url}\"")));
+    let id = first.split_whitespace().nth(1).unwrap().to_string();
+    let out = ferroctl(&["member", "remove", &id]);
+    assert!(
+        out.stdout
+            .starts_with(&format!("Member {id:>16} removed from cluster ")),
+        "{out:?}"
+    );
 }
 
 /// Puts `key{i}` through `endpoints` (the client fails over between them) until `stop`;

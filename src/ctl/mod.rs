@@ -4,6 +4,7 @@
 mod flags;
 pub mod format;
 mod lease;
+mod member;
 mod print;
 mod txn;
 mod watch;
@@ -96,7 +97,15 @@ const GLOBAL_BOOL_FLAGS: &[&str] = &[
 ];
 
 /// Flags of put, get and del (also inside a txn).
-const OP_VALUE_FLAGS: &[&str] = &["lease", "limit", "rev", "sort-by", "order", "consistency"];
+const OP_VALUE_FLAGS: &[&str] = &[
+    "lease",
+    "limit",
+    "rev",
+    "sort-by",
+    "order",
+    "consistency",
+    "peer-urls",
+];
 const OP_BOOL_FLAGS: &[&str] = &[
     "prev-kv",
     "ignore-value",
@@ -115,6 +124,7 @@ const OTHER_BOOL_FLAGS: &[&str] = &[
     "cluster",
     "keys",
     "once",
+    "learner",
 ];
 
 fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failure> {
@@ -225,6 +235,10 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
             with_client(&g, |c, t| Box::pin(async move { c.member_list(t).await }))
                 .map(|r| print::member_list(&g, &r))
         }
+        ["member", sub @ ("add" | "remove" | "promote" | "update"), rest @ ..] => {
+            member::run(&g, &f, sub, rest)
+        }
+        ["move-leader", rest @ ..] => member::move_leader(&g, rest),
         ["endpoint", "health", ..] => endpoint_health(&g),
         ["endpoint", "status", ..] => endpoint_status(&g),
         ["alarm", "list", ..] => {
@@ -240,7 +254,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
         }
         ["lease", sub, rest @ ..] => lease::run(&g, &f, sub, rest),
         ["watch", rest @ ..] => watch::run(&g, &f, rest),
-        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list, endpoint health, endpoint status, alarm list, version)"),
+        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list|add|remove|promote|update, move-leader, endpoint health, endpoint status, alarm list, version)"),
         [other, ..] => fail(EXIT_BAD_ARGS, format!("unknown command {other:?} for \"ferroctl\"")),
     }
 }
