@@ -508,6 +508,8 @@ pub(crate) fn start(
         check_quorum: true,
         pre_vote: true,
         max_uncommitted_size: RAFT_UNCOMMITTED_BYTES_MAX,
+        // Appends to one follower queued in the same turn go as one message.
+        batch_append: true,
         ..Default::default()
     };
     cfg.validate()
