@@ -187,16 +187,20 @@ pub fn parse_conf_change(e: &Entry) -> Result<(ConfChange, Vec<String>), String>
     let cc = ConfChange::parse_from_bytes(&e.data)
         .map_err(|err| format!("raft entry {}: undecodable conf change: {err}", e.index))?;
     let urls = serde_json::from_slice::<serde_json::Value>(&cc.context)
-        .ok()
-        .and_then(|v| {
-            v["peer_urls"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|u| u.as_str().map(str::to_string))
-                    .collect()
-            })
-        })
+        .map(|v| strings(&v["peer_urls"]))
         .unwrap_or_default();
     Ok((cc, urls))
+}
+
+/// The strings of a JSON array (none for anything else).
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Applies a configuration change to a configuration (recovery does this without raft-rs; the

@@ -272,22 +272,8 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     c.members[leader].relaunch();
     c.members[leader].wait_healthy();
     let last = acked.keys().next_back().unwrap().clone();
-    let deadline = Instant::now() + LEADER_TIMEOUT;
-    loop {
-        let out = etcdctl(
-            &c.members[leader].endpoint(),
-            &["get", &last, "--consistency=s"],
-            "",
-        );
-        if out.stdout.starts_with(&last) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restarted member did not catch up: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = "the restarted member did not catch up";
+    common::wait_value(&c.members[leader], &last, "x", LEADER_TIMEOUT, what);
 }
 
 /// A member that lost its quorum: `/health` turns 503, as on etcd, and ferrocd names the
@@ -675,23 +661,8 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         dir,
     ));
     // The learner catches up from the log (entries from the cluster's first).
-    let deadline = Instant::now() + LEADER_TIMEOUT;
-    loop {
-        let out = etcdctl(
-            &c.members[3].endpoint(),
-            &["get", "k", "--consistency=s"],
-            "",
-        );
-        if out.stdout == "k\nv\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the learner did not catch up: {out:?}\n{}",
-            c.members[3].log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = "the learner did not catch up";
+    common::wait_value(&c.members[3], "k", "v", LEADER_TIMEOUT, what);
     let out = etcdctl(
         &c.members[3].endpoint(),
         &[
@@ -997,81 +968,23 @@ fn a_frozen_leader_steps_down_and_a_follower_watch_misses_nothing() {
         assert_eq!(by_key.get(k.as_str()), Some(rev), "the watch missed {k}");
     }
     // The old leader followed: it serves the last put locally, under the new term.
-    let deadline = Instant::now() + LEADER_TIMEOUT;
-    loop {
-        let out = etcdctl(
-            &c.members[leader].endpoint(),
-            &["get", "p/end", "--consistency=s"],
-            "",
-        );
-        if out.stdout == "p/end\nv\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not catch up: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = "the old leader did not catch up";
+    common::wait_value(&c.members[leader], "p/end", "v", LEADER_TIMEOUT, what);
     assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), new_leader);
 }
 
 /// A CA, a peer certificate for 127.0.0.1 signed by it (server and client use, as etcd's peer
 /// certificates), and one signed by another CA.
 fn peer_certificates(dir: &std::path::Path) {
-    use common::openssl;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let subj = format!("/CN={ca}");
-        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
-        let mut a = vec!["req", "-x509", "-days", "2", "-subj", &subj];
-        a.extend(ec);
-        a.extend(["-keyout", &key, "-out", &crt]);
-        openssl(dir, &a);
-    }
-    std::fs::write(
-        dir.join("peer.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    for (name, ca) in [("peer", "ca"), ("stranger", "other-ca")] {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let mut a = vec!["req", "-subj", "/CN=peer"];
-        a.extend(ec);
-        a.extend(["-keyout", &key, "-out", &csr]);
-        openssl(dir, &a);
-        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-extfile",
-                "peer.ext",
-                "-out",
-                &crt,
-            ],
-        );
-    }
+    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+    common::certificates(
+        dir,
+        &["ca", "other-ca"],
+        &[
+            ("peer", "ca", ext, "/CN=peer"),
+            ("stranger", "other-ca", ext, "/CN=peer"),
+        ],
+    );
 }
 
 /// Peer links over TLS with etcd's flags (https:// peer URLs, `--peer-cert-file`,

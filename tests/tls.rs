@@ -9,69 +9,22 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcd_tools_or_skip, free_port, openssl, run, Output, ETCD, ETCDCTL};
+use common::{etcd_tools_or_skip, free_port, run, Output, ETCD, ETCDCTL};
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate (CN root)
 /// signed by it, and a client certificate signed by another CA.
 fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
-        let subj = format!("/CN={ca}");
-        a.push(&subj);
-        a.extend(ec);
-        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
-        a.extend(["-keyout", &key, "-out", &crt]);
-        openssl(dir, &a);
-    }
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, ca, ext, cn) in [
-        ("server", "ca", "server.ext", "/CN=server"),
-        ("client", "ca", "client.ext", "/CN=root"),
-        ("stranger", "other-ca", "client.ext", "/CN=root"),
-    ] {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let mut a = vec!["req", "-subj", cn];
-        a.extend(ec);
-        a.extend(["-keyout", &key, "-out", &csr]);
-        openssl(dir, &a);
-        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-extfile",
-                ext,
-                "-out",
-                &crt,
-            ],
-        );
-    }
+    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+    let client = "extendedKeyUsage=clientAuth\n";
+    common::certificates(
+        dir,
+        &["ca", "other-ca"],
+        &[
+            ("server", "ca", server, "/CN=server"),
+            ("client", "ca", client, "/CN=root"),
+            ("stranger", "other-ca", client, "/CN=root"),
+        ],
+    );
 }
 
 /// A server with TLS on its client URL, killed on drop.

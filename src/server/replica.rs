@@ -379,14 +379,7 @@ fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<
         }
         if let Some(m) = members.list.get_mut(&mid) {
             m.name = v["name"].as_str().unwrap_or_default().to_string();
-            m.client_ur_ls = v["client_urls"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|u| u.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            m.client_ur_ls = consensus::strings(&v["client_urls"]);
         }
         state.set_members(members.list());
         return Ok(Applied::Nothing);
@@ -407,14 +400,7 @@ fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<
         let v: serde_json::Value = serde_json::from_slice(&payload[1..])
             .map_err(|err| format!("raft entry {}: bad member update: {err}", e.index))?;
         let mid = v["id"].as_u64().unwrap_or(0);
-        let urls: Vec<String> = v["peer_urls"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|u| u.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let urls = consensus::strings(&v["peer_urls"]);
         if let Some(m) = members.list.get_mut(&mid) {
             m.peer_ur_ls = urls;
         }

@@ -84,7 +84,6 @@ impl Server {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let data = dir.path().join("data");
-        let log = dir.path().join("server.log");
         let mut args = vec![
             "--name".to_string(),
             "t".to_string(),
@@ -102,17 +101,7 @@ impl Server {
             format!("t={peer}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = spawn(bin, &args, &log);
-        let mut s = Server {
-            child,
-            bin: bin.to_string(),
-            args,
-            client_port,
-            peer_port,
-            dir,
-            log,
-            kind,
-        };
+        let mut s = Self::launch(kind, bin, args, client_port, peer_port, dir);
         s.wait_healthy();
         s
     }
@@ -499,6 +488,78 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Certificates for TLS tests, made with openssl in `dir`: a self-signed CA per name in `cas`
+/// (`<ca>.crt`, `<ca>.key`), then per `(name, ca, extensions, subject)` a key and a certificate
+/// signed by that CA (`<name>.crt`, `<name>.key`) with the given X.509 extensions.
+pub fn certificates(dir: &Path, cas: &[&str], certs: &[(&str, &str, &str, &str)]) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in cas {
+        let subj = format!("/CN={ca}");
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &a);
+    }
+    for (name, ca, ext, subject) in certs {
+        let ext_file = format!("{name}.ext");
+        std::fs::write(dir.join(&ext_file), ext).expect("extensions file");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut a = vec!["req", "-subj", subject];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &a);
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        let sign = [
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &crt,
+        ];
+        openssl(dir, &sign);
+    }
+}
+
+/// Waits (bounded) until `serializable get key` on `server` prints `value`; `what` names the
+/// wait in the failure.
+pub fn wait_value(server: &Server, key: &str, value: &str, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    let want = format!("{key}\n{value}\n");
+    loop {
+        let out = etcdctl(&server.endpoint(), &["get", key, "--consistency=s"], "");
+        if out.stdout == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {out:?}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A single-threaded tokio runtime for tests that use the `etcd-client` crate.
