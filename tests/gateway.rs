@@ -36,8 +36,9 @@ fn normalize(v: &mut Value) {
 /// One answer, comparable: the status, the content type, and the body (JSON normalised; for
 /// errors about the JSON itself only the code, since Go's and serde's parser messages differ).
 fn answer(port: u16, method: &str, path: &str, body: &str, message_matters: bool) -> String {
-    let (status, headers, text) = http_request(port, method, path, body)
-        .unwrap_or_else(|| panic!("no answer to {method} {path} on port {port}"));
+    let (status, headers, text) = http_request(port, method, path, body).unwrap_or_else(|| {
+        panic!("no answer to {method} {path} on port {port} (the connection failed or 5 s passed)")
+    });
     let ctype = headers
         .iter()
         .find(|(k, _)| k == "content-type")

@@ -115,7 +115,15 @@ fn watch_until_marker(
     if !marker_first {
         assert_eq!(cmd(server, &["put", marker_key, "END"]).code, 0);
     }
-    let seen = w.wait_for(WAIT, |o| o.contains(marker));
+    // Wait for the marker key's own event: an earlier marker (another key, the same value)
+    // may be in the history, and stopping on it would cut the output short.
+    let needle = if marker == "END" {
+        format!("{marker_key}\n{marker}")
+    } else {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(marker_key)
+    };
+    let seen = w.wait_for(WAIT, |o| o.contains(&needle));
     let out = w.stop();
     format!("marker seen: {seen}\n{out}")
 }

@@ -118,12 +118,32 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             http10: head.http10,
         };
         gateway::serve(&head.method, &head.target, &mut input, &mut out, &ctx).await?;
-        // A body not read to its end (a stream that ended first) leaves the connection
-        // unusable for another request.
+        // A body not read to its end (an answer that did not need it, a stream that ended
+        // first) leaves the connection unusable for another request.
         if head.close || !matches!(input.body, Body::Done | Body::Left(0)) {
+            linger(&mut input).await;
+            wr.close().await?;
             return Ok(());
         }
     }
+}
+
+/// Before closing, reads what is left of the request body (up to `LINGER_BYTES`, for at most
+/// `LINGER`): closing a socket with unread data makes the kernel reset the connection, and the
+/// client may then lose the answer already sent.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(input: &mut Http1In<'_, S>) {
+    const LINGER_BYTES: usize = 1 << 20;
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    let drain = async {
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match input.data().await {
+                Ok(Some(d)) => read += d.len(),
+                _ => break,
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(LINGER)).await;
 }
 
 /// Answers a request that cannot be read, and closes.
