@@ -221,15 +221,6 @@ impl LogStorage {
         self.conf_state = cs;
     }
 
-    pub fn conf_state(&self) -> &ConfState {
-        &self.conf_state
-    }
-
-    /// True when no entry was ever stored.
-    pub fn is_empty(&self) -> bool {
-        self.old.is_empty() && self.recent.is_empty() && self.snapshot_index == 0
-    }
-
     /// A segment of the log, readable from now on (in the log's order).
     pub fn add_segment(&mut self, map: Bytes) {
         self.maps.push(map);

@@ -755,7 +755,8 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         "",
     );
     assert!(
-        out.stdout.contains(&format!("Member {id_hex} updated")),
+        // (etcdctl pads ids to 16 columns: "%16x".)
+        out.stdout.contains(&format!("Member {id_hex:>16} updated")),
         "{out:?}"
     );
     let other_url = format!("http://127.0.0.1:{}", c.members[0].peer_port);

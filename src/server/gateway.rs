@@ -467,31 +467,14 @@ fn to_json<M: Serialize>(m: &M) -> Vec<u8> {
 }
 
 fn response_json(resp: &kv::Response) -> Vec<u8> {
-    match resp {
-        kv::Response::Range(r) => to_json(r),
-        kv::Response::Put(r) => to_json(r),
-        kv::Response::DeleteRange(r) => to_json(r),
-        kv::Response::Txn(r) => to_json(r),
-        kv::Response::Compact(r) => to_json(r),
-        kv::Response::Status(r) => to_json(r),
-        kv::Response::MemberList(r) => to_json(r),
-        kv::Response::Alarm(r) => to_json(r),
-        kv::Response::LeaseGrant(r) => to_json(r),
-        kv::Response::LeaseRevoke(r) => to_json(r),
-        kv::Response::LeaseKeepAlive(r) => to_json(r),
-        kv::Response::LeaseTimeToLive(r) => to_json(r),
-        kv::Response::LeaseLeases(r) => to_json(r),
-        kv::Response::MoveLeader(r) => to_json(r),
-        kv::Response::MemberAdd(r) => to_json(r),
-        kv::Response::MemberRemove(r) => to_json(r),
-        kv::Response::MemberPromote(r) => to_json(r),
-        kv::Response::MemberUpdate(r) => to_json(r),
-        kv::Response::LeaseExpire(_)
-        | kv::Response::LeaseCheckpoint
-        | kv::Response::WatchPull(_) => {
-            unreachable!("internal answers are not sent to clients")
+    struct Json;
+    impl super::grpc::AnswerVisitor for Json {
+        type Out = Vec<u8>;
+        fn visit<M: prost::Message + Serialize>(self, m: &M) -> Vec<u8> {
+            to_json(m)
         }
     }
+    super::grpc::visit_answer(resp, Json)
 }
 
 /// grpc-gateway's HTTP status for a gRPC code.
@@ -850,10 +833,7 @@ async fn health(ctx: &ShardCtx, query: &str) -> (u16, (&'static str, &'static st
             .map(|name| format!("ALARM {name}")),
         Err(e) => Some(format!("RANGE ERROR:{}", e.message)),
     };
-    let no_leader = super::metrics::METRICS
-        .has_leader
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0;
+    let no_leader = !super::metrics::has_leader();
     let reason = match reason {
         Some(r) => Some(r),
         None if no_leader => Some("RAFT NO LEADER".to_string()),

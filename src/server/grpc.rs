@@ -247,7 +247,7 @@ async fn serve_call(
         .headers
         .get("hasleader")
         .is_some_and(|v| v.as_bytes() == b"true");
-    if require_leader && !watch::has_leader() {
+    if require_leader && !metrics::has_leader() {
         let status = Status::from(EtcdError::NoLeader);
         if let Err(e) = send_status(&mut respond, &status) {
             tracing::debug!(error = %e, "client went away before the response");
@@ -515,25 +515,44 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
 
 /// Encodes a response as one framed gRPC message.
 pub fn encode_response(resp: &kv::Response) -> Bytes {
+    struct Frame;
+    impl AnswerVisitor for Frame {
+        type Out = Bytes;
+        fn visit<M: Message + serde::Serialize>(self, m: &M) -> Bytes {
+            frame(m)
+        }
+    }
+    visit_answer(resp, Frame)
+}
+
+/// What is done with the message of a client's answer, whatever its type: encoded for gRPC
+/// here, as JSON by the gateway. [`visit_answer`] is the one table of answer types.
+pub(crate) trait AnswerVisitor {
+    type Out;
+    fn visit<M: Message + serde::Serialize>(self, m: &M) -> Self::Out;
+}
+
+/// Hands the message of `resp` to `v`.
+pub(crate) fn visit_answer<V: AnswerVisitor>(resp: &kv::Response, v: V) -> V::Out {
     match resp {
-        kv::Response::Range(r) => frame(r),
-        kv::Response::Put(r) => frame(r),
-        kv::Response::DeleteRange(r) => frame(r),
-        kv::Response::Txn(r) => frame(r),
-        kv::Response::Compact(r) => frame(r),
-        kv::Response::Status(r) => frame(r),
-        kv::Response::MemberList(r) => frame(r),
-        kv::Response::Alarm(r) => frame(r),
-        kv::Response::LeaseGrant(r) => frame(r),
-        kv::Response::LeaseRevoke(r) => frame(r),
-        kv::Response::LeaseKeepAlive(r) => frame(r),
-        kv::Response::LeaseTimeToLive(r) => frame(r),
-        kv::Response::LeaseLeases(r) => frame(r),
-        kv::Response::MoveLeader(r) => frame(r),
-        kv::Response::MemberAdd(r) => frame(r),
-        kv::Response::MemberRemove(r) => frame(r),
-        kv::Response::MemberPromote(r) => frame(r),
-        kv::Response::MemberUpdate(r) => frame(r),
+        kv::Response::Range(r) => v.visit(r),
+        kv::Response::Put(r) => v.visit(r),
+        kv::Response::DeleteRange(r) => v.visit(r),
+        kv::Response::Txn(r) => v.visit(r),
+        kv::Response::Compact(r) => v.visit(r),
+        kv::Response::Status(r) => v.visit(r),
+        kv::Response::MemberList(r) => v.visit(r),
+        kv::Response::Alarm(r) => v.visit(r),
+        kv::Response::LeaseGrant(r) => v.visit(r),
+        kv::Response::LeaseRevoke(r) => v.visit(r),
+        kv::Response::LeaseKeepAlive(r) => v.visit(r),
+        kv::Response::LeaseTimeToLive(r) => v.visit(r),
+        kv::Response::LeaseLeases(r) => v.visit(r),
+        kv::Response::MoveLeader(r) => v.visit(r),
+        kv::Response::MemberAdd(r) => v.visit(r),
+        kv::Response::MemberRemove(r) => v.visit(r),
+        kv::Response::MemberPromote(r) => v.visit(r),
+        kv::Response::MemberUpdate(r) => v.visit(r),
         kv::Response::LeaseExpire(_)
         | kv::Response::LeaseCheckpoint
         | kv::Response::WatchPull(_) => {

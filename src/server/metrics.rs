@@ -162,6 +162,19 @@ impl Metrics {
     }
 }
 
+/// Whether this member knows a leader (a single member is always its own), from any shard.
+pub(crate) fn has_leader() -> bool {
+    METRICS
+        .has_leader
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 0
+}
+
+/// Whether this member is the leader (a single member always is).
+pub(crate) fn is_leader() -> bool {
+    METRICS.is_leader.load(std::sync::atomic::Ordering::Relaxed) != 0
+}
+
 /// Per-shard slots of the in-flight count (shards beyond share slots).
 const SHARD_SLOTS: usize = 64;
 

@@ -56,17 +56,20 @@ pub(crate) struct Peers {
     me: u64,
     cluster_id: u64,
     tls: Tls,
-    out: HashMap<u64, LocalSender<Message>>,
+    /// Per member: its peer URLs and the queue of its link.
+    out: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
 }
 
 impl Peers {
-    /// Starts the link to a member (added to the cluster, or known at start).
+    /// Starts the link to a member (added to the cluster, or known at start), or restarts it
+    /// when its URLs changed; a link to the same URLs stays as it is.
     pub fn add(&mut self, id: u64, urls: Vec<String>) {
-        if id == self.me || self.out.contains_key(&id) {
+        if id == self.me || self.out.get(&id).is_some_and(|(u, _)| *u == urls) {
             return;
         }
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
-        self.out.insert(id, tx);
+        // A replaced queue closes, and its link's task ends.
+        self.out.insert(id, (urls.clone(), tx));
         let link = send_loop(self.me, self.cluster_id, self.tls.clone(), id, urls, rx);
         glommio::spawn_local(link).detach();
     }
@@ -81,7 +84,7 @@ impl Peers {
     pub fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
             match self.out.get(&m.to) {
-                Some(tx) => {
+                Some((_, tx)) => {
                     if tx.try_send(m).is_err() {
                         METRICS.peer_dropped.fetch_add(1, Relaxed);
                     }
@@ -94,15 +97,18 @@ impl Peers {
 
 /// The first address of a URL such as `http://127.0.0.1:2380`.
 pub(crate) fn url_addr(url: &str) -> io::Result<SocketAddr> {
-    let hostport = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    hostport
+    host_port(url)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other(format!("{url}: no address")))
+}
+
+/// The `host:port` of a peer URL (`http://` or `https://`).
+fn host_port(url: &str) -> &str {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url)
+        .trim_end_matches('/')
 }
 
 /// Starts the peer links: listeners on `listen`, and one sender task per peer of `peers`
@@ -263,11 +269,7 @@ fn frame(buf: &mut Vec<u8>, m: &Message) {
 
 /// The host of a URL, as TLS names the server (an IP address or a DNS name).
 fn server_name(url: &str) -> io::Result<rustls::pki_types::ServerName<'static>> {
-    let hostport = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
+    let hostport = host_port(url);
     let host = match hostport.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
         None => hostport,

@@ -63,18 +63,6 @@ pub struct ClusterOptions {
     pub peer_tls: Option<super::tls::PeerTls>,
 }
 
-/// What the other tasks of the owner shard know of the member's role.
-#[derive(Default)]
-pub(crate) struct Role {
-    is_leader: std::cell::Cell<bool>,
-}
-
-impl Role {
-    pub fn is_leader(&self) -> bool {
-        self.is_leader.get()
-    }
-}
-
 /// The tag of a proposal that publishes a member's name and client URLs (as etcd's
 /// attributes), inside the proposal data in place of a request.
 const TAG_PUBLISH: u8 = 0x30;
@@ -445,7 +433,7 @@ pub(crate) fn start(
     rec: Recovered,
     cluster: ClusterOptions,
     notifier: Rc<Notifier>,
-) -> io::Result<(LocalSender<Job>, Rc<Role>)> {
+) -> io::Result<LocalSender<Job>> {
     let Recovered {
         state,
         log,
@@ -506,7 +494,6 @@ pub(crate) fn start(
     METRICS.has_leader.store(0, Relaxed);
     METRICS.is_leader.store(0, Relaxed);
     METRICS.leader_changes.store(0, Relaxed);
-    let role = Rc::new(Role::default());
     let (tx, rx) = local_channel::new_bounded(crate::limits::SHARD_QUEUE_DEPTH);
     let (append_tx, append_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
     let (done_tx, done_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
@@ -527,7 +514,6 @@ pub(crate) fn start(
         rounds: HashMap::new(),
         next_round: 0,
         ready_reads: Vec::new(),
-        role: role.clone(),
         timeout: request_timeout(cluster.election),
         election: cluster.election,
         read_retry: 3 * cluster.heartbeat,
@@ -560,7 +546,7 @@ pub(crate) fn start(
     })
     .detach();
     glommio::spawn_local(run(node, rx, events_rx, done_rx, notifier)).detach();
-    Ok((tx, role))
+    Ok(tx)
 }
 
 /// Request ids start from the clock, so that ids of entries proposed before a restart (and
@@ -593,7 +579,6 @@ struct Node {
     next_round: u64,
     /// Reads whose read index is known, waiting for it to be applied.
     ready_reads: Vec<(u64, Vec<Job>)>,
-    role: Rc<Role>,
     timeout: Duration,
     election: Duration,
     read_retry: Duration,
@@ -934,15 +919,18 @@ impl Node {
             Ok(()) => {
                 self.pending.insert(id, (tx, Instant::now()));
             }
-            Err(_) => {
-                let e = if self.raw.raft.leader_id == 0 {
-                    EtcdError::NoLeader
-                } else {
-                    // Another configuration change is still being applied.
-                    EtcdError::TooManyRequests
-                };
-                tx.send(Err(e)).await;
-            }
+            Err(_) => tx.send(Err(self.refused())).await,
+        }
+    }
+
+    /// Why raft-rs dropped a proposal (counted as failed): no leader to take it, or too much
+    /// uncommitted (or, for a configuration change, another one still being applied).
+    fn refused(&self) -> EtcdError {
+        METRICS.proposals_failed.inc();
+        if self.raw.raft.leader_id == 0 {
+            EtcdError::NoLeader
+        } else {
+            EtcdError::TooManyRequests
         }
     }
 
@@ -1072,12 +1060,7 @@ impl Node {
                 }
             }
             Err(_) => {
-                METRICS.proposals_failed.inc();
-                let e = if self.raw.raft.leader_id == 0 {
-                    EtcdError::NoLeader
-                } else {
-                    EtcdError::TooManyRequests
-                };
+                let e = self.refused();
                 if let Some(tx) = tx {
                     tx.send(Err(e)).await;
                 }
@@ -1318,7 +1301,6 @@ impl Node {
                 Applied::Updated(origin, id, member, answer) => {
                     // The link to the member follows its new URLs.
                     if let Some(m) = self.members.list.get(&member) {
-                        self.peers.remove(member);
                         self.peers.add(member, m.peer_ur_ls.clone());
                     }
                     self.refresh_directory();
@@ -1378,7 +1360,6 @@ impl Node {
         let is_leader = r.state == StateRole::Leader;
         METRICS.has_leader.store((leader != 0) as u64, Relaxed);
         METRICS.is_leader.store(is_leader as u64, Relaxed);
-        self.role.is_leader.set(is_leader);
         self.state.set_lease_authority(is_leader, self.election);
         self.state.set_raft(RaftInfo {
             leader,

@@ -125,11 +125,10 @@ impl Links {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
                 let auto_compaction = opts.auto_compaction;
-                let (tx, role) = match opts.cluster.clone() {
+                let tx = match opts.cluster.clone() {
                     Some(cluster) => {
                         let rec = super::replica::recover(&opts, &cluster).await?;
-                        let (tx, role) = super::replica::start(rec, cluster, notifier.clone())?;
-                        (tx, Some(role))
+                        super::replica::start(rec, cluster, notifier.clone())?
                     }
                     None => {
                         let (state, log) = recover(opts).await?;
@@ -137,7 +136,7 @@ impl Links {
                         let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
                         glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone()))
                             .detach();
-                        (tx, None)
+                        tx
                     }
                 };
                 let tx = Rc::new(tx);
@@ -146,7 +145,6 @@ impl Links {
                     Owner::Local(tx.clone()),
                     notifier.clone(),
                     auto_compaction,
-                    role,
                 ))
                 .detach();
                 for (req_rx, ans_tx, note_tx) in ends {
@@ -290,17 +288,11 @@ async fn lease_ticker(owner: Owner) {
 
 /// `--auto-compaction-*`: sends Compact requests as etcd's compactors decide (src/compactor.rs).
 /// In a cluster only the leader compacts (as etcd); the others wait.
-async fn auto_compactor(
-    owner: Owner,
-    notifier: Rc<Notifier>,
-    mode: AutoCompaction,
-    role: Option<Rc<super::replica::Role>>,
-) {
+async fn auto_compactor(owner: Owner, notifier: Rc<Notifier>, mode: AutoCompaction) {
     let compact = |rev: i64| {
         let owner = owner.clone();
-        let role = role.clone();
         async move {
-            if role.is_some_and(|r| !r.is_leader()) {
+            if !super::metrics::is_leader() {
                 return Ok(false);
             }
             let req = Request::Compact(pb::CompactionRequest {

@@ -103,14 +103,6 @@ struct WatchStream<'a, S> {
 
 /// Serves one Watch stream until the client goes away. As etcd's, the stream goes on after
 /// the client ends its side (no more requests): its watchers still get their events.
-/// Whether this member knows a leader (a single member is always its own).
-pub(crate) fn has_leader() -> bool {
-    METRICS
-        .has_leader
-        .load(std::sync::atomic::Ordering::Relaxed)
-        != 0
-}
-
 /// Completes when the member has had no leader for three checks in a row, one per election
 /// timeout (etcd's `monitorLeader`): a stream that requires a leader then ends with "no
 /// leader". Never completes for a stream that does not require one.
@@ -121,7 +113,7 @@ async fn leader_lost(ctx: &ShardCtx, required: bool) -> End {
     let mut missed = 0;
     loop {
         glommio::timer::sleep(ctx.election).await;
-        if has_leader() {
+        if super::metrics::has_leader() {
             missed = 0;
         } else {
             missed += 1;
