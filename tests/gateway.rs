@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{etcd_tools_or_skip, http_request, rt, Server};
+use common::{etcd_tools_or_skip, http_exchange, http_request, rt, Server};
 use serde_json::Value;
 
 /// What must differ between two members: terms (etcd's single member is at term 2, ferrocd's
@@ -36,9 +36,8 @@ fn normalize(v: &mut Value) {
 /// One answer, comparable: the status, the content type, and the body (JSON normalised; for
 /// errors about the JSON itself only the code, since Go's and serde's parser messages differ).
 fn answer(port: u16, method: &str, path: &str, body: &str, message_matters: bool) -> String {
-    let (status, headers, text) = http_request(port, method, path, body).unwrap_or_else(|| {
-        panic!("no answer to {method} {path} on port {port} (the connection failed or 5 s passed)")
-    });
+    let (status, headers, text) = http_exchange(port, method, path, body)
+        .unwrap_or_else(|e| panic!("no answer to {method} {path} on port {port}: {e}"));
     let ctype = headers
         .iter()
         .find(|(k, _)| k == "content-type")

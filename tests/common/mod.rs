@@ -270,20 +270,43 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> Option<(u16, Headers, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    http_exchange(port, method, path, body).ok()
+}
+
+/// As `http_request`, saying what went wrong: the connection, the read, or the answer's form.
+pub fn http_exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, Headers, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .ok()?;
+    .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
+    if let Err(e) = s.read_to_end(&mut raw) {
+        // etcd (Go's net/http) may reset a `Connection: close` connection whose request body
+        // it did not read, after its whole answer was sent: an answer complete by its
+        // Content-Length is an answer.
+        if !complete_by_length(&raw) {
+            let got = String::from_utf8_lossy(&raw);
+            return Err(format!("read after {} bytes {got:?}: {e}", raw.len()));
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let form = || format!("malformed answer {text:?}");
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(form)?;
     let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+        .ok_or_else(form)?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -295,19 +318,32 @@ pub fn http_request(
         let mut out = String::new();
         let mut rest = rest;
         loop {
-            let (size, after) = rest.split_once("\r\n")?;
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            let (size, after) = rest.split_once("\r\n").ok_or_else(form)?;
+            let size = usize::from_str_radix(size.trim(), 16).map_err(|_| form())?;
             if size == 0 {
                 break;
             }
-            out.push_str(after.get(..size)?);
-            rest = after.get(size + 2..)?;
+            out.push_str(after.get(..size).ok_or_else(form)?);
+            rest = after.get(size + 2..).ok_or_else(form)?;
         }
         out
     } else {
         rest.to_string()
     };
-    Some((status, headers, body))
+    Ok((status, headers, body))
+}
+
+/// Whether `raw` holds an HTTP answer head and as many body bytes as its Content-Length says.
+fn complete_by_length(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "content-length").then(|| v.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|n| raw.len() >= end + 4 + n)
 }
 
 /// What a command printed and how it ended.
