@@ -29,6 +29,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 const BOOL_FLAGS: &[&str] = &[
     "client-cert-auth",
     "peer-client-cert-auth",
+    "enable-authorization",
     "enable-v2",
     "enable-grpc-gateway",
     "auto-tls",
@@ -84,10 +85,6 @@ pub const NOT_IMPLEMENTED: &[&str] = &[
     "tls-max-version",
     "enable-log-rotation",
     "log-rotation-config-json",
-    "auth-token",
-    "auth-token-ttl",
-    "bcrypt-cost",
-    "enable-authorization",
     "self-signed-cert-validity",
     "force-new-cluster",
     "unsafe-no-fsync",
@@ -155,6 +152,13 @@ struct Raw {
     /// The config file's sections (etcd's YAML spelling of the flags above).
     client_transport_security: Option<TlsSection>,
     peer_transport_security: Option<TlsSection>,
+    /// `simple`, `jwt,...`, or a bare shared secret (HMAC-signed JWTs; docs/auth.md).
+    auth_token: Option<String>,
+    /// Seconds a simple token lives after its last use.
+    auth_token_ttl: Option<i64>,
+    bcrypt_cost: Option<i64>,
+    /// Not an etcd flag: the seed's. ferrocd serves no keys until auth is enabled.
+    enable_authorization: Option<bool>,
 }
 
 /// A `client-transport-security` or `peer-transport-security` section.
@@ -256,6 +260,14 @@ pub struct Config {
     pub client_tls: TlsInfo,
     /// The `peer-*` equivalents, for the peer links of a cluster.
     pub peer_tls: TlsInfo,
+    /// `--auth-token` as given (read by `auth::TokenKind::from_spec`).
+    pub auth_token: String,
+    /// `--auth-token-ttl`, in seconds (300 when not positive, as etcd).
+    pub auth_token_ttl_secs: u64,
+    /// `--bcrypt-cost` (etcd's default 10; outside 4..=31 the default, with a warning).
+    pub bcrypt_cost: u32,
+    /// `--enable-authorization` (the seed's key): refuse every key until auth is enabled.
+    pub enable_authorization: bool,
 }
 
 /// What `--help` prints.
@@ -569,6 +581,23 @@ impl Config {
             },
             client_tls,
             peer_tls,
+            auth_token: match raw.auth_token {
+                None => "simple".into(),
+                Some(t) => t,
+            },
+            auth_token_ttl_secs: match raw.auth_token_ttl {
+                Some(t) if t > 0 => t as u64,
+                _ => 300,
+            },
+            bcrypt_cost: match raw.bcrypt_cost {
+                None => 10,
+                Some(c) if (4..=31).contains(&c) => c as u32,
+                Some(c) => {
+                    tracing::warn!(cost = c, "bcrypt-cost outside 4..=31: using 10, as etcd");
+                    10
+                }
+            },
+            enable_authorization: raw.enable_authorization.unwrap_or(false),
         })
     }
 

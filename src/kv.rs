@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::auth::{self, AuthAnswer, AuthOp, AuthShared, AuthState};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
 use crate::log::values::Values;
@@ -50,6 +51,20 @@ pub enum Request {
     MemberUpdate(pb::MemberUpdateRequest),
     /// Events for the watchers of one watch stream.
     WatchPull(WatchPull),
+    /// The Auth service's calls (passwords already hashed, checked by the accepting shard).
+    Auth(AuthOp),
+    /// A request whose caller's permissions were checked by the accepting shard against the
+    /// auth state at `Authed::revision`; refused if the auth state changed since.
+    Authed(Box<Authed>),
+}
+
+/// A checked request and the auth revision it was checked at.
+#[derive(Debug)]
+pub struct Authed {
+    pub revision: u64,
+    /// The caller (not logged: only the revision matters once a request is admitted).
+    pub user: String,
+    pub req: Request,
 }
 
 /// What one watcher wants next.
@@ -129,6 +144,7 @@ pub enum Response {
     MemberPromote(pb::MemberPromoteResponse),
     MemberUpdate(pb::MemberUpdateResponse),
     WatchPull(WatchPulled),
+    Auth(AuthAnswer),
 }
 
 pub type Result<T> = std::result::Result<T, EtcdError>;
@@ -152,6 +168,8 @@ pub struct KvOptions {
     /// `--quota-backend-bytes`: writes that would take the database to this size raise the
     /// NOSPACE alarm and fail; None: no quota.
     pub quota_bytes: Option<u64>,
+    /// Where the auth state is published for every shard, with the token settings.
+    pub auth: std::sync::Arc<AuthShared>,
 }
 
 /// The state owned by one shard: the MVCC store, alarms and the member's metadata.
@@ -171,6 +189,7 @@ pub struct KvState {
     members: Option<Vec<pb::Member>>,
     /// Whether this member decides lease expiry (a follower renews any existing lease).
     lease_authority: bool,
+    auth: AuthState,
 }
 
 /// Raft's view of the member ([`KvState::set_raft`]).
@@ -198,6 +217,7 @@ impl KvState {
             raft: None,
             members: None,
             lease_authority: true,
+            auth: AuthState::default(),
         }
     }
 
@@ -260,6 +280,7 @@ impl KvState {
             },
             max_txn_ops: crate::limits::MAX_TXN_OPS_DEFAULT,
             quota_bytes: None,
+            auth: Default::default(),
         })
     }
 
@@ -280,6 +301,7 @@ impl KvState {
     /// of a lease granted without one, and which leases have expired.
     pub fn prepare(&mut self, req: &mut Request) {
         match req {
+            Request::Authed(a) => self.prepare(&mut a.req),
             Request::LeaseGrant(r) if r.id == 0 => r.id = self.leases.assign_id(),
             Request::LeaseExpire(ids) if ids.is_empty() => {
                 *ids = self
@@ -296,6 +318,12 @@ impl KvState {
     /// give what the live run gave).
     pub fn precheck(&mut self, req: &Request) -> Result<()> {
         match req {
+            Request::Authed(a) => {
+                self.check_auth_revision(a.revision)?;
+                self.check_lease_keys(a)?;
+                self.precheck(&a.req)
+            }
+            Request::Auth(_) => Ok(()),
             Request::Range(r) => check_range(r),
             Request::Put(r) => {
                 check_put(r)?;
@@ -333,6 +361,21 @@ impl KvState {
     /// Executes one request. Expected failures come back as etcd errors.
     pub fn execute(&mut self, req: Request) -> Result<Response> {
         Ok(match req {
+            Request::Authed(a) => {
+                self.check_auth_revision(a.revision)?;
+                return self.execute(a.req);
+            }
+            Request::Auth(op) => {
+                let changes = op.is_write();
+                let shared = self.opts.auth.clone();
+                let mut answer = self.auth.apply(op, &*shared)?;
+                if changes {
+                    shared.publish(&self.auth);
+                }
+                *answer.header_mut() = Some(header(self.store.rev()));
+                self.fill(answer.header_mut());
+                Response::Auth(answer)
+            }
             Request::Range(r) => {
                 check_range(&r)?;
                 let mut resp = range(&self.store, &r, |s, span, o| s.range(span, o))?;
@@ -483,6 +526,51 @@ impl KvState {
             | Request::MemberUpdate(_) => return Err(EtcdError::MembershipNeedsCluster),
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
         })
+    }
+
+    /// The checks that need the leases' keys (etcd 3.5.29's): revoking a lease or putting
+    /// with it needs WRITE on each key it holds, reading its keys READ on each, listing
+    /// leases READ on every leased key. Root may do anything.
+    fn check_lease_keys(&self, a: &Authed) -> Result<()> {
+        let view = self.opts.auth.view();
+        if view.state.is_admin(&a.user) {
+            return Ok(());
+        }
+        let all = |id: i64, access: auth::Access| {
+            self.store
+                .leased_keys(id)
+                .all(|k| view.allows(&a.user, k, &[], access))
+        };
+        let ok = match &a.req {
+            Request::LeaseRevoke(r) => all(r.id, auth::Access::Write),
+            Request::Put(p) if p.lease != 0 => all(p.lease, auth::Access::Write),
+            Request::LeaseTimeToLive(r) if r.keys => all(r.id, auth::Access::Read),
+            Request::LeaseLeases(_) => self
+                .leases
+                .ids()
+                .into_iter()
+                .all(|id| all(id, auth::Access::Read)),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(EtcdError::PermissionDenied)
+        }
+    }
+
+    /// A request checked at auth revision `revision` is refused if the auth state changed
+    /// since (etcd's ErrAuthOldRevision: clients authenticate again and retry).
+    fn check_auth_revision(&self, revision: u64) -> Result<()> {
+        if revision != self.auth.revision {
+            return Err(EtcdError::AuthOldRevision);
+        }
+        Ok(())
+    }
+
+    /// The auth state (tests; the shards read the published view).
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
     }
 
     /// The cluster's members as MemberList shows them.
@@ -745,6 +833,8 @@ pub fn is_write(req: &Request) -> bool {
         // Raising or disarming an alarm is logged: alarms survive a restart, as etcd's (kept
         // in its backend) do. Listing them is not a write.
         Request::Alarm(r) => r.action != pb::alarm_request::AlarmAction::Get as i32,
+        Request::Auth(op) => op.is_write(),
+        Request::Authed(a) => is_write(&a.req),
         Request::Range(_)
         | Request::Status(_)
         | Request::MemberList(_)
@@ -781,6 +871,12 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
                 .flat_map(|(id, ms)| id.to_le_bytes().into_iter().chain(ms.to_le_bytes()))
                 .collect(),
         ),
+        Request::Auth(op) => (12, encode_auth(op)),
+        Request::Authed(a) => {
+            let mut body = a.revision.to_le_bytes().to_vec();
+            body.extend_from_slice(&encode_write(&a.req));
+            (13, body)
+        }
         other => panic!("not a write: {other:?}"),
     };
     let mut out = Vec::with_capacity(1 + body.len());
@@ -835,7 +931,113 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
                     .collect(),
             )
         }
+        12 => Request::Auth(decode_auth(body)?),
+        13 => {
+            if body.len() < 9 {
+                return Err(format!(
+                    "undecodable log payload (tag 13): {} bytes",
+                    body.len()
+                ));
+            }
+            let revision = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+            Request::Authed(Box::new(Authed {
+                revision,
+                user: String::new(),
+                req: decode_write(body.slice(8..))?,
+            }))
+        }
         t => return Err(format!("unknown log payload tag {t}")),
+    })
+}
+
+/// An auth change as a log payload: a kind byte, then the request's protobuf (passwords only
+/// as bcrypt hashes: the clear one was emptied before; a simple token only as its SHA-256).
+fn encode_auth(op: &AuthOp) -> Vec<u8> {
+    use prost::Message;
+    let (kind, body): (u8, Vec<u8>) = match op {
+        AuthOp::Enable => (1, Vec::new()),
+        AuthOp::Disable => (2, Vec::new()),
+        AuthOp::Assign {
+            user,
+            token,
+            revision,
+            ..
+        } => {
+            let mut b = Vec::with_capacity(10 + user.len() + token.len());
+            b.extend_from_slice(&revision.to_le_bytes());
+            b.extend_from_slice(&(user.len() as u16).to_le_bytes());
+            b.extend_from_slice(user.as_bytes());
+            b.extend_from_slice(token.as_bytes());
+            (3, b)
+        }
+        AuthOp::UserAdd(r) => {
+            debug_assert!(r.password.is_empty(), "a clear password is never logged");
+            (4, r.encode_to_vec())
+        }
+        AuthOp::UserDelete(r) => (5, r.encode_to_vec()),
+        AuthOp::UserChangePassword(r) => {
+            debug_assert!(r.password.is_empty(), "a clear password is never logged");
+            (6, r.encode_to_vec())
+        }
+        AuthOp::UserGrantRole(r) => (7, r.encode_to_vec()),
+        AuthOp::UserRevokeRole(r) => (8, r.encode_to_vec()),
+        AuthOp::RoleAdd(r) => (9, r.encode_to_vec()),
+        AuthOp::RoleDelete(r) => (10, r.encode_to_vec()),
+        AuthOp::RoleGrantPermission(r) => (11, r.encode_to_vec()),
+        AuthOp::RoleRevokePermission(r) => (12, r.encode_to_vec()),
+        other => panic!("not an auth change: {other:?}"),
+    };
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(kind);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_auth(payload: Bytes) -> std::result::Result<AuthOp, String> {
+    use prost::Message;
+    let Some(&kind) = payload.first() else {
+        return Err("undecodable log payload (tag 12): empty".into());
+    };
+    let body = payload.slice(1..);
+    let e = |e: prost::DecodeError| format!("undecodable log payload (tag 12, kind {kind}): {e}");
+    Ok(match kind {
+        1 => AuthOp::Enable,
+        2 => AuthOp::Disable,
+        3 => {
+            let bad = || {
+                format!(
+                    "undecodable log payload (tag 12, kind 3): {} bytes",
+                    body.len()
+                )
+            };
+            let head = body.get(..10).ok_or_else(bad)?;
+            let revision = u64::from_le_bytes(head[..8].try_into().expect("8"));
+            let n = u16::from_le_bytes(head[8..].try_into().expect("2")) as usize;
+            let user = body.get(10..10 + n).ok_or_else(bad)?;
+            let token = &body[10 + n..];
+            AuthOp::Assign {
+                revision,
+                user: String::from_utf8(user.to_vec()).map_err(|_| bad())?,
+                token: String::from_utf8(token.to_vec()).map_err(|_| bad())?,
+                simple: true,
+            }
+        }
+        4 => AuthOp::UserAdd(pb::AuthUserAddRequest::decode(body).map_err(e)?),
+        5 => AuthOp::UserDelete(pb::AuthUserDeleteRequest::decode(body).map_err(e)?),
+        6 => {
+            AuthOp::UserChangePassword(pb::AuthUserChangePasswordRequest::decode(body).map_err(e)?)
+        }
+        7 => AuthOp::UserGrantRole(pb::AuthUserGrantRoleRequest::decode(body).map_err(e)?),
+        8 => AuthOp::UserRevokeRole(pb::AuthUserRevokeRoleRequest::decode(body).map_err(e)?),
+        9 => AuthOp::RoleAdd(pb::AuthRoleAddRequest::decode(body).map_err(e)?),
+        10 => AuthOp::RoleDelete(pb::AuthRoleDeleteRequest::decode(body).map_err(e)?),
+        11 => AuthOp::RoleGrantPermission(
+            pb::AuthRoleGrantPermissionRequest::decode(body).map_err(e)?,
+        ),
+        12 => AuthOp::RoleRevokePermission(
+            pb::AuthRoleRevokePermissionRequest::decode(body).map_err(e)?,
+        ),
+        k => return Err(format!("unknown auth change kind {k} in a log payload")),
     })
 }
 

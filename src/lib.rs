@@ -7,6 +7,7 @@
 //! - [`config`]: etcd's configuration keys, from a YAML file and from flags.
 //! - [`client`] and [`ctl`]: the gRPC client and the `ferroctl` command line.
 
+pub mod auth;
 pub mod client;
 pub mod compactor;
 pub mod config;

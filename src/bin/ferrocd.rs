@@ -67,6 +67,12 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             },
             max_txn_ops: cfg.max_txn_ops,
             quota_bytes: cfg.quota_backend_bytes,
+            auth: std::sync::Arc::new(ferrocd::auth::AuthShared::new(
+                ferrocd::auth::TokenKind::from_spec(&cfg.auth_token)?,
+                std::time::Duration::from_secs(cfg.auth_token_ttl_secs),
+                cfg.bcrypt_cost,
+                cfg.enable_authorization,
+            )),
         },
         log_dir: Some(
             std::path::Path::new(&cfg.data_dir)
@@ -86,6 +92,12 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         "starting ferrocd {}",
         env!("CARGO_PKG_VERSION")
     );
+    if cfg.enable_authorization {
+        tracing::warn!(
+            "enable-authorization: until auth is enabled (a root user with the root role, then \
+             'auth enable'), every call that reads or writes keys is refused"
+        );
+    }
     server::run(opts)?;
     Ok(())
 }
@@ -95,23 +107,30 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
     if cfg.initial_cluster.len() < 2 {
         return Ok(None);
     }
-    let peer_tls = if cfg.peer_tls.is_empty() {
-        None
-    } else {
-        Some(server::tls::peer_config(&cfg.peer_tls).map_err(|e| format!("peer TLS: {e}"))?)
-    };
     let https = cfg
         .listen_peer_urls
         .iter()
         .chain(cfg.initial_cluster.values().flatten())
         .any(|u| u.starts_with("https://"));
-    if https != peer_tls.is_some() {
+    if https && cfg.peer_tls.is_empty() {
         return Err(
-            "peer URLs and peer TLS disagree: https:// peer URLs need --peer-cert-file, \
-             --peer-key-file and --peer-trusted-ca-file, and those need https:// peer URLs"
+            "https:// peer URLs need --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file"
                 .into(),
         );
     }
+    // As etcd: certificates with http:// peer URLs are ignored, with a warning.
+    let peer_tls = if cfg.peer_tls.is_empty() {
+        None
+    } else if !https {
+        tracing::warn!(
+            "peer URLs are http:// while peer certificates are given: the peer links run plain \
+             TCP (etcd ignores the certificates too)"
+        );
+        None
+    } else {
+        Some(server::tls::peer_config(&cfg.peer_tls).map_err(|e| format!("peer TLS: {e}"))?)
+    };
     let mut listen_peer = Vec::new();
     for u in &cfg.listen_peer_urls {
         listen_peer.push(

@@ -23,6 +23,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::access;
 use super::grpc::{self, decode_msg, Method};
 use super::stream::{Gone, Sink, Source};
 use super::{metrics, recipes, snapshot, watch, ShardCtx};
@@ -177,6 +178,7 @@ fn route(path: &str) -> Option<&'static str> {
 pub(crate) async fn serve(
     method: &str,
     target: &str,
+    cred: &access::Credentials,
     input: &mut impl HttpIn,
     out: &mut impl HttpOut,
     ctx: &ShardCtx,
@@ -226,20 +228,22 @@ pub(crate) async fn serve(
     }
     let code = match grpc::route(grpc_path) {
         Ok(m @ Method::Watch) => {
-            stream::<pb::WatchRequest, pb::WatchResponse>(m, input, out, ctx).await
+            stream::<pb::WatchRequest, pb::WatchResponse>(m, cred, input, out, ctx).await
         }
         Ok(m @ Method::LeaseKeepAlive) => {
-            stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>(m, input, out, ctx)
-                .await
+            stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>(
+                m, cred, input, out, ctx,
+            )
+            .await
         }
         Ok(m @ Method::Snapshot) => {
-            stream::<pb::SnapshotRequest, pb::SnapshotResponse>(m, input, out, ctx).await
+            stream::<pb::SnapshotRequest, pb::SnapshotResponse>(m, cred, input, out, ctx).await
         }
         Ok(m @ Method::Observe) => {
-            stream::<el::LeaderRequest, el::LeaderResponse>(m, input, out, ctx).await
+            stream::<el::LeaderRequest, el::LeaderResponse>(m, cred, input, out, ctx).await
         }
         // Unary methods, and those not served yet (refused as over gRPC).
-        m => unary(m.ok(), grpc_path, input, out, ctx).await,
+        m => unary(m.ok(), grpc_path, cred, input, out, ctx).await,
     }?;
     if let Some(i) = index {
         metrics::METRICS.grpc_handled(i, code, started);
@@ -285,6 +289,7 @@ fn json_limit(ctx: &ShardCtx) -> usize {
 async fn unary(
     method: Option<Method>,
     grpc_path: &str,
+    cred: &access::Credentials,
     input: &mut impl HttpIn,
     out: &mut impl HttpOut,
     ctx: &ShardCtx,
@@ -311,41 +316,44 @@ async fn unary(
         let msg = json_to_proto(method, &body)
             .map_err(|e| (Status::new(Code::InvalidArgument, e.to_string()), false))?;
         let grpc = |s: Status| (s, true);
+        let check = |r: access::Recipe<'_>| {
+            access::may_use_recipe(ctx, cred, r).map_err(|e| grpc(e.into()))
+        };
         Ok(match method {
-            Some(Method::Lock) => to_json(
-                &recipes::lock(ctx, decode_msg(msg).map_err(grpc)?, canceled)
-                    .await
-                    .map_err(grpc)?,
-            ),
-            Some(Method::Unlock) => to_json(
-                &recipes::unlock(ctx, decode_msg(msg).map_err(grpc)?)
-                    .await
-                    .map_err(grpc)?,
-            ),
-            Some(Method::Campaign) => to_json(
-                &recipes::campaign(ctx, decode_msg(msg).map_err(grpc)?, canceled)
-                    .await
-                    .map_err(grpc)?,
-            ),
-            Some(Method::Proclaim) => to_json(
-                &recipes::proclaim(ctx, decode_msg(msg).map_err(grpc)?)
-                    .await
-                    .map_err(grpc)?,
-            ),
-            Some(Method::Leader) => to_json(
-                &recipes::leader(ctx, decode_msg(msg).map_err(grpc)?)
-                    .await
-                    .map_err(grpc)?,
-            ),
-            Some(Method::Resign) => to_json(
-                &recipes::resign(ctx, decode_msg(msg).map_err(grpc)?)
-                    .await
-                    .map_err(grpc)?,
-            ),
+            Some(Method::Lock) => to_json(&{
+                let r = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::lock(&r))?;
+                recipes::lock(ctx, r, canceled).await.map_err(grpc)?
+            }),
+            Some(Method::Unlock) => to_json(&{
+                let r = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::unlock(&r))?;
+                recipes::unlock(ctx, r).await.map_err(grpc)?
+            }),
+            Some(Method::Campaign) => to_json(&{
+                let r = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::campaign(&r))?;
+                recipes::campaign(ctx, r, canceled).await.map_err(grpc)?
+            }),
+            Some(Method::Proclaim) => to_json(&{
+                let r: el::ProclaimRequest = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::leader_key(r.leader.as_ref()))?;
+                recipes::proclaim(ctx, r).await.map_err(grpc)?
+            }),
+            Some(Method::Leader) => to_json(&{
+                let r = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::leader(&r))?;
+                recipes::leader(ctx, r).await.map_err(grpc)?
+            }),
+            Some(Method::Resign) => to_json(&{
+                let r: el::ResignRequest = decode_msg(msg).map_err(grpc)?;
+                check(access::Recipe::leader_key(r.leader.as_ref()))?;
+                recipes::resign(ctx, r).await.map_err(grpc)?
+            }),
             _ => {
                 let req =
                     grpc::decode_request(grpc_path, msg, ctx.max_request_bytes).map_err(grpc)?;
-                let resp = ctx.owner.call(req).await.map_err(|e| grpc(e.into()))?;
+                let resp = access::call(ctx, cred, req).await.map_err(grpc)?;
                 response_json(&resp)
             }
         })
@@ -438,6 +446,30 @@ fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_jso
         Method::Proclaim => proto::<el::ProclaimRequest>(body),
         Method::Leader | Method::Observe => proto::<el::LeaderRequest>(body),
         Method::Resign => proto::<el::ResignRequest>(body),
+        Method::Auth(name) => auth_proto(name, body),
+    }
+}
+
+/// An Auth service call's JSON as its protobuf.
+fn auth_proto(name: &str, body: &[u8]) -> Result<Bytes, serde_json::Error> {
+    match name {
+        "AuthEnable" => proto::<pb::AuthEnableRequest>(body),
+        "AuthDisable" => proto::<pb::AuthDisableRequest>(body),
+        "AuthStatus" => proto::<pb::AuthStatusRequest>(body),
+        "Authenticate" => proto::<pb::AuthenticateRequest>(body),
+        "UserAdd" => proto::<pb::AuthUserAddRequest>(body),
+        "UserGet" => proto::<pb::AuthUserGetRequest>(body),
+        "UserList" => proto::<pb::AuthUserListRequest>(body),
+        "UserDelete" => proto::<pb::AuthUserDeleteRequest>(body),
+        "UserChangePassword" => proto::<pb::AuthUserChangePasswordRequest>(body),
+        "UserGrantRole" => proto::<pb::AuthUserGrantRoleRequest>(body),
+        "UserRevokeRole" => proto::<pb::AuthUserRevokeRoleRequest>(body),
+        "RoleAdd" => proto::<pb::AuthRoleAddRequest>(body),
+        "RoleGet" => proto::<pb::AuthRoleGetRequest>(body),
+        "RoleList" => proto::<pb::AuthRoleListRequest>(body),
+        "RoleDelete" => proto::<pb::AuthRoleDeleteRequest>(body),
+        "RoleGrantPermission" => proto::<pb::AuthRoleGrantPermissionRequest>(body),
+        _ => proto::<pb::AuthRoleRevokePermissionRequest>(body),
     }
 }
 
@@ -556,6 +588,7 @@ async fn send_error(out: &mut impl HttpOut, status: &Status, from_grpc: bool) ->
 /// Returns the code it ended with.
 async fn stream<Req, Resp>(
     method: Method,
+    cred: &access::Credentials,
     input: &mut impl HttpIn,
     out: &mut impl HttpOut,
     ctx: &ShardCtx,
@@ -584,9 +617,14 @@ where
         _resp: PhantomData,
     };
     match method {
-        Method::Watch => watch::serve_watch(&mut source, &mut sink, ctx, false).await,
-        Method::LeaseKeepAlive => watch::serve_keep_alive(&mut source, &mut sink, ctx, false).await,
-        Method::Snapshot => snapshot::serve(&mut sink, ctx).await,
+        Method::Watch => watch::serve_watch(&mut source, &mut sink, ctx, cred, false).await,
+        Method::LeaseKeepAlive => {
+            watch::serve_keep_alive(&mut source, &mut sink, ctx, cred, false).await
+        }
+        Method::Snapshot => match access::may_admin(ctx, cred) {
+            Ok(()) => snapshot::serve(&mut sink, ctx).await,
+            Err(e) => sink.finish(Some(e.into())).await,
+        },
         Method::Observe => {
             // The only request: an election's name.
             let req = match source.next().await {

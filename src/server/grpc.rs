@@ -12,11 +12,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use prost::Message;
 
 use super::stream::{H2Sink, MessageReader, Sink};
-use super::{gateway, metrics, recipes, snapshot, stream, watch, ShardCtx};
+use super::{access, gateway, metrics, recipes, snapshot, stream, watch, ShardCtx};
+use crate::auth::AuthOp;
 use crate::error::{Code, EtcdError, Status};
 use crate::kv;
 use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::proto::etcdserverpb as pb;
+use crate::proto::v3electionpb as el;
 
 /// The methods served today.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +53,30 @@ pub(super) enum Method {
     Leader,
     Resign,
     Observe,
+    /// The Auth service's methods, by name.
+    Auth(&'static str),
 }
+
+/// The Auth service's methods.
+const AUTH_METHODS: &[&str] = &[
+    "AuthEnable",
+    "AuthDisable",
+    "AuthStatus",
+    "Authenticate",
+    "UserAdd",
+    "UserGet",
+    "UserList",
+    "UserDelete",
+    "UserChangePassword",
+    "UserGrantRole",
+    "UserRevokeRole",
+    "RoleAdd",
+    "RoleGet",
+    "RoleList",
+    "RoleDelete",
+    "RoleGrantPermission",
+    "RoleRevokePermission",
+];
 
 /// The unary methods served today, by path (for tests and fuzzers that drive them all).
 pub const UNARY_METHODS: &[&str] = &[
@@ -169,6 +194,9 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
         ("v3electionpb.Election", "Leader") => Method::Leader,
         ("v3electionpb.Election", "Resign") => Method::Resign,
         ("v3electionpb.Election", "Observe") => Method::Observe,
+        ("etcdserverpb.Auth", m) if AUTH_METHODS.contains(&m) => {
+            Method::Auth(AUTH_METHODS[AUTH_METHODS.iter().position(|&a| a == m).expect("listed")])
+        }
         _ => {
             return if !METHODS.iter().any(|&(s, _, _)| s == service) {
                 unimplemented(format!("unknown service {service}"))
@@ -202,7 +230,15 @@ pub(crate) async fn handle(
         // Boxed, as the streams below: each call is a task, and a task's future is moved into
         // place when spawned, so the common unary call must not carry the large states of the
         // rare paths (measured: memmove was 5% of a put's CPU before).
-        let serve = gateway::serve(parts.method.as_str(), target, &mut input, &mut out, &ctx);
+        let cred = access::Credentials::from_headers(&parts.headers);
+        let serve = gateway::serve(
+            parts.method.as_str(),
+            target,
+            &cred,
+            &mut input,
+            &mut out,
+            &ctx,
+        );
         let _ = Box::pin(serve).await;
         return;
     }
@@ -257,13 +293,15 @@ async fn serve_call(
     match route(parts.uri.path()) {
         Ok(Method::Watch) => {
             let mut sink = H2Sink::new(&mut respond);
-            let serve = watch::serve_watch(&mut reader, &mut sink, ctx, require_leader);
+            let cred = access::Credentials::from_headers(&parts.headers);
+            let serve = watch::serve_watch(&mut reader, &mut sink, ctx, &cred, require_leader);
             Box::pin(serve).await;
             return sink.code;
         }
         Ok(Method::LeaseKeepAlive) => {
             let mut sink = H2Sink::new(&mut respond);
-            let serve = watch::serve_keep_alive(&mut reader, &mut sink, ctx, require_leader);
+            let cred = access::Credentials::from_headers(&parts.headers);
+            let serve = watch::serve_keep_alive(&mut reader, &mut sink, ctx, &cred, require_leader);
             Box::pin(serve).await;
             return sink.code;
         }
@@ -275,14 +313,18 @@ async fn serve_call(
             | Method::Leader
             | Method::Resign
             | Method::Observe),
-        ) => return Box::pin(serve_recipe(m, respond, reader, deadline, ctx)).await,
+        ) => {
+            let cred = access::Credentials::from_headers(&parts.headers);
+            return Box::pin(serve_recipe(m, respond, reader, deadline, &cred, ctx)).await;
+        }
         Ok(Method::Snapshot) => {
             let mut sink = H2Sink::new(&mut respond);
-            match reader
-                .one()
-                .await
-                .and_then(decode_msg::<pb::SnapshotRequest>)
-            {
+            let cred = access::Credentials::from_headers(&parts.headers);
+            let req = match access::may_admin(ctx, &cred) {
+                Ok(()) => reader.one().await,
+                Err(e) => Err(Status::from(e)),
+            };
+            match req.and_then(decode_msg::<pb::SnapshotRequest>) {
                 Ok(_) => Box::pin(snapshot::serve(&mut sink, ctx)).await,
                 Err(e) => sink.finish(Some(e)).await,
             }
@@ -293,7 +335,8 @@ async fn serve_call(
     let work = async {
         let method = route(parts.uri.path())?;
         let msg = reader.one().await?;
-        call(method, msg, ctx).await
+        let cred = access::Credentials::from_headers(&parts.headers);
+        call(method, msg, &cred, ctx).await
     };
     let result = match deadline {
         Some(d) => with_deadline(work, d).await,
@@ -334,11 +377,14 @@ async fn serve_recipe(
     mut respond: SendResponse<Bytes>,
     mut reader: MessageReader,
     deadline: Option<Duration>,
+    cred: &access::Credentials,
     ctx: &ShardCtx,
 ) -> Code {
+    let check = |r: access::Recipe<'_>| access::may_use_recipe(ctx, cred, r).map_err(Status::from);
     if method == Method::Observe {
         let mut sink = H2Sink::new(&mut respond);
-        match reader.one().await.and_then(decode_msg) {
+        let req = reader.one().await.and_then(decode_msg::<el::LeaderRequest>);
+        match req.and_then(|r| check(access::Recipe::leader(&r)).map(|()| r)) {
             Ok(req) => {
                 let observer = recipes::Observer::new(ctx, req);
                 observe(observer, &mut reader, &mut sink, deadline).await
@@ -351,12 +397,36 @@ async fn serve_recipe(
         let msg = reader.one().await?;
         let canceled = canceled(&mut respond, deadline);
         Ok(match method {
-            Method::Lock => frame(&recipes::lock(ctx, decode_msg(msg)?, canceled).await?),
-            Method::Unlock => frame(&recipes::unlock(ctx, decode_msg(msg)?).await?),
-            Method::Campaign => frame(&recipes::campaign(ctx, decode_msg(msg)?, canceled).await?),
-            Method::Proclaim => frame(&recipes::proclaim(ctx, decode_msg(msg)?).await?),
-            Method::Leader => frame(&recipes::leader(ctx, decode_msg(msg)?).await?),
-            Method::Resign => frame(&recipes::resign(ctx, decode_msg(msg)?).await?),
+            Method::Lock => {
+                let r = decode_msg(msg)?;
+                check(access::Recipe::lock(&r))?;
+                frame(&recipes::lock(ctx, r, canceled).await?)
+            }
+            Method::Unlock => {
+                let r = decode_msg(msg)?;
+                check(access::Recipe::unlock(&r))?;
+                frame(&recipes::unlock(ctx, r).await?)
+            }
+            Method::Campaign => {
+                let r = decode_msg(msg)?;
+                check(access::Recipe::campaign(&r))?;
+                frame(&recipes::campaign(ctx, r, canceled).await?)
+            }
+            Method::Proclaim => {
+                let r: el::ProclaimRequest = decode_msg(msg)?;
+                check(access::Recipe::leader_key(r.leader.as_ref()))?;
+                frame(&recipes::proclaim(ctx, r).await?)
+            }
+            Method::Leader => {
+                let r = decode_msg(msg)?;
+                check(access::Recipe::leader(&r))?;
+                frame(&recipes::leader(ctx, r).await?)
+            }
+            Method::Resign => {
+                let r: el::ResignRequest = decode_msg(msg)?;
+                check(access::Recipe::leader_key(r.leader.as_ref()))?;
+                frame(&recipes::resign(ctx, r).await?)
+            }
             _ => unreachable!("not a unary recipe method"),
         })
     }
@@ -441,9 +511,14 @@ pub(super) fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> 
     })
 }
 
-async fn call(method: Method, msg: Bytes, ctx: &ShardCtx) -> Result<Bytes, Status> {
+async fn call(
+    method: Method,
+    msg: Bytes,
+    cred: &access::Credentials,
+    ctx: &ShardCtx,
+) -> Result<Bytes, Status> {
     let req = decode(method, msg, ctx.max_request_bytes)?;
-    let resp = ctx.owner.call(req).await.map_err(Status::from)?;
+    let resp = access::call(ctx, cred, req).await?;
     Ok(encode_response(&resp))
 }
 
@@ -495,6 +570,7 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::MemberRemove => kv::Request::MemberRemove(decode_msg(msg)?),
         Method::MemberPromote => kv::Request::MemberPromote(decode_msg(msg)?),
         Method::MemberUpdate => kv::Request::MemberUpdate(decode_msg(msg)?),
+        Method::Auth(name) => kv::Request::Auth(decode_auth(name, msg)?),
         Method::Snapshot
         | Method::Watch
         | Method::LeaseKeepAlive
@@ -508,6 +584,50 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
             return Err(Status::new(
                 Code::Internal,
                 "a stream or recipe method is not decoded as a request",
+            ))
+        }
+    })
+}
+
+/// An Auth service call's request.
+fn decode_auth(name: &str, msg: Bytes) -> Result<AuthOp, Status> {
+    Ok(match name {
+        "AuthEnable" => {
+            decode_msg::<pb::AuthEnableRequest>(msg)?;
+            AuthOp::Enable
+        }
+        "AuthDisable" => {
+            decode_msg::<pb::AuthDisableRequest>(msg)?;
+            AuthOp::Disable
+        }
+        "AuthStatus" => {
+            decode_msg::<pb::AuthStatusRequest>(msg)?;
+            AuthOp::Status
+        }
+        "Authenticate" => AuthOp::Authenticate(decode_msg(msg)?),
+        "UserAdd" => AuthOp::UserAdd(decode_msg(msg)?),
+        "UserGet" => AuthOp::UserGet(decode_msg(msg)?),
+        "UserList" => {
+            decode_msg::<pb::AuthUserListRequest>(msg)?;
+            AuthOp::UserList
+        }
+        "UserDelete" => AuthOp::UserDelete(decode_msg(msg)?),
+        "UserChangePassword" => AuthOp::UserChangePassword(decode_msg(msg)?),
+        "UserGrantRole" => AuthOp::UserGrantRole(decode_msg(msg)?),
+        "UserRevokeRole" => AuthOp::UserRevokeRole(decode_msg(msg)?),
+        "RoleAdd" => AuthOp::RoleAdd(decode_msg(msg)?),
+        "RoleGet" => AuthOp::RoleGet(decode_msg(msg)?),
+        "RoleList" => {
+            decode_msg::<pb::AuthRoleListRequest>(msg)?;
+            AuthOp::RoleList
+        }
+        "RoleDelete" => AuthOp::RoleDelete(decode_msg(msg)?),
+        "RoleGrantPermission" => AuthOp::RoleGrantPermission(decode_msg(msg)?),
+        "RoleRevokePermission" => AuthOp::RoleRevokePermission(decode_msg(msg)?),
+        other => {
+            return Err(Status::new(
+                Code::Unimplemented,
+                format!("unknown method {other} for service etcdserverpb.Auth"),
             ))
         }
     })
@@ -553,6 +673,28 @@ pub(crate) fn visit_answer<V: AnswerVisitor>(resp: &kv::Response, v: V) -> V::Ou
         kv::Response::MemberRemove(r) => v.visit(r),
         kv::Response::MemberPromote(r) => v.visit(r),
         kv::Response::MemberUpdate(r) => v.visit(r),
+        kv::Response::Auth(a) => {
+            use crate::auth::AuthAnswer as A;
+            match a {
+                A::Enable(r) => v.visit(r),
+                A::Disable(r) => v.visit(r),
+                A::Status(r) => v.visit(r),
+                A::Authenticate(r) => v.visit(r),
+                A::UserAdd(r) => v.visit(r),
+                A::UserGet(r) => v.visit(r),
+                A::UserList(r) => v.visit(r),
+                A::UserDelete(r) => v.visit(r),
+                A::UserChangePassword(r) => v.visit(r),
+                A::UserGrantRole(r) => v.visit(r),
+                A::UserRevokeRole(r) => v.visit(r),
+                A::RoleAdd(r) => v.visit(r),
+                A::RoleGet(r) => v.visit(r),
+                A::RoleList(r) => v.visit(r),
+                A::RoleDelete(r) => v.visit(r),
+                A::RoleGrantPermission(r) => v.visit(r),
+                A::RoleRevokePermission(r) => v.visit(r),
+            }
+        }
         kv::Response::LeaseExpire(_)
         | kv::Response::LeaseCheckpoint
         | kv::Response::WatchPull(_) => {
@@ -673,7 +815,11 @@ mod tests {
         assert_eq!(e.message, "unknown method Nope for service etcdserverpb.KV");
         let e = route("/foo.Bar/Baz").unwrap_err();
         assert_eq!(e.message, "unknown service foo.Bar");
-        let e = route("/etcdserverpb.Auth/AuthStatus").unwrap_err();
+        assert_eq!(
+            route("/etcdserverpb.Auth/AuthStatus"),
+            Ok(Method::Auth("AuthStatus"))
+        );
+        let e = route("/etcdserverpb.Maintenance/Defragment").unwrap_err();
         assert!(e.message.contains("does not implement"), "{}", e.message);
         assert!(route("nonsense").is_err());
     }

@@ -5,6 +5,7 @@
 use std::io;
 use std::rc::Rc;
 
+use super::access;
 use super::conn::Prefixed;
 use super::gateway::{self, HttpIn, HttpOut};
 use super::ShardCtx;
@@ -36,6 +37,8 @@ pub(crate) struct Head {
     pub close: bool,
     pub http10: bool,
     pub expect_continue: bool,
+    /// The `Authorization` header (a token, as etcd's gateway takes it).
+    pub authorization: Option<String>,
 }
 
 /// Parses a request head (up to and including the blank line).
@@ -56,6 +59,7 @@ pub(crate) fn parse_head(raw: &[u8]) -> Option<Head> {
         close: http10,
         http10,
         expect_continue: false,
+        authorization: None,
     };
     for line in lines.take_while(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':')?;
@@ -71,6 +75,8 @@ pub(crate) fn parse_head(raw: &[u8]) -> Option<Head> {
             head.close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case("100-continue");
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(value.to_string());
         }
     }
     Some(head)
@@ -117,7 +123,22 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             close: head.close,
             http10: head.http10,
         };
-        gateway::serve(&head.method, &head.target, &mut input, &mut out, &ctx).await?;
+        let cred = access::Credentials {
+            token: head
+                .authorization
+                .as_deref()
+                .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string()),
+            common_name: None,
+        };
+        gateway::serve(
+            &head.method,
+            &head.target,
+            &cred,
+            &mut input,
+            &mut out,
+            &ctx,
+        )
+        .await?;
         // A body not read to its end (an answer that did not need it, a stream that ended
         // first) leaves the connection unusable for another request.
         if head.close || !matches!(input.body, Body::Done | Body::Left(0)) {

@@ -6,6 +6,7 @@
 //! themselves, so the expensive per-request work (HTTP/2, protobuf) spreads over the cores
 //! while the state has one writer and no locks.
 
+pub(crate) mod access;
 mod conn;
 mod gateway;
 mod grpc;
@@ -91,6 +92,8 @@ pub(crate) struct ShardCtx {
     pub gateway: bool,
     /// This context serves a metrics URL: only `/metrics` and the health endpoints.
     pub metrics_only: bool,
+    /// The auth state as published by the owner, and the token settings.
+    pub auth: std::sync::Arc<crate::auth::AuthShared>,
 }
 
 /// Starts every shard and blocks until they stop. They run until the process is killed:
@@ -141,6 +144,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                         .map_or(std::time::Duration::from_secs(1), |c| c.election),
                     gateway: opts.gateway,
                     metrics_only: false,
+                    auth: opts.kv.auth.clone(),
                 });
                 let metrics_ctx = Rc::new(ShardCtx {
                     max_request_bytes: ctx.max_request_bytes,
@@ -150,6 +154,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     election: ctx.election,
                     gateway: false,
                     metrics_only: true,
+                    auth: ctx.auth.clone(),
                 });
                 let mut listeners = Vec::new();
                 for (addr, tls) in &opts.client_addrs {

@@ -748,6 +748,7 @@ fn is_linearizable_read(req: &Request) -> bool {
         Request::Range(r) => !r.serializable,
         Request::Txn(_) => true,
         Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => true,
+        Request::Authed(a) => is_linearizable_read(&a.req),
         _ => false,
     }
 }

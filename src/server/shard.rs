@@ -490,6 +490,10 @@ pub(crate) fn count(req: &Request) {
         Request::Put(_) => METRICS.put_total.inc(),
         Request::DeleteRange(_) => METRICS.delete_total.inc(),
         Request::Txn(_) => METRICS.txn_total.inc(),
+        Request::Authed(a) => {
+            count(&a.req);
+            0
+        }
         _ => 0,
     };
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+use super::access::{self, Credentials};
 use super::grpc::{decode_msg, frame};
 use super::metrics::METRICS;
 use super::stream::{client_gone, Gone, Sink, Source};
@@ -87,6 +88,8 @@ const GROUP: i64 = i64::MIN;
 
 struct WatchStream<'a, S> {
     ctx: &'a ShardCtx,
+    /// Who opened the stream (checked when each watcher is created, as etcd).
+    cred: &'a Credentials,
     out: &'a mut S,
     watchers: BTreeMap<i64, Watcher>,
     /// Watchers not in the group.
@@ -128,6 +131,7 @@ pub(crate) async fn serve_watch(
     reader: &mut impl Source,
     out: &mut impl Sink,
     ctx: &ShardCtx,
+    cred: &Credentials,
     require_leader: bool,
 ) {
     if out.open().await.is_err() {
@@ -136,6 +140,7 @@ pub(crate) async fn serve_watch(
     let wake = ctx.notifier.subscribe();
     let mut s = WatchStream {
         ctx,
+        cred,
         out,
         watchers: BTreeMap::new(),
         loose: BTreeSet::new(),
@@ -170,6 +175,7 @@ pub(crate) async fn serve_keep_alive(
     reader: &mut impl Source,
     out: &mut impl Sink,
     ctx: &ShardCtx,
+    cred: &Credentials,
     require_leader: bool,
 ) {
     if out.open().await.is_err() {
@@ -178,6 +184,7 @@ pub(crate) async fn serve_keep_alive(
     let serve = async {
         while let Some(msg) = reader.next().await {
             let req: pb::LeaseKeepAliveRequest = decode_msg(msg?)?;
+            access::may_keep_alive(ctx, cred).map_err(|e| End::Status(e.into()))?;
             let resp = match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
                 Ok(kv::Response::LeaseKeepAlive(r)) => r,
                 Ok(other) => panic!("a keepalive answered with {other:?}"),
@@ -321,7 +328,15 @@ impl<S: Sink> WatchStream<'_, S> {
         } else {
             c.watch_id
         };
-        let refusal = if empty_range {
+        let denied = access::may_watch(self.ctx, self.cred, &key, &c.range_end).err();
+        let refusal = if let Some(e) = denied {
+            // etcd 3.5's answer: the whole gRPC error as the reason, the stream goes on.
+            Some(refused(&format!(
+                "rpc error: code = {:?} desc = {}",
+                e.code(),
+                e.message()
+            )))
+        } else if empty_range {
             Some(refused("mvcc: watcher range is empty"))
         } else if self.watchers.contains_key(&id) {
             Some(refused(

@@ -273,6 +273,17 @@ pub fn http_request(
     http_exchange(port, method, path, body).ok()
 }
 
+/// As `http_request`, with extra request headers.
+pub fn http_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Headers, String)> {
+    exchange(port, method, path, body, headers).ok()
+}
+
 /// As `http_request`, saying what went wrong: the connection, the read, or the answer's form.
 pub fn http_exchange(
     port: u16,
@@ -280,12 +291,26 @@ pub fn http_exchange(
     path: &str,
     body: &str,
 ) -> Result<(u16, Headers, String), String> {
+    exchange(port, method, path, body, &[])
+}
+
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Headers, String), String> {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| format!("write: {e}"))?;
