@@ -1,6 +1,6 @@
 //! The tutorial's etcd configuration file (tests/data/seed-etcd-config.yml, a copy of the
-//! user's seed) parses as it is. Until auth lands, starting with it is refused, naming the
-//! first key ferrocd does not implement yet; never silently ignored. Its TLS sections are read.
+//! user's seed) parses as it is, auth keys included (tests/auth.rs starts a server with it).
+//! Its TLS sections are read.
 
 use ferrocd::config::Config;
 
@@ -12,19 +12,22 @@ fn seed_with_ip(ip: &str) -> tempfile::NamedTempFile {
 }
 
 #[test]
-fn the_seed_config_is_read_and_refused_naming_the_first_unimplemented_key() {
+fn the_seed_config_is_read_as_it_is() {
     let f = seed_with_ip("127.0.0.1");
-    let e = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
-        .unwrap_err();
-    assert_eq!(e.0, "auth-token is recognised but not implemented yet");
+    let c =
+        Config::from_args(["--config-file".to_string(), f.path().display().to_string()]).unwrap();
+    assert_eq!(c.auth_token, "some-secret-token");
+    assert!(c.enable_authorization);
+    assert_eq!(c.auth_token_ttl_secs, 300);
+    assert_eq!(c.bcrypt_cost, 10);
+    assert!(ferrocd::auth::TokenKind::from_spec(&c.auth_token).is_ok());
 }
 
 #[test]
-fn the_seed_without_the_unimplemented_keys_starts_a_config() {
+fn the_seed_with_one_member_resolves_its_settings() {
     let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
-    // Keep only what ferrocd implements today: drop the auth keys, and the second member
-    // (clusters need Raft). The seed's auto-compaction (periodic, "1h") and TLS sections are
-    // kept.
+    // One member (the seed's two share one peer URL), without the auth keys (read by
+    // the_seed_config_is_read_as_it_is): the auto-compaction and TLS settings resolve.
     let mut kept = Vec::new();
     let mut skipping_section = false;
     for line in text.replace("<NODE-IP>", "127.0.0.1").lines() {
@@ -73,13 +76,8 @@ fn the_seed_without_the_unimplemented_keys_starts_a_config() {
 fn a_placeholder_left_in_a_url_is_named() {
     let text = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
     let f = tempfile::NamedTempFile::new().unwrap();
-    // Without the unimplemented keys, the next problem is the <NODE-IP> placeholder.
-    let cut: String = text
-        .lines()
-        .take_while(|l| !l.starts_with("# Enable authentication"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(f.path(), cut).unwrap();
+    // Not filled in, the <NODE-IP> placeholder is named.
+    std::fs::write(f.path(), text).unwrap();
     let e = Config::from_args(["--config-file".to_string(), f.path().display().to_string()])
         .unwrap_err();
     assert!(e.0.contains("<NODE-IP>"), "{e}");
