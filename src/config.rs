@@ -306,6 +306,13 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --quota-backend-bytes N            database size that raises the NOSPACE alarm (default 0:
                                      2 GiB, as etcd; negative: no quota). Counted as bytes written
                                      to the log.
+  --auth-token SPEC                  simple (default), jwt,priv-key=F,pub-key=F,sign-method=ALG
+                                     [,ttl=5m] as etcd, or a bare shared secret (at least 16
+                                     bytes): HS256 JWTs signed with it (docs/auth.md)
+  --auth-token-ttl SECONDS           life of a simple token after its last use (default 300)
+  --bcrypt-cost N                    bcrypt cost of stored passwords (default 10)
+  --enable-authorization             refuse every call that reads or writes keys until auth
+                                     is enabled (not an etcd flag; docs/auth.md)
   --version                          print the version and exit
   -h, --help                         print this help
 

@@ -1558,6 +1558,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_write_checked_at_an_older_auth_revision_is_refused_and_changes_nothing() {
+        let mut s = KvState::in_memory(1, 2);
+        let put = |rev: u64| {
+            Request::Authed(Box::new(Authed {
+                revision: rev,
+                user: "u".into(),
+                req: Request::Put(pb::PutRequest {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                }),
+            }))
+        };
+        assert_eq!(s.auth().revision, 1);
+        s.execute(put(1)).unwrap();
+        assert_eq!(s.store().rev(), 2);
+        // A permission change lands between the check and the apply.
+        s.execute(Request::Auth(AuthOp::RoleAdd(pb::AuthRoleAddRequest {
+            name: "r".into(),
+        })))
+        .unwrap();
+        assert_eq!(s.auth().revision, 2);
+        assert_eq!(s.precheck(&put(1)).unwrap_err(), EtcdError::AuthOldRevision);
+        assert_eq!(s.execute(put(1)).unwrap_err(), EtcdError::AuthOldRevision);
+        assert_eq!(s.store().rev(), 2, "nothing was written");
+        // Replayed from the log, the same record decides the same.
+        let logged = decode_write(Bytes::from(encode_write(&put(1)))).unwrap();
+        assert_eq!(s.execute(logged).unwrap_err(), EtcdError::AuthOldRevision);
+        s.execute(put(2)).unwrap();
+        assert_eq!(s.store().rev(), 3);
+    }
+
+    #[test]
     fn every_logged_write_round_trips_with_its_tag() {
         let alarm = |action: pb::alarm_request::AlarmAction| pb::AlarmRequest {
             action: action as i32,
@@ -1593,6 +1626,45 @@ mod tests {
                 8,
                 Request::Alarm(alarm(pb::alarm_request::AlarmAction::Deactivate)),
             ),
+            (12, Request::Auth(AuthOp::Enable)),
+            (
+                12,
+                Request::Auth(AuthOp::Assign {
+                    user: "u".into(),
+                    token: "digest".into(),
+                    simple: true,
+                    revision: 5,
+                }),
+            ),
+            (
+                12,
+                Request::Auth(AuthOp::UserAdd(pb::AuthUserAddRequest {
+                    name: "u".into(),
+                    hashed_password: "$2b$04$hash".into(),
+                    ..Default::default()
+                })),
+            ),
+            (
+                12,
+                Request::Auth(AuthOp::RoleRevokePermission(
+                    pb::AuthRoleRevokePermissionRequest {
+                        role: "r".into(),
+                        key: Bytes::from_static(b"a"),
+                        range_end: Bytes::from_static(b"b"),
+                    },
+                )),
+            ),
+            (
+                13,
+                Request::Authed(Box::new(Authed {
+                    revision: 3,
+                    user: String::new(),
+                    req: Request::Put(pb::PutRequest {
+                        key: Bytes::from_static(b"k"),
+                        ..Default::default()
+                    }),
+                })),
+            ),
         ];
         for (tag, req) in writes {
             assert!(is_write(&req), "{req:?}");
@@ -1604,5 +1676,8 @@ mod tests {
         let list = Request::Alarm(alarm(pb::alarm_request::AlarmAction::Get));
         assert!(!is_write(&list), "listing alarms is not logged");
         assert!(decode_write(Bytes::from_static(&[9])).is_err());
+        assert!(decode_write(Bytes::from_static(&[12, 3, 1])).is_err());
+        assert!(decode_write(Bytes::from_static(&[12, 99])).is_err());
+        assert!(decode_write(Bytes::from_static(&[13, 1, 2])).is_err());
     }
 }
