@@ -282,3 +282,77 @@ fn bad_tls_files_are_named_at_start() {
     let stderr = refused_start(dir.path(), &[]);
     assert!(stderr.contains("--cert-file"), "{stderr}");
 }
+
+/// With `--client-cert-auth` and auth enabled, a verified client certificate's common name is
+/// the user when no token is given (etcd's): alice's certificate may do what alice may, a
+/// certificate naming no user may do nothing, a token wins over the certificate. Compared with
+/// etcd.
+#[test]
+fn client_certificate_names_are_users_as_on_etcd() {
+    if !etcd_tools_or_skip("client_certificate_names_are_users_as_on_etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+    let client = "extendedKeyUsage=clientAuth\n";
+    common::certificates(
+        dir.path(),
+        &["ca"],
+        &[
+            ("server", "ca", server, "/CN=server"),
+            ("client", "ca", client, "/CN=root"),
+            ("alice", "ca", client, "/CN=alice"),
+            ("mallory", "ca", client, "/O=x/CN=mallory"),
+        ],
+    );
+    let steps = |s: &TlsServer| -> Vec<String> {
+        let script: &[(&str, &[&str])] = &[
+            ("client", &["user", "add", "root:rootpw"]),
+            ("client", &["user", "add", "alice:apw"]),
+            ("client", &["role", "add", "r"]),
+            (
+                "client",
+                &["role", "grant-permission", "r", "readwrite", "foo"],
+            ),
+            ("client", &["user", "grant-role", "alice", "r"]),
+            ("client", &["auth", "enable"]),
+            ("alice", &["put", "foo", "v"]),
+            ("alice", &["get", "foo"]),
+            ("alice", &["put", "bar", "v"]),
+            ("alice", &["user", "list"]),
+            ("mallory", &["get", "foo"]),
+            ("client", &["user", "list"]),
+            ("alice", &["--user", "root:rootpw", "user", "list"]),
+            ("client", &["--user", "alice:apw", "user", "list"]),
+        ];
+        script
+            .iter()
+            .map(|(cert, args)| {
+                let o = ctl(s, dir.path(), cert, args);
+                let err: Vec<&str> = o
+                    .stderr
+                    .lines()
+                    .filter(|l| !l.starts_with("{\"level\""))
+                    .collect();
+                format!(
+                    "{cert} {args:?}: code {}\n{}{}",
+                    o.code,
+                    o.stdout,
+                    err.join("\n")
+                )
+            })
+            .collect()
+    };
+    let peer = free_port();
+    let want = steps(&TlsServer::start(ETCD, dir.path(), "etcd", peer));
+    let got = steps(&TlsServer::start(
+        env!("CARGO_BIN_EXE_ferrocd"),
+        dir.path(),
+        "ferrocd",
+        peer,
+    ));
+    assert!(want[6].contains("OK"), "alice's certificate: {want:#?}");
+    assert!(want[8].contains("permission denied"), "{want:#?}");
+    assert!(want[10].contains("permission denied"), "{want:#?}");
+    assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
+}

@@ -21,7 +21,7 @@ pub(crate) struct Credentials {
     /// gRPC metadata `token` (or `authorization`, as the gateway sends it).
     pub token: Option<String>,
     /// The common name of a verified client certificate (with `--client-cert-auth`).
-    pub common_name: Option<String>,
+    pub common_name: Option<std::rc::Rc<str>>,
 }
 
 impl Credentials {
@@ -86,7 +86,7 @@ pub(crate) fn identify(
         return Ok(Some(c));
     }
     Ok(cred.common_name.as_ref().map(|cn| Caller {
-        user: cn.clone(),
+        user: cn.to_string(),
         revision: view.state.revision,
     }))
 }
@@ -446,4 +446,76 @@ pub(crate) fn may_admin(ctx: &ShardCtx, cred: &Credentials) -> Result<(), EtcdEr
     let view = auth.view();
     let caller = identify(auth, &view, cred)?;
     admin(&view, caller.as_ref())
+}
+
+/// The common name (OID 2.5.4.3) of a certificate's subject, from its DER; None if it has none
+/// or the certificate does not parse. The certificate was verified by the TLS handshake.
+pub(crate) fn common_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    name_cn(ee.subject())
+}
+
+/// One DER element: its tag, its contents and what follows.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The common name in the contents of an X.501 Name (a sequence of sets of (OID, value)).
+fn name_cn(mut rdns: &[u8]) -> Option<String> {
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    while !rdns.is_empty() {
+        let (tag, mut set, rest) = der(rdns)?;
+        rdns = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, atv, rest) = der(set)?;
+            set = rest;
+            let (oid_tag, oid, value) = der(atv)?;
+            if tag == 0x30 && oid_tag == 0x06 && oid == CN {
+                // UTF8String, PrintableString or IA5String.
+                let (t, v, _) = der(value)?;
+                return matches!(t, 0x0c | 0x13 | 0x16)
+                    .then(|| String::from_utf8(v.to_vec()).ok())
+                    .flatten();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_name_is_read_from_a_name() {
+        // C=US, CN=alice, as DER (the contents of the Name's SEQUENCE).
+        let name = [
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02, b'U', b'S', 0x31,
+            0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x05, b'a', b'l', b'i', b'c',
+            b'e',
+        ];
+        assert_eq!(name_cn(&name).as_deref(), Some("alice"));
+        assert_eq!(name_cn(&name[..13]), None, "no CN");
+        for cut in 0..name.len() {
+            // Truncated input never panics.
+            let _ = name_cn(&name[..cut]);
+        }
+        let long = [0x31, 0x84, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(name_cn(&long), None);
+    }
 }

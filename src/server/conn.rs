@@ -63,7 +63,17 @@ async fn serve_tls(
         None
     });
     match handshake.await {
-        Some(Ok(stream)) => serve_any(stream, ctx).await,
+        Some(Ok(stream)) => {
+            // With client certificates required, the handshake verified this one.
+            let cn = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(super::access::common_name)
+                .map(Rc::from);
+            serve_any(stream, ctx, cn).await
+        }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             Ok(())
@@ -80,13 +90,14 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    serve_any(stream, ctx).await
+    serve_any(stream, ctx, None).await
 }
 
 /// Tells the protocol from the first bytes and serves it.
 async fn serve_any<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     mut stream: S,
     ctx: Rc<ShardCtx>,
+    common_name: Option<Rc<str>>,
 ) -> io::Result<()> {
     let mut head = [0u8; SNIFF_BYTES];
     let mut got = 0;
@@ -102,7 +113,7 @@ async fn serve_any<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         inner: stream,
     };
     if H2_PREFACE.starts_with(&head) && !ctx.metrics_only {
-        serve_h2(prefixed, ctx).await;
+        serve_h2(prefixed, ctx, common_name).await;
         Ok(())
     } else if http1::looks_like_request(&head) {
         http1::serve(prefixed, ctx).await
@@ -112,7 +123,11 @@ async fn serve_any<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     }
 }
 
-async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: Prefixed<S>, ctx: Rc<ShardCtx>) {
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    io: Prefixed<S>,
+    ctx: Rc<ShardCtx>,
+    common_name: Option<Rc<str>>,
+) {
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_window_size(H2_STREAM_WINDOW_BYTES)
@@ -130,7 +145,8 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: Prefixed<S>, 
     while let Some(next) = conn.accept().await {
         match next {
             Ok((req, respond)) => {
-                glommio::spawn_local(grpc::handle(req, respond, ctx.clone())).detach();
+                let cn = common_name.clone();
+                glommio::spawn_local(grpc::handle(req, respond, ctx.clone(), cn)).detach();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "HTTP/2 connection error");

@@ -232,6 +232,7 @@ pub(crate) async fn handle(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     ctx: Rc<ShardCtx>,
+    common_name: Option<Rc<str>>,
 ) {
     let (parts, body) = req.into_parts();
     let grpc = parts
@@ -273,7 +274,11 @@ pub(crate) async fn handle(
     if let Some(i) = index {
         metrics::METRICS.grpc_started(i);
     }
-    let code = serve_call(parts, body, respond, &ctx).await;
+    // A verified client certificate's common name stands for the user when no token is given
+    // (etcd's, for gRPC calls only).
+    let mut cred = access::Credentials::from_headers(&parts.headers);
+    cred.common_name = common_name;
+    let code = serve_call(parts, body, respond, &cred, &ctx).await;
     if let Some(i) = index {
         metrics::METRICS.grpc_handled(i, code, started);
     }
@@ -284,6 +289,7 @@ async fn serve_call(
     parts: http::request::Parts,
     body: RecvStream,
     mut respond: SendResponse<Bytes>,
+    cred: &access::Credentials,
     ctx: &ShardCtx,
 ) -> Code {
     let deadline = parts
@@ -310,15 +316,13 @@ async fn serve_call(
     match route(parts.uri.path()) {
         Ok(Method::Watch) => {
             let mut sink = H2Sink::new(&mut respond);
-            let cred = access::Credentials::from_headers(&parts.headers);
-            let serve = watch::serve_watch(&mut reader, &mut sink, ctx, &cred, require_leader);
+            let serve = watch::serve_watch(&mut reader, &mut sink, ctx, cred, require_leader);
             Box::pin(serve).await;
             return sink.code;
         }
         Ok(Method::LeaseKeepAlive) => {
             let mut sink = H2Sink::new(&mut respond);
-            let cred = access::Credentials::from_headers(&parts.headers);
-            let serve = watch::serve_keep_alive(&mut reader, &mut sink, ctx, &cred, require_leader);
+            let serve = watch::serve_keep_alive(&mut reader, &mut sink, ctx, cred, require_leader);
             Box::pin(serve).await;
             return sink.code;
         }
@@ -331,13 +335,11 @@ async fn serve_call(
             | Method::Resign
             | Method::Observe),
         ) => {
-            let cred = access::Credentials::from_headers(&parts.headers);
-            return Box::pin(serve_recipe(m, respond, reader, deadline, &cred, ctx)).await;
+            return Box::pin(serve_recipe(m, respond, reader, deadline, cred, ctx)).await;
         }
         Ok(Method::Snapshot) => {
             let mut sink = H2Sink::new(&mut respond);
-            let cred = access::Credentials::from_headers(&parts.headers);
-            let req = match access::may_admin(ctx, &cred) {
+            let req = match access::may_admin(ctx, cred) {
                 Ok(()) => reader.one().await,
                 Err(e) => Err(Status::from(e)),
             };
@@ -352,8 +354,7 @@ async fn serve_call(
     let work = async {
         let method = route(parts.uri.path())?;
         let msg = reader.one().await?;
-        let cred = access::Credentials::from_headers(&parts.headers);
-        call(method, msg, &cred, ctx).await
+        call(method, msg, cred, ctx).await
     };
     let result = match deadline {
         Some(d) => with_deadline(work, d).await,
