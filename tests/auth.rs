@@ -12,9 +12,21 @@ mod common;
 
 use common::{diff_steps, etcd_tools_or_skip, etcdctl, http_request, Server};
 
-/// etcdctl's output with its retry warnings (JSON lines) dropped and the port replaced.
+thread_local! {
+    /// The scenario runs ferroctl instead of etcdctl on this test's thread.
+    static FERROCTL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// etcdctl's (or ferroctl's) output with etcdctl's retry warnings (JSON lines) dropped and the
+/// port replaced.
 fn show(server: &Server, args: &[&str], stdin: &str) -> String {
-    let o = etcdctl(&server.endpoint(), args, stdin);
+    let o = if FERROCTL.get() {
+        let mut a = vec![format!("--endpoints={}", server.endpoint())];
+        a.extend(args.iter().map(|s| s.to_string()));
+        common::run(env!("CARGO_BIN_EXE_ferroctl"), &[], &a, stdin)
+    } else {
+        etcdctl(&server.endpoint(), args, stdin)
+    };
     let err: Vec<&str> = o
         .stderr
         .lines()
@@ -232,8 +244,18 @@ fn auth_through_etcdctl_matches_etcd() {
     }
     let ferrocd = Server::ferrocd(&["--bcrypt-cost", "4"]);
     let got = scenario(&ferrocd);
+    drop(ferrocd);
     let report = diff_steps(&want, &got, |s| s.clone());
     assert!(report.is_empty(), "etcdctl saw differences:{report}");
+    // ferroctl prints what etcdctl prints.
+    FERROCTL.set(true);
+    let ferrocd = Server::ferrocd(&["--bcrypt-cost", "4"]);
+    let by_ferroctl = scenario(&ferrocd);
+    let report = diff_steps(&got, &by_ferroctl, |s| s.clone());
+    assert!(
+        report.is_empty(),
+        "ferroctl printed otherwise than etcdctl (etcd = etcdctl):{report}"
+    );
 }
 
 /// A gateway call's status and body.

@@ -18,6 +18,8 @@ use crate::server::{frame, percent_decode, with_deadline};
 pub struct Client {
     send: h2::client::SendRequest<Bytes>,
     authority: String,
+    /// An auth token, sent as the `token` metadata of every call.
+    token: Option<String>,
 }
 
 fn unavailable(msg: String) -> Status {
@@ -47,7 +49,16 @@ impl Client {
             Ok(send)
         };
         let send = with_deadline(dial, dial_timeout).await?;
-        Ok(Client { send, authority })
+        Ok(Client {
+            send,
+            authority,
+            token: None,
+        })
+    }
+
+    /// Sends `token` with every later call (from Authenticate).
+    pub fn set_token(&mut self, token: String) {
+        self.token = Some(token);
     }
 
     /// Opens a call's HTTP/2 stream: the response to come, and the request body to send.
@@ -63,6 +74,9 @@ impl Client {
             .header("te", "trailers");
         if let Some(t) = timeout {
             builder = builder.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+        }
+        if let Some(t) = &self.token {
+            builder = builder.header("token", t.as_str());
         }
         let request = builder
             .body(())

@@ -85,4 +85,9 @@ impl Flags {
     pub fn bool(&self, name: &str) -> bool {
         self.bools.get(name).copied().unwrap_or(false)
     }
+
+    /// A boolean flag whose default is `default` (etcdctl's `--interactive`).
+    pub fn bool_or(&self, name: &str, default: bool) -> bool {
+        self.bools.get(name).copied().unwrap_or(default)
+    }
 }

@@ -129,10 +129,7 @@ pub fn move_leader(g: &Global, rest: &[&str]) -> Result<(), Failure> {
     };
     let single = Global {
         endpoints: vec![ep],
-        dial_timeout: g.dial_timeout,
-        command_timeout: g.command_timeout,
-        format: g.format,
-        hex: g.hex,
+        ..g.clone()
     };
     let req = pb::MoveLeaderRequest { target_id: target };
     let _: pb::MoveLeaderResponse = with_client(&single, move |c, t| {

@@ -1,6 +1,7 @@
 //! `ferroctl`: etcdctl's v3 commands, flags and output, byte for byte (checked against real
 //! etcdctl by tests/etcdctl_compat.rs), on ferrocd's own gRPC client.
 
+mod auth;
 mod flags;
 pub mod format;
 mod lease;
@@ -55,12 +56,15 @@ impl From<Status> for Failure {
 }
 
 /// Global options (etcdctl's persistent flags).
+#[derive(Clone)]
 pub struct Global {
     pub endpoints: Vec<String>,
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
     pub format: Format,
     pub hex: bool,
+    /// `--user name:password` (or `--user name --password pw`): authenticate first.
+    pub user: Option<(String, String)>,
 }
 
 /// Runs ferroctl with `args` (without the program name); returns the exit code. Output goes
@@ -105,6 +109,7 @@ const OP_VALUE_FLAGS: &[&str] = &[
     "order",
     "consistency",
     "peer-urls",
+    "new-user-password",
 ];
 const OP_BOOL_FLAGS: &[&str] = &[
     "prev-kv",
@@ -117,6 +122,8 @@ const OP_BOOL_FLAGS: &[&str] = &[
 ];
 /// Flags of the other commands.
 const OTHER_BOOL_FLAGS: &[&str] = &[
+    "detail",
+    "no-password",
     "print-value-only",
     "physical",
     "interactive",
@@ -141,11 +148,11 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
         .collect();
     let bool_flags: Vec<&str> = GLOBAL_BOOL_FLAGS.iter().chain(&cmd_bool).copied().collect();
     let f = Flags::parse(&args, &value_flags, &bool_flags)?;
-    for unsupported in ["user", "password", "cacert", "cert", "key"] {
+    for unsupported in ["cacert", "cert", "key"] {
         if f.value(unsupported).is_some() {
             return fail(
                 EXIT_BAD_FEATURE,
-                format!("--{unsupported}: TLS and auth are not implemented in ferroctl yet"),
+                format!("--{unsupported}: TLS is not implemented in ferroctl yet"),
             );
         }
     }
@@ -176,6 +183,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
         )?,
         format,
         hex: f.bool("hex"),
+        user: auth::user_flag(&f, stdin)?,
     };
     let pos: Vec<&str> = f.positional.iter().map(String::as_str).collect();
     match pos.as_slice() {
@@ -253,6 +261,9 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
             })
         }
         ["lease", sub, rest @ ..] => lease::run(&g, &f, sub, rest),
+        ["auth", rest @ ..] => auth::auth(&g, rest),
+        ["user", rest @ ..] => auth::user(&g, &f, rest, stdin),
+        ["role", rest @ ..] => auth::role(&g, &f, rest),
         ["watch", rest @ ..] => watch::run(&g, &f, rest),
         [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list|add|remove|promote|update, move-leader, endpoint health, endpoint status, alarm list, version)"),
         [other, ..] => fail(EXIT_BAD_ARGS, format!("unknown command {other:?} for \"ferroctl\"")),
@@ -293,6 +304,8 @@ fn on_connection<T: 'static, F: std::future::Future<Output = Result<T, Failure>>
 ) -> Result<T, Failure> {
     let endpoints = g.endpoints.clone();
     let dial = g.dial_timeout;
+    let user = g.user.clone();
+    let timeout = g.command_timeout;
     let ex = glommio::LocalExecutorBuilder::default()
         .make()
         .map_err(|e| Failure {
@@ -301,7 +314,10 @@ fn on_connection<T: 'static, F: std::future::Future<Output = Result<T, Failure>>
         })?;
     ex.run(async move {
         for ep in &endpoints {
-            if let Ok(c) = Client::connect(ep, dial).await {
+            if let Ok(mut c) = Client::connect(ep, dial).await {
+                if let Some((name, password)) = user {
+                    auth::authenticate(&mut c, name, password, timeout).await?;
+                }
                 return f(c).await;
             }
         }
@@ -330,10 +346,7 @@ fn per_endpoint<T: 'static>(
         .map(|ep| {
             let single = Global {
                 endpoints: vec![ep.clone()],
-                dial_timeout: g.dial_timeout,
-                command_timeout: g.command_timeout,
-                format: g.format,
-                hex: g.hex,
+                ..g.clone()
             };
             let start = Instant::now();
             let r = with_client(&single, call.clone());
