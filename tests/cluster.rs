@@ -1039,3 +1039,122 @@ fn peer_links_use_tls_with_etcds_flags() {
         .any(|m| m.log().contains("peer TLS handshake failed"));
     assert!(refused, "no member logged a refused handshake");
 }
+
+/// Auth is replicated: users, roles and permissions set through one member hold on every
+/// member; a simple token given by one member is accepted by the others (its digest travels
+/// in the log); a permission revoked through one member refuses the next write through
+/// another; and a restarted member comes back with the same rules.
+#[test]
+fn auth_replicates_to_every_member() {
+    if !common::etcd_tools_or_skip("auth_replicates_to_every_member") {
+        return;
+    }
+    let mut c = Cluster::ferrocd(3, &["--bcrypt-cost", "4"]);
+    c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let ports: Vec<u16> = c.members.iter().map(|m| m.client_port).collect();
+    let run = |i: usize, args: &[&str]| etcdctl(&eps[i], args, "");
+    let ok = |i: usize, args: &[&str]| {
+        let out = run(i, args);
+        assert_eq!(out.code, 0, "member {i} {args:?}: {out:?}");
+        out.stdout
+    };
+    ok(0, &["user", "add", "root:rootpw"]);
+    ok(0, &["user", "add", "alice:apw"]);
+    ok(1, &["role", "add", "app"]);
+    ok(
+        2,
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "app/",
+        ],
+    );
+    ok(0, &["user", "grant-role", "alice", "app"]);
+    ok(1, &["auth", "enable"]);
+    let alice = ["--user", "alice:apw"];
+    let with = |who: &[&'static str], args: &[&'static str]| -> Vec<&'static str> {
+        who.iter().chain(args).copied().collect()
+    };
+    for i in 0..3 {
+        ok(i, &with(&alice, &["put", "app/k", "v"]));
+        let out = run(i, &with(&alice, &["put", "other", "v"]));
+        assert!(
+            out.stderr.contains("permission denied"),
+            "member {i}: {out:?}"
+        );
+        let out = run(i, &["get", "app/k"]);
+        assert!(
+            out.stderr.contains("user name is empty"),
+            "member {i}: {out:?}"
+        );
+    }
+    // A token from member 0, used on members 1 and 2 (the gateway's Authorization header).
+    let (status, body) = {
+        let (s, _, b) = common::http_request(
+            ports[0],
+            "POST",
+            "/v3/auth/authenticate",
+            r#"{"name":"alice","password":"apw"}"#,
+        )
+        .expect("an answer");
+        (s, b)
+    };
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    for i in [1, 2] {
+        // The grant is applied on the other members shortly after member 0 answers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (s, _, b) = common::http_request_with(
+                ports[i],
+                "POST",
+                "/v3/kv/range",
+                r#"{"key":"YXBwL2s="}"#,
+                &[("Authorization", &token)],
+            )
+            .expect("an answer");
+            if s == 200 {
+                assert!(b.contains("\"count\":\"1\""), "member {i}: {b}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} refused the token: {s} {b}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Revoked through member 2: the next write through member 0 is refused.
+    ok(
+        2,
+        &[
+            "--user",
+            "root:rootpw",
+            "user",
+            "revoke-role",
+            "alice",
+            "app",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = run(0, &with(&alice, &["put", "app/k", "v2"]));
+        if out.stderr.contains("permission denied") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still allowed: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A member restarted from its data dir keeps the rules.
+    c.members[1].kill9();
+    c.members[1].restart();
+    let out = run(1, &["get", "app/k"]);
+    assert!(out.stderr.contains("user name is empty"), "{out:?}");
+    let out = ok(1, &["--user", "root:rootpw", "get", "app/k"]);
+    assert!(out.contains('v'), "{out}");
+}
