@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
                     let batch = batch.clone();
                     ex.run(async move {
                         let dir = tempfile::tempdir().expect("temp dir");
-                        let mut log = Log::open(dir.path(), 64 << 20).await.expect("log").log;
+                        let mut log = Log::open(dir.path(), 64 << 20, 1).await.expect("log").log;
                         let start = Instant::now();
                         for _ in 0..iters {
                             log.append(&batch).await.expect("append");

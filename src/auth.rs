@@ -27,7 +27,7 @@ pub enum Access {
     Write,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// The bcrypt hash; empty for a user without a password (certificate only).
     pub hash: String,
@@ -36,7 +36,7 @@ pub struct User {
 }
 
 /// The replicated auth state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthState {
     pub enabled: bool,
     /// etcd's auth revision: 1 in a new store, +1 for every change.

@@ -132,6 +132,10 @@ struct Raw {
     batch_wait_us: Option<u64>,
     /// ferrocd's own: append messages in flight to one follower.
     max_inflight_msgs: Option<usize>,
+    /// ferrocd's own: the log grows at least this much between checkpoints.
+    checkpoint_min_bytes: Option<u64>,
+    /// ferrocd's own: size of a log segment file.
+    log_segment_bytes: Option<u64>,
     /// A Go duration ("10m", "1m30s").
     experimental_watch_progress_notify_interval: Option<String>,
     auto_compaction_mode: Option<String>,
@@ -268,6 +272,10 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// `--enable-authorization` (the seed's key): refuse every key until auth is enabled.
     pub enable_authorization: bool,
+    /// `--checkpoint-min-bytes` (ferrocd's own; 0: only Defragment takes one).
+    pub checkpoint_min_bytes: u64,
+    /// `--log-segment-bytes` (ferrocd's own; at least 1 MiB, default 64 MiB).
+    pub log_segment_bytes: u64,
 }
 
 /// What `--help` prints.
@@ -313,6 +321,12 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --bcrypt-cost N                    bcrypt cost of stored passwords (default 10)
   --enable-authorization             refuse every call that reads or writes keys until auth
                                      is enabled (not an etcd flag; docs/auth.md)
+  --checkpoint-min-bytes N           ferrocd's own: a checkpoint of the state is written once the
+                                     log grew by this much and by the live data since the last
+                                     (default 64 MiB); the log before it is then deleted. 0:
+                                     only the Defragment call takes one
+  --log-segment-bytes N              ferrocd's own: size of a log segment file (default 64 MiB,
+                                     at least 1 MiB); the log is released a segment at a time
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -605,6 +619,13 @@ impl Config {
                 }
             },
             enable_authorization: raw.enable_authorization.unwrap_or(false),
+            checkpoint_min_bytes: raw
+                .checkpoint_min_bytes
+                .unwrap_or(crate::limits::CHECKPOINT_MIN_BYTES_DEFAULT),
+            log_segment_bytes: raw
+                .log_segment_bytes
+                .unwrap_or(crate::log::SEGMENT_BYTES_DEFAULT)
+                .max(1 << 20),
         })
     }
 

@@ -53,6 +53,10 @@ pub enum Request {
     WatchPull(WatchPull),
     /// The Auth service's calls (passwords already hashed, checked by the accepting shard).
     Auth(AuthOp),
+    /// A checkpoint's work, done by a single member's apply loop between batches.
+    Checkpoint(CheckpointOp),
+    /// Maintenance Defragment: a checkpoint, then the log before it released.
+    Defragment(pb::DefragmentRequest),
     /// A request whose caller's permissions were checked by the accepting shard against the
     /// auth state at `Authed::revision`; refused if the auth state changed since.
     Authed(Box<Authed>),
@@ -145,6 +149,42 @@ pub enum Response {
     MemberUpdate(pb::MemberUpdateResponse),
     WatchPull(WatchPulled),
     Auth(AuthAnswer),
+    Checkpoint(CheckpointAnswer),
+    Defragment(pb::DefragmentResponse),
+}
+
+/// The steps of a checkpoint (server/shard.rs drives them; docs/log-format.md).
+#[derive(Debug)]
+pub enum CheckpointOp {
+    /// Starts one if the log grew enough since the last, or a Defragment waits for one.
+    Begin,
+    /// The Defragment call: answered once the next checkpoint released the log before it.
+    Demand,
+    /// The next keys after `after`, as they were at `at_rev`.
+    Step { after: Option<Bytes>, at_rev: i64 },
+    Abandon,
+    /// Makes a finished checkpoint's parts readable.
+    Install { parts: Vec<Bytes> },
+    /// Points revisions at their copies in the installed checkpoint.
+    Repoint(Vec<crate::log::checkpoint::Item>),
+    /// Releases what the checkpoint after record `seq`, at `at_rev`, replaces.
+    Release {
+        seq: u64,
+        at_rev: i64,
+        parts: Vec<u32>,
+        bytes: u64,
+    },
+}
+
+#[derive(Debug)]
+pub enum CheckpointAnswer {
+    /// Not due, or not possible (a cluster member); else the record seq it covers, its
+    /// revision and its metadata.
+    Begun(Option<(u64, i64, Vec<u8>)>),
+    /// None: abandoned (a physical compaction cut in).
+    Items(Option<(Vec<crate::log::checkpoint::Item>, Option<Bytes>)>),
+    Installed(Vec<u32>),
+    Done,
 }
 
 pub type Result<T> = std::result::Result<T, EtcdError>;
@@ -170,6 +210,9 @@ pub struct KvOptions {
     pub quota_bytes: Option<u64>,
     /// Where the auth state is published for every shard, with the token settings.
     pub auth: std::sync::Arc<AuthShared>,
+    /// `--checkpoint-min-bytes`: the log grows at least this much between checkpoints (0:
+    /// none are taken but on demand, by Defragment).
+    pub checkpoint_min_bytes: u64,
 }
 
 /// The state owned by one shard: the MVCC store, alarms and the member's metadata.
@@ -190,6 +233,32 @@ pub struct KvState {
     /// Whether this member decides lease expiry (a follower renews any existing lease).
     lease_authority: bool,
     auth: AuthState,
+    /// The value store's number of each log segment, by the log's ordinal, and of each part
+    /// of the checkpoint the state was restored from or last wrote.
+    log_segments: Vec<u32>,
+    checkpoint_parts: Vec<u32>,
+    /// Bytes of that checkpoint's files.
+    checkpoint_bytes: u64,
+    /// A checkpoint's walk is under way (compaction trimming waits); set false if a physical
+    /// compaction cut in (the walk is abandoned).
+    checkpointing: bool,
+    /// Log bytes found at recovery; log bytes (counted so) and live value bytes when the last
+    /// checkpoint started.
+    log_base: u64,
+    log_at_checkpoint: u64,
+    live_at_checkpoint: u64,
+}
+
+/// What a checkpoint holds besides the keys (JSON in its first record).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMeta {
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// (lease id, granted TTL): a restart gives every lease its whole TTL again.
+    pub leases: Vec<(i64, i64)>,
+    /// (member id, alarm type).
+    pub alarms: Vec<(u64, i32)>,
+    pub auth: AuthState,
 }
 
 /// Raft's view of the member ([`KvState::set_raft`]).
@@ -218,7 +287,207 @@ impl KvState {
             members: None,
             lease_authority: true,
             auth: AuthState::default(),
+            log_segments: Vec::new(),
+            checkpoint_parts: Vec::new(),
+            checkpoint_bytes: 0,
+            checkpointing: false,
+            log_base: 0,
+            log_at_checkpoint: 0,
+            live_at_checkpoint: 0,
         }
+    }
+
+    /// Makes a new log segment's values readable (segments arrive in the log's order).
+    pub fn add_log_segment(&mut self, map: Bytes) {
+        let n = self.store.values_mut().add_segment(map);
+        self.log_segments.push(n);
+    }
+
+    /// How many log segments the value store knows.
+    pub fn log_segments_known(&self) -> usize {
+        self.log_segments.len()
+    }
+
+    /// Bytes of the checkpoint files the state's values partly live in.
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
+    }
+
+    /// The log bytes recovery found after the checkpoint (they count toward the next one).
+    pub fn set_log_base(&mut self, bytes: u64) {
+        self.log_base = bytes;
+    }
+
+    /// Whether the log grew enough since the last checkpoint for the next: by at least the
+    /// live data (so that copying it at most doubles what is written) and at least
+    /// `--checkpoint-min-bytes`. `written` is what the log wrote since the process started.
+    pub fn checkpoint_due(&self, written: u64) -> bool {
+        let grown = (self.log_base + written).saturating_sub(self.log_at_checkpoint);
+        let min = self.opts.checkpoint_min_bytes;
+        min > 0 && grown >= min.max(self.live_at_checkpoint)
+    }
+
+    /// Notes the start of a checkpoint (for [`KvState::checkpoint_due`]).
+    pub fn checkpoint_started(&mut self, written: u64) {
+        self.log_at_checkpoint = self.log_base + written;
+        self.live_at_checkpoint = self.store.values().live_bytes();
+    }
+
+    /// Whether a compaction has keys left to trim now (not while a checkpoint's walk needs
+    /// the index as it is).
+    pub fn compaction_pending(&self) -> bool {
+        !self.checkpointing && self.store.compaction_pending()
+    }
+
+    /// Starts a checkpoint at the current revision: its metadata. Compaction trimming waits
+    /// until [`KvState::checkpoint_step`] has walked every key.
+    pub fn checkpoint_begin(&mut self) -> (i64, Vec<u8>) {
+        self.checkpointing = true;
+        let meta = CheckpointMeta {
+            revision: self.store.rev(),
+            compact_revision: self.store.compact_rev(),
+            leases: self.leases.granted(),
+            alarms: self.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
+            auth: self.auth.clone(),
+        };
+        let json = serde_json::to_vec(&meta).expect("the checkpoint metadata serialises");
+        (meta.revision, json)
+    }
+
+    /// The next keys of a checkpoint at `at_rev` after `after` (up to `max_keys`), as items
+    /// with their values; the last key when more remain. None when a physical compaction cut
+    /// in since [`KvState::checkpoint_begin`] (the checkpoint is abandoned).
+    pub fn checkpoint_step(
+        &mut self,
+        after: Option<&Bytes>,
+        at_rev: i64,
+        max_keys: usize,
+    ) -> Option<(Vec<crate::log::checkpoint::Item>, Option<Bytes>)> {
+        if !self.checkpointing {
+            return None;
+        }
+        let mut keys = Vec::new();
+        let next = self.store.checkpoint_walk(after, at_rev, max_keys, &mut keys);
+        let values = self.store.values();
+        let mut items = Vec::new();
+        for (key, gens) in keys {
+            for (g, (ver, created, revs)) in gens.into_iter().enumerate() {
+                for e in revs {
+                    items.push(crate::log::checkpoint::Item {
+                        key: key.clone(),
+                        generation: g as u32,
+                        ver,
+                        created,
+                        rev: e.rev,
+                        lease: e.lease,
+                        value: (e.value != crate::mvcc::ValueRef::NONE)
+                            .then(|| values.get(e.value)),
+                    });
+                }
+            }
+        }
+        if next.is_none() {
+            self.checkpointing = false;
+        }
+        Some((items, next))
+    }
+
+    /// Abandons a checkpoint's walk (compaction trimming resumes).
+    pub fn checkpoint_abandon(&mut self) {
+        self.checkpointing = false;
+    }
+
+    /// Makes a finished checkpoint's parts readable and points every revision it holds at its
+    /// copy there, in steps (`items` a slice of the checkpoint's).
+    pub fn checkpoint_install(&mut self, parts: &[Bytes]) -> Vec<u32> {
+        parts
+            .iter()
+            .map(|m| self.store.values_mut().add_segment(m.clone()))
+            .collect()
+    }
+
+    /// Points the revisions of `items` at their copies in an installed checkpoint.
+    pub fn checkpoint_repoint(&mut self, items: &[crate::log::checkpoint::Item]) {
+        for it in items {
+            let Some(v) = &it.value else { continue };
+            if let Some(r) = self.store.values().reference(v) {
+                self.store.repoint(&it.key, it.rev, r);
+            }
+        }
+    }
+
+    /// After every revision of a checkpoint at `at_rev` was repointed: forgets the old
+    /// checkpoint's parts and the log segments with the given ordinals (their files are
+    /// going), and the recent-change ring up to `at_rev` (its entries point there too).
+    pub fn checkpoint_release(&mut self, parts: Vec<u32>, bytes: u64, at_rev: i64, log: &[usize]) {
+        for n in std::mem::replace(&mut self.checkpoint_parts, parts) {
+            self.store.values_mut().drop_segment(n);
+        }
+        self.checkpoint_bytes = bytes;
+        for &o in log {
+            if let Some(&n) = self.log_segments.get(o) {
+                self.store.values_mut().drop_segment(n);
+            }
+        }
+        self.store.forget_history_through(at_rev);
+    }
+
+    /// Restores the state a checkpoint holds (recovery, before the log after it is replayed).
+    pub fn restore_checkpoint(
+        &mut self,
+        l: crate::log::checkpoint::Loaded,
+        bytes: u64,
+    ) -> std::result::Result<(), String> {
+        use crate::mvcc::key_index::{KeyIndex, RevEntry};
+        let meta: CheckpointMeta = serde_json::from_slice(&l.meta)
+            .map_err(|e| format!("checkpoint {:016x}: bad metadata: {e}", l.seq))?;
+        self.checkpoint_parts = l
+            .maps
+            .iter()
+            .map(|m| self.store.values_mut().add_segment(m.clone()))
+            .collect();
+        self.checkpoint_bytes = bytes;
+        let mut items = l.items.into_iter().peekable();
+        while let Some(first) = items.next() {
+            let key = first.key.clone();
+            let mut gens: Vec<crate::mvcc::key_index::GenerationAt> = Vec::new();
+            let mut gen_no = u32::MAX;
+            let mut it = Some(first);
+            while let Some(x) = it {
+                if x.generation != gen_no {
+                    gen_no = x.generation;
+                    gens.push((x.ver, x.created, Vec::new()));
+                }
+                let value = match &x.value {
+                    None => crate::mvcc::ValueRef::NONE,
+                    Some(v) => self.store.values_mut().append(x.rev, &x.key, v),
+                };
+                gens.last_mut().expect("pushed").2.push(RevEntry {
+                    rev: x.rev,
+                    lease: x.lease,
+                    value,
+                });
+                it = items.next_if(|n| n.key == key);
+            }
+            let ki = KeyIndex::from_generations(gens).ok_or_else(|| {
+                format!("checkpoint {:016x}: key {key:?} has an empty generation", l.seq)
+            })?;
+            self.store.restore_key(key, ki);
+        }
+        self.store
+            .restore_revisions(meta.revision, meta.compact_revision);
+        let now = Instant::now();
+        for (id, ttl) in meta.leases {
+            let _ = self.leases.grant(id, ttl, now);
+        }
+        self.alarms = meta
+            .alarms
+            .into_iter()
+            .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+            .collect();
+        self.auth = meta.auth;
+        self.opts.auth.publish(&self.auth);
+        Ok(())
     }
 
     /// What Raft tells of the member, for headers, Status and MemberList (a member of a
@@ -281,6 +550,7 @@ impl KvState {
             max_txn_ops: crate::limits::MAX_TXN_OPS_DEFAULT,
             quota_bytes: None,
             auth: Default::default(),
+            checkpoint_min_bytes: 0,
         })
     }
 
@@ -354,7 +624,9 @@ impl KvState {
             | Request::MemberRemove(_)
             | Request::MemberPromote(_)
             | Request::MemberUpdate(_)
-            | Request::WatchPull(_) => Ok(()),
+            | Request::WatchPull(_)
+            | Request::Checkpoint(_)
+            | Request::Defragment(_) => Ok(()),
         }
     }
 
@@ -406,8 +678,10 @@ impl KvState {
             }
             Request::Compact(r) => {
                 // `physical` asks to return once the index is trimmed; otherwise the apply loop
-                // trims it between batches.
+                // trims it between batches. Trimming now would change history under a
+                // checkpoint's walk: the checkpoint is abandoned (a later one is taken).
                 if r.physical {
+                    self.checkpointing = false;
                     self.store.compact_now(r.revision)?;
                 } else {
                     self.store.compact(r.revision)?;
@@ -525,6 +799,10 @@ impl KvState {
             | Request::MemberPromote(_)
             | Request::MemberUpdate(_) => return Err(EtcdError::MembershipNeedsCluster),
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
+            // The apply loop does a checkpoint's work itself (it needs the log).
+            Request::Checkpoint(_) => return Err(EtcdError::Stopped),
+            // A single member's apply loop serves it; a cluster member cannot yet.
+            Request::Defragment(_) => return Err(EtcdError::DefragmentNeedsSingleMember),
         })
     }
 
@@ -846,7 +1124,9 @@ pub fn is_write(req: &Request) -> bool {
         | Request::MemberRemove(_)
         | Request::MemberPromote(_)
         | Request::MemberUpdate(_)
-        | Request::WatchPull(_) => false,
+        | Request::WatchPull(_)
+        | Request::Checkpoint(_)
+        | Request::Defragment(_) => false,
     }
 }
 

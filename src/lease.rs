@@ -170,6 +170,13 @@ impl Lessor {
     }
 
     /// Every lease ID, in order.
+    /// Every lease and its granted TTL, in ID order (a checkpoint's).
+    pub fn granted(&self) -> Vec<(i64, i64)> {
+        let mut v: Vec<(i64, i64)> = self.leases.iter().map(|(&id, l)| (id, l.ttl)).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn ids(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self.leases.keys().copied().collect();
         ids.sort_unstable();

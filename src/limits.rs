@@ -62,3 +62,9 @@ pub const RAFT_INFLIGHT_MSGS: usize = 512;
 /// Raft entries kept whole in memory behind the applied index; older ones are kept as their
 /// place in the log (12 bytes each) and read back from it when a follower needs them.
 pub const RAFT_ENTRIES_WHOLE: u64 = 10_000;
+
+/// Keys a checkpoint's walk takes per step between batches (the loop pauses that long).
+pub const CHECKPOINT_KEYS_PER_STEP: usize = 2_000;
+
+/// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.
+pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;

@@ -156,7 +156,7 @@ fn malformed_requests_get_errors_and_the_server_keeps_serving() {
         );
         let r = call(
             port,
-            "/etcdserverpb.Maintenance/Defragment",
+            "/etcdserverpb.Maintenance/Hash",
             GRPC,
             range_all(),
         )

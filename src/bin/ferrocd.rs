@@ -73,13 +73,14 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                 cfg.bcrypt_cost,
                 cfg.enable_authorization,
             )),
+            checkpoint_min_bytes: cfg.checkpoint_min_bytes,
         },
         log_dir: Some(
             std::path::Path::new(&cfg.data_dir)
                 .join("member")
                 .join("log"),
         ),
-        segment_bytes: ferrocd::log::SEGMENT_BYTES_DEFAULT,
+        segment_bytes: cfg.log_segment_bytes,
         batch_wait_us: cfg.batch_wait_us,
         auto_compaction: cfg.auto_compaction,
         watch_progress_notify_secs: cfg.watch_progress_notify_secs,

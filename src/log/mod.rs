@@ -11,6 +11,7 @@
 //! After a crash, recovery keeps the closed batches, and new writes go to a fresh segment, so
 //! that bytes of a torn batch are never followed by new records in the same file.
 
+pub mod checkpoint;
 pub mod record;
 mod segment;
 pub mod values;
@@ -53,6 +54,10 @@ pub struct Log {
     write_off: u64,
     next_seq: u64,
     stats: LogStats,
+    /// Segments this process has opened or created, and how many of the oldest it released
+    /// since (a segment's ordinal never changes: the value store numbers them so).
+    opened: usize,
+    released: usize,
 }
 
 /// What recovery found: every record's payload in order, mapped (no copy).
@@ -67,8 +72,10 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
 
 impl Log {
     /// Opens (or creates) the log in `dir`, checking every record; fails on corruption of
-    /// acknowledged data, naming the file and offset.
-    pub async fn open(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
+    /// acknowledged data, naming the file and offset. Records before `from_seq` are covered
+    /// by a checkpoint: segments holding only such records are removed (a crash came between
+    /// the checkpoint and their release), and those records are not returned.
+    pub async fn open(dir: &Path, segment_bytes: u64, from_seq: u64) -> io::Result<Recovered> {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create log directory", e))?;
         let lock = lock_dir(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
@@ -90,9 +97,25 @@ impl Log {
             }
         }
         names.sort();
+        // Segments whose successor starts at or before `from_seq` hold nothing newer.
+        while names.len() > 1 && names[1].0 <= from_seq {
+            let (_, path) = names.remove(0);
+            std::fs::remove_file(&path).map_err(|e| err(&path, "cannot remove", e))?;
+            tracing::info!(segment = %path.display(), "log: removed a segment a checkpoint covers");
+        }
+        if names.len() == 1 && from_seq > 1 && names[0].0 > from_seq {
+            return Err(err(
+                &names[0].1,
+                "log corrupt: segment",
+                format!(
+                    "starts at record {}, after the checkpoint's next record {from_seq} (records missing)",
+                    names[0].0
+                ),
+            ));
+        }
         let mut segments = Vec::new();
         let mut payloads = Vec::new();
-        let mut next_seq = 1;
+        let mut next_seq = names.first().map_or(from_seq.max(1), |(first, _)| *first);
         let mut torn = false;
         let mut tail_end = 0u64;
         for (i, (first, path)) in names.iter().enumerate() {
@@ -111,7 +134,10 @@ impl Log {
                     format!("at offset {}", c.offset),
                 )
             })?;
-            for &(off, _) in &scan.records {
+            for &(off, seq) in &scan.records {
+                if seq < from_seq {
+                    continue;
+                }
                 let r = record::decode(&seg.bytes()[off..]).expect("scanned record");
                 debug_assert_eq!(r.kind, Kind::Data);
                 let start = off + HEADER_BYTES;
@@ -122,6 +148,16 @@ impl Log {
             torn = last && !tail_is_zero(seg.bytes(), scan.valid_bytes);
             tail_end = scan.valid_bytes as u64;
             segments.push(seg);
+        }
+        if next_seq < from_seq {
+            // The newest records were all covered by the checkpoint (and the segments after
+            // it lost nothing): a checkpoint is only taken of durable records.
+            let last = names.last().map(|(_, p)| p.clone()).unwrap_or_default();
+            return Err(err(
+                &last,
+                "log corrupt: the log ends at record",
+                format!("{}, before the checkpoint's record {}", next_seq - 1, from_seq - 1),
+            ));
         }
         let segment_bytes = segment_bytes.max(1 << 20);
         let (file, write_off) = match segments.last() {
@@ -158,9 +194,52 @@ impl Log {
                 write_off,
                 next_seq,
                 stats: LogStats::default(),
-            },
+                opened: 0,
+                released: 0,
+            }
+            .counted(),
             payloads,
         })
+    }
+
+    fn counted(mut self) -> Log {
+        self.opened = self.segments.len();
+        self
+    }
+
+    /// Segments opened or created by this process so far (their ordinals are 0..this).
+    pub fn opened(&self) -> usize {
+        self.opened
+    }
+
+    /// The mappings of the segments with ordinal `from` on.
+    pub fn segment_maps_since(&self, from: usize) -> impl Iterator<Item = &Bytes> {
+        let skip = from.saturating_sub(self.released);
+        self.segments.iter().skip(skip).map(Segment::map)
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Removes every segment that holds only records before `seq` (a durable checkpoint
+    /// covers them); returns the ordinals of the segments removed. The segment taking
+    /// appends always stays.
+    pub fn release_before(&mut self, seq: u64) -> io::Result<Vec<usize>> {
+        let mut gone = Vec::new();
+        while self.segments.len() > 1 && self.segments[1].first_seq() <= seq {
+            let seg = self.segments.remove(0);
+            std::fs::remove_file(seg.path()).map_err(|e| err(seg.path(), "cannot remove", e))?;
+            gone.push(self.released);
+            self.released += 1;
+        }
+        if !gone.is_empty() {
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(&self.dir, "cannot sync directory", e))?;
+        }
+        Ok(gone)
     }
 
     /// Appends `payloads` as one batch and makes it durable; returns each payload as it is in
@@ -229,6 +308,7 @@ impl Log {
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         self.segments.push(seg);
+        self.opened += 1;
         self.write_off = 0;
         Ok(())
     }
@@ -302,7 +382,7 @@ mod tests {
     fn two_batches(path: &Path) -> PathBuf {
         let path = path.to_path_buf();
         run(async move {
-            let mut log = Log::open(&path, 1 << 20).await.unwrap().log;
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
             log.append(&payloads(2, 1)).await.unwrap();
             log.append(&payloads(2, 2)).await.unwrap();
             log.segments[0].path().to_path_buf()
@@ -318,7 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         run(async move {
-            let rec = Log::open(&path, 1 << 20).await.unwrap();
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
             assert!(rec.payloads.is_empty());
             let mut log = rec.log;
             let w = log.append(&payloads(3, 1)).await.unwrap();
@@ -335,13 +415,13 @@ mod tests {
             assert_eq!(log.stats().batches, 3);
             assert_eq!(log.stats().records, 5);
             drop(log);
-            let rec = Log::open(&path, 1 << 20).await.unwrap();
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
             let lens: Vec<usize> = rec.payloads.iter().map(|p| p.len()).collect();
             assert_eq!(lens, [10, 13, 16, 700 << 10, 700 << 10]);
             let mut log = rec.log;
             log.append(&payloads(1, 4)).await.unwrap();
             drop(log);
-            assert_eq!(Log::open(&path, 1 << 20).await.unwrap().payloads.len(), 6);
+            assert_eq!(Log::open(&path, 1 << 20, 1).await.unwrap().payloads.len(), 6);
         });
     }
 
@@ -356,7 +436,7 @@ mod tests {
         bytes[second + HEADER_BYTES..second + HEADER_BYTES + 4].copy_from_slice(b"junk");
         std::fs::write(&seg, &bytes).unwrap();
         run(async move {
-            let rec = Log::open(&path, 1 << 20).await.unwrap();
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
             assert_eq!(
                 rec.payloads.len(),
                 2,
@@ -366,7 +446,7 @@ mod tests {
             assert_eq!(log.segments.len(), 2, "appends go to a fresh segment");
             log.append(&payloads(1, 3)).await.unwrap();
             drop(log);
-            let rec = Log::open(&path, 1 << 20).await.unwrap();
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
             assert_eq!(rec.payloads.len(), 3);
         });
     }
@@ -376,8 +456,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let e = run(async move {
-            let _first = Log::open(&path, 1 << 20).await.unwrap();
-            Log::open(&path, 1 << 20).await.err().unwrap().to_string()
+            let _first = Log::open(&path, 1 << 20, 1).await.unwrap();
+            Log::open(&path, 1 << 20, 1).await.err().unwrap().to_string()
         });
         assert!(e.contains("in use by another process"), "{e}");
     }
@@ -390,7 +470,7 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[HEADER_BYTES + 1] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
-        let e = run(async move { Log::open(&path, 1 << 20).await.err().unwrap().to_string() });
+        let e = run(async move { Log::open(&path, 1 << 20, 1).await.err().unwrap().to_string() });
         assert!(e.contains("log corrupt"), "{e}");
         assert!(e.contains("0000000000000001.log"), "{e}");
         assert!(e.contains("at offset 0"), "{e}");

@@ -74,6 +74,15 @@ impl Segment {
         &self.path
     }
 
+    /// The sequence number of the segment's first record (from its name).
+    pub fn first_seq(&self) -> u64 {
+        self.path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+            .expect("segment names are checked when opened or created")
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }

@@ -29,6 +29,27 @@ impl Values {
         self.segments.len()
     }
 
+    /// Where `value` is, if it is a slice of a segment (its bytes are not counted again: a
+    /// checkpoint's copy of a value the index already counts).
+    pub fn reference(&self, value: &[u8]) -> Option<ValueRef> {
+        if value.is_empty() {
+            return Some(ValueRef::EMPTY);
+        }
+        self.locate(value).map(|(seg, off)| ValueRef {
+            seg,
+            off,
+            len: value.len() as u32,
+        })
+    }
+
+    /// Forgets segment `n`'s mapping (nothing points into it any more); its number is not
+    /// reused.
+    pub fn drop_segment(&mut self, n: u32) {
+        if let Some(m) = self.segments.get_mut(n as usize) {
+            *m = Bytes::new();
+        }
+    }
+
     pub fn set_disk_bytes(&mut self, b: u64) {
         self.disk_bytes = b;
     }
@@ -39,7 +60,8 @@ impl Values {
         // Nearly always the newest segment.
         self.segments.iter().enumerate().rev().find_map(|(i, m)| {
             let base = m.as_ptr() as usize;
-            (base <= p && p + value.len() <= base + m.len()).then(|| (i as u32, (p - base) as u32))
+            (!m.is_empty() && base <= p && p + value.len() <= base + m.len())
+                .then(|| (i as u32, (p - base) as u32))
         })
     }
 }

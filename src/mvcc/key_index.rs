@@ -94,7 +94,71 @@ impl Default for KeyIndex {
     }
 }
 
+/// One generation as a checkpoint holds it: the puts it counted up to the checkpoint's
+/// revision, its creation revision, and its revisions up to that revision.
+pub type GenerationAt = (i64, Revision, Vec<RevEntry>);
+
 impl KeyIndex {
+    /// The key's generations as they were at `at_rev` (later revisions left out), oldest first;
+    /// empty when the key had no revision at or before `at_rev` (a checkpoint at `at_rev`
+    /// taken while later writes go on).
+    pub fn as_of(&self, at_rev: i64) -> Vec<GenerationAt> {
+        let mut out = Vec::new();
+        for g in &self.generations {
+            let keep = g.revs.partition_point(|e| e.rev.main <= at_rev);
+            if keep == 0 {
+                continue;
+            }
+            let later = (g.revs.len() - keep) as i64;
+            out.push((g.ver - later, g.created, g.revs[..keep].to_vec()));
+        }
+        out
+    }
+
+    /// A key index from generations as [`KeyIndex::as_of`] gives them; None for none.
+    pub fn from_generations(gens: Vec<GenerationAt>) -> Option<KeyIndex> {
+        if gens.is_empty() || gens.iter().any(|(_, _, revs)| revs.is_empty()) {
+            return None;
+        }
+        let mut generations: Vec<Generation> = gens
+            .into_iter()
+            .map(|(ver, created, revs)| Generation { ver, created, revs })
+            .collect();
+        let ended = generations
+            .last()
+            .and_then(|g| g.revs.last())
+            .is_some_and(|e| e.value == ValueRef::NONE);
+        if ended {
+            generations.push(Generation::default());
+        }
+        Some(KeyIndex { generations })
+    }
+
+    /// Points revision `rev` at `value` (its copy in a checkpoint); false if the index no
+    /// longer holds `rev` (compacted since).
+    pub fn repoint(&mut self, rev: Revision, value: ValueRef) -> bool {
+        for g in &mut self.generations {
+            if let Ok(i) = g.revs.binary_search_by(|e| e.rev.cmp(&rev)) {
+                if g.revs[i].value == ValueRef::NONE {
+                    return false;
+                }
+                g.revs[i].value = value;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The revision entry of the live generation's newest put (for the lease map).
+    pub fn live_entry(&self) -> Option<&RevEntry> {
+        self.live().revs.last()
+    }
+
+    /// How many revision entries the index holds.
+    pub fn entries(&self) -> usize {
+        self.generations.iter().map(|g| g.revs.len()).sum()
+    }
+
     /// True when the index holds no revision at all (the caller removes it).
     pub fn is_empty(&self) -> bool {
         self.generations.len() == 1 && self.generations[0].is_empty()

@@ -522,6 +522,70 @@ impl<V: ValueStore> Store<V> {
         }
     }
 
+    /// Up to `max_keys` keys after `after` as they were at `at_rev` (a checkpoint's walk,
+    /// made in steps while writes go on); returns the last key visited when more remain.
+    pub fn checkpoint_walk(
+        &self,
+        after: Option<&Bytes>,
+        at_rev: i64,
+        max_keys: usize,
+        out: &mut Vec<(Bytes, Vec<super::key_index::GenerationAt>)>,
+    ) -> Option<Bytes> {
+        let lower = match after {
+            Some(k) => Bound::Excluded(&k[..]),
+            None => Bound::Unbounded,
+        };
+        let mut seen = 0;
+        for (k, ki) in self.index.range::<[u8], _>((lower, Bound::Unbounded)) {
+            if seen == max_keys {
+                return out.last().map(|(k, _)| k.clone());
+            }
+            seen += 1;
+            // A key created after `at_rev` comes with no generation (the cursor moves on).
+            out.push((k.clone(), ki.as_of(at_rev)));
+        }
+        None
+    }
+
+    /// Adds a key as a checkpoint holds it (recovery; values already in the value store).
+    pub fn restore_key(&mut self, key: Bytes, ki: KeyIndex) {
+        if let Some(e) = ki.live_entry() {
+            if e.lease != 0 && e.value != ValueRef::NONE {
+                self.leased.entry(e.lease).or_default().insert(key.clone());
+            }
+        }
+        self.revisions += ki.entries() as u64;
+        self.index.insert(key, ki);
+    }
+
+    /// The revisions a checkpoint was taken at (recovery).
+    pub fn restore_revisions(&mut self, current: i64, compacted: i64) {
+        self.current_rev = current;
+        self.compact_rev = compacted;
+        self.history.floor = current + 1;
+        // The checkpoint may hold revisions its compaction had not trimmed yet.
+        if compacted > 0 {
+            self.pending = Some((compacted, None));
+        }
+    }
+
+    /// Points `key`'s revision `rev` at `value` (its copy in a checkpoint); false when the
+    /// index no longer holds it.
+    pub fn repoint(&mut self, key: &[u8], rev: Revision, value: ValueRef) -> bool {
+        self.index
+            .get_mut(key)
+            .is_some_and(|ki| ki.repoint(rev, value))
+    }
+
+    /// Forgets the recent changes up to `rev` (their values' old locations are going away);
+    /// watchers read that history from the index instead.
+    pub fn forget_history_through(&mut self, rev: i64) {
+        while self.history.changes.front().is_some_and(|c| c.rev.main <= rev) {
+            self.history.changes.pop_front();
+        }
+        self.history.floor = self.history.floor.max(rev + 1);
+    }
+
     /// Compacts at `rev` and trims the whole index before returning.
     pub fn compact_now(&mut self, rev: i64) -> Result<(), MvccError> {
         self.compact(rev)?;

@@ -175,6 +175,7 @@ pub(crate) fn authorize(
             return Ok(req);
         }
         Request::Compact(_)
+        | Request::Defragment(_)
         | Request::Alarm(_)
         | Request::MoveLeader(_)
         | Request::MemberAdd(_)
@@ -188,6 +189,7 @@ pub(crate) fn authorize(
         Request::LeaseExpire(_)
         | Request::LeaseCheckpoint(_)
         | Request::WatchPull(_)
+        | Request::Checkpoint(_)
         | Request::Auth(_)
         | Request::Authed(_) => return Ok(req),
     }

@@ -447,6 +447,7 @@ fn json_to_proto(method: Option<Method>, body: &[u8]) -> Result<Bytes, serde_jso
         Method::Leader | Method::Observe => proto::<el::LeaderRequest>(body),
         Method::Resign => proto::<el::ResignRequest>(body),
         Method::Auth(name) => auth_proto(name, body),
+        Method::Defragment => proto::<pb::DefragmentRequest>(body),
     }
 }
 

@@ -55,6 +55,7 @@ pub(super) enum Method {
     Observe,
     /// The Auth service's methods, by name.
     Auth(&'static str),
+    Defragment,
 }
 
 /// The Auth service's methods.
@@ -93,6 +94,7 @@ pub const UNARY_METHODS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseTimeToLive",
     "/etcdserverpb.Lease/LeaseLeases",
     "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Maintenance/Defragment",
     "/etcdserverpb.Cluster/MemberAdd",
     "/etcdserverpb.Cluster/MemberRemove",
     "/etcdserverpb.Cluster/MemberPromote",
@@ -192,6 +194,7 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Status") => Method::Status,
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
+        ("etcdserverpb.Maintenance", "Defragment") => Method::Defragment,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         ("etcdserverpb.Maintenance", "MoveLeader") => Method::MoveLeader,
         ("etcdserverpb.Cluster", "MemberAdd") => Method::MemberAdd,
@@ -589,6 +592,7 @@ fn decode(method: Method, msg: Bytes, max_request_bytes: usize) -> Result<kv::Re
         Method::MemberPromote => kv::Request::MemberPromote(decode_msg(msg)?),
         Method::MemberUpdate => kv::Request::MemberUpdate(decode_msg(msg)?),
         Method::Auth(name) => kv::Request::Auth(decode_auth(name, msg)?),
+        Method::Defragment => kv::Request::Defragment(decode_msg(msg)?),
         Method::Snapshot
         | Method::Watch
         | Method::LeaseKeepAlive
@@ -691,6 +695,7 @@ pub(crate) fn visit_answer<V: AnswerVisitor>(resp: &kv::Response, v: V) -> V::Ou
         kv::Response::MemberRemove(r) => v.visit(r),
         kv::Response::MemberPromote(r) => v.visit(r),
         kv::Response::MemberUpdate(r) => v.visit(r),
+        kv::Response::Defragment(r) => v.visit(r),
         kv::Response::Auth(a) => {
             use crate::auth::AuthAnswer as A;
             match a {
@@ -714,6 +719,7 @@ pub(crate) fn visit_answer<V: AnswerVisitor>(resp: &kv::Response, v: V) -> V::Ou
             }
         }
         kv::Response::LeaseExpire(_)
+        | kv::Response::Checkpoint(_)
         | kv::Response::LeaseCheckpoint
         | kv::Response::WatchPull(_) => {
             unreachable!("internal answers are not sent to clients")
@@ -837,7 +843,7 @@ mod tests {
             route("/etcdserverpb.Auth/AuthStatus"),
             Ok(Method::Auth("AuthStatus"))
         );
-        let e = route("/etcdserverpb.Maintenance/Defragment").unwrap_err();
+        let e = route("/etcdserverpb.Maintenance/Hash").unwrap_err();
         assert!(e.message.contains("does not implement"), "{}", e.message);
         assert!(route("nonsense").is_err());
     }

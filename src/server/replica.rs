@@ -153,8 +153,9 @@ pub(crate) async fn recover(
             ..Default::default()
         }));
         rec.payloads = rec.log.append(&payloads).await?;
-        for m in rec.log.segment_maps().skip(state.values_mut().segments()) {
-            state.values_mut().add_segment(m.clone());
+        let known = state.log_segments_known();
+        for m in rec.log.segment_maps_since(known) {
+            state.add_log_segment(m.clone());
         }
     }
     let mut storage = LogStorage::default();
@@ -636,7 +637,7 @@ struct Persisted {
 /// write and one fdatasync (group commit across Readies), and hands them back durable. A failed
 /// write or fdatasync stops the node.
 async fn appender(mut log: Log, rx: LocalReceiver<AppendReq>, done: LocalSender<Persisted>) {
-    let mut known = log.segment_maps().count();
+    let mut known = log.opened();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Some(Some(r)) = futures_lite::future::poll_once(rx.recv()).await {
@@ -697,7 +698,7 @@ async fn run(
             )
             .await
         };
-        let first = if node.state.store().compaction_pending() {
+        let first = if node.state.compaction_pending() {
             match futures_lite::future::poll_once(next).await {
                 Some(i) => i,
                 None => {
@@ -736,7 +737,7 @@ async fn run(
         }
         node.answer_reads().await;
         notifier.notify(node.state.store().rev());
-        if node.state.store().compaction_pending() {
+        if node.state.compaction_pending() {
             node.state.compact_step(COMPACT_KEYS_PER_STEP);
         }
     }

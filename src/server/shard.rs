@@ -24,7 +24,7 @@ use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
-use crate::log::{Log, LogStats, Recovered};
+use crate::log::{checkpoint, Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
 
 pub(crate) type Answer = Result<Response, EtcdError>;
@@ -124,6 +124,8 @@ impl Links {
         match self {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
+                let (checkpointed_cluster, checkpointed_log) =
+                    (opts.cluster.is_some().then_some(()), opts.log_dir.clone());
                 let auto_compaction = opts.auto_compaction;
                 let tx = match opts.cluster.clone() {
                     Some(cluster) => {
@@ -141,6 +143,11 @@ impl Links {
                 };
                 let tx = Rc::new(tx);
                 glommio::spawn_local(lease_ticker(Owner::Local(tx.clone()))).detach();
+                // A single member checkpoints its state and releases the log before it.
+                if let (None, Some(dir)) = (&checkpointed_cluster, &checkpointed_log) {
+                    let owner = Owner::Local(tx.clone());
+                    glommio::spawn_local(checkpointer(owner, checkpoint_dir(dir))).detach();
+                }
                 glommio::spawn_local(auto_compactor(
                     Owner::Local(tx.clone()),
                     notifier.clone(),
@@ -229,18 +236,57 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Rec
     let Some(dir) = &opts.log_dir else {
         return Ok((state, None));
     };
-    let rec = Log::open(dir, opts.segment_bytes).await?;
+    // A single member restores its newest checkpoint, then replays the log after it.
+    let mut from_seq = 1;
+    let cdir = checkpoint_dir(dir);
+    if let Some((seq, paths)) = checkpoint::newest(&cdir)? {
+        if opts.cluster.is_some() {
+            return Err(io::Error::other(format!(
+                "{}: checkpoints of a single member; a cluster member cannot start from them",
+                cdir.display()
+            )));
+        }
+        let started = std::time::Instant::now();
+        let bytes = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        let loaded = checkpoint::load(seq, &paths)?;
+        let items = loaded.items.len();
+        state
+            .restore_checkpoint(loaded, bytes)
+            .map_err(io::Error::other)?;
+        tracing::info!(
+            checkpoint = %format!("{seq:016x}"),
+            revisions = items,
+            revision = state.store().rev(),
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint restored"
+        );
+        from_seq = seq + 1;
+    }
+    let rec = Log::open(dir, opts.segment_bytes, from_seq).await?;
     for m in rec.log.segment_maps() {
-        state.values_mut().add_segment(m.clone());
+        state.add_log_segment(m.clone());
     }
     Ok((state, Some(rec)))
 }
 
+/// Where a single member's checkpoints live: beside the log.
+pub(crate) fn checkpoint_dir(log_dir: &std::path::Path) -> PathBuf {
+    log_dir
+        .parent()
+        .map_or_else(|| log_dir.join("checkpoint"), |p| p.join("checkpoint"))
+}
+
 /// After a replay: the sizes the quota and the metrics read.
 pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
-    state.values_mut().set_disk_bytes(log.disk_bytes());
-    state.set_db_used(log.used_bytes());
-    set_sizes(log);
+    let ckpt = state.checkpoint_bytes();
+    state.values_mut().set_disk_bytes(log.disk_bytes() + ckpt);
+    state.set_db_used(log.used_bytes() + ckpt);
+    state.set_log_base(log.used_bytes());
+    METRICS.db_total_size.set((log.disk_bytes() + ckpt) as i64);
+    METRICS.db_in_use.set((log.used_bytes() + ckpt) as i64);
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
 
@@ -384,13 +430,14 @@ async fn apply_loop(
     // Writes that arrived while the previous batch's fdatasync was in flight.
     let mut carried: Vec<Job> = Vec::new();
     let mut reported = (std::time::Instant::now(), LogStats::default());
+    let mut demands = Demands::default();
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
         // holding up requests for long.
         let job = if !carried.is_empty() {
             batch.append(&mut carried);
             batch.pop().expect("non-empty")
-        } else if state.store().compaction_pending() {
+        } else if state.compaction_pending() {
             match futures_lite::future::poll_once(rx.recv()).await {
                 Some(Some(job)) => job,
                 Some(None) => break,
@@ -433,9 +480,17 @@ async fn apply_loop(
                 }
             }
         }
-        run_batch(&mut state, log.as_mut(), &mut batch, &rx, &mut carried).await;
+        run_batch(
+            &mut state,
+            log.as_mut(),
+            &mut batch,
+            &rx,
+            &mut carried,
+            &mut demands,
+        )
+        .await;
         notifier.notify(state.store().rev());
-        if state.store().compaction_pending() {
+        if state.compaction_pending() {
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
         if let Some(log) = &log {
@@ -480,7 +535,14 @@ enum Step {
 /// alarm's record is durable, so a listing waits for the batch like the writes around it
 /// (raising and disarming are writes).
 fn is_read(req: &Request) -> bool {
-    !kv::is_write(req) && !matches!(req, Request::LeaseExpire(_) | Request::Alarm(_))
+    !kv::is_write(req)
+        && !matches!(
+            req,
+            Request::LeaseExpire(_)
+                | Request::Alarm(_)
+                | Request::Checkpoint(_)
+                | Request::Defragment(_)
+        )
 }
 
 /// Counts a request in etcd's mvcc counters.
@@ -498,12 +560,6 @@ pub(crate) fn count(req: &Request) {
     };
 }
 
-/// The database's sizes, for the metrics.
-fn set_sizes(log: &Log) {
-    METRICS.db_total_size.set(log.disk_bytes() as i64);
-    METRICS.db_in_use.set(log.used_bytes() as i64);
-}
-
 /// Answers a read against the current (durable) state.
 pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     let answer = match state.precheck(&req) {
@@ -519,11 +575,26 @@ async fn run_batch(
     batch: &mut Vec<Job>,
     rx: &LocalReceiver<Job>,
     carried: &mut Vec<Job>,
+    demands: &mut Demands,
 ) {
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
+    // A checkpoint's work waits for the end of the batch, when the state holds every record
+    // the log has.
+    let mut checkpoint_ops = Vec::new();
     METRICS.apply_batch.observe(batch.len() as f64);
     for (mut req, tx) in batch.drain(..) {
+        match req {
+            Request::Checkpoint(op) => {
+                checkpoint_ops.push((op, tx));
+                continue;
+            }
+            Request::Defragment(_) => {
+                checkpoint_ops.push((kv::CheckpointOp::Demand, tx));
+                continue;
+            }
+            _ => {}
+        }
         count(&req);
         state.prepare(&mut req);
         if let Err(e) = state.precheck(&req) {
@@ -548,7 +619,8 @@ async fn run_batch(
         }
     }
     let mut written = Vec::new();
-    if let Some(log) = log {
+    let mut log = log;
+    if let Some(log) = log.as_deref_mut() {
         if !payloads.is_empty() {
             // While the write and fdatasync are in flight, reads that arrive are answered from
             // the state before this batch (durable, and this batch is not acknowledged yet);
@@ -624,10 +696,248 @@ async fn run_batch(
         METRICS.proposals_applied.inc_by(logged);
         METRICS.keys_total.set(state.store().keys_indexed() as i64);
     }
+    for (op, tx) in checkpoint_ops {
+        if matches!(op, kv::CheckpointOp::Demand) {
+            if log.is_none() {
+                tx.send(Ok(Response::Defragment(defragmented(state)))).await;
+            } else {
+                demands.waiting.push(tx);
+            }
+            continue;
+        }
+        let release = matches!(op, kv::CheckpointOp::Release { .. });
+        let answer = checkpoint_op(state, log.as_deref_mut(), op, demands);
+        let ok = answer.is_ok();
+        tx.send(answer.map(Response::Checkpoint)).await;
+        if release && ok {
+            for d in std::mem::take(&mut demands.in_flight) {
+                d.send(Ok(Response::Defragment(defragmented(state)))).await;
+            }
+        }
+    }
+}
+
+fn defragmented(state: &KvState) -> pb::DefragmentResponse {
+    pb::DefragmentResponse {
+        header: Some(state.cluster_header()),
+    }
+}
+
+/// Takes checkpoints of a single member's state (when the log grew enough, or a Defragment
+/// call waits) and releases the log before them; runs for the life of the owner shard.
+async fn checkpointer(owner: Owner, dir: PathBuf) {
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_millis(250)).await;
+        if let Err(e) = take_checkpoint(&owner, &dir).await {
+            tracing::error!(error = %e, "checkpoint failed (the log stays as it is; retried later)");
+            let _ = owner
+                .call(Request::Checkpoint(kv::CheckpointOp::Abandon))
+                .await;
+            glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+async fn checkpoint_call(owner: &Owner, op: kv::CheckpointOp) -> Result<kv::CheckpointAnswer, String> {
+    match owner.call(Request::Checkpoint(op)).await {
+        Ok(Response::Checkpoint(a)) => Ok(a),
+        Ok(other) => Err(format!("a checkpoint step answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One checkpoint, if one is due: the owner walks its index in steps while a thread writes
+/// the items; the finished checkpoint is read back and checked, its parts made readable, every
+/// revision repointed at its copy, and then the log before it and the previous checkpoint are
+/// released.
+async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), String> {
+    use kv::{CheckpointAnswer as A, CheckpointOp as Op};
+    let A::Begun(Some((seq, rev, meta))) = checkpoint_call(owner, Op::Begin).await? else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<checkpoint::Item>>>(4);
+    let cdir = dir.to_path_buf();
+    let writer = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || -> io::Result<Option<(checkpoint::Loaded, u64)>> {
+            let mut w = checkpoint::Writer::create(&cdir, seq, &meta)?;
+            for batch in rx {
+                let Some(items) = batch else {
+                    w.abandon();
+                    return Ok(None);
+                };
+                for it in &items {
+                    if let Err(e) = w.item(it) {
+                        w.abandon();
+                        return Err(e);
+                    }
+                }
+            }
+            let paths = w.finish()?;
+            let bytes = paths
+                .iter()
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+                .sum();
+            Ok(Some((checkpoint::load(seq, &paths)?, bytes)))
+        })
+        .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
+    let mut after = None;
+    let mut abandoned = false;
+    loop {
+        let A::Items(step) = checkpoint_call(owner, Op::Step { after, at_rev: rev }).await? else {
+            return Err("a checkpoint step answered otherwise".into());
+        };
+        let Some((items, next)) = step else {
+            abandoned = true;
+            let _ = tx.send(None);
+            break;
+        };
+        let mut batch = Some(items);
+        // The thread writes while the owner serves; wait (without blocking the shard) when
+        // it is behind.
+        loop {
+            match tx.try_send(batch.take()) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(b)) => {
+                    batch = b;
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+            }
+        }
+        match next {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    drop(tx);
+    while !writer.is_finished() {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let written = writer
+        .join()
+        .map_err(|_| "the checkpoint thread panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some((loaded, bytes)) = written.filter(|_| !abandoned) else {
+        checkpoint_call(owner, Op::Abandon).await?;
+        tracing::info!("checkpoint abandoned: a physical compaction cut in");
+        return Ok(());
+    };
+    let A::Installed(parts) = checkpoint_call(owner, Op::Install { parts: loaded.maps.clone() }).await? else {
+        return Err("a checkpoint install answered otherwise".into());
+    };
+    for chunk in loaded.items.chunks(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4) {
+        checkpoint_call(owner, Op::Repoint(chunk.to_vec())).await?;
+    }
+    let revisions = loaded.items.len();
+    drop(loaded);
+    checkpoint_call(
+        owner,
+        Op::Release {
+            seq,
+            at_rev: rev,
+            parts,
+            bytes,
+        },
+    )
+    .await?;
+    // The previous checkpoint's files go (nothing points into them any more).
+    checkpoint::newest(dir).map_err(|e| e.to_string())?;
+    tracing::info!(
+        checkpoint = %format!("{seq:016x}"),
+        revision = rev,
+        revisions,
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "checkpoint taken"
+    );
+    Ok(())
+}
+
+/// Defragment calls waiting for a checkpoint: before one began, and during the one under way.
+#[derive(Default)]
+pub(crate) struct Demands {
+    waiting: Vec<Reply>,
+    in_flight: Vec<Reply>,
+}
+
+/// One step of a checkpoint, between batches (the state holds every record of the log).
+fn checkpoint_op(
+    state: &mut KvState,
+    log: Option<&mut Log>,
+    op: kv::CheckpointOp,
+    demands: &mut Demands,
+) -> Result<kv::CheckpointAnswer, EtcdError> {
+    use kv::{CheckpointAnswer as A, CheckpointOp as Op};
+    let Some(log) = log else {
+        return Ok(A::Begun(None));
+    };
+    Ok(match op {
+        Op::Demand => unreachable!("a demand is kept by the apply loop"),
+        Op::Begin => {
+            let force = !demands.waiting.is_empty();
+            if !force && !state.checkpoint_due(log.stats().bytes) {
+                return Ok(A::Begun(None));
+            }
+            demands.in_flight.append(&mut demands.waiting);
+            state.checkpoint_started(log.stats().bytes);
+            let (rev, meta) = state.checkpoint_begin();
+            A::Begun(Some((log.next_seq() - 1, rev, meta)))
+        }
+        Op::Step { after, at_rev } => A::Items(state.checkpoint_step(
+            after.as_ref(),
+            at_rev,
+            crate::limits::CHECKPOINT_KEYS_PER_STEP,
+        )),
+        Op::Abandon => {
+            state.checkpoint_abandon();
+            // The Defragment calls wait for the next one.
+            let mut back = std::mem::take(&mut demands.in_flight);
+            back.append(&mut demands.waiting);
+            demands.waiting = back;
+            A::Done
+        }
+        Op::Install { parts } => A::Installed(state.checkpoint_install(&parts)),
+        Op::Repoint(items) => {
+            state.checkpoint_repoint(&items);
+            A::Done
+        }
+        Op::Release {
+            seq,
+            at_rev,
+            parts,
+            bytes,
+        } => {
+            let gone = match log.release_before(seq + 1) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "log: releasing segments failed: stopping the node");
+                    std::process::exit(1);
+                }
+            };
+            let removed = gone.len();
+            state.checkpoint_release(parts, bytes, at_rev, &gone);
+            let ckpt = state.checkpoint_bytes();
+            state.values_mut().set_disk_bytes(log.disk_bytes() + ckpt);
+            state.set_db_used(log.used_bytes() + ckpt);
+            METRICS.db_total_size.set((log.disk_bytes() + ckpt) as i64);
+            METRICS.db_in_use.set((log.used_bytes() + ckpt) as i64);
+            tracing::info!(
+                checkpoint = %format!("{seq:016x}"),
+                segments_removed = removed,
+                checkpoint_bytes = ckpt,
+                log_bytes = log.disk_bytes(),
+                "checkpoint in place; the log before it is released"
+            );
+            A::Done
+        }
+    })
 }
 
 /// What one append changed in the log: for the value store, the quota and the metrics.
 pub(crate) struct LogReport {
+    // (`new_segments` are the segments created since the caller's count.)
     /// Segments created by the append (their mappings), in order.
     pub new_segments: Vec<bytes::Bytes>,
     pub disk_bytes: u64,
@@ -642,7 +952,7 @@ impl LogReport {
     /// `known` is how many segments the value store has.
     pub fn of(log: &Log, known: usize, before: LogStats, started: std::time::Instant) -> Self {
         LogReport {
-            new_segments: log.segment_maps().skip(known).cloned().collect(),
+            new_segments: log.segment_maps_since(known).cloned().collect(),
             disk_bytes: log.disk_bytes(),
             used_bytes: log.used_bytes(),
             before,
@@ -660,19 +970,20 @@ pub(crate) fn after_append(
     started: std::time::Instant,
     records: usize,
 ) {
-    let known = state.values_mut().segments();
+    let known = state.log_segments_known();
     apply_report(state, &LogReport::of(log, known, *before, started), records);
 }
 
 /// Applies what an append changed (see [`LogReport`]).
 pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
     for m in &r.new_segments {
-        state.values_mut().add_segment(m.clone());
+        state.add_log_segment(m.clone());
     }
-    state.values_mut().set_disk_bytes(r.disk_bytes);
-    state.set_db_used(r.used_bytes);
-    METRICS.db_total_size.set(r.disk_bytes as i64);
-    METRICS.db_in_use.set(r.used_bytes as i64);
+    let ckpt = state.checkpoint_bytes();
+    state.values_mut().set_disk_bytes(r.disk_bytes + ckpt);
+    state.set_db_used(r.used_bytes + ckpt);
+    METRICS.db_total_size.set((r.disk_bytes + ckpt) as i64);
+    METRICS.db_in_use.set((r.used_bytes + ckpt) as i64);
     METRICS.backend_commit.observe(r.elapsed.as_secs_f64());
     METRICS
         .wal_fsync

@@ -1,0 +1,432 @@
+//! Checkpoints: the whole state as it was after one record of the log, with every value the
+//! index holds copied in, so that the log before that record can be deleted. Files under
+//! `<data-dir>/member/checkpoint/`, named `<record seq, 16 hex>-<part, 4 digits>.ckpt`; byte
+//! layout in docs/log-format.md.
+//!
+//! A checkpoint is written by a thread of its own (values are read from the log's mappings
+//! there, so that page faults never stall a shard) while the owner shard goes on serving: the
+//! owner walks its index in steps, each giving the keys as they were at the checkpoint's
+//! revision. Parts are written under a temporary name, synced, and renamed highest part first,
+//! part 0 (which holds the metadata) last, then the directory is synced: a checkpoint exists
+//! exactly when its part 0 does, and then all of it does. Only then may the log before it go.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::record::{self, Kind, HEADER_BYTES};
+use crate::mvcc::Revision;
+
+/// A part grows to at most about this many bytes (value locations are 32-bit offsets).
+pub const PART_BYTES_MAX: u64 = 1 << 30;
+const MAGIC: &[u8; 8] = b"FRCDCKPT";
+const VERSION: u32 = 1;
+/// Bytes of a part's header: magic, version, checkpoint seq, part number, padding.
+const PART_HEADER_BYTES: usize = 32;
+
+const ITEM: u8 = 1;
+const META: u8 = 2;
+const END: u8 = 3;
+
+/// One revision of one key as a checkpoint holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub key: Bytes,
+    /// The generation's ordinal within the key (oldest first).
+    pub generation: u32,
+    /// The generation's put count at the checkpoint and its creation revision.
+    pub ver: i64,
+    pub created: Revision,
+    pub rev: Revision,
+    pub lease: i64,
+    /// The value; None for a tombstone.
+    pub value: Option<Bytes>,
+}
+
+fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what} {}: {e}", path.display()))
+}
+
+fn part_name(seq: u64, part: u32) -> String {
+    format!("{seq:016x}-{part:04}.ckpt")
+}
+
+/// Writes one checkpoint (on a thread of its own: blocking I/O).
+pub struct Writer {
+    dir: PathBuf,
+    seq: u64,
+    part: u32,
+    file: io::BufWriter<File>,
+    part_bytes: u64,
+    record_seq: u64,
+    items: u64,
+    tmp_paths: Vec<PathBuf>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Starts the checkpoint of the state after record `seq`, with its metadata (JSON).
+    pub fn create(dir: &Path, seq: u64, meta: &[u8]) -> io::Result<Writer> {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            seq,
+            part: 0,
+            file: Self::open_part(dir, seq, 0)?,
+            part_bytes: PART_HEADER_BYTES as u64,
+            record_seq: 1,
+            items: 0,
+            tmp_paths: vec![dir.join(format!("{}.tmp", part_name(seq, 0)))],
+            buf: Vec::new(),
+        };
+        let mut payload = vec![META];
+        payload.extend_from_slice(meta);
+        w.record(&payload)?;
+        Ok(w)
+    }
+
+    fn open_part(dir: &Path, seq: u64, part: u32) -> io::Result<io::BufWriter<File>> {
+        let path = dir.join(format!("{}.tmp", part_name(seq, part)));
+        let f = File::create(&path).map_err(|e| err(&path, "cannot create", e))?;
+        let mut f = io::BufWriter::with_capacity(1 << 20, f);
+        let mut head = [0u8; PART_HEADER_BYTES];
+        head[..8].copy_from_slice(MAGIC);
+        head[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        head[12..20].copy_from_slice(&seq.to_le_bytes());
+        head[20..24].copy_from_slice(&part.to_le_bytes());
+        f.write_all(&head).map_err(|e| err(&path, "cannot write", e))?;
+        Ok(f)
+    }
+
+    fn record(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        record::encode(&mut self.buf, self.record_seq, Kind::Data, payload);
+        self.record_seq += 1;
+        self.part_bytes += self.buf.len() as u64;
+        let path = self.tmp_paths.last().expect("a part").clone();
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| err(&path, "cannot write", e))
+    }
+
+    /// Adds one revision.
+    pub fn item(&mut self, it: &Item) -> io::Result<()> {
+        if self.part_bytes > PART_BYTES_MAX {
+            self.part += 1;
+            let next = Self::open_part(&self.dir, self.seq, self.part)?;
+            let done = std::mem::replace(&mut self.file, next);
+            finish_file(done, &self.tmp_paths[self.tmp_paths.len() - 1])?;
+            self.tmp_paths.push(
+                self.dir
+                    .join(format!("{}.tmp", part_name(self.seq, self.part))),
+            );
+            self.part_bytes = PART_HEADER_BYTES as u64;
+        }
+        let value_len = it.value.as_ref().map_or(0, |v| v.len());
+        let mut p = Vec::with_capacity(64 + it.key.len() + value_len);
+        p.push(ITEM);
+        p.extend_from_slice(&(it.key.len() as u32).to_le_bytes());
+        p.extend_from_slice(&it.key);
+        p.extend_from_slice(&it.generation.to_le_bytes());
+        for v in [
+            it.ver,
+            it.created.main,
+            it.created.sub,
+            it.rev.main,
+            it.rev.sub,
+            it.lease,
+        ] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+        match &it.value {
+            None => p.push(0),
+            Some(v) => {
+                p.push(1);
+                p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                p.extend_from_slice(v);
+            }
+        }
+        self.items += 1;
+        self.record(&p)
+    }
+
+    /// Ends the checkpoint: the end record, every part synced and renamed (part 0 last), the
+    /// directory synced. Returns the parts' final paths.
+    pub fn finish(mut self) -> io::Result<Vec<PathBuf>> {
+        let mut end = vec![END];
+        end.extend_from_slice(&self.items.to_le_bytes());
+        end.extend_from_slice(&(self.part + 1).to_le_bytes());
+        self.record(&end)?;
+        let last = self.tmp_paths.last().expect("a part").clone();
+        finish_file(self.file, &last)?;
+        let finals: Vec<PathBuf> = (0..=self.part)
+            .map(|p| self.dir.join(part_name(self.seq, p)))
+            .collect();
+        for (tmp, fin) in self.tmp_paths.iter().zip(&finals).rev() {
+            std::fs::rename(tmp, fin).map_err(|e| err(fin, "cannot rename into", e))?;
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&self.dir, "cannot sync directory", e))?;
+        Ok(finals)
+    }
+
+    /// Abandons the checkpoint, removing what was written.
+    pub fn abandon(self) {
+        drop(self.file);
+        for p in &self.tmp_paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn finish_file(f: io::BufWriter<File>, path: &Path) -> io::Result<()> {
+    let f = f
+        .into_inner()
+        .map_err(|e| err(path, "cannot write", e.error()))?;
+    f.sync_all().map_err(|e| err(path, "cannot sync", e))
+}
+
+/// The newest checkpoint in `dir`: its record seq and its parts' paths, in order. Leftovers
+/// (temporary files, parts of an unfinished checkpoint, older checkpoints) are removed.
+pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut parts: Vec<(u64, u32, PathBuf)> = Vec::new();
+    for entry in list {
+        let path = entry.map_err(|e| err(dir, "cannot list", e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(|e| err(&path, "cannot remove", e))?;
+            continue;
+        }
+        let parsed = name.strip_suffix(".ckpt").and_then(|n| {
+            let (s, p) = n.split_once('-')?;
+            Some((u64::from_str_radix(s, 16).ok()?, p.parse::<u32>().ok()?))
+        });
+        match parsed {
+            Some((s, p)) => parts.push((s, p, path)),
+            None => return Err(err(&path, "unexpected file in the checkpoint directory", "")),
+        }
+    }
+    parts.sort();
+    // The newest checkpoint whose part 0 exists (renamed last, so all of it is there).
+    let newest = parts.iter().filter(|(_, p, _)| *p == 0).map(|(s, _, _)| *s).max();
+    let mut keep = Vec::new();
+    for (s, _, path) in parts {
+        if Some(s) == newest {
+            keep.push(path);
+        } else {
+            std::fs::remove_file(&path).map_err(|e| err(&path, "cannot remove", e))?;
+        }
+    }
+    Ok(newest.map(|s| (s, keep)))
+}
+
+/// A checkpoint read back: its metadata and every revision, values as slices of the parts'
+/// mappings.
+pub struct Loaded {
+    pub seq: u64,
+    pub meta: Bytes,
+    /// The parts' mappings (the value store reads values from them).
+    pub maps: Vec<Bytes>,
+    pub items: Vec<Item>,
+}
+
+/// Maps and checks every part of a checkpoint; any damage is refused, naming file and offset
+/// (a checkpoint is complete once it has its name: nothing in it may be cut).
+pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
+    let mut maps = Vec::new();
+    let mut items = Vec::new();
+    let mut meta = None;
+    let mut end = None;
+    let mut record_seq = 1;
+    for (i, path) in paths.iter().enumerate() {
+        let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
+        // SAFETY: a finished checkpoint is never written to again; it is removed only after a
+        // newer one replaced it and no value points into it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(path, "cannot map", e))?;
+        let map = Bytes::from_owner(map);
+        let bad = |off: usize, why: &str| {
+            err(
+                path,
+                "checkpoint corrupt:",
+                format!("{why} at offset {off}; restore the data directory from a backup"),
+            )
+        };
+        if map.len() < PART_HEADER_BYTES
+            || &map[..8] != MAGIC
+            || map[8..12] != VERSION.to_le_bytes()
+            || map[12..20] != seq.to_le_bytes()
+            || map[20..24] != (i as u32).to_le_bytes()
+        {
+            return Err(bad(0, "bad part header"));
+        }
+        let mut off = PART_HEADER_BYTES;
+        while off < map.len() {
+            if end.is_some() {
+                return Err(bad(off, "bytes after the end record"));
+            }
+            let r = record::decode(&map[off..]).map_err(|e| bad(off, &format!("{e:?}")))?;
+            if r.seq != record_seq || r.kind != Kind::Data {
+                return Err(bad(off, "record out of sequence"));
+            }
+            record_seq += 1;
+            let start = off + HEADER_BYTES;
+            let p = map.slice(start..start + r.payload.len());
+            off += record::record_bytes(r.payload.len());
+            match p.first() {
+                Some(&META) if meta.is_none() && i == 0 => meta = Some(p.slice(1..)),
+                Some(&ITEM) if meta.is_some() => {
+                    items.push(parse_item(&p).ok_or_else(|| bad(off, "malformed item"))?)
+                }
+                Some(&END) if p.len() == 13 => {
+                    let n = u64::from_le_bytes(p[1..9].try_into().expect("8"));
+                    let parts = u32::from_le_bytes(p[9..13].try_into().expect("4"));
+                    if n != items.len() as u64 || parts as usize != paths.len() {
+                        return Err(bad(off, "end record disagrees with the contents"));
+                    }
+                    end = Some(());
+                }
+                _ => return Err(bad(off, "unexpected record")),
+            }
+        }
+        maps.push(map);
+    }
+    if end.is_none() {
+        let last = paths.last().map(PathBuf::as_path).unwrap_or(Path::new(""));
+        return Err(err(
+            last,
+            "checkpoint corrupt:",
+            "no end record; restore the data directory from a backup",
+        ));
+    }
+    Ok(Loaded {
+        seq,
+        meta: meta.expect("checked"),
+        maps,
+        items,
+    })
+}
+
+fn parse_item(p: &Bytes) -> Option<Item> {
+    let mut at = 1usize;
+    let take = |at: &mut usize, n: usize| -> Option<std::ops::Range<usize>> {
+        let r = *at..at.checked_add(n)?;
+        (r.end <= p.len()).then(|| {
+            *at = r.end;
+            r
+        })
+    };
+    let u32_at = |at: &mut usize| -> Option<u32> {
+        Some(u32::from_le_bytes(p[take(at, 4)?].try_into().ok()?))
+    };
+    let i64_at = |at: &mut usize| -> Option<i64> {
+        Some(i64::from_le_bytes(p[take(at, 8)?].try_into().ok()?))
+    };
+    let klen = u32_at(&mut at)? as usize;
+    let key = p.slice(take(&mut at, klen)?);
+    let generation = u32_at(&mut at)?;
+    let ver = i64_at(&mut at)?;
+    let created = Revision {
+        main: i64_at(&mut at)?,
+        sub: i64_at(&mut at)?,
+    };
+    let rev = Revision {
+        main: i64_at(&mut at)?,
+        sub: i64_at(&mut at)?,
+    };
+    let lease = i64_at(&mut at)?;
+    let value = match p[take(&mut at, 1)?][0] {
+        0 => None,
+        1 => {
+            let vlen = u32_at(&mut at)? as usize;
+            Some(p.slice(take(&mut at, vlen)?))
+        }
+        _ => return None,
+    };
+    (at == p.len()).then_some(Item {
+        key,
+        generation,
+        ver,
+        created,
+        rev,
+        lease,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, rev: i64, value: Option<&[u8]>) -> Item {
+        Item {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            generation: 0,
+            ver: 1,
+            created: Revision { main: rev, sub: 0 },
+            rev: Revision { main: rev, sub: 0 },
+            lease: 7,
+            value: value.map(Bytes::copy_from_slice),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let items = vec![
+            item("a", 2, Some(b"one")),
+            item("b", 3, None),
+            item("c", 4, Some(&[7u8; 5000])),
+            item("d", 5, Some(b"")),
+        ];
+        let mut w = Writer::create(dir.path(), 42, b"{\"x\":1}").unwrap();
+        for it in &items {
+            w.item(it).unwrap();
+        }
+        let paths = w.finish().unwrap();
+        let (seq, found) = newest(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, &found), (42, &paths));
+        let l = load(seq, &found).unwrap();
+        assert_eq!(&l.meta[..], b"{\"x\":1}");
+        assert_eq!(l.items, items);
+        // A value is a slice of the mapping, not a copy.
+        let v = l.items[0].value.as_ref().unwrap();
+        let m = &l.maps[0];
+        let base = m.as_ptr() as usize;
+        assert!((base..base + m.len()).contains(&(v.as_ptr() as usize)));
+        // An unfinished newer checkpoint is ignored and removed; an older one too.
+        let w = Writer::create(dir.path(), 50, b"{}").unwrap();
+        w.abandon();
+        let mut w = Writer::create(dir.path(), 60, b"{}").unwrap();
+        w.item(&items[0]).unwrap();
+        drop(w); // never finished: only .tmp files
+        assert_eq!(newest(dir.path()).unwrap().unwrap().0, 42);
+        // Any flipped byte is refused.
+        let bytes = std::fs::read(&paths[0]).unwrap();
+        for at in (0..bytes.len()).step_by(97) {
+            let mut b = bytes.clone();
+            b[at] ^= 0x40;
+            std::fs::write(&paths[0], &b).unwrap();
+            assert!(load(42, &paths).is_err(), "a flip at {at} went unnoticed");
+        }
+        // So is a cut.
+        std::fs::write(&paths[0], &bytes[..bytes.len() - 10]).unwrap();
+        let e = load(42, &paths).err().unwrap().to_string();
+        assert!(e.contains("checkpoint corrupt"), "{e}");
+    }
+
+    #[test]
+    fn items_never_panic_on_garbage() {
+        for n in 0..200u32 {
+            let p: Vec<u8> = (0..n).map(|i| (i * 31 + n) as u8).collect();
+            let mut q = vec![ITEM];
+            q.extend(p);
+            let _ = parse_item(&Bytes::from(q));
+        }
+    }
+}
