@@ -161,10 +161,15 @@ pub enum CheckpointOp {
     /// The Defragment call: answered once the next checkpoint released the log before it.
     Demand,
     /// The next keys after `after`, as they were at `at_rev`.
-    Step { after: Option<Bytes>, at_rev: i64 },
+    Step {
+        after: Option<Bytes>,
+        at_rev: i64,
+    },
     Abandon,
     /// Makes a finished checkpoint's parts readable.
-    Install { parts: Vec<Bytes> },
+    Install {
+        parts: Vec<Bytes>,
+    },
     /// Points revisions at their copies in the installed checkpoint.
     Repoint(Vec<crate::log::checkpoint::Item>),
     /// Releases what the checkpoint after record `seq`, at `at_rev`, replaces.
@@ -367,7 +372,9 @@ impl KvState {
             return None;
         }
         let mut keys = Vec::new();
-        let next = self.store.checkpoint_walk(after, at_rev, max_keys, &mut keys);
+        let next = self
+            .store
+            .checkpoint_walk(after, at_rev, max_keys, &mut keys);
         let values = self.store.values();
         let mut items = Vec::new();
         for (key, gens) in keys {
@@ -470,7 +477,10 @@ impl KvState {
                 it = items.next_if(|n| n.key == key);
             }
             let ki = KeyIndex::from_generations(gens).ok_or_else(|| {
-                format!("checkpoint {:016x}: key {key:?} has an empty generation", l.seq)
+                format!(
+                    "checkpoint {:016x}: key {key:?} has an empty generation",
+                    l.seq
+                )
             })?;
             self.store.restore_key(key, ki);
         }

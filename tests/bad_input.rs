@@ -154,13 +154,7 @@ fn malformed_requests_get_errors_and_the_server_keeps_serving() {
             (r.code, r.message.as_str()),
             (Some(12), "unknown service nope.Nope")
         );
-        let r = call(
-            port,
-            "/etcdserverpb.Maintenance/Hash",
-            GRPC,
-            range_all(),
-        )
-        .await;
+        let r = call(port, "/etcdserverpb.Maintenance/Hash", GRPC, range_all()).await;
         assert_eq!(r.code, Some(12), "{r:?}");
         // A served service given another message's bytes: etcd's unmarshalling error.
         let r = call(port, "/etcdserverpb.Lease/LeaseGrant", GRPC, range_all()).await;

@@ -52,6 +52,25 @@ fn writer(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<()
 
 #[test]
 fn acknowledged_puts_survive_kill9() {
+    rounds_of_kill9("acknowledged_puts_survive_kill9", &[]);
+}
+
+/// The same with a checkpoint every 64 KiB of log and 1 MiB segments: kills land while
+/// checkpoints are written, installed and the log before them released.
+#[test]
+fn acknowledged_puts_survive_kill9_across_checkpoints() {
+    rounds_of_kill9(
+        "acknowledged_puts_survive_kill9_across_checkpoints",
+        &[
+            "--checkpoint-min-bytes",
+            "65536",
+            "--log-segment-bytes",
+            "1048576",
+        ],
+    );
+}
+
+fn rounds_of_kill9(name: &str, flags: &[&str]) {
     let seed: u64 = std::env::var("FERROCD_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -61,7 +80,7 @@ fn acknowledged_puts_survive_kill9() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("acknowledged_puts_survive_kill9: FERROCD_TEST_SEED={seed}");
+    eprintln!("{name}: FERROCD_TEST_SEED={seed}");
     let mut x = seed | 1;
     let mut rand = move |n: u64| {
         x ^= x << 13;
@@ -69,7 +88,7 @@ fn acknowledged_puts_survive_kill9() {
         x ^= x << 17;
         x % n
     };
-    let mut server = Server::ferrocd(&[]);
+    let mut server = Server::ferrocd(flags);
     let acked: Acked = Arc::default();
     let mut last_rev = 1;
     for round in 0..ROUNDS {
@@ -116,4 +135,13 @@ fn acknowledged_puts_survive_kill9() {
         acked.lock().unwrap().len() > ROUNDS * 10,
         "too few puts were acknowledged to mean anything"
     );
+    if !flags.is_empty() {
+        let log = server.log();
+        let restored = log.matches("checkpoint restored").count();
+        assert!(
+            restored > 0 && log.contains("the log before it is released"),
+            "the rounds never restarted from a checkpoint ({restored}); seed {seed}"
+        );
+        eprintln!("{name}: {restored} restarts from a checkpoint");
+    }
 }

@@ -96,7 +96,8 @@ impl Writer {
         head[8..12].copy_from_slice(&VERSION.to_le_bytes());
         head[12..20].copy_from_slice(&seq.to_le_bytes());
         head[20..24].copy_from_slice(&part.to_le_bytes());
-        f.write_all(&head).map_err(|e| err(&path, "cannot write", e))?;
+        f.write_all(&head)
+            .map_err(|e| err(&path, "cannot write", e))?;
         Ok(f)
     }
 
@@ -209,12 +210,22 @@ pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
         });
         match parsed {
             Some((s, p)) => parts.push((s, p, path)),
-            None => return Err(err(&path, "unexpected file in the checkpoint directory", "")),
+            None => {
+                return Err(err(
+                    &path,
+                    "unexpected file in the checkpoint directory",
+                    "",
+                ))
+            }
         }
     }
     parts.sort();
     // The newest checkpoint whose part 0 exists (renamed last, so all of it is there).
-    let newest = parts.iter().filter(|(_, p, _)| *p == 0).map(|(s, _, _)| *s).max();
+    let newest = parts
+        .iter()
+        .filter(|(_, p, _)| *p == 0)
+        .map(|(s, _, _)| *s)
+        .max();
     let mut keep = Vec::new();
     for (s, _, path) in parts {
         if Some(s) == newest {

@@ -156,7 +156,11 @@ impl Log {
             return Err(err(
                 &last,
                 "log corrupt: the log ends at record",
-                format!("{}, before the checkpoint's record {}", next_seq - 1, from_seq - 1),
+                format!(
+                    "{}, before the checkpoint's record {}",
+                    next_seq - 1,
+                    from_seq - 1
+                ),
             ));
         }
         let segment_bytes = segment_bytes.max(1 << 20);
@@ -421,7 +425,74 @@ mod tests {
             let mut log = rec.log;
             log.append(&payloads(1, 4)).await.unwrap();
             drop(log);
-            assert_eq!(Log::open(&path, 1 << 20, 1).await.unwrap().payloads.len(), 6);
+            assert_eq!(
+                Log::open(&path, 1 << 20, 1).await.unwrap().payloads.len(),
+                6
+            );
+        });
+    }
+
+    #[test]
+    fn a_checkpoint_releases_the_segments_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            // Three segments: records 1-2 (+ commit 3), 4 (+5), 6 (+7).
+            log.append(&[vec![1u8; 700 << 10], vec![1u8; 10]])
+                .await
+                .unwrap();
+            log.append(&[vec![2u8; 700 << 10]]).await.unwrap();
+            log.append(&[vec![3u8; 700 << 10]]).await.unwrap();
+            assert_eq!(log.segments.len(), 3);
+            assert_eq!(log.opened(), 3);
+            // A checkpoint covers whole batches: after record 3 (the first batch's commit), the
+            // first segment goes; after record 5, the second too.
+            assert_eq!(log.release_before(4).unwrap(), vec![0]);
+            assert_eq!(log.segments.len(), 2);
+            assert_eq!(log.segment_maps_since(1).count(), 2);
+            assert_eq!(log.segment_maps_since(2).count(), 1);
+            assert_eq!(log.release_before(6).unwrap(), vec![1]);
+            // The segment taking appends always stays.
+            assert!(log.release_before(100).unwrap().is_empty());
+            assert_eq!(log.segments.len(), 1);
+            drop(log);
+            // Reopened after a checkpoint of record 5: only record 6 comes back.
+            let rec = Log::open(&path, 1 << 20, 6).await.unwrap();
+            let lens: Vec<usize> = rec.payloads.iter().map(|p| p.len()).collect();
+            assert_eq!(lens, [700 << 10]);
+        });
+        // A checkpoint newer than the log's end is corruption, as is a gap before the log.
+        let dir2 = tempfile::tempdir().unwrap();
+        let p2 = dir2.path().to_path_buf();
+        let e = run(async move {
+            let mut log = Log::open(&p2, 1 << 20, 1).await.unwrap().log;
+            log.append(&payloads(2, 1)).await.unwrap();
+            drop(log);
+            Log::open(&p2, 1 << 20, 50).await.err().unwrap().to_string()
+        });
+        assert!(e.contains("before the checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn segments_a_checkpoint_covers_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            log.append(&[vec![1u8; 700 << 10]]).await.unwrap();
+            log.append(&[vec![2u8; 700 << 10]]).await.unwrap();
+            log.append(&[vec![3u8; 700 << 10]]).await.unwrap();
+            drop(log);
+            // Records 1, 3, 5 (2, 4, 6 commit them), a segment each. A crash came after a
+            // checkpoint of record 2 and before the release: the first segment goes.
+            let rec = Log::open(&path, 1 << 20, 3).await.unwrap();
+            assert_eq!(rec.log.segments.len(), 2);
+            assert_eq!(rec.payloads.len(), 2);
+            drop(rec);
+            let rec = Log::open(&path, 1 << 20, 5).await.unwrap();
+            assert_eq!(rec.log.segments.len(), 1);
+            assert_eq!(rec.payloads.len(), 1);
         });
     }
 
@@ -457,7 +528,11 @@ mod tests {
         let path = dir.path().to_path_buf();
         let e = run(async move {
             let _first = Log::open(&path, 1 << 20, 1).await.unwrap();
-            Log::open(&path, 1 << 20, 1).await.err().unwrap().to_string()
+            Log::open(&path, 1 << 20, 1)
+                .await
+                .err()
+                .unwrap()
+                .to_string()
         });
         assert!(e.contains("in use by another process"), "{e}");
     }
@@ -470,7 +545,13 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[HEADER_BYTES + 1] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
-        let e = run(async move { Log::open(&path, 1 << 20, 1).await.err().unwrap().to_string() });
+        let e = run(async move {
+            Log::open(&path, 1 << 20, 1)
+                .await
+                .err()
+                .unwrap()
+                .to_string()
+        });
         assert!(e.contains("log corrupt"), "{e}");
         assert!(e.contains("0000000000000001.log"), "{e}");
         assert!(e.contains("at offset 0"), "{e}");

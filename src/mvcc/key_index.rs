@@ -333,6 +333,57 @@ mod tests {
         Revision { main, sub: 0 }
     }
 
+    #[test]
+    fn a_key_as_of_a_revision_reads_as_the_key_did_then() {
+        // Puts at 2, 3, delete at 4, puts at 6, 7, delete at 9, put at 11.
+        let mut ki = KeyIndex::default();
+        for (m, del) in [
+            (2, false),
+            (3, false),
+            (4, true),
+            (6, false),
+            (7, false),
+            (9, true),
+            (11, false),
+        ] {
+            if del {
+                assert!(ki.tombstone(r(m)));
+            } else {
+                ki.put(e(m));
+            }
+        }
+        for at in 1..=12 {
+            let gens = ki.as_of(at);
+            match KeyIndex::from_generations(gens) {
+                None => assert!((1..2).contains(&at), "nothing at {at}"),
+                Some(then) => {
+                    for read in 1..=at {
+                        assert_eq!(then.get(read), ki.get(read), "as of {at}, read at {read}");
+                    }
+                    assert_eq!(then.is_live(), ki.get(at).is_some(), "live as of {at}");
+                }
+            }
+        }
+        // After a compaction the same holds for what remains.
+        ki.compact(5, &mut |_| {});
+        let then = KeyIndex::from_generations(ki.as_of(8)).unwrap();
+        for read in 5..=8 {
+            assert_eq!(then.get(read), ki.get(read), "read at {read}");
+        }
+        // Repointing changes the value of exactly one revision.
+        let mut k2 = ki.clone();
+        let v = ValueRef {
+            seg: 9,
+            off: 1,
+            len: 1,
+        };
+        assert!(k2.repoint(r(7), v));
+        assert_eq!(k2.get(7).unwrap().entry.value, v);
+        assert_eq!(k2.get(6), ki.get(6));
+        assert!(!k2.repoint(r(9), v), "a tombstone has no value");
+        assert!(!k2.repoint(r(8), v), "no such revision");
+    }
+
     /// The worked example of etcd's key_index.go: puts and deletes across three generations.
     fn example() -> KeyIndex {
         let mut ki = KeyIndex::default();

@@ -535,12 +535,14 @@ impl<V: ValueStore> Store<V> {
             Some(k) => Bound::Excluded(&k[..]),
             None => Bound::Unbounded,
         };
-        let mut seen = 0;
-        for (k, ki) in self.index.range::<[u8], _>((lower, Bound::Unbounded)) {
+        for (seen, (k, ki)) in self
+            .index
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .enumerate()
+        {
             if seen == max_keys {
                 return out.last().map(|(k, _)| k.clone());
             }
-            seen += 1;
             // A key created after `at_rev` comes with no generation (the cursor moves on).
             out.push((k.clone(), ki.as_of(at_rev)));
         }
@@ -580,7 +582,12 @@ impl<V: ValueStore> Store<V> {
     /// Forgets the recent changes up to `rev` (their values' old locations are going away);
     /// watchers read that history from the index instead.
     pub fn forget_history_through(&mut self, rev: i64) {
-        while self.history.changes.front().is_some_and(|c| c.rev.main <= rev) {
+        while self
+            .history
+            .changes
+            .front()
+            .is_some_and(|c| c.rev.main <= rev)
+        {
             self.history.changes.pop_front();
         }
         self.history.floor = self.history.floor.max(rev + 1);

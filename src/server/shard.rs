@@ -738,7 +738,10 @@ async fn checkpointer(owner: Owner, dir: PathBuf) {
     }
 }
 
-async fn checkpoint_call(owner: &Owner, op: kv::CheckpointOp) -> Result<kv::CheckpointAnswer, String> {
+async fn checkpoint_call(
+    owner: &Owner,
+    op: kv::CheckpointOp,
+) -> Result<kv::CheckpointAnswer, String> {
     match owner.call(Request::Checkpoint(op)).await {
         Ok(Response::Checkpoint(a)) => Ok(a),
         Ok(other) => Err(format!("a checkpoint step answered {other:?}")),
@@ -824,10 +827,20 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         tracing::info!("checkpoint abandoned: a physical compaction cut in");
         return Ok(());
     };
-    let A::Installed(parts) = checkpoint_call(owner, Op::Install { parts: loaded.maps.clone() }).await? else {
+    let A::Installed(parts) = checkpoint_call(
+        owner,
+        Op::Install {
+            parts: loaded.maps.clone(),
+        },
+    )
+    .await?
+    else {
         return Err("a checkpoint install answered otherwise".into());
     };
-    for chunk in loaded.items.chunks(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4) {
+    for chunk in loaded
+        .items
+        .chunks(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4)
+    {
         checkpoint_call(owner, Op::Repoint(chunk.to_vec())).await?;
     }
     let revisions = loaded.items.len();
