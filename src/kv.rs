@@ -454,7 +454,7 @@ impl KvState {
             .map(|m| self.store.values_mut().add_segment(m.clone()))
             .collect();
         self.checkpoint_bytes = bytes;
-        let mut items = l.items.into_iter().peekable();
+        let mut items = l.items().peekable();
         while let Some(first) = items.next() {
             let key = first.key.clone();
             let mut gens: Vec<crate::mvcc::key_index::GenerationAt> = Vec::new();

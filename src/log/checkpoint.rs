@@ -237,21 +237,64 @@ pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
     Ok(newest.map(|s| (s, keep)))
 }
 
-/// A checkpoint read back: its metadata and every revision, values as slices of the parts'
-/// mappings.
+/// A checkpoint read back and checked: its metadata, the parts' mappings, and its revisions
+/// read one at a time from the mappings ([`Loaded::items`]; values are slices of them), so
+/// that memory does not grow with the size of the checkpoint.
 pub struct Loaded {
     pub seq: u64,
     pub meta: Bytes,
     /// The parts' mappings (the value store reads values from them).
     pub maps: Vec<Bytes>,
-    pub items: Vec<Item>,
+    /// How many revisions it holds.
+    pub count: u64,
+}
+
+impl Loaded {
+    /// Every revision, in order.
+    pub fn items(&self) -> Items<'_> {
+        Items {
+            maps: &self.maps,
+            part: 0,
+            off: PART_HEADER_BYTES,
+        }
+    }
+}
+
+/// The revisions of a checked checkpoint, in order.
+pub struct Items<'a> {
+    maps: &'a [Bytes],
+    part: usize,
+    off: usize,
+}
+
+impl Iterator for Items<'_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            let map = self.maps.get(self.part)?;
+            if self.off >= map.len() {
+                self.part += 1;
+                self.off = PART_HEADER_BYTES;
+                continue;
+            }
+            // Checked by `load`: a record that does not decode ends the walk.
+            let r = record::decode(&map[self.off..]).ok()?;
+            let start = self.off + HEADER_BYTES;
+            let p = map.slice(start..start + r.payload.len());
+            self.off += record::record_bytes(r.payload.len());
+            if p.first() == Some(&ITEM) {
+                return parse_item(&p);
+            }
+        }
+    }
 }
 
 /// Maps and checks every part of a checkpoint; any damage is refused, naming file and offset
 /// (a checkpoint is complete once it has its name: nothing in it may be cut).
 pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
     let mut maps = Vec::new();
-    let mut items = Vec::new();
+    let mut items = 0u64;
     let mut meta = None;
     let mut end = None;
     let mut record_seq = 1;
@@ -292,12 +335,13 @@ pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
             match p.first() {
                 Some(&META) if meta.is_none() && i == 0 => meta = Some(p.slice(1..)),
                 Some(&ITEM) if meta.is_some() => {
-                    items.push(parse_item(&p).ok_or_else(|| bad(off, "malformed item"))?)
+                    parse_item(&p).ok_or_else(|| bad(off, "malformed item"))?;
+                    items += 1;
                 }
                 Some(&END) if p.len() == 13 => {
                     let n = u64::from_le_bytes(p[1..9].try_into().expect("8"));
                     let parts = u32::from_le_bytes(p[9..13].try_into().expect("4"));
-                    if n != items.len() as u64 || parts as usize != paths.len() {
+                    if n != items || parts as usize != paths.len() {
                         return Err(bad(off, "end record disagrees with the contents"));
                     }
                     end = Some(());
@@ -319,7 +363,7 @@ pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
         seq,
         meta: meta.expect("checked"),
         maps,
-        items,
+        count: items,
     })
 }
 
@@ -404,9 +448,11 @@ mod tests {
         assert_eq!((seq, &found), (42, &paths));
         let l = load(seq, &found).unwrap();
         assert_eq!(&l.meta[..], b"{\"x\":1}");
-        assert_eq!(l.items, items);
+        assert_eq!(l.count, 4);
+        let read: Vec<Item> = l.items().collect();
+        assert_eq!(read, items);
         // A value is a slice of the mapping, not a copy.
-        let v = l.items[0].value.as_ref().unwrap();
+        let v = read[0].value.as_ref().unwrap();
         let m = &l.maps[0];
         let base = m.as_ptr() as usize;
         assert!((base..base + m.len()).contains(&(v.as_ptr() as usize)));

@@ -252,7 +252,7 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Rec
             .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
             .sum();
         let loaded = checkpoint::load(seq, &paths)?;
-        let items = loaded.items.len();
+        let items = loaded.count;
         state
             .restore_checkpoint(loaded, bytes)
             .map_err(io::Error::other)?;
@@ -837,13 +837,18 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     else {
         return Err("a checkpoint install answered otherwise".into());
     };
-    for chunk in loaded
-        .items
-        .chunks(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4)
-    {
-        checkpoint_call(owner, Op::Repoint(chunk.to_vec())).await?;
+    let mut items = loaded.items();
+    loop {
+        let chunk: Vec<checkpoint::Item> = items
+            .by_ref()
+            .take(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4)
+            .collect();
+        if chunk.is_empty() {
+            break;
+        }
+        checkpoint_call(owner, Op::Repoint(chunk)).await?;
     }
-    let revisions = loaded.items.len();
+    let revisions = loaded.count;
     drop(loaded);
     checkpoint_call(
         owner,
