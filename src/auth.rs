@@ -1091,6 +1091,124 @@ mod tests {
         }
     }
 
+    /// An independent model of etcd's rules: a point is allowed when some granted interval
+    /// holds it; a range when every point of it is. Membership in a union of half-open
+    /// intervals changes only at their ends, so checking the range's start and every interval
+    /// end inside the range is exact.
+    fn model_allows(perms: &[(Access, Interval)], want: &Interval, access: Access) -> bool {
+        let holds = |p: &[u8]| {
+            perms.iter().any(|(a, i)| {
+                *a == access && i.start.as_slice() <= p && i.end.as_ref().is_none_or(|e| p < &e[..])
+            })
+        };
+        let inside =
+            |p: &[u8]| want.start.as_slice() <= p && want.end.as_ref().is_none_or(|e| p < &e[..]);
+        let mut points = vec![want.start.clone()];
+        for (_, i) in perms {
+            points.push(i.start.clone());
+            points.extend(i.end.clone());
+        }
+        points.iter().filter(|p| inside(p)).all(|p| holds(p))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, .. Default::default() })]
+
+        #[test]
+        fn permission_checks_agree_with_a_model(
+            grants in proptest::collection::vec((0u8..3, "[ab]{1,3}", 0u8..3, "[ab]{0,3}"), 0..6),
+            key in "[ab]{0,3}",
+            end_kind in 0u8..3,
+            end in "[ab]{0,3}",
+            write in proptest::prelude::any::<bool>(),
+        ) {
+            use authpb::permission::Type::*;
+            let mut s = AuthState::default();
+            let add = |s: &mut AuthState, op| s.apply(op, &NoTokens).map(drop);
+            add(&mut s, AuthOp::UserAdd(pb::AuthUserAddRequest { name: "u".into(), ..Default::default() })).unwrap();
+            add(&mut s, AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() })).unwrap();
+            add(&mut s, AuthOp::UserGrantRole(pb::AuthUserGrantRoleRequest { user: "u".into(), role: "r".into() })).unwrap();
+            let mut model = Vec::new();
+            for (t, k, kind, e) in &grants {
+                let range_end: Vec<u8> = match kind {
+                    0 => vec![],
+                    1 => vec![0],
+                    _ => e.as_bytes().to_vec(),
+                };
+                let t = [Read, Write, Readwrite][*t as usize];
+                let p = authpb::Permission {
+                    perm_type: t as i32,
+                    key: k.as_bytes().to_vec().into(),
+                    range_end: range_end.clone().into(),
+                };
+                let granted = add(&mut s, AuthOp::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                    name: "r".into(),
+                    perm: Some(p),
+                }));
+                if granted.is_err() {
+                    // etcd refuses an end at or before the key.
+                    proptest::prop_assert!(!range_end.is_empty() && range_end != [0] && range_end.as_slice() <= k.as_bytes());
+                    continue;
+                }
+                // A grant of the same key and end replaces the earlier one's type.
+                model.retain(|(_, kk, ee): &(authpb::permission::Type, Vec<u8>, Vec<u8>)| !(kk == k.as_bytes() && *ee == range_end));
+                model.push((t, k.as_bytes().to_vec(), range_end));
+            }
+            let intervals: Vec<(Access, Interval)> = model
+                .iter()
+                .flat_map(|(t, k, e)| {
+                    let i = interval(k, e);
+                    let mut v = Vec::new();
+                    if matches!(t, Read | Readwrite) {
+                        v.push((Access::Read, i.clone()));
+                    }
+                    if matches!(t, Write | Readwrite) {
+                        v.push((Access::Write, i));
+                    }
+                    v
+                })
+                .collect();
+            let range_end: Vec<u8> = match end_kind {
+                0 => vec![],
+                1 => vec![0],
+                _ => end.as_bytes().to_vec(),
+            };
+            let access = if write { Access::Write } else { Access::Read };
+            let mut want = interval(key.as_bytes(), &range_end);
+            if want.end.as_ref().is_some_and(|e| *e <= want.start) {
+                want = interval(key.as_bytes(), &[]);
+            }
+            let view = AuthView::new(s);
+            proptest::prop_assert_eq!(
+                view.allows("u", key.as_bytes(), &range_end, access),
+                model_allows(&intervals, &want, access),
+                "grants {:?}, request [{:?}, {:?}) {:?}", model, key, range_end, access
+            );
+        }
+    }
+
+    #[test]
+    fn a_lapsed_jwt_is_refused() {
+        let key = b"a-secret-of-enough-bytes";
+        let j = Jwt {
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            encoding: jsonwebtoken::EncodingKey::from_secret(key),
+            decoding: jsonwebtoken::DecodingKey::from_secret(key),
+            ttl: Duration::from_secs(1),
+        };
+        let t = j.sign("u", 3).unwrap();
+        assert_eq!(j.check(&t), Some(("u".to_string(), 3)));
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(j.check(&t), None, "lapsed");
+        let a = AuthShared::new(
+            TokenKind::Jwt(Arc::new(j)),
+            Duration::from_secs(1),
+            4,
+            false,
+        );
+        assert_eq!(a.check_token(&t), Err(EtcdError::InvalidAuthToken));
+    }
+
     #[test]
     fn failed_attempts_back_off() {
         let a = AuthShared::default();

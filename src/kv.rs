@@ -189,6 +189,8 @@ pub enum CheckpointAnswer {
     /// None: abandoned (a physical compaction cut in).
     Items(Option<(Vec<crate::log::checkpoint::Item>, Option<Bytes>)>),
     Installed(Vec<u32>),
+    /// The log segments let go of, whose files the caller removes.
+    Released(Vec<std::path::PathBuf>),
     Done,
 }
 

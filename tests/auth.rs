@@ -452,3 +452,57 @@ fn the_seed_config_starts_ferrocd_as_it_is() {
     let token = v["token"].as_str().unwrap();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 }
+
+/// Tokens that lapsed or were forged are refused with etcd's error, and nothing they asked for
+/// is written: simple tokens with `--auth-token-ttl 1` through the gateway's Authorization
+/// header, compared with etcd.
+#[test]
+fn lapsed_and_forged_tokens_are_refused_as_on_etcd() {
+    if !etcd_tools_or_skip("lapsed_and_forged_tokens_are_refused_as_on_etcd") {
+        return;
+    }
+    let steps = |s: &Server| -> Vec<String> {
+        let mut out = Vec::new();
+        for args in [vec!["user", "add", "root:rootpw"], vec!["auth", "enable"]] {
+            out.push(show(s, &args, ""));
+        }
+        let (status, body) = post(
+            s.client_port,
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"rootpw"}"#,
+            None,
+        );
+        out.push(format!("authenticate {status}"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let token = v["token"].as_str().unwrap().to_string();
+        let put = |key: &str, token: &str| {
+            let body = format!(r#"{{"key":"{key}","value":"dg=="}}"#);
+            let (status, body) = post(s.client_port, "/v3/kv/put", &body, Some(token));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            format!("put {status} {} {}", v["code"], v["message"])
+        };
+        // "a" and "b" (base64 YQ== and Yg==).
+        out.push(put("YQ==", &token));
+        out.push(put("Yg==", "forged.1"));
+        out.push(put("Yg==", &format!("{token}x")));
+        // The token lapses a TTL (1 s) after its last use.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        out.push(put("Yg==", &token));
+        out.push(show(
+            s,
+            &with(ROOT, &["get", "", "--from-key", "--keys-only"]),
+            "",
+        ));
+        out
+    };
+    let etcd = Server::etcd(&["--bcrypt-cost", "4", "--auth-token-ttl", "1"]);
+    let want = steps(&etcd);
+    drop(etcd);
+    let ferrocd = Server::ferrocd(&["--bcrypt-cost", "4", "--auth-token-ttl", "1"]);
+    let got = steps(&ferrocd);
+    assert!(want[3].starts_with("put 200"), "{want:#?}");
+    assert!(want[4].contains("invalid auth token"), "{want:#?}");
+    assert!(want[6].contains("invalid auth token"), "lapsed: {want:#?}");
+    assert!(!want[7].contains("\nb\n"), "nothing written: {want:#?}");
+    assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
+}

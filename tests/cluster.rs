@@ -331,21 +331,33 @@ fn a_member_without_quorum_is_unhealthy_as_on_etcd() {
     }
 }
 
-/// The seed's configuration file, filled in for three members on loopback (TLS and auth keys
-/// left out), starts a cluster that replicates.
+/// The seed's configuration file, filled in for three members on loopback, starts a cluster
+/// that replicates over mutual-TLS peer links: its `peer-transport-security` section with
+/// certificates made for the test and https:// peer URLs (its client URLs stay http://, so the
+/// client section is read and, as etcd does, not used; its auth keys are kept).
 #[test]
 fn the_seed_config_starts_a_three_member_cluster() {
     if !common::etcd_tools_or_skip("the_seed_config_starts_a_three_member_cluster") {
         return;
     }
     let seed = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+    common::certificates(
+        certs.path(),
+        &["ca"],
+        &[
+            ("server", "ca", ext, "/CN=server"),
+            ("peer", "ca", ext, "/CN=peer"),
+        ],
+    );
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| (common::free_port(), common::free_port()))
         .collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, p))| format!("node-{}=http://127.0.0.1:{p}", i + 1))
+        .map(|(i, (_, p))| format!("node-{}=https://127.0.0.1:{p}", i + 1))
         .collect();
     let mut members: Vec<Server> = Vec::new();
     for (i, &(client, peer)) in ports.iter().enumerate() {
@@ -356,13 +368,7 @@ fn the_seed_config_starts_a_three_member_cluster() {
             let is_key = !line.starts_with(' ') && !line.starts_with('#') && line.contains(':');
             if is_key {
                 let key = line.split(':').next().unwrap();
-                skipping = [
-                    "auth-token",
-                    "enable-authorization",
-                    "client-transport-security",
-                    "peer-transport-security",
-                ]
-                .contains(&key);
+                skipping = false;
                 let value = match key {
                     "name" => Some(format!("node-{}", i + 1)),
                     "data-dir" => Some(dir.path().join("data").display().to_string()),
@@ -370,7 +376,7 @@ fn the_seed_config_starts_a_three_member_cluster() {
                         Some(format!("http://127.0.0.1:{client}"))
                     }
                     "listen-peer-urls" | "initial-advertise-peer-urls" => {
-                        Some(format!("http://127.0.0.1:{peer}"))
+                        Some(format!("https://127.0.0.1:{peer}"))
                     }
                     "initial-cluster" => Some(initial.join(",")),
                     _ => None,
@@ -381,7 +387,7 @@ fn the_seed_config_starts_a_three_member_cluster() {
                 }
             }
             if !skipping {
-                kept.push(line.to_string());
+                kept.push(line.replace("/etc/etcd/", &format!("{}/", certs.path().display())));
             }
         }
         let file = dir.path().join("etcd-config.yml");
@@ -401,13 +407,45 @@ fn the_seed_config_starts_a_three_member_cluster() {
     }
     let c = Cluster { members };
     c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    // enable-authorization: no keys until auth is on; then root (its JWTs signed with the
+    // seed's shared secret, the same on every member).
     let out = etcdctl(&c.members[2].endpoint(), &["put", "greeting", "hello"], "");
+    assert!(out.stderr.contains("permission denied"), "{out:?}");
+    let out = etcdctl(
+        &c.members[1].endpoint(),
+        &["user", "add", "root:rootpw"],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = etcdctl(&c.members[1].endpoint(), &["auth", "enable"], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    let root = |i: usize, args: &[&str]| {
+        let mut a = vec!["--user", "root:rootpw"];
+        a.extend_from_slice(args);
+        etcdctl(&c.members[i].endpoint(), &a, "")
+    };
+    let out = root(2, &["put", "greeting", "hello"]);
     assert_eq!(out.stdout, "OK\n", "{out:?}");
-    let out = etcdctl(&c.members[0].endpoint(), &["get", "greeting"], "");
+    let out = root(0, &["get", "greeting"]);
     assert_eq!(out.stdout, "greeting\nhello\n", "{out:?}");
-    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    let out = etcdctl(&c.members[0].endpoint(), &["get", "greeting"], "");
+    assert!(out.stderr.contains("user name is empty"), "{out:?}");
+    let mut a = vec!["--user", "root:rootpw", "member", "list"];
+    let eps = c.endpoints();
+    a.insert(0, "--endpoints");
+    a.insert(1, &eps);
+    let out = common::run(
+        common::ETCDCTL,
+        &[("ETCDCTL_API", "3")],
+        &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "",
+    );
     assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
     assert!(out.stdout.contains("node-3"), "{out:?}");
+    assert!(
+        out.stdout.contains("https://127.0.0.1"),
+        "TLS peer URLs: {out:?}"
+    );
 }
 
 /// Clients put and get a few keys through every member while the leader is killed and

@@ -356,3 +356,74 @@ fn client_certificate_names_are_users_as_on_etcd() {
     assert!(want[10].contains("permission denied"), "{want:#?}");
     assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
 }
+
+/// A certificate rotated on disk is served to new connections without a restart (etcd reloads
+/// its certificates too): the server's certificate and key are replaced by ones from another
+/// CA; within a few seconds clients trusting the new CA connect and those trusting only the
+/// old one are refused.
+#[test]
+fn rotated_certificates_are_served_without_a_restart() {
+    if !etcd_tools_or_skip("rotated_certificates_are_served_without_a_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+    let client = "extendedKeyUsage=clientAuth\n";
+    common::certificates(
+        dir.path(),
+        &["ca", "ca2"],
+        &[
+            ("server", "ca", server, "/CN=server"),
+            ("server2", "ca2", server, "/CN=server"),
+            ("client", "ca", client, "/CN=root"),
+        ],
+    );
+    let s = TlsServer::start(
+        env!("CARGO_BIN_EXE_ferrocd"),
+        dir.path(),
+        "ferrocd",
+        free_port(),
+    );
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let with_ca = |ca: &str, args: &[&str]| {
+        let mut a = vec![
+            format!("--endpoints=https://127.0.0.1:{}", s.port),
+            format!("--cacert={}", p(ca)),
+            format!("--cert={}", p("client.crt")),
+            format!("--key={}", p("client.key")),
+            "--dial-timeout=2s".to_string(),
+            "--command-timeout=3s".to_string(),
+        ];
+        a.extend(args.iter().map(|x| x.to_string()));
+        run(ETCDCTL, &[("ETCDCTL_API", "3")], &a, "")
+    };
+    assert_eq!(with_ca("ca.crt", &["put", "k", "v1"]).code, 0);
+    assert_ne!(
+        with_ca("ca2.crt", &["get", "k"]).code,
+        0,
+        "not yet the new CA"
+    );
+    // Rotate: new files written beside, then renamed over the old ones.
+    for (from, to) in [("server2.key", "server.key"), ("server2.crt", "server.crt")] {
+        std::fs::copy(p(from), p(&format!("{to}.new"))).unwrap();
+        std::fs::rename(p(&format!("{to}.new")), p(to)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = with_ca("ca2.crt", &["get", "k", "--print-value-only"]);
+        if out.code == 0 {
+            assert_eq!(out.stdout, "v1\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was not served: {out:?}\n{}",
+            std::fs::read_to_string(&s.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = with_ca("ca.crt", &["get", "k"]);
+    assert_ne!(out.code, 0, "the old certificate is still served: {out:?}");
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    assert!(log.contains("certificates reloaded"), "{log}");
+}

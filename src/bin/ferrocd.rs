@@ -173,7 +173,7 @@ fn create_data_dir(dir: &str) -> std::io::Result<()> {
 /// etcd does, with a warning.
 fn client_tls(
     cfg: &Config,
-) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Box<dyn std::error::Error>> {
+) -> Result<Option<std::sync::Arc<server::tls::ClientTls>>, Box<dyn std::error::Error>> {
     if !cfg.peer_tls.is_empty() {
         // Checked now, so that a bad file is found at start, not when peers connect (a single
         // member has no peer links to use it on).
@@ -183,7 +183,7 @@ fn client_tls(
         return Ok(None);
     }
     let config =
-        server::tls::server_config(&cfg.client_tls).map_err(|e| format!("client TLS: {e}"))?;
+        server::tls::client_tls(&cfg.client_tls).map_err(|e| format!("client TLS: {e}"))?;
     for u in cfg
         .listen_client_urls
         .iter()

@@ -21,6 +21,10 @@ use crate::mvcc::Revision;
 
 /// A part grows to at most about this many bytes (value locations are 32-bit offsets).
 pub const PART_BYTES_MAX: u64 = 1 << 30;
+/// The writer syncs what it wrote every this many bytes, so that the disk takes the checkpoint
+/// in small pieces rather than in one flush at the end that the log's fdatasyncs would queue
+/// behind.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 const MAGIC: &[u8; 8] = b"FRCDCKPT";
 const VERSION: u32 = 1;
 /// Bytes of a part's header: magic, version, checkpoint seq, part number, padding.
@@ -64,6 +68,7 @@ pub struct Writer {
     items: u64,
     tmp_paths: Vec<PathBuf>,
     buf: Vec<u8>,
+    unsynced: u64,
 }
 
 impl Writer {
@@ -80,6 +85,7 @@ impl Writer {
             items: 0,
             tmp_paths: vec![dir.join(format!("{}.tmp", part_name(seq, 0)))],
             buf: Vec::new(),
+            unsynced: 0,
         };
         let mut payload = vec![META];
         payload.extend_from_slice(meta);
@@ -106,10 +112,22 @@ impl Writer {
         record::encode(&mut self.buf, self.record_seq, Kind::Data, payload);
         self.record_seq += 1;
         self.part_bytes += self.buf.len() as u64;
+        self.unsynced += self.buf.len() as u64;
         let path = self.tmp_paths.last().expect("a part").clone();
         self.file
             .write_all(&self.buf)
-            .map_err(|e| err(&path, "cannot write", e))
+            .map_err(|e| err(&path, "cannot write", e))?;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.unsynced = 0;
+            self.file
+                .flush()
+                .map_err(|e| err(&path, "cannot write", e))?;
+            self.file
+                .get_ref()
+                .sync_data()
+                .map_err(|e| err(&path, "cannot sync", e))?;
+        }
+        Ok(())
     }
 
     /// Adds one revision.

@@ -227,23 +227,18 @@ impl Log {
         self.next_seq
     }
 
-    /// Removes every segment that holds only records before `seq` (a durable checkpoint
-    /// covers them); returns the ordinals of the segments removed. The segment taking
-    /// appends always stays.
-    pub fn release_before(&mut self, seq: u64) -> io::Result<Vec<usize>> {
+    /// Lets go of every segment that holds only records before `seq` (a durable checkpoint
+    /// covers them): returns the ordinals and paths of those segments, for the caller to
+    /// remove the files (off the shard: unlinking a large file takes a while; a file left by a
+    /// crash is removed at the next start). The segment taking appends always stays.
+    pub fn release_before(&mut self, seq: u64) -> Vec<(usize, PathBuf)> {
         let mut gone = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_seq() <= seq {
             let seg = self.segments.remove(0);
-            std::fs::remove_file(seg.path()).map_err(|e| err(seg.path(), "cannot remove", e))?;
-            gone.push(self.released);
+            gone.push((self.released, seg.path().to_path_buf()));
             self.released += 1;
         }
-        if !gone.is_empty() {
-            std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err(&self.dir, "cannot sync directory", e))?;
-        }
-        Ok(gone)
+        gone
     }
 
     /// Appends `payloads` as one batch and makes it durable; returns each payload as it is in
@@ -448,13 +443,21 @@ mod tests {
             assert_eq!(log.opened(), 3);
             // A checkpoint covers whole batches: after record 3 (the first batch's commit), the
             // first segment goes; after record 5, the second too.
-            assert_eq!(log.release_before(4).unwrap(), vec![0]);
+            let ordinals = |g: Vec<(usize, PathBuf)>| -> Vec<usize> {
+                g.into_iter()
+                    .map(|(o, p)| {
+                        std::fs::remove_file(p).unwrap();
+                        o
+                    })
+                    .collect()
+            };
+            assert_eq!(ordinals(log.release_before(4)), vec![0]);
             assert_eq!(log.segments.len(), 2);
             assert_eq!(log.segment_maps_since(1).count(), 2);
             assert_eq!(log.segment_maps_since(2).count(), 1);
-            assert_eq!(log.release_before(6).unwrap(), vec![1]);
+            assert_eq!(ordinals(log.release_before(6)), vec![1]);
             // The segment taking appends always stays.
-            assert!(log.release_before(100).unwrap().is_empty());
+            assert!(log.release_before(100).is_empty());
             assert_eq!(log.segments.len(), 1);
             drop(log);
             // Reopened after a checkpoint of record 5: only record 6 comes back.

@@ -24,7 +24,7 @@ const SNIFF_BYTES: usize = 4;
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     ctx: Rc<ShardCtx>,
-    tls: Option<futures_rustls::TlsAcceptor>,
+    tls: Option<std::sync::Arc<super::tls::ClientTls>>,
 ) {
     loop {
         match listener.accept().await {
@@ -54,14 +54,16 @@ pub(crate) async fn accept_loop(
 /// A TLS connection: the handshake (bounded in time), then as plain TCP.
 async fn serve_tls(
     stream: TcpStream,
-    tls: futures_rustls::TlsAcceptor,
+    tls: std::sync::Arc<super::tls::ClientTls>,
     ctx: Rc<ShardCtx>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let handshake = futures_lite::future::or(async { Some(tls.accept(stream).await) }, async {
-        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
-        None
-    });
+    let acceptor = futures_rustls::TlsAcceptor::from(tls.get());
+    let handshake =
+        futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+            glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+            None
+        });
     match handshake.await {
         Some(Ok(stream)) => {
             // With client certificates required, the handshake verified this one.

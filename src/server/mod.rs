@@ -47,7 +47,7 @@ pub struct ServerOptions {
     /// Client addresses, and whether each serves TLS (an https:// URL).
     pub client_addrs: Vec<(SocketAddr, bool)>,
     /// The TLS setup of https client URLs ([`tls::server_config`]).
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<std::sync::Arc<tls::ClientTls>>,
     /// `--listen-metrics-urls`: addresses serving only `/metrics` and the health endpoints.
     pub metrics_addrs: Vec<SocketAddr>,
     /// `--enable-grpc-gateway`.
@@ -159,7 +159,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                 let mut listeners = Vec::new();
                 for (addr, tls) in &opts.client_addrs {
                     let acceptor = match (tls, &opts.tls) {
-                        (true, Some(c)) => Some(futures_rustls::TlsAcceptor::from(c.clone())),
+                        (true, Some(c)) => Some(c.clone()),
                         (true, None) => {
                             let msg = format!("https client address {addr} without TLS set up");
                             let _ = ready.send(Err(std::io::Error::other(msg)));

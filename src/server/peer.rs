@@ -302,7 +302,7 @@ async fn connect(
                 let _ = s.set_nodelay(true);
                 let s: Conn = match tls {
                     Some(tls) => {
-                        let connector = futures_rustls::TlsConnector::from(tls.client.clone());
+                        let connector = futures_rustls::TlsConnector::from(tls.client());
                         Box::new(connector.connect(server_name(url)?, s).await?)
                     }
                     None => Box::new(s),
@@ -348,7 +348,7 @@ async fn accept_loop(
                 glommio::spawn_local(async move {
                     let s: Conn = match tls {
                         Some(tls) => {
-                            let acceptor = futures_rustls::TlsAcceptor::from(tls.server.clone());
+                            let acceptor = futures_rustls::TlsAcceptor::from(tls.server());
                             let handshake = futures_lite::future::or(
                                 async { Some(acceptor.accept(s).await) },
                                 async {

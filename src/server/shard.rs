@@ -841,7 +841,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     loop {
         let chunk: Vec<checkpoint::Item> = items
             .by_ref()
-            .take(crate::limits::CHECKPOINT_KEYS_PER_STEP * 4)
+            .take(crate::limits::CHECKPOINT_KEYS_PER_STEP)
             .collect();
         if chunk.is_empty() {
             break;
@@ -850,7 +850,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     }
     let revisions = loaded.count;
     drop(loaded);
-    checkpoint_call(
+    let A::Released(segments) = checkpoint_call(
         owner,
         Op::Release {
             seq,
@@ -859,9 +859,29 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
             bytes,
         },
     )
-    .await?;
-    // The previous checkpoint's files go (nothing points into them any more).
-    checkpoint::newest(dir).map_err(|e| e.to_string())?;
+    .await?
+    else {
+        return Err("a checkpoint release answered otherwise".into());
+    };
+    // The released segments' files and the previous checkpoint's go (nothing points into
+    // them any more), on a thread: unlinking large files takes a while.
+    let cdir = dir.to_path_buf();
+    let remover = std::thread::spawn(move || -> io::Result<()> {
+        for p in &segments {
+            std::fs::remove_file(p)?;
+        }
+        if let Some(logdir) = segments.first().and_then(|p| p.parent()) {
+            std::fs::File::open(logdir).and_then(|d| d.sync_all())?;
+        }
+        checkpoint::newest(&cdir).map(drop)
+    });
+    while !remover.is_finished() {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    remover
+        .join()
+        .map_err(|_| "the file remover panicked".to_string())?
+        .map_err(|e| format!("removing released files: {e}"))?;
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
         revision = rev,
@@ -927,15 +947,10 @@ fn checkpoint_op(
             parts,
             bytes,
         } => {
-            let gone = match log.release_before(seq + 1) {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(error = %e, "log: releasing segments failed: stopping the node");
-                    std::process::exit(1);
-                }
-            };
+            let gone = log.release_before(seq + 1);
             let removed = gone.len();
-            state.checkpoint_release(parts, bytes, at_rev, &gone);
+            let (ordinals, paths): (Vec<usize>, Vec<PathBuf>) = gone.into_iter().unzip();
+            state.checkpoint_release(parts, bytes, at_rev, &ordinals);
             let ckpt = state.checkpoint_bytes();
             state.values_mut().set_disk_bytes(log.disk_bytes() + ckpt);
             state.set_db_used(log.used_bytes() + ckpt);
@@ -948,7 +963,7 @@ fn checkpoint_op(
                 log_bytes = log.disk_bytes(),
                 "checkpoint in place; the log before it is released"
             );
-            A::Done
+            A::Released(paths)
         }
     })
 }

@@ -3,7 +3,9 @@
 //! (or `--client-cert-auth`), a client certificate signed by that CA is required. ALPN offers
 //! h2 and http/1.1; what the connection then speaks is told apart as on plain TCP.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -92,11 +94,98 @@ pub fn client_config(info: &TlsInfo) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Both sides of the peer links' TLS.
+/// How often the files behind a TLS setup are looked at for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A TLS setup read again when its files change (certificate rotation without a restart, as
+/// etcd does): each new connection asks for the current setup; at most once a second that
+/// looks at the files' modification times and sizes, and rebuilds when one changed. A rebuild
+/// that fails (a file half-written, a key that does not match) keeps the previous setup and is
+/// logged; the next change is tried again.
+pub struct Reloading<T> {
+    info: TlsInfo,
+    build: fn(&TlsInfo) -> Result<T, String>,
+    state: Mutex<Loaded<T>>,
+}
+
+struct Loaded<T> {
+    current: T,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    checked: Instant,
+}
+
+fn stamps(info: &TlsInfo) -> Vec<Option<(SystemTime, u64)>> {
+    [&info.cert_file, &info.key_file, &info.trusted_ca_file]
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(PathBuf::from(f.as_deref()?)).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+impl<T: Clone> Reloading<T> {
+    pub fn new(info: &TlsInfo, build: fn(&TlsInfo) -> Result<T, String>) -> Result<Self, String> {
+        Ok(Reloading {
+            state: Mutex::new(Loaded {
+                current: build(info)?,
+                stamps: stamps(info),
+                checked: Instant::now(),
+            }),
+            info: info.clone(),
+            build,
+        })
+    }
+
+    /// The setup for a new connection.
+    pub fn get(&self) -> T {
+        let mut s = self.state.lock().expect("TLS setup lock");
+        if s.checked.elapsed() >= RELOAD_CHECK {
+            s.checked = Instant::now();
+            let now = stamps(&self.info);
+            if now != s.stamps {
+                s.stamps = now;
+                match (self.build)(&self.info) {
+                    Ok(t) => {
+                        s.current = t;
+                        tracing::info!(cert = ?self.info.cert_file, "TLS: certificates reloaded");
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "TLS: the certificate files changed but cannot be used; keeping the previous ones"
+                    ),
+                }
+            }
+        }
+        s.current.clone()
+    }
+}
+
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reloading({:?})", self.info.cert_file)
+    }
+}
+
+/// The client URLs' TLS, reloaded on change.
+pub type ClientTls = Reloading<Arc<ServerConfig>>;
+
+/// Both sides of the peer links' TLS, reloaded on change.
 #[derive(Clone)]
 pub struct PeerTls {
-    pub server: Arc<ServerConfig>,
-    pub client: Arc<ClientConfig>,
+    both: Arc<Reloading<(Arc<ServerConfig>, Arc<ClientConfig>)>>,
+}
+
+impl PeerTls {
+    /// The side that accepts a peer's connection.
+    pub fn server(&self) -> Arc<ServerConfig> {
+        self.both.get().0
+    }
+
+    /// The side that connects to a peer.
+    pub fn client(&self) -> Arc<ClientConfig> {
+        self.both.get().1
+    }
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -107,8 +196,15 @@ impl std::fmt::Debug for PeerTls {
 
 /// The peer links' TLS from the `peer-*` settings; an error names the file at fault.
 pub fn peer_config(info: &TlsInfo) -> Result<PeerTls, String> {
+    fn both(info: &TlsInfo) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
+        Ok((server_config(info)?, client_config(info)?))
+    }
     Ok(PeerTls {
-        server: server_config(info)?,
-        client: client_config(info)?,
+        both: Arc::new(Reloading::new(info, both)?),
     })
+}
+
+/// The client URLs' TLS from the client settings, reloaded when its files change.
+pub fn client_tls(info: &TlsInfo) -> Result<Arc<ClientTls>, String> {
+    Ok(Arc::new(Reloading::new(info, server_config)?))
 }
