@@ -570,8 +570,12 @@ impl KvState {
         &self.store
     }
 
-    /// Trims up to `max_keys` keys of a pending compaction; false when none is left.
+    /// Trims up to `max_keys` keys of a pending compaction; false when none is left. Nothing
+    /// while a checkpoint walks the index (the history it reads must stay).
     pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        if self.checkpointing {
+            return false;
+        }
         self.store.compact_step(max_keys)
     }
 

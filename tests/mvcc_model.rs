@@ -1,6 +1,9 @@
 //! Model-based property test of the KV semantics: random sequences of Put, DeleteRange, Txn,
 //! Compact and Range run against `KvState` and against a deliberately naive model (a full copy
 //! of the key space for every revision), and every field of every response is compared.
+//! Checkpoints are begun and walked in random steps among the requests; when one completes,
+//! the state is replaced by one restored from it (written and read back) plus the requests
+//! since it began, and must go on agreeing with the model.
 //!
 //! The model restates etcd's rules in the plainest way it can (no index, no generations), so
 //! that a disagreement points at a bug in one of the two.
@@ -661,6 +664,11 @@ enum Step {
     Compact(i64),
     /// A step of the pending compaction's trimming (invisible to clients).
     Trim(usize),
+    /// A checkpoint begins (if none is under way) at the current revision.
+    CheckpointBegin,
+    /// The checkpoint's walk takes up to this many keys; when it is complete, the state is
+    /// replaced by one restored from the checkpoint plus the requests since it began.
+    CheckpointStep(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -673,6 +681,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => txn_req(max_rev).prop_map(Step::Txn),
         1 => (0..max_rev).prop_map(Step::Compact),
         2 => (1..4usize).prop_map(Step::Trim),
+        1 => Just(Step::CheckpointBegin),
+        2 => (1..4usize).prop_map(Step::CheckpointStep),
     ]
 }
 
@@ -686,7 +696,9 @@ fn to_request(s: &Step) -> Request {
             revision,
             physical: revision % 2 == 0,
         }),
-        Step::Trim(_) => unreachable!("not a request"),
+        Step::Trim(_) | Step::CheckpointBegin | Step::CheckpointStep(_) => {
+            unreachable!("not a request")
+        }
     }
 }
 
@@ -701,10 +713,64 @@ proptest! {
     fn kv_state_matches_the_model(steps in prop::collection::vec(step(), 1..60)) {
         let mut s = state();
         let mut m = Model::new();
+        // A checkpoint under way: its revision, metadata, the walk's cursor, the items so far,
+        // and the requests executed since it began.
+        let mut ckpt: Option<(i64, Vec<u8>, Option<Bytes>, Vec<ferrocd::log::checkpoint::Item>, Vec<Step>)> = None;
+        let dir = tempfile::tempdir().unwrap();
+        let mut seq = 0u64;
         for (i, st) in steps.iter().enumerate() {
-            if let Step::Trim(keys) = st {
-                s.compact_step(*keys);
-                continue;
+            match st {
+                Step::Trim(keys) => {
+                    s.compact_step(*keys);
+                    continue;
+                }
+                Step::CheckpointBegin => {
+                    if ckpt.is_none() {
+                        let (rev, meta) = s.checkpoint_begin();
+                        ckpt = Some((rev, meta, None, Vec::new(), Vec::new()));
+                    }
+                    continue;
+                }
+                Step::CheckpointStep(keys) => {
+                    let Some((rev, meta, after, mut items, since)) = ckpt.take() else {
+                        continue;
+                    };
+                    let Some((more, next)) = s.checkpoint_step(after.as_ref(), rev, *keys) else {
+                        // A physical compaction cut in: abandoned.
+                        continue;
+                    };
+                    items.extend(more);
+                    if next.is_some() {
+                        ckpt = Some((rev, meta, next, items, since));
+                        continue;
+                    }
+                    // Complete: written, read back, restored, and the requests since replayed.
+                    seq += 1;
+                    let mut w = ferrocd::log::checkpoint::Writer::create(dir.path(), seq, &meta).unwrap();
+                    for it in &items {
+                        w.item(it).unwrap();
+                    }
+                    let paths = w.finish().unwrap();
+                    let loaded = ferrocd::log::checkpoint::load(seq, &paths).unwrap();
+                    let mut r = state();
+                    r.restore_checkpoint(loaded, 0).unwrap();
+                    for st in &since {
+                        match st {
+                            Step::Trim(keys) => {
+                                r.compact_step(*keys);
+                            }
+                            st => {
+                                let _ = r.execute(to_request(st));
+                            }
+                        }
+                    }
+                    s = r;
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some((_, _, _, _, since)) = ckpt.as_mut() {
+                since.push(st.clone());
             }
             let got = s.execute(to_request(st));
             let want = m.execute(&to_request(st));

@@ -25,6 +25,45 @@ fn certificates(dir: &Path) {
             ("stranger", "other-ca", client, "/CN=root"),
         ],
     );
+    // A client certificate of the right CA whose validity ended yesterday.
+    std::fs::write(dir.join("expired.ext"), client).expect("extensions file");
+    common::openssl(
+        dir,
+        &[
+            "req",
+            "-subj",
+            "/CN=root",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "expired.key",
+            "-out",
+            "expired.csr",
+        ],
+    );
+    common::openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "-1",
+            "-in",
+            "expired.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "expired.ext",
+            "-out",
+            "expired.crt",
+        ],
+    );
 }
 
 /// A server with TLS on its client URL, killed on drop.
@@ -196,6 +235,15 @@ fn steps(s: &TlsServer, dir: &Path) -> Vec<String> {
             &anonymous
         }
     ));
+    // Refused clients write nothing.
+    for cert in ["expired", "stranger", ""] {
+        let put = ctl(s, dir, cert, &["put", "k", "from a refused client"]);
+        out.push(format!("put with certificate {cert:?}: {}", ok(&put)));
+    }
+    out.push(format!(
+        "get after the refused puts: {:?}",
+        ctl(s, dir, "client", &["get", "k", "--print-value-only"]).stdout
+    ));
     out
 }
 
@@ -237,6 +285,11 @@ fn tls_client_urls_behave_as_etcds() {
         want[2].ends_with("refused") && want[3].ends_with("refused"),
         "{want:#?}"
     );
+    assert!(
+        want[7].ends_with("refused"),
+        "an expired certificate: {want:#?}"
+    );
+    assert!(want.last().unwrap().ends_with("\"v\\n\""), "{want:#?}");
     assert_eq!(want, got, "etcd:\n{want:#?}\nferrocd:\n{got:#?}");
 }
 

@@ -33,7 +33,7 @@ start nockpt target/release/ferrocd --checkpoint-min-bytes 0
 start etcd etcd --quota-backend-bytes 8589934592
 
 out="tuning/results/$(date -u +%Y-%m-%d)-checkpoint.md"
-status() { ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$1" endpoint status -w json |
+status() { ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$1" --command-timeout 60s endpoint status -w json |
   python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(s["header"]["revision"], s["dbSize"], s.get("dbSizeInUse", 0))'; }
 row() { # name port pid
   local rev size inuse du
