@@ -668,7 +668,7 @@ enum Step {
     CheckpointBegin,
     /// The checkpoint's walk takes up to this many keys; when it is complete, the state is
     /// replaced by one restored from the checkpoint plus the requests since it began.
-    CheckpointStep(usize),
+    CheckpointWalk(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -682,7 +682,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..max_rev).prop_map(Step::Compact),
         2 => (1..4usize).prop_map(Step::Trim),
         1 => Just(Step::CheckpointBegin),
-        2 => (1..4usize).prop_map(Step::CheckpointStep),
+        2 => (1..4usize).prop_map(Step::CheckpointWalk),
     ]
 }
 
@@ -696,7 +696,7 @@ fn to_request(s: &Step) -> Request {
             revision,
             physical: revision % 2 == 0,
         }),
-        Step::Trim(_) | Step::CheckpointBegin | Step::CheckpointStep(_) => {
+        Step::Trim(_) | Step::CheckpointBegin | Step::CheckpointWalk(_) => {
             unreachable!("not a request")
         }
     }
@@ -706,6 +706,16 @@ fn same(a: &Result<Response, EtcdError>, b: &Result<Response, EtcdError>) -> boo
     format!("{a:?}") == format!("{b:?}")
 }
 
+/// A checkpoint under way: its revision, metadata, the walk's cursor, the items so far, and the
+/// requests executed since it began.
+type Walk = (
+    i64,
+    Vec<u8>,
+    Option<Bytes>,
+    Vec<ferrocd::log::checkpoint::Item>,
+    Vec<Step>,
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
 
@@ -713,9 +723,7 @@ proptest! {
     fn kv_state_matches_the_model(steps in prop::collection::vec(step(), 1..60)) {
         let mut s = state();
         let mut m = Model::new();
-        // A checkpoint under way: its revision, metadata, the walk's cursor, the items so far,
-        // and the requests executed since it began.
-        let mut ckpt: Option<(i64, Vec<u8>, Option<Bytes>, Vec<ferrocd::log::checkpoint::Item>, Vec<Step>)> = None;
+        let mut ckpt: Option<Walk> = None;
         let dir = tempfile::tempdir().unwrap();
         let mut seq = 0u64;
         for (i, st) in steps.iter().enumerate() {
@@ -731,7 +739,7 @@ proptest! {
                     }
                     continue;
                 }
-                Step::CheckpointStep(keys) => {
+                Step::CheckpointWalk(keys) => {
                     let Some((rev, meta, after, mut items, since)) = ckpt.take() else {
                         continue;
                     };
