@@ -13,9 +13,13 @@ use common::{etcd_tools_or_skip, free_port, run, Output, ETCD, ETCDCTL};
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate (CN root)
 /// signed by it, and a client certificate signed by another CA.
+/// X.509 extensions of a server certificate for 127.0.0.1, and of a client certificate.
+const SERVER_EXT: &str = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+const CLIENT_EXT: &str = "extendedKeyUsage=clientAuth\n";
+
 fn certificates(dir: &Path) {
-    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
-    let client = "extendedKeyUsage=clientAuth\n";
+    let server = SERVER_EXT;
+    let client = CLIENT_EXT;
     common::certificates(
         dir,
         &["ca", "other-ca"],
@@ -346,8 +350,8 @@ fn client_certificate_names_are_users_as_on_etcd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
-    let client = "extendedKeyUsage=clientAuth\n";
+    let server = SERVER_EXT;
+    let client = CLIENT_EXT;
     common::certificates(
         dir.path(),
         &["ca"],
@@ -420,8 +424,8 @@ fn rotated_certificates_are_served_without_a_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
-    let client = "extendedKeyUsage=clientAuth\n";
+    let server = SERVER_EXT;
+    let client = CLIENT_EXT;
     common::certificates(
         dir.path(),
         &["ca", "ca2"],

@@ -207,6 +207,25 @@ pub(crate) fn authorize(
     })))
 }
 
+/// The auth view a call is checked against, and its caller.
+type Checked = (std::sync::Arc<AuthView>, Option<Caller>);
+
+/// With auth enabled: the published view and the caller (None without a token or
+/// certificate). None when auth is disabled and the call may go on; "permission denied" then
+/// with `--enable-authorization`.
+fn enabled(ctx: &ShardCtx, cred: &Credentials) -> Result<Option<Checked>, EtcdError> {
+    let auth = &*ctx.auth;
+    if !auth.enabled() {
+        if auth.required {
+            return Err(EtcdError::PermissionDenied);
+        }
+        return Ok(None);
+    }
+    let view = auth.view();
+    let caller = identify(auth, &view, cred)?;
+    Ok(Some((view, caller)))
+}
+
 /// Whether the caller may watch `[key, range_end)` (checked when a watcher is created; an
 /// empty key means `"\0"`, as etcd's).
 pub(crate) fn may_watch(
@@ -215,15 +234,9 @@ pub(crate) fn may_watch(
     key: &[u8],
     range_end: &[u8],
 ) -> Result<(), EtcdError> {
-    let auth = &*ctx.auth;
-    if !auth.enabled() {
-        if auth.required {
-            return Err(EtcdError::PermissionDenied);
-        }
+    let Some((view, caller)) = enabled(ctx, cred)? else {
         return Ok(());
-    }
-    let view = auth.view();
-    let caller = identify(auth, &view, cred)?;
+    };
     let c = keyed(&view, caller.as_ref())?;
     let key: &[u8] = if key.is_empty() { b"\0" } else { key };
     if !view.allows(&c.user, key, range_end, Access::Read) {
@@ -234,15 +247,9 @@ pub(crate) fn may_watch(
 
 /// Whether the caller may keep leases alive (any authenticated user).
 pub(crate) fn may_keep_alive(ctx: &ShardCtx, cred: &Credentials) -> Result<(), EtcdError> {
-    let auth = &*ctx.auth;
-    if !auth.enabled() {
-        if auth.required {
-            return Err(EtcdError::PermissionDenied);
-        }
+    let Some((view, caller)) = enabled(ctx, cred)? else {
         return Ok(());
-    }
-    let view = auth.view();
-    let caller = identify(auth, &view, cred)?;
+    };
     keyed(&view, caller.as_ref()).map(drop)
 }
 
@@ -254,15 +261,9 @@ pub(crate) fn may_use_recipe(
     cred: &Credentials,
     what: Recipe<'_>,
 ) -> Result<(), EtcdError> {
-    let auth = &*ctx.auth;
-    if !auth.enabled() {
-        if auth.required {
-            return Err(EtcdError::PermissionDenied);
-        }
+    let Some((view, caller)) = enabled(ctx, cred)? else {
         return Ok(());
-    }
-    let view = auth.view();
-    let caller = identify(auth, &view, cred)?;
+    };
     let c = keyed(&view, caller.as_ref())?;
     let prefix = |name: &[u8]| {
         let mut p = name.to_vec();
@@ -438,15 +439,9 @@ async fn authenticate(ctx: &ShardCtx, r: pb::AuthenticateRequest) -> Result<Resp
 
 /// Whether the caller is an admin (Snapshot, and what else etcd keeps for root).
 pub(crate) fn may_admin(ctx: &ShardCtx, cred: &Credentials) -> Result<(), EtcdError> {
-    let auth = &*ctx.auth;
-    if !auth.enabled() {
-        if auth.required {
-            return Err(EtcdError::PermissionDenied);
-        }
+    let Some((view, caller)) = enabled(ctx, cred)? else {
         return Ok(());
-    }
-    let view = auth.view();
-    let caller = identify(auth, &view, cred)?;
+    };
     admin(&view, caller.as_ref())
 }
 
