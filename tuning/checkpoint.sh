@@ -91,7 +91,7 @@ for s in ckpt nockpt etcd; do
   lg=$!
   sleep 3
   read -r rev _ _ < <(status "${!p}")
-  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:${!p}" compaction --physical "$rev" >/dev/null
+  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:${!p}" --command-timeout 300s compaction --physical "$rev" >/dev/null
   t0=$(date +%s.%N)
   ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:${!p}" --command-timeout 300s defrag >/dev/null
   t1=$(date +%s.%N)
