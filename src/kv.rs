@@ -172,6 +172,8 @@ pub enum CheckpointOp {
     },
     /// Points revisions at their copies in the installed checkpoint.
     Repoint(Vec<crate::log::checkpoint::Item>),
+    /// The released files are gone: Defragment calls waiting for this checkpoint are answered.
+    Finished,
     /// Releases what the checkpoint after record `seq`, at `at_rev`, replaces.
     Release {
         seq: u64,

@@ -705,11 +705,11 @@ async fn run_batch(
             }
             continue;
         }
-        let release = matches!(op, kv::CheckpointOp::Release { .. });
+        let finished = matches!(op, kv::CheckpointOp::Finished);
         let answer = checkpoint_op(state, log.as_deref_mut(), op, demands);
         let ok = answer.is_ok();
         tx.send(answer.map(Response::Checkpoint)).await;
-        if release && ok {
+        if finished && ok {
             for d in std::mem::take(&mut demands.in_flight) {
                 d.send(Ok(Response::Defragment(defragmented(state)))).await;
             }
@@ -882,6 +882,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         .join()
         .map_err(|_| "the file remover panicked".to_string())?
         .map_err(|e| format!("removing released files: {e}"))?;
+    checkpoint_call(owner, Op::Finished).await?;
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
         revision = rev,
@@ -913,6 +914,7 @@ fn checkpoint_op(
     };
     Ok(match op {
         Op::Demand => unreachable!("a demand is kept by the apply loop"),
+        Op::Finished => A::Done,
         Op::Begin => {
             let force = !demands.waiting.is_empty();
             if !force && !state.checkpoint_due(log.stats().bytes) {
