@@ -248,6 +248,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
         }
         ["move-leader", rest @ ..] => member::move_leader(&g, rest),
         ["endpoint", "health", ..] => endpoint_health(&g),
+        ["defrag", ..] => defrag(&g),
         ["endpoint", "status", ..] => endpoint_status(&g),
         ["alarm", "list", ..] => {
             let req = pb::AlarmRequest::default();
@@ -265,7 +266,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
         ["user", rest @ ..] => auth::user(&g, &f, rest, stdin),
         ["role", rest @ ..] => auth::role(&g, &f, rest),
         ["watch", rest @ ..] => watch::run(&g, &f, rest),
-        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list|add|remove|promote|update, move-leader, endpoint health, endpoint status, alarm list, version)"),
+        [] => fail(EXIT_BAD_ARGS, "a command is needed (put, get, del, txn, compaction, watch, lease, member list|add|remove|promote|update, move-leader, endpoint health, endpoint status, alarm list, defrag, auth, user, role, version)"),
         [other, ..] => fail(EXIT_BAD_ARGS, format!("unknown command {other:?} for \"ferroctl\"")),
     }
 }
@@ -353,6 +354,37 @@ fn per_endpoint<T: 'static>(
             (ep.clone(), r, start.elapsed())
         })
         .collect()
+}
+
+/// `ferroctl defrag`: each endpoint in turn, as etcdctl prints it.
+fn defrag(g: &Global) -> Result<(), Failure> {
+    let results = per_endpoint(g, |c, t| {
+        Box::pin(async move {
+            let r: Result<pb::DefragmentResponse, Status> = c
+                .unary(
+                    "/etcdserverpb.Maintenance/Defragment",
+                    &pb::DefragmentRequest {},
+                    t,
+                )
+                .await;
+            r
+        })
+    });
+    let mut failures = 0;
+    for (ep, r, _) in results {
+        match r {
+            Ok(_) => println!("Finished defragmenting etcd member[{ep}]"),
+            Err(f) => {
+                eprintln!("Failed to defragment etcd member[{ep}] ({})", f.message);
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        // etcdctl exits with its error code without another message.
+        std::process::exit(EXIT_ERROR);
+    }
+    Ok(())
 }
 
 fn endpoint_health(g: &Global) -> Result<(), Failure> {
