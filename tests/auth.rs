@@ -392,15 +392,7 @@ fn the_seed_config_starts_ferrocd_as_it_is() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
-    common::certificates(
-        dir.path(),
-        &["ca"],
-        &[
-            ("server", "ca", ext, "/CN=server"),
-            ("peer", "ca", ext, "/CN=peer"),
-        ],
-    );
+    common::seed_certificates(dir.path());
     let (client, peer) = (common::free_port(), common::free_port());
     let seed = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
     let text = seed

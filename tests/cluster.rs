@@ -342,15 +342,7 @@ fn the_seed_config_starts_a_three_member_cluster() {
     }
     let seed = std::fs::read_to_string("tests/data/seed-etcd-config.yml").unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
-    common::certificates(
-        certs.path(),
-        &["ca"],
-        &[
-            ("server", "ca", ext, "/CN=server"),
-            ("peer", "ca", ext, "/CN=peer"),
-        ],
-    );
+    common::seed_certificates(certs.path());
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| (common::free_port(), common::free_port()))
         .collect();

@@ -604,6 +604,20 @@ pub fn certificates(dir: &Path, cas: &[&str], certs: &[(&str, &str, &str, &str)]
     }
 }
 
+/// The certificates the seed's config file names (`ca.crt`, `server.crt`/`.key`,
+/// `peer.crt`/`.key`), made by openssl in `dir` for 127.0.0.1, serving and connecting.
+pub fn seed_certificates(dir: &Path) {
+    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+    certificates(
+        dir,
+        &["ca"],
+        &[
+            ("server", "ca", ext, "/CN=server"),
+            ("peer", "ca", ext, "/CN=peer"),
+        ],
+    );
+}
+
 /// Waits (bounded) until `serializable get key` on `server` prints `value`; `what` names the
 /// wait in the failure.
 pub fn wait_value(server: &Server, key: &str, value: &str, timeout: Duration, what: &str) {
