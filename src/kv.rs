@@ -459,6 +459,7 @@ impl KvState {
             .collect();
         self.checkpoint_bytes = bytes;
         let mut items = l.items().peekable();
+        let mut keys = Vec::new();
         while let Some(first) = items.next() {
             let key = first.key.clone();
             let mut gens: Vec<crate::mvcc::key_index::GenerationAt> = Vec::new();
@@ -486,8 +487,9 @@ impl KvState {
                     l.seq
                 )
             })?;
-            self.store.restore_key(key, ki);
+            keys.push((key, ki));
         }
+        self.store.restore_keys(keys);
         self.store
             .restore_revisions(meta.revision, meta.compact_revision);
         let now = Instant::now();

@@ -549,15 +549,23 @@ impl<V: ValueStore> Store<V> {
         None
     }
 
-    /// Adds a key as a checkpoint holds it (recovery; values already in the value store).
-    pub fn restore_key(&mut self, key: Bytes, ki: KeyIndex) {
-        if let Some(e) = ki.live_entry() {
-            if e.lease != 0 && e.value != ValueRef::NONE {
-                self.leased.entry(e.lease).or_default().insert(key.clone());
+    /// Adds keys as a checkpoint holds them (recovery; values already in the value store).
+    /// Given in key order to an empty index, the index is built in one pass rather than by an
+    /// insert per key.
+    pub fn restore_keys(&mut self, keys: Vec<(Bytes, KeyIndex)>) {
+        for (key, ki) in &keys {
+            if let Some(e) = ki.live_entry() {
+                if e.lease != 0 && e.value != ValueRef::NONE {
+                    self.leased.entry(e.lease).or_default().insert(key.clone());
+                }
             }
+            self.revisions += ki.entries() as u64;
         }
-        self.revisions += ki.entries() as u64;
-        self.index.insert(key, ki);
+        if self.index.is_empty() {
+            self.index = keys.into_iter().collect();
+        } else {
+            self.index.extend(keys);
+        }
     }
 
     /// The revisions a checkpoint was taken at (recovery).
