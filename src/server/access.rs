@@ -28,8 +28,10 @@ impl Credentials {
     /// From gRPC metadata or HTTP headers: `token`, else `authorization` (a leading
     /// "Bearer " dropped, as etcd 3.5).
     pub fn from_headers(h: &http::HeaderMap) -> Credentials {
+        // A ready header name: looking one up by a string parses the name on every call.
+        static TOKEN: http::HeaderName = http::HeaderName::from_static("token");
         let token = h
-            .get("token")
+            .get(&TOKEN)
             .or_else(|| h.get(http::header::AUTHORIZATION))
             .and_then(|v| v.to_str().ok())
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
@@ -48,7 +50,11 @@ pub(crate) async fn call(
 ) -> Result<Response, Status> {
     let auth = &*ctx.auth;
     if let Request::Auth(op) = req {
-        return auth_call(ctx, cred, op).await.map_err(Status::from);
+        // Boxed: the rare path's large state stays out of every call's future (moved when the
+        // call's task is spawned).
+        return Box::pin(auth_call(ctx, cred, op))
+            .await
+            .map_err(Status::from);
     }
     if !auth.enabled() {
         if auth.required && !open_before_auth(&req) {

@@ -282,11 +282,8 @@ pub(crate) fn checkpoint_dir(log_dir: &std::path::Path) -> PathBuf {
 /// After a replay: the sizes the quota and the metrics read.
 pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
     let ckpt = state.checkpoint_bytes();
-    state.values_mut().set_disk_bytes(log.disk_bytes() + ckpt);
-    state.set_db_used(log.used_bytes() + ckpt);
+    set_sizes(state, log.disk_bytes() + ckpt, log.used_bytes() + ckpt);
     state.set_log_base(log.used_bytes());
-    METRICS.db_total_size.set((log.disk_bytes() + ckpt) as i64);
-    METRICS.db_in_use.set((log.used_bytes() + ckpt) as i64);
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
 
@@ -954,10 +951,7 @@ fn checkpoint_op(
             let (ordinals, paths): (Vec<usize>, Vec<PathBuf>) = gone.into_iter().unzip();
             state.checkpoint_release(parts, bytes, at_rev, &ordinals);
             let ckpt = state.checkpoint_bytes();
-            state.values_mut().set_disk_bytes(log.disk_bytes() + ckpt);
-            state.set_db_used(log.used_bytes() + ckpt);
-            METRICS.db_total_size.set((log.disk_bytes() + ckpt) as i64);
-            METRICS.db_in_use.set((log.used_bytes() + ckpt) as i64);
+            set_sizes(state, log.disk_bytes() + ckpt, log.used_bytes() + ckpt);
             tracing::info!(
                 checkpoint = %format!("{seq:016x}"),
                 segments_removed = removed,
@@ -997,6 +991,15 @@ impl LogReport {
     }
 }
 
+/// The database's sizes (log and checkpoint files; bytes written to them), for dbSize, the
+/// quota and the metrics.
+fn set_sizes(state: &mut KvState, disk: u64, used: u64) {
+    state.values_mut().set_disk_bytes(disk);
+    state.set_db_used(used);
+    METRICS.db_total_size.set(disk as i64);
+    METRICS.db_in_use.set(used as i64);
+}
+
 /// After a batch was appended: new segments for the value store, sizes, and the log's metrics.
 pub(crate) fn after_append(
     state: &mut KvState,
@@ -1015,10 +1018,7 @@ pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
         state.add_log_segment(m.clone());
     }
     let ckpt = state.checkpoint_bytes();
-    state.values_mut().set_disk_bytes(r.disk_bytes + ckpt);
-    state.set_db_used(r.used_bytes + ckpt);
-    METRICS.db_total_size.set((r.disk_bytes + ckpt) as i64);
-    METRICS.db_in_use.set((r.used_bytes + ckpt) as i64);
+    set_sizes(state, r.disk_bytes + ckpt, r.used_bytes + ckpt);
     METRICS.backend_commit.observe(r.elapsed.as_secs_f64());
     METRICS
         .wal_fsync
