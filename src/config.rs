@@ -136,6 +136,8 @@ struct Raw {
     checkpoint_min_bytes: Option<u64>,
     /// ferrocd's own: size of a log segment file.
     log_segment_bytes: Option<u64>,
+    /// Entries a member keeps before its checkpoint for followers slightly behind.
+    experimental_snapshot_catchup_entries: Option<u64>,
     /// A Go duration ("10m", "1m30s").
     experimental_watch_progress_notify_interval: Option<String>,
     auto_compaction_mode: Option<String>,
@@ -276,6 +278,10 @@ pub struct Config {
     pub checkpoint_min_bytes: u64,
     /// `--log-segment-bytes` (ferrocd's own; at least 1 MiB, default 64 MiB).
     pub log_segment_bytes: u64,
+    /// `--experimental-snapshot-catchup-entries` (etcd 3.5's, default 5000): entries a member
+    /// keeps before its newest checkpoint, so that a follower slightly behind catches up from
+    /// entries rather than a snapshot.
+    pub snapshot_catchup_entries: u64,
 }
 
 /// What `--help` prints.
@@ -327,6 +333,10 @@ the YAML file given with --config-file. When --config-file is given, other flags
                                      only the Defragment call takes one
   --log-segment-bytes N              ferrocd's own: size of a log segment file (default 64 MiB,
                                      at least 1 MiB); the log is released a segment at a time
+  --experimental-snapshot-catchup-entries N
+                                     entries a cluster member keeps before its newest checkpoint
+                                     for followers slightly behind (default 5000); a follower
+                                     further behind receives the checkpoint as a Raft snapshot
   --version                          print the version and exit
   -h, --help                         print this help
 
@@ -626,6 +636,7 @@ impl Config {
                 .log_segment_bytes
                 .unwrap_or(crate::log::SEGMENT_BYTES_DEFAULT)
                 .max(1 << 20),
+            snapshot_catchup_entries: raw.experimental_snapshot_catchup_entries.unwrap_or(5000),
         })
     }
 

@@ -125,13 +125,72 @@ pub struct LogStorage {
     hard_state: HardState,
     conf_state: ConfState,
     /// Entries from `snapshot_index + 1`, as places in the log, then `recent` in full.
-    old: Vec<Place>,
+    old: std::collections::VecDeque<Place>,
     recent: std::collections::VecDeque<Entry>,
+    /// The log record seq of each recent entry (0: not in the log yet).
+    recent_seqs: std::collections::VecDeque<u64>,
     /// Index and term of the last entry before `old` (0 and 0: none ever).
     snapshot_index: u64,
     snapshot_term: u64,
-    /// The log's segment mappings, by segment number (to find and read old entries).
+    /// The log's segment mappings, by segment ordinal (to find and read old entries); empty
+    /// once a segment is released.
     maps: Vec<Bytes>,
+    /// The newest checkpoint this member can send as a Raft snapshot (leader) or installed.
+    snapshot: Option<Snapshot>,
+    /// Raft asked for a snapshot newer than the newest checkpoint (or one that knows the
+    /// member it is for): the next checkpoint is due at once.
+    wanted: std::cell::Cell<bool>,
+}
+
+/// What a checkpoint of a cluster member holds about Raft besides the state: the applied
+/// index it was taken at, that entry's term, the configuration and the members then, and the
+/// hard state durable when it began.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RaftMeta {
+    pub index: u64,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// (term, vote, commit).
+    pub hard_state: (u64, u64, u64),
+    pub members: Vec<MemberMeta>,
+}
+
+/// A member as a checkpoint keeps it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemberMeta {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+impl RaftMeta {
+    pub fn conf_state(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The Raft snapshot a leader sends for the checkpoint with record seq `seq` (its data
+    /// names the checkpoint; the files follow on a connection of their own).
+    pub fn snapshot(&self, seq: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        let m = s.mut_metadata();
+        m.index = self.index;
+        m.term = self.term;
+        m.set_conf_state(self.conf_state());
+        s.data = Bytes::from(seq.to_le_bytes().to_vec());
+        s
+    }
+}
+
+/// The checkpoint seq a snapshot's data names.
+pub fn snapshot_seq(s: &Snapshot) -> Option<u64> {
+    Some(u64::from_le_bytes(s.data.get(..8)?.try_into().ok()?))
 }
 
 /// Old entries decoded from the log's mapping (`ferrocd_raft_entries_read_from_log_total`):
@@ -145,6 +204,8 @@ struct Place {
     seg: u32,
     off: u32,
     len: u32,
+    /// The record's seq in the log.
+    seq: u64,
 }
 
 /// The entries that start a new cluster, the same on every member (as etcd's `StartNode`):
@@ -226,10 +287,24 @@ impl LogStorage {
         self.maps.push(map);
     }
 
-    /// Adds a record read back from the log at start.
-    pub fn recover(&mut self, r: Record) -> Result<(), String> {
+    /// Starts from a checkpoint at `index` (term `term`, configuration `conf`): entries up
+    /// to it are in the checkpoint, none are kept.
+    pub fn start_from(&mut self, index: u64, term: u64, conf: ConfState, hs: HardState) {
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.conf_state = conf;
+        self.hard_state = hs;
+        self.old.clear();
+        self.recent.clear();
+        self.recent_seqs.clear();
+    }
+
+    /// Adds a record read back from the log at start (`seq` its place in the log). Entries a
+    /// checkpoint holds are skipped.
+    pub fn recover(&mut self, r: Record, seq: u64) -> Result<(), String> {
         match r {
             Record::HardState(hs) => self.hard_state = hs,
+            Record::Entry(e) if e.index <= self.snapshot_index => {}
             Record::Entry(e) => {
                 let first = self.snapshot_index + 1;
                 let next = self.last() + 1;
@@ -240,6 +315,9 @@ impl LogStorage {
                     ));
                 }
                 self.append(std::slice::from_ref(&e));
+                if let Some(s) = self.recent_seqs.back_mut() {
+                    *s = seq;
+                }
             }
         }
         Ok(())
@@ -263,20 +341,108 @@ impl LogStorage {
             self.last()
         );
         self.recent.truncate(keep);
+        self.recent_seqs.truncate(keep);
         self.recent.extend(ents.iter().cloned());
+        self.recent_seqs.extend(ents.iter().map(|_| 0));
     }
 
-    /// Points a persisted entry's data at its copy in the log (if the entry is still there).
-    pub fn set_data(&mut self, index: u64, term: u64, data: Bytes) {
+    /// Points a persisted entry's data at its copy in the log, record `seq` (if the entry is
+    /// still there).
+    pub fn set_data(&mut self, index: u64, term: u64, data: Bytes, seq: u64) {
         let start = self.recent_start();
         if index < start {
             return;
         }
-        if let Some(e) = self.recent.get_mut((index - start) as usize) {
+        let at = (index - start) as usize;
+        if let Some(e) = self.recent.get_mut(at) {
             if e.term == term {
                 e.data = data;
+                self.recent_seqs[at] = seq;
             }
         }
+    }
+
+    /// The log record seq of entry `index` (None: not kept, or not in the log yet).
+    pub fn seq_of(&self, index: u64) -> Option<u64> {
+        let start = self.recent_start();
+        if index >= start {
+            return self
+                .recent_seqs
+                .get((index - start) as usize)
+                .copied()
+                .filter(|s| *s != 0);
+        }
+        let i = index.checked_sub(self.snapshot_index + 1)? as usize;
+        self.old.get(i).map(|p| p.seq)
+    }
+
+    /// Forgets the entries up to `index` (a checkpoint holds what they did; the log before
+    /// them may go). Returns false if they are not all persisted and applied-old.
+    pub fn compact(&mut self, index: u64) -> bool {
+        if index <= self.snapshot_index {
+            return true;
+        }
+        let Some(term) = self.term_of(index) else {
+            return false;
+        };
+        while self.snapshot_index < index {
+            if self.old.pop_front().is_none() {
+                if self.recent.pop_front().is_none() {
+                    return false;
+                }
+                self.recent_seqs.pop_front();
+            }
+            self.snapshot_index += 1;
+        }
+        self.snapshot_term = term;
+        true
+    }
+
+    /// The snapshot to send to a follower that needs entries compacted away (the newest
+    /// checkpoint), or installed from a leader.
+    pub fn set_snapshot(&mut self, s: Snapshot) {
+        self.snapshot = Some(s);
+    }
+
+    /// Takes a leader's snapshot in place of every entry (they are all older or in
+    /// conflict); the hard state's commit moves to it.
+    pub fn install(&mut self, s: Snapshot) {
+        let m = s.get_metadata();
+        let hs = HardState {
+            term: self.hard_state.term.max(m.term),
+            commit: m.index,
+            ..self.hard_state.clone()
+        };
+        self.start_from(m.index, m.term, m.get_conf_state().clone(), hs);
+        self.snapshot = Some(s);
+    }
+
+    /// Whether Raft needs a newer snapshot than the newest checkpoint (cleared by asking).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.wanted.replace(false)
+    }
+
+    /// Lets go of the mappings of released log segments (by ordinal).
+    pub fn release_segments(&mut self, ordinals: &[usize]) {
+        for &o in ordinals {
+            if let Some(m) = self.maps.get_mut(o) {
+                *m = Bytes::new();
+            }
+        }
+    }
+
+    /// The log's segment mappings by ordinal (empty for released ones).
+    pub fn segment_maps(&self) -> &[Bytes] {
+        &self.maps
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Index and term of the last entry a checkpoint holds (0, 0: none).
+    pub fn snapshot_point(&self) -> (u64, u64) {
+        (self.snapshot_index, self.snapshot_term)
     }
 
     /// Keeps whole only the entries from `index` on (the caller passes an applied index, less
@@ -285,22 +451,28 @@ impl LogStorage {
     pub fn trim_before(&mut self, index: u64) {
         while self.recent_start() < index {
             let Some(e) = self.recent.front() else { return };
-            let Some(place) = self.locate(&e.data) else {
+            let seq = self.recent_seqs.front().copied().unwrap_or(0);
+            let Some(place) = self.locate(&e.data, seq) else {
                 return;
             };
-            self.old.push(place);
+            self.old.push_back(place);
             self.recent.pop_front();
+            self.recent_seqs.pop_front();
         }
     }
 
-    fn locate(&self, data: &Bytes) -> Option<Place> {
+    fn locate(&self, data: &Bytes, seq: u64) -> Option<Place> {
+        if seq == 0 {
+            return None;
+        }
         let p = data.as_ptr() as usize;
         self.maps.iter().enumerate().rev().find_map(|(i, m)| {
             let base = m.as_ptr() as usize;
-            (base <= p && p + data.len() <= base + m.len()).then(|| Place {
+            (!m.is_empty() && base <= p && p + data.len() <= base + m.len()).then(|| Place {
                 seg: i as u32,
                 off: (p - base) as u32,
                 len: data.len() as u32,
+                seq,
             })
         })
     }
@@ -343,6 +515,9 @@ impl LogStorage {
         let i = index.checked_sub(self.snapshot_index + 1)? as usize;
         let p = *self.old.get(i)?;
         let map = self.maps.get(p.seg as usize)?;
+        if map.len() < p.off as usize + p.len as usize {
+            return None;
+        }
         // The entry's record payload: its header right before the data.
         let at = (p.off as usize).checked_sub(ENTRY_HEADER)?;
         let payload = map.slice(at..p.off as usize + p.len as usize);
@@ -428,11 +603,25 @@ impl raft::Storage for LogStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted yet, so every follower can be caught up from entries.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // The newest checkpoint, if it is recent enough and its configuration has the member
+        // (raft-rs ignores a snapshot that does not: a member added after the checkpoint
+        // waits for the next, which is taken at once).
+        match &self.snapshot {
+            Some(s)
+                if s.get_metadata().index >= request_index
+                    && (s.get_metadata().get_conf_state().voters.contains(&to)
+                        || s.get_metadata().get_conf_state().learners.contains(&to)) =>
+            {
+                Ok(s.clone())
+            }
+            _ => {
+                self.wanted.set(true);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }
 
@@ -526,8 +715,8 @@ mod tests {
         let one = s.entries(2, 5, 1, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(one.len(), 1);
         let mut r = LogStorage::default();
-        assert!(r.recover(Record::Entry(entry(2, 1, b""))).is_err());
-        r.recover(Record::Entry(entry(1, 1, b""))).unwrap();
+        assert!(r.recover(Record::Entry(entry(2, 1, b"")), 1).is_err());
+        r.recover(Record::Entry(entry(1, 1, b"")), 1).unwrap();
         assert_eq!(r.slice(1, 10).len(), 1);
     }
 
@@ -545,11 +734,11 @@ mod tests {
         let map = Bytes::from(seg);
         let mut s = LogStorage::default();
         s.add_segment(map.clone());
-        for (at, len) in spans {
+        for (i, (at, len)) in spans.into_iter().enumerate() {
             let Record::Entry(e) = decode(map.slice(at..at + len)).unwrap() else {
                 panic!("not an entry")
             };
-            s.recover(Record::Entry(e)).unwrap();
+            s.recover(Record::Entry(e), 10 + i as u64).unwrap();
         }
         // A fourth, not in the log (its data on the heap): never trimmed.
         s.append(&[entry(4, 2, b"dddd")]);
@@ -566,13 +755,61 @@ mod tests {
         // Appending after trimmed entries still works; overwriting them is refused.
         s.append(&[entry(5, 2, b"e")]);
         assert_eq!(s.last_index().unwrap(), 5);
+        // Record seqs follow the entries, trimmed or not; an entry not in the log has none.
+        assert_eq!(
+            (s.seq_of(1), s.seq_of(3), s.seq_of(4)),
+            (Some(10), Some(12), None)
+        );
+        s.set_data(4, 2, Bytes::from_static(b"dddd"), 20);
+        assert_eq!(s.seq_of(4), Some(20));
+        // Compaction: entries up to 2 go; raft-rs hears "compacted", then a snapshot.
+        assert!(s.compact(2));
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert!(s.term(1).is_err());
+        assert!(s
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(s.seq_of(3), Some(12));
+        assert!(s.snapshot(0, 2).is_err(), "no checkpoint yet");
+        let meta = RaftMeta {
+            index: 2,
+            term: 1,
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        s.set_snapshot(meta.snapshot(77));
+        assert!(!s.take_snapshot_wanted());
+        assert!(s.snapshot(2, 4).is_err(), "member 4 is not in it");
+        assert!(s.take_snapshot_wanted() && !s.take_snapshot_wanted());
+        let snap = s.snapshot(2, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 2);
+        assert_eq!(snapshot_seq(&snap), Some(77));
+        assert_eq!(snap.get_metadata().get_conf_state().voters, [1, 2, 3]);
+        assert!(s.snapshot(3, 2).is_err(), "a newer snapshot asked for");
+        // Compacting past what is kept is refused.
+        assert!(!s.compact(9));
+        // A leader's snapshot replaces every entry.
+        s.install(
+            RaftMeta {
+                index: 8,
+                term: 3,
+                voters: vec![1],
+                ..Default::default()
+            }
+            .snapshot(5),
+        );
+        assert_eq!(s.first_index().unwrap(), 9);
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.hard_state().commit, 8);
+        assert_eq!(s.voters(), [1]);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut t = LogStorage::default();
             t.add_segment(map.clone());
             let Record::Entry(e) = decode(map.slice(0..spans_len(&map))).unwrap() else {
                 panic!()
             };
-            t.recover(Record::Entry(e)).unwrap();
+            t.recover(Record::Entry(e), 10).unwrap();
             t.trim_before(5);
             t.append(&[entry(1, 3, b"x")]);
         }));

@@ -159,7 +159,6 @@ etcd_errors! {
     NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
     BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
     MembershipNeedsCluster => (Unimplemented, "ferrocd: a single member (started without peers) cannot change membership yet"),
-    DefragmentNeedsSingleMember => (Unimplemented, "ferrocd: defragment (a checkpoint, then the log before it released) is not implemented for members of a cluster yet"),
     TimeoutLeaderTransfer => (Unavailable, "etcdserver: request timed out, leader transfer took too long"),
 }
 

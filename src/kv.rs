@@ -268,6 +268,9 @@ pub struct CheckpointMeta {
     /// (member id, alarm type).
     pub alarms: Vec<(u64, i32)>,
     pub auth: AuthState,
+    /// A cluster member's Raft state at the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<crate::consensus::RaftMeta>,
 }
 
 /// Raft's view of the member ([`KvState::set_raft`]).
@@ -350,7 +353,7 @@ impl KvState {
 
     /// Starts a checkpoint at the current revision: its metadata. Compaction trimming waits
     /// until [`KvState::checkpoint_step`] has walked every key.
-    pub fn checkpoint_begin(&mut self) -> (i64, Vec<u8>) {
+    pub fn checkpoint_begin(&mut self, raft: Option<crate::consensus::RaftMeta>) -> (i64, Vec<u8>) {
         self.checkpointing = true;
         let meta = CheckpointMeta {
             revision: self.store.rev(),
@@ -358,6 +361,7 @@ impl KvState {
             leases: self.leases.granted(),
             alarms: self.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
             auth: self.auth.clone(),
+            raft,
         };
         let json = serde_json::to_vec(&meta).expect("the checkpoint metadata serialises");
         (meta.revision, json)
@@ -448,7 +452,7 @@ impl KvState {
         &mut self,
         l: crate::log::checkpoint::Loaded,
         bytes: u64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<Option<crate::consensus::RaftMeta>, String> {
         use crate::mvcc::key_index::{KeyIndex, RevEntry};
         let meta: CheckpointMeta = serde_json::from_slice(&l.meta)
             .map_err(|e| format!("checkpoint {:016x}: bad metadata: {e}", l.seq))?;
@@ -503,7 +507,13 @@ impl KvState {
             .collect();
         self.auth = meta.auth;
         self.opts.auth.publish(&self.auth);
-        Ok(())
+        Ok(meta.raft)
+    }
+
+    /// A new, empty state with the same options (a member installing a leader's snapshot
+    /// builds its state anew).
+    pub fn empty_like(&self) -> KvState {
+        KvState::new(self.opts.clone())
     }
 
     /// What Raft tells of the member, for headers, Status and MemberList (a member of a
@@ -819,10 +829,9 @@ impl KvState {
             | Request::MemberPromote(_)
             | Request::MemberUpdate(_) => return Err(EtcdError::MembershipNeedsCluster),
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
-            // The apply loop does a checkpoint's work itself (it needs the log).
-            Request::Checkpoint(_) => return Err(EtcdError::Stopped),
-            // A single member's apply loop serves it; a cluster member cannot yet.
-            Request::Defragment(_) => return Err(EtcdError::DefragmentNeedsSingleMember),
+            // The apply loops do a checkpoint's work and serve Defragment themselves (they
+            // need the log).
+            Request::Checkpoint(_) | Request::Defragment(_) => return Err(EtcdError::Stopped),
         })
     }
 

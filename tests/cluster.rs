@@ -628,20 +628,8 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
     });
     assert_eq!(etcdctl(&c.endpoints(), &["put", "k", "v"], "").code, 0);
 
-    let (client, peer) = (common::free_port(), common::free_port());
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let out = etcdctl(
-        &c.endpoints(),
-        &[
-            "member",
-            "add",
-            "m3",
-            &format!("--peer-urls={peer_url}"),
-            "--learner",
-        ],
-        "",
-    );
-    assert_eq!(out.code, 0, "{out:?}");
+    let (out, new) = c.add_member("m3", true, &[]);
+    assert_eq!(new, 3);
     let initial = out
         .stdout
         .lines()
@@ -650,46 +638,13 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
         .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
         .to_string();
     assert_eq!(initial.matches('=').count(), 4, "{initial}");
+    let peer_url = format!("http://127.0.0.1:{}", c.members[3].peer_port);
     assert!(initial.contains(&format!("m3={peer_url}")), "{initial}");
     assert!(
         out.stdout
             .contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
         "{out:?}"
     );
-
-    let dir = tempfile::tempdir().unwrap();
-    let curl = format!("http://127.0.0.1:{client}");
-    let args: Vec<String> = [
-        "--name",
-        "m3",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--listen-client-urls",
-        &curl,
-        "--advertise-client-urls",
-        &curl,
-        "--listen-peer-urls",
-        &peer_url,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--initial-cluster",
-        &initial,
-        "--initial-cluster-token",
-        "test-cluster",
-        "--initial-cluster-state",
-        "existing",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    c.members.push(Server::launch(
-        "ferrocd",
-        env!("CARGO_BIN_EXE_ferrocd"),
-        args,
-        client,
-        peer,
-        dir,
-    ));
     // The learner catches up from the log (entries from the cluster's first).
     let what = "the learner did not catch up";
     common::wait_value(&c.members[3], "k", "v", LEADER_TIMEOUT, what);

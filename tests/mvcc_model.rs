@@ -734,7 +734,7 @@ proptest! {
                 }
                 Step::CheckpointBegin => {
                     if ckpt.is_none() {
-                        let (rev, meta) = s.checkpoint_begin();
+                        let (rev, meta) = s.checkpoint_begin(None);
                         ckpt = Some((rev, meta, None, Vec::new(), Vec::new()));
                     }
                     continue;

@@ -156,6 +156,7 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
         join: cfg.initial_cluster_state == "existing",
         max_inflight_msgs: cfg.max_inflight_msgs,
         peer_tls,
+        snapshot_catchup_entries: cfg.snapshot_catchup_entries,
     }))
 }
 

@@ -208,6 +208,50 @@ fn finish_file(f: io::BufWriter<File>, path: &Path) -> io::Result<()> {
     f.sync_all().map_err(|e| err(path, "cannot sync", e))
 }
 
+/// Makes the parts of a checkpoint received from another member (`staged`, in part order)
+/// this member's checkpoint of record `seq` in `dir`: each part's header takes the new seq and
+/// is synced, then the parts are renamed highest first, part 0 last, and the directory synced,
+/// as [`Writer::finish`] does. Returns the parts' final paths.
+pub fn adopt(staged: &[PathBuf], dir: &Path, seq: u64) -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+    for p in staged {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .map_err(|e| err(p, "cannot open", e))?;
+        f.write_all_at(&seq.to_le_bytes(), 12)
+            .map_err(|e| err(p, "cannot write", e))?;
+        f.sync_all().map_err(|e| err(p, "cannot sync", e))?;
+    }
+    let finals: Vec<PathBuf> = (0..staged.len())
+        .map(|i| dir.join(part_name(seq, i as u32)))
+        .collect();
+    for (from, to) in staged.iter().zip(&finals).rev() {
+        std::fs::rename(from, to).map_err(|e| err(to, "cannot rename into", e))?;
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err(dir, "cannot sync directory", e))?;
+    Ok(finals)
+}
+
+/// The parts of checkpoint `seq` in `dir`, in order (for sending it to another member).
+pub fn parts_of(dir: &Path, seq: u64) -> io::Result<Vec<PathBuf>> {
+    let mut parts = Vec::new();
+    for p in 0.. {
+        let path = dir.join(part_name(seq, p));
+        if !path.exists() {
+            break;
+        }
+        parts.push(path);
+    }
+    if parts.is_empty() {
+        return Err(err(dir, "no checkpoint", format!("{seq:016x} in")));
+    }
+    Ok(parts)
+}
+
 /// The newest checkpoint in `dir`: its record seq and its parts' paths, in order. Leftovers
 /// (temporary files, parts of an unfinished checkpoint, older checkpoints) are removed.
 pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
@@ -493,6 +537,32 @@ mod tests {
         std::fs::write(&paths[0], &bytes[..bytes.len() - 10]).unwrap();
         let e = load(42, &paths).err().unwrap().to_string();
         assert!(e.contains("checkpoint corrupt"), "{e}");
+    }
+
+    #[test]
+    fn a_received_checkpoint_is_adopted_under_a_new_seq() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(from.path(), 7, b"{}").unwrap();
+        w.item(&item("a", 2, Some(b"one"))).unwrap();
+        let sent = w.finish().unwrap();
+        assert_eq!(parts_of(from.path(), 7).unwrap(), sent);
+        assert!(parts_of(from.path(), 8).is_err());
+        // As a receiver stages it: under other names, then adopted as checkpoint 99.
+        let staged = from.path().join("part-0000");
+        std::fs::copy(&sent[0], &staged).unwrap();
+        // An older checkpoint of the receiver's goes at the next look.
+        Writer::create(to.path(), 5, b"{}")
+            .unwrap()
+            .finish()
+            .unwrap();
+        let finals = adopt(std::slice::from_ref(&staged), to.path(), 99).unwrap();
+        assert!(!staged.exists());
+        assert_eq!(newest(to.path()).unwrap(), Some((99, finals.clone())));
+        let l = load(99, &finals).unwrap();
+        assert_eq!(l.items().count(), 1);
+        // Its old seq no longer matches its header.
+        assert!(load(7, &finals).is_err());
     }
 
     #[test]

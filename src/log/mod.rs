@@ -64,6 +64,8 @@ pub struct Log {
 pub struct Recovered {
     pub log: Log,
     pub payloads: Vec<Bytes>,
+    /// Each payload's record seq.
+    pub seqs: Vec<u64>,
 }
 
 fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -115,6 +117,7 @@ impl Log {
         }
         let mut segments = Vec::new();
         let mut payloads = Vec::new();
+        let mut seqs = Vec::new();
         let mut next_seq = names.first().map_or(from_seq.max(1), |(first, _)| *first);
         let mut torn = false;
         let mut tail_end = 0u64;
@@ -142,6 +145,7 @@ impl Log {
                 debug_assert_eq!(r.kind, Kind::Data);
                 let start = off + HEADER_BYTES;
                 payloads.push(seg.map().slice(start..start + r.payload.len()));
+                seqs.push(seq);
             }
             next_seq = scan.next_seq;
             let last = i == names.len() - 1;
@@ -203,6 +207,7 @@ impl Log {
             }
             .counted(),
             payloads,
+            seqs,
         })
     }
 

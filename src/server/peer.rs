@@ -27,6 +27,14 @@ use super::metrics::METRICS;
 use crate::limits::{PEER_FRAME_BYTES_MAX, PEER_QUEUE_MSGS};
 
 const MAGIC: &[u8; 8] = b"ferrocd1";
+/// The handshake of a connection that carries one Raft snapshot: the MsgSnapshot frame, then
+/// the checkpoint's parts (part number u32, length u64, bytes), then u32::MAX; the receiver
+/// answers one byte (1: checked and handed to Raft).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"ferrocdS";
+/// How long a sender waits for the receiver to check a snapshot it sent.
+const SNAPSHOT_CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bytes read or written at a time while streaming a snapshot.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 
 /// A peer connection: plain TCP, or TLS over it (`peer-*` TLS settings).
 trait Io: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
@@ -45,6 +53,32 @@ const SEND_BATCH_MSGS: usize = 256;
 pub(crate) enum Event {
     Peer(Message),
     Tick,
+    /// A snapshot sent to a member arrived there and was checked (true), or not.
+    SnapshotSent(u64, bool),
+}
+
+/// Where snapshots come from and go: this member's checkpoints (sent as they are) and the
+/// directory a received one is staged in until Raft installs it.
+pub(crate) struct Snapshots {
+    pub checkpoints: std::path::PathBuf,
+    pub staging: std::path::PathBuf,
+    /// A snapshot is being received (one at a time).
+    busy: std::cell::Cell<bool>,
+}
+
+impl Snapshots {
+    pub fn new(checkpoints: std::path::PathBuf, staging: std::path::PathBuf) -> Snapshots {
+        Snapshots {
+            checkpoints,
+            staging,
+            busy: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The directory a snapshot at (index, term) is staged in.
+    pub fn staged(&self, index: u64, term: u64) -> std::path::PathBuf {
+        self.staging.join(format!("{index:016x}-{term:016x}"))
+    }
 }
 
 /// The members' ids and peer URLs, kept current by the Raft loop: a joining member finds its
@@ -56,6 +90,8 @@ pub(crate) struct Peers {
     me: u64,
     cluster_id: u64,
     tls: Tls,
+    events: Rc<LocalSender<Event>>,
+    snapshots: Rc<Snapshots>,
     /// Per member: its peer URLs and the queue of its link.
     out: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
 }
@@ -80,9 +116,14 @@ impl Peers {
         self.out.remove(&id);
     }
 
-    /// Queues messages to their receivers; drops a message whose queue is full.
+    /// Queues messages to their receivers; drops a message whose queue is full. A snapshot
+    /// goes on a connection of its own, with the checkpoint's files.
     pub fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
             match self.out.get(&m.to) {
                 Some((_, tx)) => {
                     if tx.try_send(m).is_err() {
@@ -93,6 +134,209 @@ impl Peers {
             }
         }
     }
+}
+
+impl Peers {
+    fn send_snapshot(&self, m: Message) {
+        let to = m.to;
+        let Some((urls, _)) = self.out.get(&to) else {
+            let _ = self.events.try_send(Event::SnapshotSent(to, false));
+            return;
+        };
+        let (urls, tls, events) = (urls.clone(), self.tls.clone(), self.events.clone());
+        let (me, cluster_id, dir) = (self.me, self.cluster_id, self.snapshots.checkpoints.clone());
+        glommio::spawn_local(async move {
+            let started = std::time::Instant::now();
+            let sent = stream_snapshot(me, cluster_id, &tls, to, &urls, &dir, &m).await;
+            match &sent {
+                Ok(bytes) => tracing::info!(
+                    peer = %format!("{to:x}"),
+                    index = m.get_snapshot().get_metadata().index,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "raft snapshot sent"
+                ),
+                Err(e) => tracing::warn!(
+                    peer = %format!("{to:x}"),
+                    error = %e,
+                    "raft snapshot not sent (Raft sends another later)"
+                ),
+            }
+            // The loop's queue is bounded; the report waits for room.
+            let _ = events.send(Event::SnapshotSent(to, sent.is_ok())).await;
+        })
+        .detach();
+    }
+}
+
+/// Sends a MsgSnapshot and the checkpoint it names; returns the bytes sent.
+async fn stream_snapshot(
+    me: u64,
+    cluster_id: u64,
+    tls: &Tls,
+    to: u64,
+    urls: &[String],
+    dir: &std::path::Path,
+    m: &Message,
+) -> io::Result<u64> {
+    use std::io::Read;
+    let seq = crate::consensus::snapshot_seq(m.get_snapshot())
+        .ok_or_else(|| io::Error::other("a snapshot without its checkpoint"))?;
+    // Opened at once: a newer checkpoint may remove these files, and open files stay readable.
+    let files = crate::log::checkpoint::parts_of(dir, seq)?
+        .iter()
+        .map(std::fs::File::open)
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut s = connect(urls, tls, SNAPSHOT_MAGIC, me, cluster_id, to).await?;
+    let mut buf = Vec::new();
+    frame(&mut buf, m);
+    s.write_all(&buf).await?;
+    let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let mut sent = 0u64;
+    for (i, mut f) in files.into_iter().enumerate() {
+        let len = f.metadata()?.len();
+        s.write_all(&(i as u32).to_le_bytes()).await?;
+        s.write_all(&len.to_le_bytes()).await?;
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(chunk.len());
+            f.read_exact(&mut chunk[..n])?;
+            s.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+            sent += n as u64;
+        }
+        METRICS.peer_sent(to, len);
+    }
+    s.write_all(&u32::MAX.to_le_bytes()).await?;
+    s.flush().await?;
+    let mut ack = [0u8; 1];
+    let answered = futures_lite::future::or(async { Some(s.read_exact(&mut ack).await) }, async {
+        glommio::timer::sleep(SNAPSHOT_CHECK_TIMEOUT).await;
+        None
+    })
+    .await;
+    match answered {
+        Some(Ok(())) if ack[0] == 1 => Ok(sent),
+        Some(Ok(())) => Err(io::Error::other("the receiver refused the snapshot")),
+        Some(Err(e)) => Err(e),
+        None => Err(io::Error::other(
+            "the receiver did not check the snapshot in time",
+        )),
+    }
+}
+
+/// Clears the "receiving" mark when a reception ends, however it ends.
+struct Receiving<'a>(&'a std::cell::Cell<bool>);
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// Receives a snapshot: its checkpoint's parts are written to the staging directory, synced
+/// and checked (on a thread of their own), then the MsgSnapshot goes to Raft; the sender hears
+/// whether that happened.
+async fn receive_snapshot(
+    mut r: futures_lite::io::BufReader<Conn>,
+    from: u64,
+    me: u64,
+    events: &LocalSender<Event>,
+    snapshots: &Snapshots,
+) -> io::Result<()> {
+    use std::io::Write;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > PEER_FRAME_BYTES_MAX {
+        return Err(io::Error::other(format!("snapshot frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    let m = Message::parse_from_bytes(&buf)
+        .map_err(|e| io::Error::other(format!("undecodable raft message: {e}")))?;
+    let seq = crate::consensus::snapshot_seq(m.get_snapshot());
+    if m.from != from
+        || m.to != me
+        || m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+        || seq.is_none()
+    {
+        return Err(io::Error::other("not a snapshot from the connected peer"));
+    }
+    if snapshots.busy.replace(true) {
+        return Err(io::Error::other("a snapshot is being received already"));
+    }
+    let _receiving = Receiving(&snapshots.busy);
+    let meta = m.get_snapshot().get_metadata();
+    let dir = snapshots.staged(meta.index, meta.term);
+    let _ = std::fs::remove_dir_all(&snapshots.staging);
+    std::fs::create_dir_all(&dir)?;
+    let mut paths = Vec::new();
+    let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    loop {
+        let mut part = [0u8; 4];
+        r.read_exact(&mut part).await?;
+        let part = u32::from_le_bytes(part);
+        if part == u32::MAX {
+            break;
+        }
+        if part as usize != paths.len() || paths.len() >= 1 << 16 {
+            return Err(io::Error::other("snapshot parts out of order"));
+        }
+        let mut len = [0u8; 8];
+        r.read_exact(&mut len).await?;
+        let len = u64::from_le_bytes(len);
+        if len > crate::log::checkpoint::PART_BYTES_MAX + (PEER_FRAME_BYTES_MAX as u64) {
+            return Err(io::Error::other(format!("a snapshot part of {len} bytes")));
+        }
+        let path = dir.join(format!("part-{part:04}"));
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(chunk.len());
+            r.read_exact(&mut chunk[..n]).await?;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.flush()?;
+        METRICS.peer_received(from, len);
+        paths.push(path);
+    }
+    let (seq, check_paths, d) = (seq.unwrap_or(0), paths.clone(), dir.clone());
+    let checker = std::thread::Builder::new()
+        .name("snapshot-check".into())
+        .spawn(move || -> io::Result<u64> {
+            for p in &check_paths {
+                std::fs::File::open(p)?.sync_all()?;
+            }
+            std::fs::File::open(&d)?.sync_all()?;
+            Ok(crate::log::checkpoint::load(seq, &check_paths)?.count)
+        })?;
+    while !checker.is_finished() {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let checked = checker
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the snapshot checker panicked")));
+    let ok = match &checked {
+        Ok(revisions) => {
+            tracing::info!(
+                from = %format!("{from:x}"),
+                index = meta.index,
+                revisions,
+                "raft snapshot received and checked"
+            );
+            events.send(Event::Peer(m.clone())).await.is_ok()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a received raft snapshot is damaged: refused");
+            let _ = std::fs::remove_dir_all(&dir);
+            false
+        }
+    };
+    r.get_mut().write_all(&[ok as u8]).await?;
+    r.get_mut().flush().await?;
+    checked.map(drop)
 }
 
 /// The first address of a URL such as `http://127.0.0.1:2380`.
@@ -112,27 +356,26 @@ fn host_port(url: &str) -> &str {
 }
 
 /// Starts the peer links: listeners on `listen`, and one sender task per peer of `peers`
-/// (member id, peer URLs). Incoming messages go to `events`.
+/// (member id, peer URLs). Incoming messages go to `here.events`.
 pub(crate) fn start(
-    me: u64,
-    cluster_id: u64,
+    here: Here,
     listen: &[SocketAddr],
     peers: &[(u64, Vec<String>)],
-    events: Rc<LocalSender<Event>>,
-    directory: Directory,
     tls: Option<super::tls::PeerTls>,
 ) -> io::Result<Peers> {
     let tls: Tls = tls.map(Rc::new);
+    let here = Rc::new(here);
     for addr in listen {
         let l = TcpListener::bind(addr)
             .map_err(|e| io::Error::other(format!("cannot listen on peer address {addr}: {e}")))?;
-        let (events, dir, tls) = (events.clone(), directory.clone(), tls.clone());
-        glommio::spawn_local(accept_loop(l, me, cluster_id, events, dir, tls)).detach();
+        glommio::spawn_local(accept_loop(l, here.clone(), tls.clone())).detach();
     }
     let mut p = Peers {
-        me,
-        cluster_id,
+        me: here.me,
+        cluster_id: here.cluster_id,
         tls,
+        events: here.events.clone(),
+        snapshots: here.snapshots.clone(),
         out: HashMap::new(),
     };
     for (id, urls) in peers {
@@ -167,7 +410,7 @@ async fn send_loop(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match connect(&urls, &tls, me, cluster_id, id).await {
+        match connect(&urls, &tls, MAGIC, me, cluster_id, id).await {
             Ok(s) => {
                 backoff = BACKOFF_MIN;
                 tracing::info!(peer = %format!("{id:x}"), "peer link up");
@@ -242,7 +485,7 @@ pub(crate) async fn ask_identity(
     let mine = serde_json::to_vec(my_urls).expect("URLs encode");
     for url in urls {
         let attempt = async {
-            let mut s = connect(std::slice::from_ref(url), &tls, 0, 0, 0).await?;
+            let mut s = connect(std::slice::from_ref(url), &tls, MAGIC, 0, 0, 0).await?;
             s.write_all(&(mine.len() as u32).to_le_bytes()).await?;
             s.write_all(&mine).await?;
             let mut ids = [0u8; 16];
@@ -281,6 +524,7 @@ fn server_name(url: &str) -> io::Result<rustls::pki_types::ServerName<'static>> 
 async fn connect(
     urls: &[String],
     tls: &Tls,
+    magic: &[u8; 8],
     me: u64,
     cluster_id: u64,
     to: u64,
@@ -318,7 +562,7 @@ async fn connect(
         match attempt {
             Ok(mut s) => {
                 let mut hello = Vec::with_capacity(HANDSHAKE_BYTES);
-                hello.extend_from_slice(MAGIC);
+                hello.extend_from_slice(magic);
                 for v in [cluster_id, me, to] {
                     hello.extend_from_slice(&v.to_le_bytes());
                 }
@@ -332,19 +576,23 @@ async fn connect(
     Err(last)
 }
 
-async fn accept_loop(
-    l: TcpListener,
-    me: u64,
-    cluster_id: u64,
-    events: Rc<LocalSender<Event>>,
-    directory: Directory,
-    tls: Tls,
-) {
+/// Who this member is to its peers, and where what they send goes.
+pub(crate) struct Here {
+    pub me: u64,
+    pub cluster_id: u64,
+    /// The Raft loop's queue.
+    pub events: Rc<LocalSender<Event>>,
+    /// Members' peer URLs, for joining members' questions.
+    pub directory: Directory,
+    pub snapshots: Rc<Snapshots>,
+}
+
+async fn accept_loop(l: TcpListener, here: Rc<Here>, tls: Tls) {
     loop {
         match l.accept().await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                let (events, dir, tls) = (events.clone(), directory.clone(), tls.clone());
+                let (here, tls) = (here.clone(), tls.clone());
                 glommio::spawn_local(async move {
                     let s: Conn = match tls {
                         Some(tls) => {
@@ -368,7 +616,7 @@ async fn accept_loop(
                         }
                         None => Box::new(s),
                     };
-                    if let Err(e) = receive(s, me, cluster_id, events, dir).await {
+                    if let Err(e) = receive(s, &here).await {
                         tracing::debug!(error = %e, "peer connection closed");
                     }
                 })
@@ -382,22 +630,19 @@ async fn accept_loop(
     }
 }
 
-async fn receive(
-    s: Conn,
-    me: u64,
-    cluster_id: u64,
-    events: Rc<LocalSender<Event>>,
-    directory: Directory,
-) -> io::Result<()> {
+async fn receive(s: Conn, here: &Here) -> io::Result<()> {
+    let (me, cluster_id, events, directory) =
+        (here.me, here.cluster_id, &here.events, &here.directory);
     let mut r = futures_lite::io::BufReader::with_capacity(64 << 10, s);
     let mut hello = [0u8; HANDSHAKE_BYTES];
     r.read_exact(&mut hello).await?;
     let word = |i: usize| u64::from_le_bytes(hello[8 + 8 * i..16 + 8 * i].try_into().expect("8"));
-    if &hello[..8] != MAGIC {
+    let snapshot = &hello[..8] == SNAPSHOT_MAGIC;
+    if &hello[..8] != MAGIC && !snapshot {
         return Err(io::Error::other("not a ferrocd peer (bad handshake)"));
     }
     let (cid, from, to) = (word(0), word(1), word(2));
-    if cid == 0 && to == 0 {
+    if !snapshot && cid == 0 && to == 0 {
         // A joining member asks for the cluster id and its own id, by its peer URLs.
         let mut len = [0u8; 4];
         r.read_exact(&mut len).await?;
@@ -427,6 +672,9 @@ async fn receive(
             "refused a peer of another cluster or member"
         );
         return Err(io::Error::other("peer of another cluster or member"));
+    }
+    if snapshot {
+        return receive_snapshot(r, from, me, events, &here.snapshots).await;
     }
     let mut buf = Vec::new();
     loop {

@@ -61,6 +61,8 @@ pub struct ClusterOptions {
     pub max_inflight_msgs: usize,
     /// TLS on the peer links (`peer-*` settings, https:// peer URLs).
     pub peer_tls: Option<super::tls::PeerTls>,
+    /// `--experimental-snapshot-catchup-entries`.
+    pub snapshot_catchup_entries: u64,
 }
 
 /// The tag of a proposal that publishes a member's name and client URLs (as etcd's
@@ -115,6 +117,10 @@ pub(crate) struct Recovered {
     pub members: Members,
     /// The member's identity, with the cluster id a joining member learned.
     pub identity: kv::Identity,
+    /// The record seq of the checkpoint it started from (0: none).
+    pub checkpoint_seq: u64,
+    pub checkpoints: std::path::PathBuf,
+    pub staging: std::path::PathBuf,
 }
 
 /// Opens the log of a cluster member, rebuilds Raft's storage from it and applies what was
@@ -135,11 +141,13 @@ pub(crate) async fn recover(
         opts.kv.identity.cluster_id = c;
         opts.kv.identity.member_id = m;
     }
-    let (mut state, rec) = shard::open(&opts).await?;
+    let (mut state, rec, checkpointed) = shard::open(&opts).await?;
     let Some(mut rec) = rec else {
         return Err(io::Error::other("a cluster member needs a data directory"));
     };
-    if rec.payloads.is_empty() && !cluster.join {
+    // Leftovers of a snapshot being received when the member stopped.
+    let _ = std::fs::remove_dir_all(snapshot_staging(&dir));
+    if rec.payloads.is_empty() && !cluster.join && checkpointed.is_none() {
         let members: Vec<(u64, Vec<String>)> = cluster
             .members
             .iter()
@@ -152,7 +160,9 @@ pub(crate) async fn recover(
             commit: entries.len() as u64,
             ..Default::default()
         }));
+        let first = rec.log.next_seq();
         rec.payloads = rec.log.append(&payloads).await?;
+        rec.seqs = (first..first + payloads.len() as u64).collect();
         let known = state.log_segments_known();
         for m in rec.log.segment_maps_since(known) {
             state.add_log_segment(m.clone());
@@ -162,8 +172,26 @@ pub(crate) async fn recover(
     for m in rec.log.segment_maps() {
         storage.add_segment(m.clone());
     }
+    let mut members = Members::new(&opts.kv.identity);
+    let mut conf = raft::eraftpb::ConfState::default();
+    let mut checkpoint_seq = 0;
+    if let Some((meta, seq)) = &checkpointed {
+        let (term, vote, commit) = meta.hard_state;
+        let hs = raft::eraftpb::HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        };
+        storage.start_from(meta.index, meta.term, meta.conf_state(), hs);
+        storage.set_snapshot(meta.snapshot(*seq));
+        members.restore(&meta.members);
+        state.set_members(members.list());
+        conf = meta.conf_state();
+        checkpoint_seq = *seq;
+    }
     let records = rec.payloads.len();
-    for p in rec.payloads {
+    for (p, seq) in rec.payloads.into_iter().zip(rec.seqs) {
         if !consensus::is_raft_record(&p) {
             return Err(io::Error::other(format!(
                 "log {}: written by a single member without peers; it cannot become a \
@@ -173,13 +201,19 @@ pub(crate) async fn recover(
         }
         let r = consensus::decode(p).map_err(|e| io::Error::other(format!("log: {e}")))?;
         storage
-            .recover(r)
+            .recover(r, seq)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
     }
+    // The commit index is at least the checkpoint's (its hard state may not have been durable
+    // yet), and at most the last entry kept (a crash between a snapshot's hard state and its
+    // checkpoint leaves the hard state ahead of the entries: the leader sends it again).
+    let (snap_index, _) = storage.snapshot_point();
+    let last = raft::Storage::last_index(&storage).unwrap_or(snap_index);
+    let mut hs = storage.hard_state().clone();
+    hs.commit = hs.commit.clamp(snap_index, last);
+    storage.set_hard_state(hs);
     let commit = storage.hard_state().commit;
-    let mut members = Members::new(&opts.kv.identity);
-    let mut conf = raft::eraftpb::ConfState::default();
-    let committed = storage.slice(1, commit + 1);
+    let committed = storage.slice(snap_index + 1, commit + 1);
     for e in &committed {
         let applied = apply_entry(&mut state, &mut members, e)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
@@ -208,7 +242,17 @@ pub(crate) async fn recover(
         storage,
         members,
         identity: opts.kv.identity.clone(),
+        checkpoint_seq,
+        checkpoints: shard::checkpoint_dir(&dir),
+        staging: snapshot_staging(&dir),
     })
+}
+
+/// Where a snapshot received from the leader waits to be installed: beside the log.
+fn snapshot_staging(log_dir: &std::path::Path) -> std::path::PathBuf {
+    log_dir
+        .parent()
+        .map_or_else(|| log_dir.join("snap"), |p| p.join("snap"))
 }
 
 /// The cluster id of the cluster this member joins, and the id the cluster gave this member
@@ -283,6 +327,37 @@ impl Members {
 
     fn list(&self) -> Vec<pb::Member> {
         self.list.values().cloned().collect()
+    }
+
+    /// The members a checkpoint holds, in place of these.
+    fn restore(&mut self, members: &[consensus::MemberMeta]) {
+        self.list = members
+            .iter()
+            .map(|m| {
+                let member = pb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    client_ur_ls: m.client_urls.clone(),
+                    is_learner: m.is_learner,
+                };
+                (m.id, member)
+            })
+            .collect();
+    }
+
+    /// The members as a checkpoint keeps them.
+    fn to_meta(&self) -> Vec<consensus::MemberMeta> {
+        self.list
+            .values()
+            .map(|m| consensus::MemberMeta {
+                id: m.id,
+                name: m.name.clone(),
+                peer_urls: m.peer_ur_ls.clone(),
+                client_urls: m.client_ur_ls.clone(),
+                is_learner: m.is_learner,
+            })
+            .collect()
     }
 
     fn published(&self) -> bool {
@@ -441,6 +516,9 @@ pub(crate) fn start(
         storage,
         members,
         identity,
+        checkpoint_seq,
+        checkpoints,
+        staging,
     } = rec;
     let (events_tx, events_rx) = local_channel::new_bounded(RAFT_EVENTS_DEPTH);
     let events_tx = Rc::new(events_tx);
@@ -462,15 +540,14 @@ pub(crate) fn start(
         .map(|m| (m.id, m.peer_ur_ls.clone()))
         .collect();
     let directory: peer::Directory = Rc::new(std::cell::RefCell::new(known));
-    let peers = peer::start(
-        identity.member_id,
-        identity.cluster_id,
-        &cluster.listen_peer,
-        &peers,
-        events_tx.clone(),
-        directory.clone(),
-        cluster.peer_tls.clone(),
-    )?;
+    let here = peer::Here {
+        me: identity.member_id,
+        cluster_id: identity.cluster_id,
+        events: events_tx.clone(),
+        directory: directory.clone(),
+        snapshots: Rc::new(peer::Snapshots::new(checkpoints.clone(), staging.clone())),
+    };
+    let peers = peer::start(here, &cluster.listen_peer, &peers, cluster.peer_tls.clone())?;
     let applied = storage.hard_state().commit;
     let election_ticks = (cluster.election.as_millis() / cluster.heartbeat.as_millis()).max(2);
     let cfg = raft::Config {
@@ -496,9 +573,11 @@ pub(crate) fn start(
     METRICS.is_leader.store(0, Relaxed);
     METRICS.leader_changes.store(0, Relaxed);
     let (tx, rx) = local_channel::new_bounded(crate::limits::SHARD_QUEUE_DEPTH);
-    let (append_tx, append_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
-    let (done_tx, done_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX);
-    glommio::spawn_local(appender(log, append_rx, done_tx)).detach();
+    let (append_tx, append_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX + 1);
+    let (done_tx, done_rx) = local_channel::new_bounded(APPENDS_IN_FLIGHT_MAX + 1);
+    let durable_next = log.next_seq();
+    let durable_hs = raw.store().hard_state().clone();
+    glommio::spawn_local(appender(log, append_rx, done_tx, checkpoints.clone())).detach();
     let mut node = Node {
         raw,
         state,
@@ -527,6 +606,17 @@ pub(crate) fn start(
         ticks: 0,
         trimmed_at: applied,
         checkpoint_ticks: (election_ticks as u64 / 2).max(1),
+        durable_next,
+        durable_hs,
+        log_written: 0,
+        checkpoints,
+        staging,
+        catchup: cluster.snapshot_catchup_entries,
+        checkpoint_seq,
+        building: None,
+        releasing: None,
+        demands: shard::Demands::default(),
+        notifier: notifier.clone(),
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {
         // Until this member's attributes are applied, it shows its own as it knows them.
@@ -598,12 +688,42 @@ struct Node {
     trimmed_at: u64,
     /// Ticks between lease checkpoints (half an election timeout).
     checkpoint_ticks: u64,
+    /// The log's next record seq after the last durable append, and the hard state durable
+    /// then.
+    durable_next: u64,
+    durable_hs: raft::eraftpb::HardState,
+    /// Bytes the log wrote since the start (checkpoints are due by it).
+    log_written: u64,
+    /// This member's checkpoints, and where a leader's snapshot waits to be installed.
+    checkpoints: std::path::PathBuf,
+    staging: std::path::PathBuf,
+    /// Entries kept before a checkpoint for followers slightly behind
+    /// (`--experimental-snapshot-catchup-entries`).
+    catchup: u64,
+    /// The record seq of the newest checkpoint (its name).
+    checkpoint_seq: u64,
+    /// The checkpoint under way: Raft's state at it, and the first entry kept after it.
+    building: Option<(consensus::RaftMeta, u64)>,
+    /// A checkpoint's Release waiting for the appender to let go of the log before it.
+    releasing: Option<Releasing>,
+    /// Defragment calls waiting for a checkpoint.
+    demands: shard::Demands,
+    notifier: Rc<Notifier>,
+}
+
+/// A Release of a checkpoint, answered when the log before it is let go of.
+struct Releasing {
+    tx: Reply,
+    seq: u64,
+    at_rev: i64,
+    parts: Vec<u32>,
+    bytes: u64,
 }
 
 enum Input {
     Job(Job),
     Event(Event),
-    Persisted(Persisted),
+    Persisted(Box<Persisted>),
 }
 
 /// Readies handed to the appender and not yet durable, at most (the appender's queues hold
@@ -614,70 +734,202 @@ const APPENDS_IN_FLIGHT_MAX: usize = 8;
 /// Ready with nothing to persist, which still completes in order), and the messages that may
 /// leave only once it is durable.
 struct AppendReq {
+    /// The Ready's number (0: not a Ready, only a release).
     number: u64,
     /// (index, term) of each entry, in the order of the first payloads.
     entries: Vec<(u64, u64)>,
     payloads: Vec<Vec<u8>>,
+    /// The hard state among the payloads, if any.
+    hard_state: Option<raft::eraftpb::HardState>,
     persisted: Vec<raft::eraftpb::Message>,
+    /// After the payloads: the staged snapshot to make this member's checkpoint, or the log
+    /// to let go of before a record seq (a checkpoint covers it).
+    then: Then,
+}
+
+enum Then {
+    Nothing,
+    Install(std::path::PathBuf),
+    Release(u64),
 }
 
 /// An [`AppendReq`] made durable.
 struct Persisted {
     number: u64,
     entries: Vec<(u64, u64)>,
-    /// The entries' payloads as they are in the log's mapping.
+    /// The entries' payloads as they are in the log's mapping, and their record seqs.
     written: Vec<bytes::Bytes>,
+    seqs: Vec<u64>,
+    hard_state: Option<raft::eraftpb::HardState>,
     persisted: Vec<raft::eraftpb::Message>,
     /// What the append changed in the log (None when nothing was written); one report per
     /// append, given with its first request.
     report: Option<(shard::LogReport, usize)>,
+    /// The log's next record seq now, and its (disk, used) bytes.
+    next_seq: u64,
+    sizes: (u64, u64),
+    /// A snapshot installed as checkpoint (seq, parts, bytes).
+    installed: Option<(u64, Vec<std::path::PathBuf>, u64)>,
+    /// The log segments let go of (ordinals), their files being removed.
+    released: Option<Vec<usize>>,
 }
 
 /// Owns the log: appends the Readies it is handed, in order, each group of queued ones with one
-/// write and one fdatasync (group commit across Readies), and hands them back durable. A failed
-/// write or fdatasync stops the node.
-async fn appender(mut log: Log, rx: LocalReceiver<AppendReq>, done: LocalSender<Persisted>) {
+/// write and one fdatasync (group commit across Readies), and hands them back durable. A Ready
+/// with a snapshot, and a checkpoint's release, are done alone, in their turn. A failed write,
+/// fdatasync or snapshot install stops the node.
+async fn appender(
+    mut log: Log,
+    rx: LocalReceiver<AppendReq>,
+    done: LocalSender<Persisted>,
+    checkpoints: std::path::PathBuf,
+) {
     let mut known = log.opened();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Some(Some(r)) = futures_lite::future::poll_once(rx.recv()).await {
             batch.push(r);
         }
-        let counts: Vec<usize> = batch.iter().map(|r| r.payloads.len()).collect();
-        let all: Vec<Vec<u8>> = batch
-            .iter_mut()
-            .flat_map(|r| std::mem::take(&mut r.payloads))
-            .collect();
-        let (mut written, mut report) = (Vec::new(), None);
-        if !all.is_empty() {
-            let before = log.stats();
-            let started = Instant::now();
-            written = match log.append(&all).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, "log write failed: stopping the node");
-                    std::process::exit(1);
+        // Runs of plain appends share one write; a request with something to do after its
+        // payloads ends its run.
+        let mut run = Vec::new();
+        for r in batch {
+            let last = !matches!(r.then, Then::Nothing);
+            run.push(r);
+            if last {
+                let out =
+                    append_run(&mut log, &mut known, std::mem::take(&mut run), &checkpoints).await;
+                for p in out {
+                    if done.send(p).await.is_err() {
+                        return;
+                    }
                 }
-            };
-            let r = shard::LogReport::of(&log, known, before, started);
-            known += r.new_segments.len();
-            report = Some((r, all.len()));
+            }
         }
-        let mut written = written.into_iter();
-        for (r, n) in batch.into_iter().zip(counts) {
-            let mine: Vec<bytes::Bytes> = written.by_ref().take(n).collect();
-            let p = Persisted {
-                number: r.number,
-                written: mine.into_iter().take(r.entries.len()).collect(),
-                entries: r.entries,
-                persisted: r.persisted,
-                report: report.take(),
-            };
-            if done.send(p).await.is_err() {
-                return;
+        if !run.is_empty() {
+            for p in append_run(&mut log, &mut known, run, &checkpoints).await {
+                if done.send(p).await.is_err() {
+                    return;
+                }
             }
         }
     }
+}
+
+/// Appends a run of requests with one write (only the last may have something to do after).
+async fn append_run(
+    log: &mut Log,
+    known: &mut usize,
+    mut batch: Vec<AppendReq>,
+    checkpoints: &std::path::Path,
+) -> Vec<Persisted> {
+    let stop = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        tracing::error!(error = %e, "{what}: stopping the node");
+        std::process::exit(1);
+    };
+    let counts: Vec<usize> = batch.iter().map(|r| r.payloads.len()).collect();
+    let all: Vec<Vec<u8>> = batch
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.payloads))
+        .collect();
+    let (mut written, mut report) = (Vec::new(), None);
+    let first_seq = log.next_seq();
+    if !all.is_empty() {
+        let before = log.stats();
+        let started = Instant::now();
+        written = match log.append(&all).await {
+            Ok(w) => w,
+            Err(e) => stop("log write failed", &e),
+        };
+        let r = shard::LogReport::of(log, *known, before, started);
+        *known += r.new_segments.len();
+        report = Some((r, all.len()));
+    }
+    let (mut installed, mut released) = (None, None);
+    match batch.last().map(|r| &r.then) {
+        Some(Then::Install(staged)) => {
+            // The snapshot's hard state is the request's first payload, written twice: the
+            // checkpoint covers the records up to the first, and replay starts at the second.
+            let seq = first_seq + counts.iter().sum::<usize>() as u64 - 2;
+            let staged_parts = staged_parts(staged).unwrap_or_else(|e| stop("snapshot", &e));
+            let finals = crate::log::checkpoint::adopt(&staged_parts, checkpoints, seq)
+                .unwrap_or_else(|e| stop("snapshot install failed", &e));
+            let _ = std::fs::remove_dir_all(staged);
+            let bytes = finals
+                .iter()
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+                .sum();
+            installed = Some((seq, finals, bytes));
+            released = Some(release(log, seq + 1));
+        }
+        Some(Then::Release(seq)) => released = Some(release(log, *seq)),
+        _ => {}
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    let mut written = written.into_iter();
+    let mut seq = first_seq;
+    for (r, n) in batch.into_iter().zip(counts) {
+        let mine: Vec<bytes::Bytes> = written.by_ref().take(n).collect();
+        let k = r.entries.len();
+        out.push(Persisted {
+            number: r.number,
+            written: mine.into_iter().take(k).collect(),
+            seqs: (seq..seq + k as u64).collect(),
+            entries: r.entries,
+            hard_state: r.hard_state,
+            persisted: r.persisted,
+            report: report.take(),
+            next_seq: log.next_seq(),
+            sizes: (log.disk_bytes(), log.used_bytes()),
+            installed: None,
+            released: None,
+        });
+        seq += n as u64;
+    }
+    if let Some(last) = out.last_mut() {
+        last.installed = installed;
+        last.released = released;
+    }
+    out
+}
+
+/// The parts of a staged snapshot, in order.
+fn staged_parts(dir: &std::path::Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut parts: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("part-"))
+        })
+        .collect();
+    parts.sort();
+    if parts.is_empty() {
+        return Err(io::Error::other(format!(
+            "{}: no staged snapshot",
+            dir.display()
+        )));
+    }
+    Ok(parts)
+}
+
+/// Lets go of the log before record `seq`; the files are removed on a thread of their own.
+fn release(log: &mut Log, seq: u64) -> Vec<usize> {
+    let gone = log.release_before(seq);
+    let (ordinals, paths): (Vec<usize>, Vec<std::path::PathBuf>) = gone.into_iter().unzip();
+    if !paths.is_empty() {
+        std::thread::spawn(move || {
+            for p in &paths {
+                if let Err(e) = std::fs::remove_file(p) {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot remove a released segment");
+                }
+            }
+            if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+        });
+    }
+    ordinals
 }
 
 async fn run(
@@ -691,7 +943,7 @@ async fn run(
     loop {
         let next = async {
             futures_lite::future::or(
-                async { done.recv().await.map(Input::Persisted) },
+                async { done.recv().await.map(|p| Input::Persisted(Box::new(p))) },
                 futures_lite::future::or(async { rx.recv().await.map(Input::Job) }, async {
                     events.recv().await.map(Input::Event)
                 }),
@@ -713,11 +965,11 @@ async fn run(
         match first {
             Some(Input::Job(j)) => node.job(j).await,
             Some(Input::Event(e)) => node.event(e).await,
-            Some(Input::Persisted(p)) => node.persisted(p),
+            Some(Input::Persisted(p)) => node.persisted(*p).await,
             None => return,
         }
         while let Some(Some(p)) = futures_lite::future::poll_once(done.recv()).await {
-            node.persisted(p);
+            node.persisted(p).await;
         }
         for _ in 0..APPLY_BATCH_REQUESTS_MAX {
             match futures_lite::future::poll_once(rx.recv()).await {
@@ -789,6 +1041,20 @@ impl Node {
             | Request::MemberUpdate(_) => {
                 let r = std::mem::replace(&mut req, Request::LeaseLeases(Default::default()));
                 self.membership(r, tx).await;
+                return;
+            }
+            Request::Checkpoint(_) => {
+                let Request::Checkpoint(op) =
+                    std::mem::replace(&mut req, Request::LeaseLeases(Default::default()))
+                else {
+                    unreachable!("matched")
+                };
+                self.checkpoint(op, tx).await;
+                return;
+            }
+            // Each member checkpoints its own state; Defragment waits for the next one.
+            Request::Defragment(_) => {
+                self.demands.push(tx);
                 return;
             }
             // A follower logs keepalives, so that the leader (which decides expiry) sees them.
@@ -1081,7 +1347,120 @@ impl Node {
                 self.raw.tick();
                 self.on_tick().await;
             }
+            Event::SnapshotSent(to, ok) => {
+                use raft::SnapshotStatus;
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
         }
+    }
+
+    /// A step of a checkpoint of this member's state (see `shard::take_checkpoint`). It
+    /// covers the entries up to the applied index; the log is kept from the first entry of
+    /// the last `catchup` before it (followers slightly behind catch up from entries, others
+    /// get the checkpoint as a snapshot), or from the first entry not applied if earlier.
+    async fn checkpoint(&mut self, op: kv::CheckpointOp, tx: Reply) {
+        use kv::{CheckpointAnswer as A, CheckpointOp as Op};
+        let answer = match op {
+            Op::Begin => {
+                let wanted = self.raw.store().take_snapshot_wanted();
+                if !wanted
+                    && !self.demands.forcing()
+                    && !self.state.checkpoint_due(self.log_written)
+                {
+                    Ok(A::Begun(None))
+                } else {
+                    self.checkpoint_begin()
+                }
+            }
+            Op::Abandon => {
+                self.state.checkpoint_abandon();
+                self.demands.abandoned();
+                self.building = None;
+                Ok(A::Done)
+            }
+            Op::Finished => {
+                for d in self.demands.finished() {
+                    d.send(Ok(Response::Defragment(shard::defragmented(&self.state))))
+                        .await;
+                }
+                Ok(A::Done)
+            }
+            // A snapshot installed since the checkpoint began: it is abandoned.
+            _ if self.building.is_none() => Err(EtcdError::Stopped),
+            Op::Release {
+                seq,
+                at_rev,
+                parts,
+                bytes,
+            } => {
+                let (meta, keep_from) = self.building.take().expect("checked");
+                let store = self.raw.mut_store();
+                if !store.compact(keep_from - 1) {
+                    tracing::warn!(keep_from, "raft: entries to compact are not all kept");
+                }
+                store.set_snapshot(meta.snapshot(seq));
+                self.checkpoint_seq = seq;
+                self.releasing = Some(Releasing {
+                    tx,
+                    seq,
+                    at_rev,
+                    parts,
+                    bytes,
+                });
+                self.hand_to_appender(AppendReq {
+                    number: 0,
+                    entries: Vec::new(),
+                    payloads: Vec::new(),
+                    hard_state: None,
+                    persisted: Vec::new(),
+                    then: Then::Release(seq + 1),
+                });
+                return;
+            }
+            op => Ok(shard::checkpoint_state_op(&mut self.state, op)),
+        };
+        tx.send(answer.map(Response::Checkpoint)).await;
+    }
+
+    fn checkpoint_begin(&mut self) -> Result<kv::CheckpointAnswer, EtcdError> {
+        use kv::CheckpointAnswer as A;
+        let applied = self.applied;
+        let store = self.raw.store();
+        let (snap_index, _) = store.snapshot_point();
+        let keep_from = applied.saturating_sub(self.catchup).max(snap_index) + 1;
+        // The record the log is kept from: the first entry kept, the first not applied, or
+        // what is written from now on, whichever comes first.
+        let from = [store.seq_of(keep_from), store.seq_of(applied + 1)]
+            .into_iter()
+            .flatten()
+            .fold(self.durable_next, u64::min);
+        let seq = from - 1;
+        if seq <= self.checkpoint_seq || applied <= snap_index {
+            return Ok(A::Begun(None));
+        }
+        let Ok(term) = raft::Storage::term(store, applied) else {
+            return Ok(A::Begun(None));
+        };
+        let hs = &self.durable_hs;
+        let cs = store.conf_state();
+        let meta = consensus::RaftMeta {
+            index: applied,
+            term,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            hard_state: (hs.term, hs.vote, hs.commit),
+            members: self.members.to_meta(),
+        };
+        self.demands.begun();
+        self.state.checkpoint_started(self.log_written);
+        let (rev, json) = self.state.checkpoint_begin(Some(meta.clone()));
+        self.building = Some((meta, keep_from));
+        Ok(A::Begun(Some((seq, rev, json))))
     }
 
     /// Time-outs, ReadIndex retries, lease checkpoints, and publishing this member's
@@ -1210,9 +1589,20 @@ impl Node {
     async fn ready(&mut self) {
         let mut rd = self.raw.ready();
         self.peers.send(rd.take_messages());
+        let mut then = Then::Nothing;
         if !rd.snapshot().is_empty() {
-            tracing::error!("raft asked to install a snapshot: not implemented yet; stopping");
-            std::process::exit(1);
+            // A leader's snapshot, received and checked (peer.rs): Raft's storage takes it
+            // now; the appender makes its staged files this member's checkpoint, durably,
+            // before anything after it is acknowledged; the state follows when that is done.
+            let snap = rd.snapshot().clone();
+            let m = snap.get_metadata();
+            tracing::info!(
+                index = m.index,
+                term = m.term,
+                "raft: installing a snapshot"
+            );
+            then = Then::Install(self.staged(m.index, m.term));
+            self.raw.mut_store().install(snap);
         }
         let committed = rd.take_committed_entries();
         self.apply(committed).await;
@@ -1230,8 +1620,14 @@ impl Node {
         }
         let entries = rd.take_entries();
         let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
+        let mut hard_state = None;
         if !entries.is_empty() || rd.must_sync() {
-            payloads.push(consensus::encode_hard_state(self.raw.store().hard_state()));
+            let hs = self.raw.store().hard_state().clone();
+            payloads.push(consensus::encode_hard_state(&hs));
+            if matches!(then, Then::Install(_)) {
+                payloads.push(consensus::encode_hard_state(&hs));
+            }
+            hard_state = Some(hs);
         }
         self.raw.mut_store().append(&entries);
         METRICS.proposals_pending.set(entries.len() as i64);
@@ -1239,16 +1635,13 @@ impl Node {
             number: rd.number(),
             entries: entries.iter().map(|e| (e.index, e.term)).collect(),
             payloads,
+            hard_state,
             persisted: rd.take_persisted_messages(),
+            then,
         };
         self.raw.advance_append_async(rd);
         self.raw.advance_apply_to(self.applied);
-        self.appends += 1;
-        if self.to_appender.try_send(req).is_err() {
-            // The loop never has more than the queue holds in flight.
-            tracing::error!("the appender is gone: stopping the node");
-            std::process::exit(1);
-        }
+        self.hand_to_appender(req);
         self.update_role();
         for tx in std::mem::take(&mut self.abandoned) {
             tx.send(Err(EtcdError::LeaderChanged)).await;
@@ -1256,24 +1649,125 @@ impl Node {
         self.answer_moves().await;
     }
 
+    fn staged(&self, index: u64, term: u64) -> std::path::PathBuf {
+        self.staging.join(format!("{index:016x}-{term:016x}"))
+    }
+
+    fn hand_to_appender(&mut self, req: AppendReq) {
+        self.appends += 1;
+        if self.to_appender.try_send(req).is_err() {
+            // The loop never has more than the queue holds in flight.
+            tracing::error!("the appender is gone: stopping the node");
+            std::process::exit(1);
+        }
+    }
+
     /// A Ready is durable: its entries now point into the log, raft-rs learns it, and the
-    /// messages that waited for it leave.
-    fn persisted(&mut self, p: Persisted) {
+    /// messages that waited for it leave. A snapshot it installed becomes the state; a
+    /// checkpoint's release is answered.
+    async fn persisted(&mut self, p: Persisted) {
         self.appends -= 1;
         if let Some((report, records)) = &p.report {
             shard::apply_report(&mut self.state, report, *records);
             for m in &report.new_segments {
                 self.raw.mut_store().add_segment(m.clone());
             }
+            self.log_written = report.after.bytes;
         }
-        for (&(index, term), w) in p.entries.iter().zip(&p.written) {
+        for ((&(index, term), w), &seq) in p.entries.iter().zip(&p.written).zip(&p.seqs) {
             self.raw
                 .mut_store()
-                .set_data(index, term, consensus::entry_data(w));
+                .set_data(index, term, consensus::entry_data(w), seq);
+        }
+        self.durable_next = p.next_seq;
+        if let Some(hs) = p.hard_state {
+            self.durable_hs = hs;
+        }
+        if let Some((seq, parts, bytes)) = p.installed {
+            self.take_snapshot_state(seq, &parts, bytes);
+        }
+        if let Some(ordinals) = p.released {
+            self.raw.mut_store().release_segments(&ordinals);
+            match self.releasing.take() {
+                Some(r) => {
+                    shard::checkpoint_released(
+                        &mut self.state,
+                        r.seq,
+                        r.at_rev,
+                        r.parts,
+                        r.bytes,
+                        &ordinals,
+                        p.sizes,
+                    );
+                    r.tx.send(Ok(Response::Checkpoint(kv::CheckpointAnswer::Released(
+                        Vec::new(),
+                    ))))
+                    .await;
+                }
+                None => {
+                    // An installed snapshot's: the state is new and knows no older segment.
+                    shard::set_log_sizes(&mut self.state, p.sizes);
+                }
+            }
         }
         METRICS.proposals_pending.set(0);
-        self.raw.on_persist_ready(p.number);
+        if p.number != 0 {
+            self.raw.on_persist_ready(p.number);
+        }
         self.peers.send(p.persisted);
+    }
+
+    /// The state of an installed snapshot replaces this member's: read back from the
+    /// checkpoint it now is, with the log segments kept (entries after it point there).
+    fn take_snapshot_state(&mut self, seq: u64, parts: &[std::path::PathBuf], bytes: u64) {
+        let stop = |e: &dyn std::fmt::Display| -> ! {
+            tracing::error!(error = %e, "cannot take the state of an installed snapshot: stopping");
+            std::process::exit(1);
+        };
+        let started = Instant::now();
+        let loaded = crate::log::checkpoint::load(seq, parts).unwrap_or_else(|e| stop(&e));
+        let mut state = self.state.empty_like();
+        let meta = match state.restore_checkpoint(loaded, bytes) {
+            Ok(Some(m)) => m,
+            Ok(None) => stop(&"a snapshot without Raft's state"),
+            Err(e) => stop(&e),
+        };
+        for m in self.raw.store().segment_maps() {
+            state.add_log_segment(m.clone());
+        }
+        // A checkpoint of this member's under way is abandoned (its steps see a new state).
+        self.building = None;
+        self.state = state;
+        self.applied = meta.index;
+        self.trimmed_at = meta.index;
+        self.checkpoint_seq = seq;
+        self.raw.mut_store().set_snapshot(meta.snapshot(seq));
+        self.members.restore(&meta.members);
+        self.members.published = false;
+        self.state.set_members(self.members.list());
+        let others: Vec<(u64, Vec<String>)> = self
+            .members
+            .list
+            .values()
+            .filter(|m| m.id != self.me)
+            .map(|m| (m.id, m.peer_ur_ls.clone()))
+            .collect();
+        for (id, urls) in others {
+            self.peers.add(id, urls);
+        }
+        self.refresh_directory();
+        self.update_role();
+        self.notifier.notify(self.state.store().rev());
+        // Older checkpoints go (nothing points into them now).
+        let dir = self.checkpoints.clone();
+        std::thread::spawn(move || crate::log::checkpoint::newest(&dir).map(drop));
+        tracing::info!(
+            index = meta.index,
+            revision = self.state.store().rev(),
+            checkpoint = %format!("{seq:016x}"),
+            ms = started.elapsed().as_millis() as u64,
+            "raft: snapshot installed"
+        );
     }
 
     async fn apply(&mut self, entries: Vec<Entry>) {

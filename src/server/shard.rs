@@ -124,8 +124,7 @@ impl Links {
         match self {
             Links::Owner(ends) => {
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
-                let (checkpointed_cluster, checkpointed_log) =
-                    (opts.cluster.is_some().then_some(()), opts.log_dir.clone());
+                let checkpointed_log = opts.log_dir.clone();
                 let auto_compaction = opts.auto_compaction;
                 let tx = match opts.cluster.clone() {
                     Some(cluster) => {
@@ -143,8 +142,8 @@ impl Links {
                 };
                 let tx = Rc::new(tx);
                 glommio::spawn_local(lease_ticker(Owner::Local(tx.clone()))).detach();
-                // A single member checkpoints its state and releases the log before it.
-                if let (None, Some(dir)) = (&checkpointed_cluster, &checkpointed_log) {
+                // Every member checkpoints its state and releases the log before it.
+                if let Some(dir) = &checkpointed_log {
                     let owner = Owner::Local(tx.clone());
                     glommio::spawn_local(checkpointer(owner, checkpoint_dir(dir))).detach();
                 }
@@ -223,8 +222,15 @@ impl Links {
     }
 }
 
-/// A fresh state, and the log opened and checked (its records not yet replayed).
-pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Recovered>)> {
+/// A fresh state, and the log opened and checked (its records not yet replayed); a cluster
+/// member's checkpoint also gives Raft's state at it.
+pub(crate) async fn open(
+    opts: &StateOptions,
+) -> io::Result<(
+    KvState,
+    Option<Recovered>,
+    Option<(crate::consensus::RaftMeta, u64)>,
+)> {
     METRICS.member_id.store(
         opts.kv.identity.member_id,
         std::sync::atomic::Ordering::Relaxed,
@@ -234,18 +240,13 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Rec
         .set(opts.kv.quota_bytes.map_or(0, |q| q as i64));
     let mut state = KvState::new(opts.kv.clone());
     let Some(dir) = &opts.log_dir else {
-        return Ok((state, None));
+        return Ok((state, None, None));
     };
-    // A single member restores its newest checkpoint, then replays the log after it.
+    // Restore the newest checkpoint, then replay the log after it.
     let mut from_seq = 1;
+    let mut raft = None;
     let cdir = checkpoint_dir(dir);
     if let Some((seq, paths)) = checkpoint::newest(&cdir)? {
-        if opts.cluster.is_some() {
-            return Err(io::Error::other(format!(
-                "{}: checkpoints of a single member; a cluster member cannot start from them",
-                cdir.display()
-            )));
-        }
         let started = std::time::Instant::now();
         let bytes = paths
             .iter()
@@ -253,13 +254,31 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Rec
             .sum();
         let loaded = checkpoint::load(seq, &paths)?;
         let items = loaded.count;
-        state
+        raft = state
             .restore_checkpoint(loaded, bytes)
-            .map_err(io::Error::other)?;
+            .map_err(io::Error::other)?
+            .map(|r| (r, seq));
+        match (&raft, opts.cluster.is_some()) {
+            (None, true) => {
+                return Err(io::Error::other(format!(
+                    "{}: checkpoints of a single member; a cluster member cannot start from them",
+                    cdir.display()
+                )))
+            }
+            (Some(_), false) => {
+                return Err(io::Error::other(format!(
+                    "{}: checkpoints of a cluster member; start it with its cluster \
+                     (--initial-cluster)",
+                    cdir.display()
+                )))
+            }
+            _ => {}
+        }
         tracing::info!(
             checkpoint = %format!("{seq:016x}"),
             revisions = items,
             revision = state.store().rev(),
+            raft_index = raft.as_ref().map_or(0, |(r, _)| r.index),
             ms = started.elapsed().as_millis() as u64,
             "checkpoint restored"
         );
@@ -269,7 +288,7 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<(KvState, Option<Rec
     for m in rec.log.segment_maps() {
         state.add_log_segment(m.clone());
     }
-    Ok((state, Some(rec)))
+    Ok((state, Some(rec), raft))
 }
 
 /// Where a single member's checkpoints live: beside the log.
@@ -289,7 +308,7 @@ pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
 
 /// Opens the log and replays it into a fresh state.
 async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
-    let (mut state, rec) = open(&opts).await?;
+    let (mut state, rec, _) = open(&opts).await?;
     let Some(rec) = rec else {
         return Ok((state, None));
     };
@@ -698,7 +717,7 @@ async fn run_batch(
             if log.is_none() {
                 tx.send(Ok(Response::Defragment(defragmented(state)))).await;
             } else {
-                demands.waiting.push(tx);
+                demands.push(tx);
             }
             continue;
         }
@@ -707,14 +726,14 @@ async fn run_batch(
         let ok = answer.is_ok();
         tx.send(answer.map(Response::Checkpoint)).await;
         if finished && ok {
-            for d in std::mem::take(&mut demands.in_flight) {
+            for d in demands.finished() {
                 d.send(Ok(Response::Defragment(defragmented(state)))).await;
             }
         }
     }
 }
 
-fn defragmented(state: &KvState) -> pb::DefragmentResponse {
+pub(crate) fn defragmented(state: &KvState) -> pb::DefragmentResponse {
     pb::DefragmentResponse {
         header: Some(state.cluster_header()),
     }
@@ -913,31 +932,17 @@ fn checkpoint_op(
         Op::Demand => unreachable!("a demand is kept by the apply loop"),
         Op::Finished => A::Done,
         Op::Begin => {
-            let force = !demands.waiting.is_empty();
-            if !force && !state.checkpoint_due(log.stats().bytes) {
+            if !demands.forcing() && !state.checkpoint_due(log.stats().bytes) {
                 return Ok(A::Begun(None));
             }
-            demands.in_flight.append(&mut demands.waiting);
+            demands.begun();
             state.checkpoint_started(log.stats().bytes);
-            let (rev, meta) = state.checkpoint_begin();
+            let (rev, meta) = state.checkpoint_begin(None);
             A::Begun(Some((log.next_seq() - 1, rev, meta)))
         }
-        Op::Step { after, at_rev } => A::Items(state.checkpoint_step(
-            after.as_ref(),
-            at_rev,
-            crate::limits::CHECKPOINT_KEYS_PER_STEP,
-        )),
         Op::Abandon => {
             state.checkpoint_abandon();
-            // The Defragment calls wait for the next one.
-            let mut back = std::mem::take(&mut demands.in_flight);
-            back.append(&mut demands.waiting);
-            demands.waiting = back;
-            A::Done
-        }
-        Op::Install { parts } => A::Installed(state.checkpoint_install(&parts)),
-        Op::Repoint(items) => {
-            state.checkpoint_repoint(&items);
+            demands.abandoned();
             A::Done
         }
         Op::Release {
@@ -947,21 +952,88 @@ fn checkpoint_op(
             bytes,
         } => {
             let gone = log.release_before(seq + 1);
-            let removed = gone.len();
             let (ordinals, paths): (Vec<usize>, Vec<PathBuf>) = gone.into_iter().unzip();
-            state.checkpoint_release(parts, bytes, at_rev, &ordinals);
-            let ckpt = state.checkpoint_bytes();
-            set_sizes(state, log.disk_bytes() + ckpt, log.used_bytes() + ckpt);
-            tracing::info!(
-                checkpoint = %format!("{seq:016x}"),
-                segments_removed = removed,
-                checkpoint_bytes = ckpt,
-                log_bytes = log.disk_bytes(),
-                "checkpoint in place; the log before it is released"
-            );
+            let sizes = (log.disk_bytes(), log.used_bytes());
+            checkpoint_released(state, seq, at_rev, parts, bytes, &ordinals, sizes);
             A::Released(paths)
         }
+        op => checkpoint_state_op(state, op),
     })
+}
+
+/// A checkpoint at `at_rev` (record `seq`) is in place and the log segments with `ordinals`
+/// were let go of: the state forgets them and the previous checkpoint; `log` is the log's
+/// (disk, used) bytes now.
+pub(crate) fn checkpoint_released(
+    state: &mut KvState,
+    seq: u64,
+    at_rev: i64,
+    parts: Vec<u32>,
+    bytes: u64,
+    ordinals: &[usize],
+    log: (u64, u64),
+) {
+    state.checkpoint_release(parts, bytes, at_rev, ordinals);
+    let ckpt = state.checkpoint_bytes();
+    set_sizes(state, log.0 + ckpt, log.1 + ckpt);
+    tracing::info!(
+        checkpoint = %format!("{seq:016x}"),
+        segments_removed = ordinals.len(),
+        checkpoint_bytes = ckpt,
+        log_bytes = log.0,
+        "checkpoint in place; the log before it is released"
+    );
+}
+
+impl Demands {
+    /// A Defragment call waits for the next checkpoint.
+    pub(crate) fn push(&mut self, tx: Reply) {
+        self.waiting.push(tx);
+    }
+
+    /// Whether a Defragment call waits (a checkpoint is due even if the log grew little).
+    pub(crate) fn forcing(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// A checkpoint begins: the calls waiting so far wait for it.
+    pub(crate) fn begun(&mut self) {
+        self.in_flight.append(&mut self.waiting);
+    }
+
+    /// The checkpoint under way was abandoned: its calls wait for the next.
+    pub(crate) fn abandoned(&mut self) {
+        let mut back = std::mem::take(&mut self.in_flight);
+        back.append(&mut self.waiting);
+        self.waiting = back;
+    }
+
+    /// The calls the finished checkpoint answers.
+    pub(crate) fn finished(&mut self) -> Vec<Reply> {
+        std::mem::take(&mut self.in_flight)
+    }
+}
+
+/// The steps of a checkpoint that only the state takes part in (the same on a single member
+/// and on a member of a cluster): Step, Install and Repoint.
+pub(crate) fn checkpoint_state_op(
+    state: &mut KvState,
+    op: kv::CheckpointOp,
+) -> kv::CheckpointAnswer {
+    use kv::{CheckpointAnswer as A, CheckpointOp as Op};
+    match op {
+        Op::Step { after, at_rev } => A::Items(state.checkpoint_step(
+            after.as_ref(),
+            at_rev,
+            crate::limits::CHECKPOINT_KEYS_PER_STEP,
+        )),
+        Op::Install { parts } => A::Installed(state.checkpoint_install(&parts)),
+        Op::Repoint(items) => {
+            state.checkpoint_repoint(&items);
+            A::Done
+        }
+        other => unreachable!("not a step of the state alone: {other:?}"),
+    }
 }
 
 /// What one append changed in the log: for the value store, the quota and the metrics.
@@ -989,6 +1061,12 @@ impl LogReport {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// The database's sizes from the log's (disk, used) bytes and the checkpoint's.
+pub(crate) fn set_log_sizes(state: &mut KvState, log: (u64, u64)) {
+    let ckpt = state.checkpoint_bytes();
+    set_sizes(state, log.0 + ckpt, log.1 + ckpt);
 }
 
 /// The database's sizes (log and checkpoint files; bytes written to them), for dbSize, the

@@ -750,6 +750,64 @@ impl Cluster {
         Cluster { members }
     }
 
+    /// Adds a member `name` with etcdctl's `member add` (as a learner if asked), then starts
+    /// it with the `ETCD_INITIAL_CLUSTER` etcdctl printed and `--initial-cluster-state
+    /// existing` (and `extra` flags), without waiting for it; returns etcdctl's output and the
+    /// new member's position.
+    pub fn add_member(&mut self, name: &str, learner: bool, extra: &[&str]) -> (Output, usize) {
+        let (client, peer) = (free_port(), free_port());
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut add = vec![
+            "member".to_string(),
+            "add".into(),
+            name.into(),
+            format!("--peer-urls={peer_url}"),
+        ];
+        if learner {
+            add.push("--learner".into());
+        }
+        let add: Vec<&str> = add.iter().map(String::as_str).collect();
+        let out = etcdctl(&self.endpoints(), &add, "");
+        assert_eq!(out.code, 0, "{out:?}");
+        let initial = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
+            .to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let curl = format!("http://127.0.0.1:{client}");
+        let mut args: Vec<String> = [
+            "--name",
+            name,
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--listen-client-urls",
+            &curl,
+            "--advertise-client-urls",
+            &curl,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "test-cluster",
+            "--initial-cluster-state",
+            "existing",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = env!("CARGO_BIN_EXE_ferrocd");
+        self.members
+            .push(Server::launch("ferrocd", bin, args, client, peer, dir));
+        (out, self.members.len() - 1)
+    }
+
     /// The ferrocd binary (for `launch`).
     pub fn ferrocd_bin() -> &'static str {
         env!("CARGO_BIN_EXE_ferrocd")

@@ -1,0 +1,244 @@
+//! Checkpoints in a cluster: every member checkpoints its state and deletes the log before it
+//! (keeping a few entries for followers slightly behind); a follower too far behind receives
+//! the leader's checkpoint as a Raft snapshot, installs it, and restarts from it after kill -9.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{rt, Cluster, Server};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Every key under `prefix` with its mod revision and value, read serializably from `server`
+/// (its own state, not the leader's).
+fn local_kvs(server: &Server, prefix: &str) -> BTreeMap<String, (i64, Vec<u8>)> {
+    try_local_kvs(server, prefix).expect("a serializable range")
+}
+
+/// [`local_kvs`], or None while the server does not answer.
+fn try_local_kvs(server: &Server, prefix: &str) -> Option<BTreeMap<String, (i64, Vec<u8>)>> {
+    rt().block_on(async {
+        let mut c = etcd_client::Client::connect([server.url()], None)
+            .await
+            .ok()?;
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_serializable();
+        let got = c.get(prefix, Some(opts)).await.ok()?;
+        let kvs = got
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    (kv.mod_revision(), kv.value().to_vec()),
+                )
+            })
+            .collect();
+        Some(kvs)
+    })
+}
+
+/// Puts `n` values of 1 KiB over 200 keys through `endpoint`; returns the last revision.
+fn fill(endpoint: String, round: usize, n: usize) -> i64 {
+    rt().block_on(async move {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("connect");
+        let mut rev = 0;
+        for i in 0..n {
+            let value = format!("{round}-{i}-{}", "v".repeat(1000));
+            rev = common::put_rev(&mut c, &format!("snap/{:03}", i % 200), &value).await;
+        }
+        rev
+    })
+}
+
+fn files(dir: &std::path::Path, ext: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) until every member in `among` holds the same keys as `reference`.
+fn wait_same(c: &Cluster, among: &[usize], reference: usize, what: &str) {
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let want = try_local_kvs(&c.members[reference], "snap/");
+        let differ: Vec<usize> = among
+            .iter()
+            .copied()
+            .filter(|&i| want.is_none() || try_local_kvs(&c.members[i], "snap/") != want)
+            .collect();
+        if differ.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: members {differ:?} differ from m{reference}\n{}",
+            differ
+                .iter()
+                .map(|&i| c.members[i].log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released() {
+    if !common::etcd_tools_or_skip(
+        "a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released",
+    ) {
+        return;
+    }
+    let mut c = Cluster::ferrocd(
+        3,
+        &[
+            "--checkpoint-min-bytes",
+            "1048576",
+            "--log-segment-bytes",
+            "1048576",
+            "--experimental-snapshot-catchup-entries",
+            "100",
+        ],
+    );
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let behind = (leader + 1) % 3;
+    let other = 3 - leader - behind;
+    fill(c.members[leader].url(), 0, 500);
+    wait_same(&c, &[behind, other], leader, "before the stop");
+
+    // One follower stops; the others write 6 MiB (over 200 keys), checkpoint it and let the
+    // log before their checkpoints go.
+    c.members[behind].kill9();
+    let last_rev = fill(c.members[leader].url(), 1, 6000);
+    let member_dir = |i: usize| c.members[i].dir.path().join("data").join("member");
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let logs = files(&member_dir(leader).join("log"), ".log");
+        let ckpts = files(&member_dir(leader).join("checkpoint"), ".ckpt");
+        // Without checkpoints the leader's log would hold 6+ MiB, 7 segments or more.
+        if !logs.is_empty() && logs.len() <= 4 && !ckpts.is_empty() {
+            eprintln!("leader: log segments {logs:?}, checkpoint {ckpts:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader's log was not released: {logs:?} {ckpts:?}\n{}",
+            c.members[leader].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The follower comes back: the entries it needs are gone, so it gets a snapshot.
+    c.members[behind].relaunch();
+    c.members[behind].wait_healthy();
+    wait_same(&c, &[behind, other], leader, "after the snapshot");
+    let log = c.members[behind].log();
+    for line in log.lines().filter(|l| l.contains("snapshot")) {
+        eprintln!("m{behind}: {line}");
+    }
+    assert!(log.contains("raft: snapshot installed"), "{log}");
+    assert!(
+        c.members[leader].log().contains("raft snapshot sent"),
+        "{}",
+        c.members[leader].log()
+    );
+    let kvs = local_kvs(&c.members[behind], "snap/");
+    assert_eq!(kvs.len(), 200);
+    assert_eq!(kvs.values().map(|(r, _)| *r).max(), Some(last_rev));
+
+    // It restarts from the installed snapshot after kill -9, and keeps up with new writes.
+    c.members[behind].kill9();
+    c.members[behind].relaunch();
+    c.members[behind].wait_healthy();
+    fill(c.members[other].url(), 2, 300);
+    wait_same(&c, &[behind, other], leader, "after the follower's restart");
+
+    // Every member, the leader too, restarts from its own checkpoint and the log after it.
+    for m in &mut c.members {
+        m.kill9();
+    }
+    for m in &mut c.members {
+        m.relaunch();
+    }
+    for m in &mut c.members {
+        m.wait_healthy();
+    }
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let rev = fill(c.members[leader].url(), 3, 50);
+    wait_same(&c, &[0, 1, 2], leader, "after a restart of every member");
+    let kvs = local_kvs(&c.members[behind], "snap/");
+    assert_eq!(kvs.values().map(|(r, _)| *r).max(), Some(rev));
+    for m in &c.members {
+        let log = m.log();
+        assert!(log.contains("checkpoint restored"), "{log}");
+    }
+}
+
+#[test]
+fn a_member_added_after_the_log_was_released_starts_from_a_snapshot() {
+    if !common::etcd_tools_or_skip(
+        "a_member_added_after_the_log_was_released_starts_from_a_snapshot",
+    ) {
+        return;
+    }
+    let flags = [
+        "--checkpoint-min-bytes",
+        "1048576",
+        "--log-segment-bytes",
+        "1048576",
+        "--experimental-snapshot-catchup-entries",
+        "100",
+    ];
+    let mut c = Cluster::ferrocd(3, &flags);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let last_rev = fill(c.members[leader].url(), 0, 3000);
+    let ckpt_dir = c.members[leader].dir.path().join("data/member/checkpoint");
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    while files(&ckpt_dir, ".ckpt").is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint on the leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A learner added now cannot get the cluster's first entries: it gets the snapshot.
+    let (out, new) = c.add_member("m3", true, &flags);
+    let id = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no member id in {out:?}"))
+        .to_string();
+    wait_same(&c, &[new], leader, "the new member did not catch up");
+    let log = c.members[new].log();
+    assert!(log.contains("raft: snapshot installed"), "{log}");
+    let kvs = local_kvs(&c.members[new], "snap/");
+    assert_eq!(kvs.values().map(|(r, _)| *r).max(), Some(last_rev));
+
+    // It is promoted once caught up, and takes part in the writes that follow.
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let out = common::etcdctl(&c.endpoints(), &["member", "promote", &id], "");
+        if out.code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no promotion: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fill(c.members[leader].url(), 1, 200);
+    wait_same(&c, &[0, 1, 2, new], leader, "after the promotion");
+    let out = common::etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 4, "{out:?}");
+    assert!(!out.stdout.contains("true"), "a learner left: {out:?}");
+}
