@@ -77,8 +77,14 @@ impl Snapshots {
 
     /// The directory a snapshot at (index, term) is staged in.
     pub fn staged(&self, index: u64, term: u64) -> std::path::PathBuf {
-        self.staging.join(format!("{index:016x}-{term:016x}"))
+        staged_dir(&self.staging, index, term)
     }
+}
+
+/// The directory under `staging` a snapshot at (index, term) waits in: `<index>-<term>`, in
+/// hexadecimal.
+pub(crate) fn staged_dir(staging: &std::path::Path, index: u64, term: u64) -> std::path::PathBuf {
+    staging.join(format!("{index:016x}-{term:016x}"))
 }
 
 /// The members' ids and peer URLs, kept current by the Raft loop: a joining member finds its
@@ -268,8 +274,10 @@ async fn receive_snapshot(
     }
     let _receiving = Receiving(&snapshots.busy);
     let meta = m.get_snapshot().get_metadata();
+    // (Other staged snapshots stay: one may be on its way to being installed; the loop
+    // removes those an install made useless.)
     let dir = snapshots.staged(meta.index, meta.term);
-    let _ = std::fs::remove_dir_all(&snapshots.staging);
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut paths = Vec::new();
     let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];

@@ -1650,7 +1650,7 @@ impl Node {
     }
 
     fn staged(&self, index: u64, term: u64) -> std::path::PathBuf {
-        self.staging.join(format!("{index:016x}-{term:016x}"))
+        peer::staged_dir(&self.staging, index, term)
     }
 
     fn hand_to_appender(&mut self, req: AppendReq) {
@@ -1758,9 +1758,22 @@ impl Node {
         self.refresh_directory();
         self.update_role();
         self.notifier.notify(self.state.store().rev());
-        // Older checkpoints go (nothing points into them now).
-        let dir = self.checkpoints.clone();
-        std::thread::spawn(move || crate::log::checkpoint::newest(&dir).map(drop));
+        // Older checkpoints go (nothing points into them now), and snapshots staged at or
+        // before this one (Raft would ignore them).
+        let (dir, staging, index) = (self.checkpoints.clone(), self.staging.clone(), meta.index);
+        std::thread::spawn(move || {
+            for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                let staged_index = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .and_then(|(i, _)| u64::from_str_radix(i, 16).ok());
+                if staged_index.is_none_or(|i| i <= index) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            crate::log::checkpoint::newest(&dir).map(drop)
+        });
         tracing::info!(
             index = meta.index,
             revision = self.state.store().rev(),
