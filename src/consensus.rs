@@ -772,6 +772,7 @@ mod tests {
             .is_err());
         assert_eq!(s.seq_of(3), Some(12));
         assert!(s.snapshot(0, 2).is_err(), "no checkpoint yet");
+        assert!(s.take_snapshot_wanted(), "a checkpoint is wanted at once");
         let meta = RaftMeta {
             index: 2,
             term: 1,

@@ -9,31 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-50000}
 cargo build --release --workspace --bins >/dev/null
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-# start KIND BIN: three members; sets ENDPOINTS and PIDS
-start() {
-  local kind=$1 bin=$2 cp pp initial="" eps="" ps=""
-  local -a cports pports
-  for i in 0 1 2; do cports[$i]=$(port); pports[$i]=$(port); done
-  for i in 0 1 2; do initial+="${initial:+,}$kind$i=http://127.0.0.1:${pports[$i]}"; done
-  for i in 0 1 2; do
-    cp=${cports[$i]}; pp=${pports[$i]}
-    "$bin" --name "$kind$i" --data-dir "$work/$kind$i" \
-      --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
-      --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
-      --initial-cluster "$initial" --initial-cluster-token "$kind-bench" 2>"$work/$kind$i.log" &
-    pids+=($!); ps+="${ps:+,}$!"; eps+="${eps:+,}127.0.0.1:$cp"
-  done
-  for i in 0 1 2; do
-    for _ in $(seq 200); do curl -sf "http://127.0.0.1:${cports[$i]}/health" >/dev/null && break; sleep 0.1; done
-  done
-  ENDPOINTS=$eps; PIDS=$ps
-}
+source tuning/lib.sh
 start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
 start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
 
