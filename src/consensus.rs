@@ -47,7 +47,7 @@ pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
 }
 
 /// One of this module's records, decoded from the log without copying the entry's data.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Entry(Entry),
     HardState(HardState),

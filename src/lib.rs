@@ -21,5 +21,7 @@ pub mod linearizability;
 pub mod log;
 pub mod mvcc;
 pub mod server;
+#[cfg(test)]
+mod sim;
 
 pub use ferrocd_proto as proto;

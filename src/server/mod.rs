@@ -15,7 +15,7 @@ mod http2;
 mod metrics;
 mod peer;
 mod recipes;
-mod replica;
+pub(crate) mod replica;
 mod shard;
 mod snapshot;
 mod stream;

@@ -204,25 +204,8 @@ pub(crate) async fn recover(
             .recover(r, seq)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
     }
-    // The commit index is at least the checkpoint's (its hard state may not have been durable
-    // yet), and at most the last entry kept (a crash between a snapshot's hard state and its
-    // checkpoint leaves the hard state ahead of the entries: the leader sends it again).
-    let (snap_index, _) = storage.snapshot_point();
-    let last = raft::Storage::last_index(&storage).unwrap_or(snap_index);
-    let mut hs = storage.hard_state().clone();
-    hs.commit = hs.commit.clamp(snap_index, last);
-    storage.set_hard_state(hs);
-    let commit = storage.hard_state().commit;
-    let committed = storage.slice(snap_index + 1, commit + 1);
-    for e in &committed {
-        let applied = apply_entry(&mut state, &mut members, e)
-            .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
-        if let Applied::Conf(cc) = applied {
-            consensus::change_conf(&mut conf, &cc);
-        }
-    }
-    storage.set_conf_state(conf);
-    storage.trim_before(commit.saturating_sub(RAFT_ENTRIES_WHOLE));
+    let commit = replay(&mut state, &mut members, &mut storage, conf)
+        .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
     // Published again on every start (the URLs may have changed).
     members.published = false;
     state.set_members(members.list());
@@ -246,6 +229,34 @@ pub(crate) async fn recover(
         checkpoints: shard::checkpoint_dir(&dir),
         staging: snapshot_staging(&dir),
     })
+}
+
+/// Applies the committed entries Raft's storage holds after recovery (after its checkpoint, if
+/// any) to `state` and `members`, starting from configuration `conf`; sets the storage's
+/// configuration and returns the commit index. The commit index is at least the checkpoint's
+/// (its hard state may not have been durable yet) and at most the last entry kept (a crash
+/// between a snapshot's hard state and its checkpoint leaves the hard state ahead of the
+/// entries: the leader sends the snapshot again).
+pub(crate) fn replay(
+    state: &mut KvState,
+    members: &mut Members,
+    storage: &mut LogStorage,
+    mut conf: raft::eraftpb::ConfState,
+) -> Result<u64, String> {
+    let (snap_index, _) = storage.snapshot_point();
+    let last = raft::Storage::last_index(storage).unwrap_or(snap_index);
+    let mut hs = storage.hard_state().clone();
+    hs.commit = hs.commit.clamp(snap_index, last);
+    storage.set_hard_state(hs);
+    let commit = storage.hard_state().commit;
+    for e in &storage.slice(snap_index + 1, commit + 1) {
+        if let Applied::Conf(cc) = apply_entry(state, members, e)? {
+            consensus::change_conf(&mut conf, &cc);
+        }
+    }
+    storage.set_conf_state(conf);
+    storage.trim_before(commit.saturating_sub(RAFT_ENTRIES_WHOLE));
+    Ok(commit)
 }
 
 /// Where a snapshot received from the leader waits to be installed: beside the log.
@@ -317,7 +328,7 @@ pub(crate) struct Members {
 impl Members {
     /// No members yet: the log's configuration changes add them (a new cluster's bootstrap
     /// entries, then MemberAdd and MemberRemove).
-    fn new(me: &kv::Identity) -> Members {
+    pub(crate) fn new(me: &kv::Identity) -> Members {
         Members {
             me: me.member_id,
             list: BTreeMap::new(),
@@ -412,7 +423,11 @@ fn publish_payload(id: &kv::Identity) -> Vec<u8> {
 }
 
 /// Applies one committed entry.
-fn apply_entry(state: &mut KvState, members: &mut Members, e: &Entry) -> Result<Applied, String> {
+pub(crate) fn apply_entry(
+    state: &mut KvState,
+    members: &mut Members,
+    e: &Entry,
+) -> Result<Applied, String> {
     match e.get_entry_type() {
         EntryType::EntryNormal => {}
         EntryType::EntryConfChange => {
