@@ -3,9 +3,12 @@
 //! cluster's own apply code (`replica::apply_entry`, the MVCC store), recovered after a crash
 //! with the cluster's own replay (`replica::replay`) from what its disk made durable. The
 //! network drops, delays and reorders messages and is cut by partitions; a disk completes its
-//! writes late, in order, and a crash loses what it had not completed. Clients put and read
-//! (linearizable reads through ReadIndex) on a few keys; the history is checked with
-//! `linearizability::check`, and at the end every member must hold the same state.
+//! writes late, in order, and a crash loses what it had not completed. Members take
+//! checkpoints and release the log before them (`LogStorage::compact`, the rules of
+//! replica.rs's checkpoint), so followers behind get snapshots, installed as replica.rs
+//! installs them. Clients put (some inside txns) and read (linearizable reads through
+//! ReadIndex) on a few keys; the history is checked with `linearizability::check`, and at the
+//! end every member must hold the same state.
 //!
 //! The loop is the simulation's own and follows replica.rs's steps (messages of a Ready out at
 //! once, committed entries applied, entries and hard state handed to the disk, the messages
@@ -61,9 +64,14 @@ pub struct Faults {
     pub drop_per_mille: u64,
     pub crash_per_mille: u64,
     pub partition_per_mille: u64,
+    /// Each member takes a checkpoint (and releases the log before it) with this chance per
+    /// step; a follower too far behind then needs a snapshot.
+    pub checkpoint_per_mille: u64,
     /// The bug: a member answers a linearizable read from its own state at once, without
     /// waiting for the read index (a follower or deposed leader returns stale values).
     pub stale_reads: bool,
+    /// Another: a member that installs a snapshot keeps its old state.
+    pub stale_install: bool,
 }
 
 impl Faults {
@@ -74,7 +82,9 @@ impl Faults {
             drop_per_mille: 50,
             crash_per_mille: 2,
             partition_per_mille: 2,
+            checkpoint_per_mille: 3,
             stale_reads: false,
+            stale_install: false,
         }
     }
 }
@@ -86,12 +96,26 @@ const OP_TIMEOUT_STEPS: u64 = 1_500;
 const KEYS: u64 = 4;
 /// Writes a disk holds before the member stops handing it more (as the appender's queue).
 const DISK_QUEUE: usize = 8;
+/// Entries kept before a checkpoint (`--experimental-snapshot-catchup-entries`).
+const CATCHUP_ENTRIES: u64 = 20;
 
-/// Records made durable by one completed write, and the messages waiting for them.
+/// Records made durable by one completed write, and the messages waiting for them; a
+/// snapshot to install once they are durable.
 struct Write {
     records: Vec<Record>,
     number: u64,
     persisted: Vec<Message>,
+    install: Option<Checkpoint>,
+}
+
+/// A checkpoint as the simulation keeps it: Raft's state at an applied index, and the
+/// entries whose effects it holds (applied again to rebuild the state, where ferrocd reads
+/// its checkpoint file back); `seq` is the last log record it covers, as its name.
+#[derive(Clone)]
+struct Checkpoint {
+    meta: consensus::RaftMeta,
+    entries: Vec<Entry>,
+    seq: u64,
 }
 
 /// A running member: what lives in memory (a crash loses it).
@@ -108,12 +132,19 @@ struct Live {
     rounds: BTreeMap<u64, Vec<usize>>,
     ready_reads: Vec<(u64, Vec<usize>)>,
     role: (u64, StateRole, u64),
+    /// Every entry applied, from index 1 (what a checkpoint holds).
+    history: Vec<Entry>,
+    /// Snapshots received, by (index, term), until Raft installs one.
+    staged: BTreeMap<(u64, u64), Checkpoint>,
 }
 
 struct Member {
     id: u64,
-    /// The durable records, in order.
+    /// The durable records, in order: record `k` has seq `base + k + 1` (the log before a
+    /// checkpoint is released).
     disk: Vec<Record>,
+    base: u64,
+    checkpoint: Option<Checkpoint>,
     live: Option<Live>,
 }
 
@@ -128,8 +159,9 @@ pub struct Sim {
     faults: Faults,
     now: u64,
     members: Vec<Member>,
-    /// Messages in flight: (delivery step, order sent) -> message.
-    net: BTreeMap<(u64, u64), Message>,
+    /// Messages in flight: (delivery step, order sent) -> message, with the checkpoint a
+    /// snapshot message carries (ferrocd sends its files on a connection of their own).
+    net: BTreeMap<(u64, u64), (Message, Option<Checkpoint>)>,
     sent: u64,
     /// Members cut off from every other.
     isolated: Vec<u64>,
@@ -183,6 +215,8 @@ impl Sim {
                 .map(|&id| Member {
                     id,
                     disk: disk.clone(),
+                    base: 0,
+                    checkpoint: None,
                     live: None,
                 })
                 .collect(),
@@ -204,22 +238,33 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let m = &mut self.members[i];
         let mut storage = LogStorage::default();
-        for (seq, r) in m.disk.iter().enumerate() {
+        let (mut state, mut members) = fresh(m.id);
+        let mut conf = Default::default();
+        let mut history = Vec::new();
+        if let Some(c) = &m.checkpoint {
+            let (term, vote, commit) = c.meta.hard_state;
+            let hs = raft::eraftpb::HardState {
+                term,
+                vote,
+                commit,
+                ..Default::default()
+            };
+            storage.start_from(c.meta.index, c.meta.term, c.meta.conf_state(), hs);
+            storage.set_snapshot(c.meta.snapshot(c.seq));
+            rebuild(&mut state, &mut members, &c.entries);
+            conf = c.meta.conf_state();
+            history = c.entries.clone();
+        }
+        for (k, r) in m.disk.iter().enumerate() {
             storage
-                .recover(r.clone(), seq as u64 + 1)
+                .recover(r.clone(), m.base + k as u64 + 1)
                 .expect("the simulated disk holds a valid log");
         }
-        let identity = kv::Identity {
-            cluster_id: 1,
-            member_id: m.id,
-            name: format!("m{}", m.id),
-            peer_urls: vec![],
-            client_urls: vec![],
-        };
-        let mut state = KvState::in_memory(1, m.id);
-        let mut members = Members::new(&identity);
-        let commit = replica::replay(&mut state, &mut members, &mut storage, Default::default())
+        let snap = storage.snapshot_point().0;
+        let commit = replica::replay(&mut state, &mut members, &mut storage, conf)
             .expect("the simulated log replays");
+        history.extend(storage.slice(snap + 1, commit + 1));
+        assert_eq!(history.len() as u64, commit, "m{}: entries applied", m.id);
         let raw = RawNode::new(&config(m.id, commit), storage, &logger()).expect("raft starts");
         m.live = Some(Live {
             raw,
@@ -231,6 +276,8 @@ impl Sim {
             rounds: BTreeMap::new(),
             ready_reads: Vec::new(),
             role: (0, StateRole::Follower, 0),
+            history,
+            staged: BTreeMap::new(),
         });
         let t = self.now;
         self.events
@@ -312,14 +359,106 @@ impl Sim {
     fn send(&mut self, mut msgs: Vec<Message>) {
         msgs.sort_by_key(|m| (m.to, m.get_msg_type() as i32, m.index, m.log_term, m.commit));
         for m in msgs {
+            // A snapshot names the sender's newest checkpoint, which travels with it.
+            let snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+            let carried = if snapshot {
+                let seq = consensus::snapshot_seq(m.get_snapshot());
+                self.index_of(m.from).and_then(|from| {
+                    self.members[from]
+                        .checkpoint
+                        .clone()
+                        .filter(|c| Some(c.seq) == seq)
+                })
+            } else {
+                None
+            };
             let healing = self.now >= self.faults.steps;
-            if !healing && self.rng.chance(self.faults.drop_per_mille) {
+            if (snapshot && carried.is_none())
+                || (!healing && self.rng.chance(self.faults.drop_per_mille))
+            {
+                if snapshot {
+                    self.snapshot_sent(m.from, m.to, false);
+                }
                 continue;
             }
             let delay = 1 + self.rng.below(if healing { 3 } else { 12 });
             self.sent += 1;
-            self.net.insert((self.now + delay, self.sent), m);
+            self.net.insert((self.now + delay, self.sent), (m, carried));
         }
+    }
+
+    /// The sender of a snapshot hears whether it arrived (as peer.rs reports it).
+    fn snapshot_sent(&mut self, from: u64, to: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        if let Some(i) = self.index_of(from) {
+            if let Some(live) = &mut self.members[i].live {
+                live.raw.report_snapshot(to, status);
+            }
+        }
+    }
+
+    /// Member `i` checkpoints its state at its applied index and releases the log before the
+    /// first record it still needs, as replica.rs's checkpoint does.
+    fn checkpoint(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let Some(live) = &mut m.live else { return };
+        let store = live.raw.store();
+        let applied = live.applied;
+        let (snap, _) = store.snapshot_point();
+        if applied <= snap {
+            return;
+        }
+        let keep_from = applied.saturating_sub(CATCHUP_ENTRIES).max(snap) + 1;
+        let next = m.base + m.disk.len() as u64 + 1;
+        let from = [store.seq_of(keep_from), store.seq_of(applied + 1)]
+            .into_iter()
+            .flatten()
+            .fold(next, u64::min);
+        let seq = from - 1;
+        if m.checkpoint.as_ref().is_some_and(|c| seq <= c.seq) || seq < m.base {
+            return;
+        }
+        let hs = m
+            .disk
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Record::HardState(h) => Some((h.term, h.vote, h.commit)),
+                Record::Entry(_) => None,
+            })
+            .or(m.checkpoint.as_ref().map(|c| c.meta.hard_state))
+            .unwrap_or_default();
+        let cs = store.conf_state();
+        let meta = consensus::RaftMeta {
+            index: applied,
+            term: raft::Storage::term(store, applied).expect("an applied entry is kept"),
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            hard_state: hs,
+            members: Vec::new(),
+        };
+        let c = Checkpoint {
+            entries: live.history[..applied as usize].to_vec(),
+            meta,
+            seq,
+        };
+        let store = live.raw.mut_store();
+        assert!(
+            store.compact(keep_from - 1),
+            "compaction of applied entries"
+        );
+        store.set_snapshot(c.meta.snapshot(seq));
+        m.disk.drain(..(seq - m.base) as usize);
+        m.base = seq;
+        m.checkpoint = Some(c);
+        let (t, id) = (self.now, m.id);
+        self.events.push(format!(
+            "{t}: m{id} checkpoints at {applied}, log kept from record {from}"
+        ));
     }
 
     fn index_of(&self, id: u64) -> Option<usize> {
@@ -456,13 +595,29 @@ impl Sim {
             .map(|(k, _)| *k)
             .collect();
         for k in due {
-            let m = self.net.remove(&k).expect("due");
-            if self.cut(m.from, m.to) {
-                continue;
+            let (m, carried) = self.net.remove(&k).expect("due");
+            let (from, to) = (m.from, m.to);
+            let mut arrived = false;
+            if !self.cut(from, to) {
+                if let Some(i) = self.index_of(to) {
+                    if let Some(live) = &mut self.members[i].live {
+                        if let Some(c) = &carried {
+                            let md = m.get_snapshot().get_metadata();
+                            live.staged.insert((md.index, md.term), c.clone());
+                        }
+                        let _ = live.raw.step(m);
+                        arrived = true;
+                    }
+                }
             }
-            if let Some(i) = self.index_of(m.to) {
-                if let Some(live) = &mut self.members[i].live {
-                    let _ = live.raw.step(m);
+            if carried.is_some() {
+                self.snapshot_sent(from, to, arrived);
+            }
+        }
+        if faulty {
+            for i in 0..n {
+                if self.rng.chance(self.faults.checkpoint_per_mille) {
+                    self.checkpoint(i);
                 }
             }
         }
@@ -503,7 +658,39 @@ impl Sim {
                 }
                 live.disk_queue.pop_front().expect("not empty")
             };
-            self.members[i].disk.extend(done.records);
+            let m = &mut self.members[i];
+            let first = m.base + m.disk.len() as u64 + 1;
+            let live = m.live.as_mut().expect("live");
+            for (k, r) in done.records.iter().enumerate() {
+                if let Record::Entry(e) = r {
+                    let seq = first + k as u64;
+                    live.raw
+                        .mut_store()
+                        .set_data(e.index, e.term, e.data.clone(), seq);
+                }
+            }
+            m.disk.extend(done.records);
+            if let Some(mut c) = done.install {
+                // As the appender: the hard state written twice, the checkpoint covering the
+                // first, the log before the second released; then the state read back.
+                c.seq = first;
+                m.disk.drain(..(c.seq - m.base) as usize);
+                m.base = c.seq;
+                let (mut state, mut members) = fresh(m.id);
+                rebuild(&mut state, &mut members, &c.entries);
+                if !self.faults.stale_install {
+                    live.state = state;
+                    live.members = members;
+                }
+                live.applied = c.meta.index;
+                live.history = c.entries.clone();
+                live.raw.mut_store().set_snapshot(c.meta.snapshot(c.seq));
+                live.staged.retain(|(index, _), _| *index > c.meta.index);
+                let (t, id, index) = (self.now, m.id, c.meta.index);
+                m.checkpoint = Some(c);
+                self.events
+                    .push(format!("{t}: m{id} installs a snapshot at {index}"));
+            }
             let live = self.members[i].live.as_mut().expect("live");
             live.raw.on_persist_ready(done.number);
             self.send(done.persisted);
@@ -520,7 +707,16 @@ impl Sim {
             };
             let mut rd = live.raw.ready();
             let msgs = rd.take_messages();
-            assert!(rd.snapshot().is_empty(), "no checkpoints in the simulation");
+            let mut install = None;
+            if !rd.snapshot().is_empty() {
+                let md = rd.snapshot().get_metadata();
+                let c = live
+                    .staged
+                    .remove(&(md.index, md.term))
+                    .unwrap_or_else(|| panic!("m{me}: Raft took a snapshot never received"));
+                live.raw.mut_store().install(rd.snapshot().clone());
+                install = Some(c);
+            }
             let mut answered = Vec::new();
             for e in rd.take_committed_entries() {
                 match replica::apply_entry(&mut live.state, &mut live.members, &e) {
@@ -533,6 +729,12 @@ impl Sim {
                     Err(err) => panic!("m{me}: a committed entry does not apply: {err}"),
                 }
                 live.applied = e.index;
+                assert_eq!(
+                    live.history.len() as u64 + 1,
+                    e.index,
+                    "m{me}: applied in order"
+                );
+                live.history.push(e);
             }
             for rs in rd.take_read_states() {
                 let ctx = rs
@@ -549,13 +751,18 @@ impl Sim {
             let entries: Vec<Entry> = rd.take_entries();
             let mut records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
             if !entries.is_empty() || rd.must_sync() {
-                records.push(Record::HardState(live.raw.store().hard_state().clone()));
+                let hs = Record::HardState(live.raw.store().hard_state().clone());
+                if install.is_some() {
+                    records.push(hs.clone());
+                }
+                records.push(hs);
             }
             live.raw.mut_store().append(&entries);
             let write = Write {
                 records,
                 number: rd.number(),
                 persisted: rd.take_persisted_messages(),
+                install,
             };
             live.raw.advance_append_async(rd);
             let applied = live.applied;
@@ -632,8 +839,19 @@ impl Sim {
             })
             .map(|(r, _)| r.op.clone())
             .collect();
-        if let Err(e) = linearizability::check(&history) {
-            return Err(format!("not linearizable: {e:?}"));
+        match linearizability::check(&history) {
+            Ok(()) => {}
+            Err(linearizability::CheckError::NotLinearizable { key, ops }) => {
+                let n = ops.len();
+                let last: Vec<String> = ops[n.saturating_sub(12)..]
+                    .iter()
+                    .map(|o| format!("{:?}@{}..{:?}", o.kind, o.call, o.ret))
+                    .collect();
+                return Err(format!(
+                    "not linearizable on {key} ({n} ops; the last: {last:?})"
+                ));
+            }
+            Err(e) => return Err(format!("not checked: {e:?}")),
         }
         // Every member holds the same keys at the same revision.
         let mut views = Vec::new();
@@ -652,7 +870,7 @@ impl Sim {
 
     /// How many ops the history holds, how many of them were acknowledged puts, how many
     /// crashes and partitions there were, and how many terms had a leader.
-    pub fn counts(&self) -> [usize; 5] {
+    pub fn counts(&self) -> [usize; 7] {
         let acked = self
             .ops
             .iter()
@@ -665,7 +883,28 @@ impl Sim {
             count("crashes"),
             count("cut off"),
             self.terms_led.len(),
+            count("checkpoints at"),
+            count("installs a snapshot"),
         ]
+    }
+}
+
+/// A new member's state and member list.
+fn fresh(id: u64) -> (KvState, Members) {
+    let identity = kv::Identity {
+        cluster_id: 1,
+        member_id: id,
+        name: format!("m{id}"),
+        peer_urls: vec![],
+        client_urls: vec![],
+    };
+    (KvState::in_memory(1, id), Members::new(&identity))
+}
+
+/// The state a checkpoint holds: its entries applied again.
+fn rebuild(state: &mut KvState, members: &mut Members, entries: &[Entry]) {
+    for e in entries {
+        replica::apply_entry(state, members, e).expect("a checkpointed entry applies");
     }
 }
 
@@ -701,7 +940,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 5];
+        let mut totals = [0usize; 7];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -719,10 +958,11 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms] = totals;
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs] = totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
-             crashes, {cuts} partitions, {terms} terms with a leader",
+             crashes, {cuts} partitions, {terms} terms with a leader, {checkpoints} \
+             checkpoints, {installs} snapshots installed",
             seeds.len(),
             faults.members
         );
@@ -731,6 +971,10 @@ mod tests {
         assert!(
             crashes > n && cuts > n && terms > 2 * n,
             "too few faults: {totals:?}"
+        );
+        assert!(
+            checkpoints > n && installs > n / 2,
+            "too few snapshots: {totals:?}"
         );
     }
 
@@ -753,6 +997,20 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7).0, run(8).0);
+    }
+
+    #[test]
+    fn a_snapshot_installed_without_its_state_is_caught() {
+        let faults = Faults {
+            stale_install: true,
+            ..Faults::standard(3)
+        };
+        let caught = (1..=40).find(|&seed| Sim::new(seed, faults).run().is_err());
+        eprintln!("a stale install caught first at seed {caught:?}");
+        assert!(
+            caught.is_some(),
+            "a stale install went unnoticed in 40 seeds"
+        );
     }
 
     #[test]
