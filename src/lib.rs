@@ -23,5 +23,6 @@ pub mod mvcc;
 pub mod server;
 #[cfg(test)]
 mod sim;
+pub mod watch_check;
 
 pub use ferrocd_proto as proto;

@@ -8,7 +8,9 @@
 //! replica.rs's checkpoint), so followers behind get snapshots, installed as replica.rs
 //! installs them. Clients put (some inside txns) and read (linearizable reads through
 //! ReadIndex) on a few keys; the history is checked with `linearizability::check`, and at the
-//! end every member must hold the same state.
+//! end every member must hold the same state. A watcher on each member (resuming at its last
+//! revision + 1 after the member's crashes) must have seen exactly the writes of the
+//! committed entries (`watch_check`: ordered, unique, atomic, reliable, bookmarkable).
 //!
 //! The loop is the simulation's own and follows replica.rs's steps (messages of a Ready out at
 //! once, committed entries applied, entries and hard state handed to the disk, the messages
@@ -28,6 +30,7 @@ use crate::kv::{self, KvState, Request, Response};
 use crate::linearizability::{self, Op, OpKind};
 use crate::proto::etcdserverpb as pb;
 use crate::server::replica::{self, Applied, Members};
+use crate::watch_check::{self, Acked, Ev, Resp};
 
 /// xorshift64*: small, fast, and the same everywhere.
 struct Rng(u64);
@@ -72,6 +75,8 @@ pub struct Faults {
     pub stale_reads: bool,
     /// Another: a member that installs a snapshot keeps its old state.
     pub stale_install: bool,
+    /// Another: a watch pull that sometimes claims one revision more than it delivered.
+    pub lossy_watch: bool,
 }
 
 impl Faults {
@@ -85,6 +90,7 @@ impl Faults {
             checkpoint_per_mille: 3,
             stale_reads: false,
             stale_install: false,
+            lossy_watch: false,
         }
     }
 }
@@ -146,6 +152,15 @@ struct Member {
     base: u64,
     checkpoint: Option<Checkpoint>,
     live: Option<Live>,
+    /// A client watching every key through this member since revision 1; it keeps its place
+    /// across the member's crashes and resumes at its last revision + 1.
+    watcher: Watcher,
+}
+
+#[derive(Default)]
+struct Watcher {
+    next: i64,
+    resps: Vec<Resp>,
 }
 
 /// One client operation of the history, while it runs.
@@ -218,6 +233,10 @@ impl Sim {
                     base: 0,
                     checkpoint: None,
                     live: None,
+                    watcher: Watcher {
+                        next: 1,
+                        resps: Vec::new(),
+                    },
                 })
                 .collect(),
             net: BTreeMap::new(),
@@ -496,11 +515,19 @@ impl Sim {
                 ..Default::default()
             };
             // Some puts go inside a txn (no compare, one put: a put in the register model).
+            // Some puts go inside a txn with a second put on a key of their own (one revision,
+            // two events for the watchers; the register model sees the first).
             let req = if o % 4 == 0 {
+                let also = pb::PutRequest {
+                    key: format!("k{key}/txn").into_bytes().into(),
+                    value: p.value.clone(),
+                    ..Default::default()
+                };
+                let op = |p| pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(p)),
+                };
                 Request::Txn(pb::TxnRequest {
-                    success: vec![pb::RequestOp {
-                        request: Some(pb::request_op::Request::RequestPut(p)),
-                    }],
+                    success: vec![op(p), op(also)],
                     ..Default::default()
                 })
             } else {
@@ -632,6 +659,7 @@ impl Sim {
             self.disk(i);
             self.ready(i);
             self.answer_reads(i);
+            self.watch(i);
         }
         self.draw_timeouts();
         // Clients that waited too long give up.
@@ -779,6 +807,54 @@ impl Sim {
         }
     }
 
+    /// The watcher on member `i` pulls what it has not seen (a few revisions at a time, as a
+    /// watch stream does); caught up, it may get a progress notification.
+    fn watch(&mut self, i: usize) {
+        let max_events = 1 + self.rng.below(4) as usize;
+        let progress = self.rng.chance(100);
+        let lose = self.faults.lossy_watch && self.rng.chance(5);
+        let m = &mut self.members[i];
+        let Some(live) = &mut m.live else { return };
+        let spec = kv::WatchSpec {
+            key: "k".into(),
+            range_end: "l".into(),
+            from: m.watcher.next,
+            prev_kv: true,
+            no_put: false,
+            no_delete: false,
+        };
+        let pull = Request::WatchPull(kv::WatchPull {
+            specs: vec![spec],
+            max_events,
+            max_bytes: 1 << 20,
+        });
+        let Ok(Response::WatchPull(p)) = live.state.execute(pull) else {
+            panic!("m{}: a watch pull failed", m.id)
+        };
+        let header_rev = p.header.revision;
+        match p.results.into_iter().next() {
+            Some(kv::Pulled::Events { events, next }) => {
+                let caught_up = next > header_rev;
+                m.watcher.next = next + lose as i64;
+                let evs: Vec<Ev> = events.iter().map(event).collect();
+                if !evs.is_empty() {
+                    m.watcher.resps.push(Resp {
+                        watch_id: 0,
+                        events: evs,
+                        header_rev,
+                    });
+                } else if caught_up && progress {
+                    m.watcher.resps.push(Resp {
+                        watch_id: 0,
+                        events: Vec::new(),
+                        header_rev,
+                    });
+                }
+            }
+            other => panic!("m{}: a watch pull answered {other:?}", m.id),
+        }
+    }
+
     /// Reads whose read index member `i` applied are answered from its state.
     fn answer_reads(&mut self, i: usize) {
         let mut answers = Vec::new();
@@ -865,6 +941,20 @@ impl Sim {
         if views.iter().any(|v| *v != views[0]) {
             return Err(format!("members differ at the end: {views:?}"));
         }
+        // Every member's watcher saw the writes the committed entries hold, by revision.
+        let end = views[0].0;
+        let history = &self.members[0].live.as_ref().expect("live").history;
+        let want = watch_check::expected(&committed_writes(history));
+        for m in &self.members {
+            if m.watcher.next <= end {
+                return Err(format!(
+                    "m{}'s watcher stopped at {} of {end}",
+                    m.id, m.watcher.next
+                ));
+            }
+            watch_check::check(&want, 1, end, &m.watcher.resps, true)
+                .map_err(|e| format!("m{}'s watcher: {e}", m.id))?;
+        }
         Ok(())
     }
 
@@ -886,6 +976,60 @@ impl Sim {
             count("checkpoints at"),
             count("installs a snapshot"),
         ]
+    }
+}
+
+/// The writes of committed entries, by revision (the model a watcher is checked against,
+/// built from the entries, not from the store): each entry with writes takes the next
+/// revision, from 2.
+fn committed_writes(entries: &[Entry]) -> Acked {
+    let mut acked = Acked::new();
+    let mut rev = 1;
+    for e in entries {
+        let Some((_, _, payload)) = consensus::parse_proposal(&e.data) else {
+            continue;
+        };
+        if e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
+            continue;
+        }
+        let puts: Vec<pb::PutRequest> = match kv::decode_write(payload) {
+            Ok(Request::Put(p)) => vec![p],
+            Ok(Request::Txn(t)) => t
+                .success
+                .into_iter()
+                .filter_map(|op| match op.request {
+                    Some(pb::request_op::Request::RequestPut(p)) => Some(p),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if puts.is_empty() {
+            continue;
+        }
+        rev += 1;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        acked.insert(
+            rev,
+            puts.iter()
+                .map(|p| (text(&p.key), true, text(&p.value)))
+                .collect(),
+        );
+    }
+    acked
+}
+
+/// A watch event as the checker records it.
+fn event(e: &crate::proto::mvccpb::Event) -> Ev {
+    let kv = e.kv.clone().unwrap_or_default();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let put = e.r#type == crate::proto::mvccpb::event::EventType::Put as i32;
+    Ev {
+        rev: kv.mod_revision,
+        key: text(&kv.key),
+        put,
+        value: if put { text(&kv.value) } else { String::new() },
+        prev: e.prev_kv.as_ref().map(|p| text(&p.value)),
     }
 }
 
@@ -1011,6 +1155,16 @@ mod tests {
             caught.is_some(),
             "a stale install went unnoticed in 40 seeds"
         );
+    }
+
+    #[test]
+    fn a_watch_that_skips_a_revision_is_caught() {
+        let faults = Faults {
+            lossy_watch: true,
+            ..Faults::standard(3)
+        };
+        let caught = (1..=10).find(|&seed| Sim::new(seed, faults).run().is_err());
+        assert!(caught.is_some(), "a lossy watch went unnoticed in 10 seeds");
     }
 
     #[test]
