@@ -397,7 +397,10 @@ fn the_seed_config_starts_a_three_member_cluster() {
     for m in &mut members {
         m.wait_healthy();
     }
-    let c = Cluster { members };
+    let c = Cluster {
+        members,
+        proxies: Vec::new(),
+    };
     c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
     // enable-authorization: no keys until auth is on; then root (its JWTs signed with the
     // seed's shared secret, the same on every member).
@@ -1142,4 +1145,109 @@ fn auth_replicates_to_every_member() {
     assert!(out.stderr.contains("user name is empty"), "{out:?}");
     let out = ok(1, &["--user", "root:rootpw", "get", "app/k"]);
     assert!(out.contains('v'), "{out}");
+}
+
+/// A leader cut off from its peers (a proxy in front of its peer port drops every connection
+/// to it; its own messages still go out, so it steps down by check-quorum before the others
+/// stop hearing it) while writes go through the others: they elect a new leader, the cut-off member refuses
+/// writes ("no leader" or a time-out), and once healed it follows the new leader without
+/// disturbing it (pre-vote: its elections while cut off did not raise the term) and has every
+/// acknowledged write.
+#[test]
+fn a_leader_cut_off_by_a_partition_steps_aside_and_catches_up_when_healed() {
+    if !common::etcd_tools_or_skip(
+        "a_leader_cut_off_by_a_partition_steps_aside_and_catches_up_when_healed",
+    ) {
+        return;
+    }
+    let mut c = Cluster::launch_proxied("ferrocd", Cluster::ferrocd_bin(), 3, &[]);
+    for m in &mut c.members {
+        m.wait_healthy();
+    }
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoints: Vec<String> = others.iter().map(|&i| c.members[i].url()).collect();
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || write_until(endpoints, stop))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    c.proxies[leader].cut(true);
+    let cut = Instant::now();
+    let new_leader = c.wait_leader(&others, LEADER_TIMEOUT);
+    eprintln!(
+        "m{leader} cut off; m{new_leader} leads {:?} later",
+        cut.elapsed()
+    );
+    // The cut-off member knows no leader (check-quorum), and takes no write.
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    let refused = loop {
+        let out = etcdctl(
+            &c.members[leader].endpoint(),
+            &["put", "cut/k", "v", "--command-timeout=3s"],
+            "",
+        );
+        if out.code != 0 {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "the cut-off member took writes");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        refused.stderr.contains("no leader") || refused.stderr.contains("timed out"),
+        "{refused:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let term_before = status_term(&c, new_leader);
+    c.proxies[leader].cut(false);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.join().expect("writer");
+    eprintln!("{} puts acknowledged, {failed} failed", acked.len());
+    assert!(acked.len() > 50, "too few writes: {}", acked.len());
+    let last = acked.keys().next_back().unwrap().clone();
+    let what = "the healed member did not catch up";
+    common::wait_value(&c.members[leader], &last, "x", LEADER_TIMEOUT, what);
+    assert_eq!(c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT), new_leader);
+    assert_eq!(
+        status_term(&c, new_leader),
+        term_before,
+        "the healed member disturbed the leader"
+    );
+    // Every acknowledged put is on the healed member, at its revision.
+    rt().block_on(async {
+        let mut client = etcd_client::Client::connect([c.members[leader].url()], None)
+            .await
+            .expect("connect");
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_serializable();
+        let got = client.get("load/", Some(opts)).await.expect("range");
+        let have: BTreeMap<String, i64> = got
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+            .collect();
+        for (k, rev) in &acked {
+            assert_eq!(
+                have.get(k),
+                Some(rev),
+                "the healed member lost or changed {k}"
+            );
+        }
+    });
+}
+
+/// Member `i`'s Raft term, from etcdctl endpoint status.
+fn status_term(c: &Cluster, i: usize) -> u64 {
+    let out = etcdctl(
+        &c.members[i].endpoint(),
+        &["endpoint", "status", "-w", "json"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v[0]["Status"]["raftTerm"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no raft term in {out:?}"))
 }

@@ -680,6 +680,101 @@ pub fn diff_steps<T: PartialEq>(
 /// started with etcd's flags; stopped on drop.
 pub struct Cluster {
     pub members: Vec<Server>,
+    /// With `launch_proxied`: member `i`'s peer traffic comes in through `proxies[i]`.
+    pub proxies: Vec<Proxy>,
+}
+
+/// A TCP proxy on a free loopback port to `target`, that can cut every connection through it
+/// (and refuse new ones) and let them through again: a member behind it is cut off from the
+/// messages its peers send it.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let (cut, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, st) = (cut.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Relaxed) {
+                let Ok((inbound, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if c.load(Relaxed) {
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = inbound.set_nonblocking(false);
+                for (from, to) in [
+                    (inbound.try_clone(), outbound.try_clone()),
+                    (outbound.try_clone(), inbound.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let (c, st) = (c.clone(), st.clone());
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buf = vec![0u8; 64 << 10];
+                        while !c.load(Relaxed) && !st.load(Relaxed) {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Cuts every connection through the proxy and refuses new ones (true), or lets them
+    /// through again (false).
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Cluster {
@@ -709,11 +804,33 @@ impl Cluster {
         scheme: &str,
         extra: impl Fn(usize) -> Vec<String>,
     ) -> Cluster {
+        Self::launch_with(kind, bin, n, scheme, extra, false)
+    }
+
+    /// `launch` with a [`Proxy`] in front of each member's peer port: the members advertise
+    /// the proxies' ports, so every peer message to member `i` goes through `proxies[i]`.
+    pub fn launch_proxied(kind: &'static str, bin: &str, n: usize, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch_with(kind, bin, n, "http", |_| extra.clone(), true)
+    }
+
+    fn launch_with(
+        kind: &'static str,
+        bin: &str,
+        n: usize,
+        scheme: &str,
+        extra: impl Fn(usize) -> Vec<String>,
+        proxied: bool,
+    ) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| format!("m{i}={scheme}://127.0.0.1:{p}"))
+        let proxies: Vec<Proxy> = if proxied {
+            ports.iter().map(|&(_, peer)| Proxy::start(peer)).collect()
+        } else {
+            Vec::new()
+        };
+        let advertised = |i: usize| proxies.get(i).map_or(ports[i].1, |p| p.port);
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{i}={scheme}://127.0.0.1:{}", advertised(i)))
             .collect();
         let members = ports
             .iter()
@@ -722,6 +839,7 @@ impl Cluster {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let c = format!("http://127.0.0.1:{client}");
                 let p = format!("{scheme}://127.0.0.1:{peer}");
+                let adv = format!("{scheme}://127.0.0.1:{}", advertised(i));
                 let mut args: Vec<String> = [
                     "--name",
                     &format!("m{i}"),
@@ -734,7 +852,7 @@ impl Cluster {
                     "--listen-peer-urls",
                     &p,
                     "--initial-advertise-peer-urls",
-                    &p,
+                    &adv,
                     "--initial-cluster",
                     &initial.join(","),
                     "--initial-cluster-token",
@@ -747,7 +865,7 @@ impl Cluster {
                 Server::launch(kind, bin, args, client, peer, dir)
             })
             .collect();
-        Cluster { members }
+        Cluster { members, proxies }
     }
 
     /// Adds a member `name` with etcdctl's `member add` (as a learner if asked), then starts
