@@ -63,21 +63,43 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
         3,
         "{out:?}"
     );
-    // (Not `--cluster`: etcdctl 3.4 then sends the member's client URL, scheme included, as
-    // the HTTP/2 :authority, which the h2 crate refuses as malformed; see ARCHITECTURE.md.)
-    let out = etcdctl(&c.endpoints(), &["endpoint", "status", "-w", "json"], "");
-    assert_eq!(out.code, 0, "{out:?}");
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let statuses = v.as_array().unwrap();
-    assert_eq!(statuses.len(), 3, "{}", out.stdout);
-    let leaders: Vec<u64> = statuses
+    // With `--cluster` (and with http:// endpoints) etcdctl 3.4 sends each member's client
+    // URL, scheme included, as the HTTP/2 :authority; ferrocd mends it (server/authority.rs).
+    let urls = c
+        .members
         .iter()
-        .map(|s| s["Status"]["leader"].as_u64().unwrap())
-        .collect();
-    assert!(
-        leaders.iter().all(|l| *l == leaders[0] && *l != 0),
-        "{leaders:?}"
+        .map(Server::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    for (eps, cluster) in [
+        (c.endpoints(), false),
+        (c.members[0].endpoint(), true),
+        (urls, false),
+    ] {
+        let mut args = vec!["endpoint", "status", "-w", "json"];
+        if cluster {
+            args.push("--cluster");
+        }
+        let out = etcdctl(&eps, &args, "");
+        assert_eq!(out.code, 0, "{eps} {args:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let statuses = v.as_array().unwrap();
+        assert_eq!(statuses.len(), 3, "{}", out.stdout);
+        let leaders: Vec<u64> = statuses
+            .iter()
+            .map(|s| s["Status"]["leader"].as_u64().unwrap())
+            .collect();
+        assert!(
+            leaders.iter().all(|l| *l == leaders[0] && *l != 0),
+            "{leaders:?}"
+        );
+    }
+    let out = etcdctl(
+        &c.members[0].endpoint(),
+        &["endpoint", "health", "--cluster"],
+        "",
     );
+    assert_eq!(out.code, 0, "{out:?}");
 
     // Metrics: one leader among the three.
     let is_leader: Vec<bool> = c

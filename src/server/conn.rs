@@ -135,7 +135,7 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         .initial_window_size(H2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(H2_CONN_WINDOW_BYTES)
         .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
-        .handshake::<_, Bytes>(io.compat())
+        .handshake::<_, Bytes>(super::authority::Mended::new(io).compat())
         .await;
     let mut conn = match handshake {
         Ok(c) => c,

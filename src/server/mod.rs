@@ -7,6 +7,7 @@
 //! while the state has one writer and no locks.
 
 pub(crate) mod access;
+mod authority;
 mod conn;
 mod gateway;
 mod grpc;
