@@ -341,7 +341,7 @@ impl Iterator for Items<'_> {
                 continue;
             }
             // Checked by `load`: a record that does not decode ends the walk.
-            let r = record::decode(&map[self.off..]).ok()?;
+            let r = record::decode_checked(&map[self.off..]).ok()?;
             let start = self.off + HEADER_BYTES;
             let p = map.slice(start..start + r.payload.len());
             self.off += record::record_bytes(r.payload.len());

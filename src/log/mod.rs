@@ -141,7 +141,7 @@ impl Log {
                 if seq < from_seq {
                     continue;
                 }
-                let r = record::decode(&seg.bytes()[off..]).expect("scanned record");
+                let r = record::decode_checked(&seg.bytes()[off..]).expect("scanned record");
                 debug_assert_eq!(r.kind, Kind::Data);
                 let start = off + HEADER_BYTES;
                 payloads.push(seg.map().slice(start..start + r.payload.len()));

@@ -97,6 +97,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Decodes the record at the start of `buf`.
 pub fn decode(buf: &[u8]) -> Result<Record<'_>, Bad> {
+    decode_as(buf, true)
+}
+
+/// Decodes a record already checked (by a scan or a checkpoint's load) without computing its
+/// CRC again: replay and restore read every record a second time.
+pub fn decode_checked(buf: &[u8]) -> Result<Record<'_>, Bad> {
+    decode_as(buf, false)
+}
+
+fn decode_as(buf: &[u8], verify: bool) -> Result<Record<'_>, Bad> {
     if buf.len() < HEADER_BYTES {
         return Err(if buf.iter().all(|&b| b == 0) {
             Bad::Zero
@@ -116,7 +126,7 @@ pub fn decode(buf: &[u8]) -> Result<Record<'_>, Bad> {
     if buf.len() < HEADER_BYTES + len {
         return Err(Bad::Truncated);
     }
-    if mask(crc32c::crc32c(&buf[SEQ_AT..HEADER_BYTES + len])) != crc {
+    if verify && mask(crc32c::crc32c(&buf[SEQ_AT..HEADER_BYTES + len])) != crc {
         return Err(Bad::Invalid);
     }
     let kind = Kind::from_u32(u32_at(buf, KIND_AT)).ok_or(Bad::Invalid)?;
