@@ -50,14 +50,18 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("load", n), &parts, |b, parts| {
             b.iter(|| checkpoint::load(seq, parts).expect("load"))
         });
-        g.bench_with_input(BenchmarkId::new("load_and_restore", n), &parts, |b, parts| {
-            b.iter(|| {
-                let loaded = checkpoint::load(seq, parts).expect("load");
-                let mut s = KvState::in_memory(1, 1);
-                s.restore_checkpoint(loaded, 0).expect("restore");
-                s
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("load_and_restore", n),
+            &parts,
+            |b, parts| {
+                b.iter(|| {
+                    let loaded = checkpoint::load(seq, parts).expect("load");
+                    let mut s = KvState::in_memory(1, 1);
+                    s.restore_checkpoint(loaded, 0).expect("restore");
+                    s
+                })
+            },
+        );
     }
     g.finish();
 }

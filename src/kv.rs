@@ -464,26 +464,39 @@ impl KvState {
         self.checkpoint_bytes = bytes;
         let mut items = l.items().peekable();
         let mut keys = Vec::new();
+        // Each key's generations and revisions are gathered in scratch vectors and then
+        // copied at their exact sizes: most keys have one generation of one revision, and
+        // vectors grown by push would keep room for four of each (about 260 bytes more per
+        // key than the put path, which reserves exactly one).
+        let mut scratch: Vec<(i64, crate::mvcc::Revision, usize)> = Vec::new();
+        let mut revs_scratch: Vec<RevEntry> = Vec::new();
         while let Some(first) = items.next() {
             let key = first.key.clone();
-            let mut gens: Vec<crate::mvcc::key_index::GenerationAt> = Vec::new();
+            scratch.clear();
+            revs_scratch.clear();
             let mut gen_no = u32::MAX;
             let mut it = Some(first);
             while let Some(x) = it {
                 if x.generation != gen_no {
                     gen_no = x.generation;
-                    gens.push((x.ver, x.created, Vec::new()));
+                    scratch.push((x.ver, x.created, revs_scratch.len()));
                 }
                 let value = match &x.value {
                     None => crate::mvcc::ValueRef::NONE,
                     Some(v) => self.store.values_mut().append(x.rev, &x.key, v),
                 };
-                gens.last_mut().expect("pushed").2.push(RevEntry {
+                revs_scratch.push(RevEntry {
                     rev: x.rev,
                     lease: x.lease,
                     value,
                 });
                 it = items.next_if(|n| n.key == key);
+            }
+            let mut gens: Vec<crate::mvcc::key_index::GenerationAt> =
+                Vec::with_capacity(scratch.len());
+            for (i, &(ver, created, from)) in scratch.iter().enumerate() {
+                let to = scratch.get(i + 1).map_or(revs_scratch.len(), |g| g.2);
+                gens.push((ver, created, revs_scratch[from..to].to_vec()));
             }
             let ki = KeyIndex::from_generations(gens).ok_or_else(|| {
                 format!(

@@ -120,14 +120,17 @@ impl KeyIndex {
         if gens.is_empty() || gens.iter().any(|(_, _, revs)| revs.is_empty()) {
             return None;
         }
-        let mut generations: Vec<Generation> = gens
-            .into_iter()
-            .map(|(ver, created, revs)| Generation { ver, created, revs })
-            .collect();
-        let ended = generations
+        let ended = gens
             .last()
-            .and_then(|g| g.revs.last())
+            .and_then(|(_, _, revs)| revs.last())
             .is_some_and(|e| e.value == ValueRef::NONE);
+        // Exactly the room needed (a key ended by a deletion gets an empty live generation).
+        let mut generations: Vec<Generation> = Vec::with_capacity(gens.len() + ended as usize);
+        generations.extend(gens.into_iter().map(|(ver, created, revs)| Generation {
+            ver,
+            created,
+            revs,
+        }));
         if ended {
             generations.push(Generation::default());
         }
