@@ -234,6 +234,25 @@ fn write_until(
     })
 }
 
+type Acked = (BTreeMap<String, i64>, usize);
+
+/// [`write_until`] on a thread, through the members `through`; set the flag to stop it.
+fn writer(
+    c: &Cluster,
+    through: &[usize],
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Acked>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoints: Vec<String> = through.iter().map(|&i| c.members[i].url()).collect();
+    let flag = stop.clone();
+    (
+        stop,
+        std::thread::spawn(move || write_until(endpoints, flag)),
+    )
+}
+
 #[test]
 fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     if !common::etcd_tools_or_skip("killing_the_leader_under_writes_loses_no_acknowledged_write") {
@@ -245,12 +264,7 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
 
     // A writer on the followers' endpoints (never the leader's: its requests would fail while
     // it is dead, which the client handles, but the point is writes through a follower).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let endpoints: Vec<String> = survivors.iter().map(|&i| c.members[i].url()).collect();
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || write_until(endpoints, stop))
-    };
+    let (stop, writer) = writer(&c, &survivors);
     std::thread::sleep(Duration::from_millis(1500));
     c.members[leader].kill9();
     let killed = Instant::now();
@@ -655,13 +669,7 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
 
     let (out, new) = c.add_member("m3", true, &[]);
     assert_eq!(new, 3);
-    let initial = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
-        .to_string();
+    let initial = common::initial_cluster(&out);
     assert_eq!(initial.matches('=').count(), 4, "{initial}");
     let peer_url = format!("http://127.0.0.1:{}", c.members[3].peer_port);
     assert!(initial.contains(&format!("m3={peer_url}")), "{initial}");
@@ -1188,12 +1196,7 @@ fn a_leader_cut_off_by_a_partition_steps_aside_and_catches_up_when_healed() {
     }
     let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let endpoints: Vec<String> = others.iter().map(|&i| c.members[i].url()).collect();
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || write_until(endpoints, stop))
-    };
+    let (stop, writer) = writer(&c, &others);
     std::thread::sleep(Duration::from_millis(1000));
     c.proxies[leader].cut(true);
     let cut = Instant::now();

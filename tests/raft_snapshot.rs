@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 use common::{rt, Cluster, Server};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Checkpoints every MiB of log, 1 MiB segments, 100 entries kept for followers.
+const SMALL: [&str; 6] = [
+    "--checkpoint-min-bytes",
+    "1048576",
+    "--log-segment-bytes",
+    "1048576",
+    "--experimental-snapshot-catchup-entries",
+    "100",
+];
 
 /// Every key under `prefix` with its mod revision and value, read serializably from `server`
 /// (its own state, not the leader's).
@@ -102,17 +111,7 @@ fn a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released() {
     ) {
         return;
     }
-    let mut c = Cluster::ferrocd(
-        3,
-        &[
-            "--checkpoint-min-bytes",
-            "1048576",
-            "--log-segment-bytes",
-            "1048576",
-            "--experimental-snapshot-catchup-entries",
-            "100",
-        ],
-    );
+    let mut c = Cluster::ferrocd(3, &SMALL);
     let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
     let behind = (leader + 1) % 3;
     let other = 3 - leader - behind;
@@ -194,15 +193,7 @@ fn a_member_added_after_the_log_was_released_starts_from_a_snapshot() {
     ) {
         return;
     }
-    let flags = [
-        "--checkpoint-min-bytes",
-        "1048576",
-        "--log-segment-bytes",
-        "1048576",
-        "--experimental-snapshot-catchup-entries",
-        "100",
-    ];
-    let mut c = Cluster::ferrocd(3, &flags);
+    let mut c = Cluster::ferrocd(3, &SMALL);
     let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
     let last_rev = fill(c.members[leader].url(), 0, 3000);
     let ckpt_dir = c.members[leader].dir.path().join("data/member/checkpoint");
@@ -213,7 +204,7 @@ fn a_member_added_after_the_log_was_released_starts_from_a_snapshot() {
     }
 
     // A learner added now cannot get the cluster's first entries: it gets the snapshot.
-    let (out, new) = c.add_member("m3", true, &flags);
+    let (out, new) = c.add_member("m3", true, &SMALL);
     let id = out
         .stdout
         .split_whitespace()

@@ -684,6 +684,16 @@ pub struct Cluster {
     pub proxies: Vec<Proxy>,
 }
 
+/// The `ETCD_INITIAL_CLUSTER` that `etcdctl member add` printed.
+pub fn initial_cluster(out: &Output) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
+        .to_string()
+}
+
 /// A TCP proxy on a free loopback port to `target`, that can cut every connection through it
 /// (and refuse new ones) and let them through again: a member behind it is cut off from the
 /// messages its peers send it.
@@ -887,13 +897,7 @@ impl Cluster {
         let add: Vec<&str> = add.iter().map(String::as_str).collect();
         let out = etcdctl(&self.endpoints(), &add, "");
         assert_eq!(out.code, 0, "{out:?}");
-        let initial = out
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-            .and_then(|l| l.strip_suffix('"'))
-            .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:?}"))
-            .to_string();
+        let initial = initial_cluster(&out);
         let dir = tempfile::tempdir().expect("temp dir");
         let curl = format!("http://127.0.0.1:{client}");
         let mut args: Vec<String> = [
