@@ -236,6 +236,28 @@ fn write_until(
 
 type Acked = (BTreeMap<String, i64>, usize);
 
+/// Every acknowledged put (key -> revision) is on `server`, at its revision (a linearizable
+/// range of the prefix through it).
+fn assert_has_acked(server: &Server, acked: &BTreeMap<String, i64>, who: &str) {
+    rt().block_on(async {
+        let mut client = etcd_client::Client::connect([server.url()], None)
+            .await
+            .expect("connect");
+        let got = client
+            .get("load/", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("range");
+        let have: BTreeMap<String, i64> = got
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+            .collect();
+        for (k, rev) in acked {
+            assert_eq!(have.get(k), Some(rev), "{who} lost or changed {k}");
+        }
+    });
+}
+
 /// [`write_until`] on a thread, through the members `through`; set the flag to stop it.
 fn writer(
     c: &Cluster,
@@ -284,25 +306,9 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     );
 
     // Every acknowledged put is on both survivors, at the revision the client was told.
-    rt().block_on(async {
-        for &i in &survivors {
-            let mut client = etcd_client::Client::connect([c.members[i].url()], None)
-                .await
-                .expect("connect");
-            let got = client
-                .get("load/", Some(etcd_client::GetOptions::new().with_prefix()))
-                .await
-                .expect("range");
-            let have: BTreeMap<String, i64> = got
-                .kvs()
-                .iter()
-                .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
-                .collect();
-            for (k, rev) in &acked {
-                assert_eq!(have.get(k), Some(rev), "member {i} lost or changed {k}");
-            }
-        }
-    });
+    for &i in &survivors {
+        assert_has_acked(&c.members[i], &acked, &format!("member {i}"));
+    }
 
     // The killed member restarts from its data dir and catches up.
     c.members[leader].relaunch();
@@ -1241,27 +1247,7 @@ fn a_leader_cut_off_by_a_partition_steps_aside_and_catches_up_when_healed() {
         "the healed member disturbed the leader"
     );
     // Every acknowledged put is on the healed member, at its revision.
-    rt().block_on(async {
-        let mut client = etcd_client::Client::connect([c.members[leader].url()], None)
-            .await
-            .expect("connect");
-        let opts = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_serializable();
-        let got = client.get("load/", Some(opts)).await.expect("range");
-        let have: BTreeMap<String, i64> = got
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
-            .collect();
-        for (k, rev) in &acked {
-            assert_eq!(
-                have.get(k),
-                Some(rev),
-                "the healed member lost or changed {k}"
-            );
-        }
-    });
+    assert_has_acked(&c.members[leader], &acked, "the healed member");
 }
 
 /// Member `i`'s Raft term, from etcdctl endpoint status.
