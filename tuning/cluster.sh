@@ -14,6 +14,8 @@ start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
 start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
 
 out="tuning/results/$(date -u +%Y-%m-%d)-cluster.md"
+# A second run on the same day gets its own file.
+[ -e "$out" ] && out="tuning/results/$(date -u +%Y-%m-%d-%H%M)-cluster.md"
 {
   echo "# Three ferrocd members vs three etcd $(etcd --version | head -n1 | awk '{print $3}') members, side by side"
   echo

@@ -60,6 +60,8 @@ measure() {
 }
 
 out="tuning/results/$(date -u +%Y-%m-%d)-snapshot.md"
+# A second run on the same day gets its own file.
+[ -e "$out" ] && out="tuning/results/$(date -u +%Y-%m-%d-%H%M)-snapshot.md"
 {
   echo "# A new member catching up through a snapshot: ferrocd vs etcd $(etcd --version | head -n1 | awk '{print $3}')"
   echo
