@@ -417,6 +417,11 @@ impl LogStorage {
         self.snapshot = Some(s);
     }
 
+    /// The record seq of the newest checkpoint (the snapshot's name; 0: none).
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot.as_ref().and_then(snapshot_seq).unwrap_or(0)
+    }
+
     /// Whether Raft needs a newer snapshot than the newest checkpoint (cleared by asking).
     pub fn take_snapshot_wanted(&self) -> bool {
         self.wanted.replace(false)
@@ -786,6 +791,7 @@ mod tests {
         let snap = s.snapshot(2, 2).unwrap();
         assert_eq!(snap.get_metadata().index, 2);
         assert_eq!(snapshot_seq(&snap), Some(77));
+        assert_eq!(s.snapshot_seq(), 77);
         assert_eq!(snap.get_metadata().get_conf_state().voters, [1, 2, 3]);
         assert!(s.snapshot(3, 2).is_err(), "a newer snapshot asked for");
         // Compacting past what is kept is refused.

@@ -117,8 +117,6 @@ pub(crate) struct Recovered {
     pub members: Members,
     /// The member's identity, with the cluster id a joining member learned.
     pub identity: kv::Identity,
-    /// The record seq of the checkpoint it started from (0: none).
-    pub checkpoint_seq: u64,
     pub checkpoints: std::path::PathBuf,
     pub staging: std::path::PathBuf,
 }
@@ -174,7 +172,6 @@ pub(crate) async fn recover(
     }
     let mut members = Members::new(&opts.kv.identity);
     let mut conf = raft::eraftpb::ConfState::default();
-    let mut checkpoint_seq = 0;
     if let Some((meta, seq)) = &checkpointed {
         let (term, vote, commit) = meta.hard_state;
         let hs = raft::eraftpb::HardState {
@@ -188,7 +185,6 @@ pub(crate) async fn recover(
         members.restore(&meta.members);
         state.set_members(members.list());
         conf = meta.conf_state();
-        checkpoint_seq = *seq;
     }
     let records = rec.payloads.len();
     for (p, seq) in rec.payloads.into_iter().zip(rec.seqs) {
@@ -225,7 +221,6 @@ pub(crate) async fn recover(
         storage,
         members,
         identity: opts.kv.identity.clone(),
-        checkpoint_seq,
         checkpoints: shard::checkpoint_dir(&dir),
         staging: snapshot_staging(&dir),
     })
@@ -531,7 +526,6 @@ pub(crate) fn start(
         storage,
         members,
         identity,
-        checkpoint_seq,
         checkpoints,
         staging,
     } = rec;
@@ -627,7 +621,6 @@ pub(crate) fn start(
         checkpoints,
         staging,
         catchup: cluster.snapshot_catchup_entries,
-        checkpoint_seq,
         building: None,
         releasing: None,
         demands: shard::Demands::default(),
@@ -715,8 +708,6 @@ struct Node {
     /// Entries kept before a checkpoint for followers slightly behind
     /// (`--experimental-snapshot-catchup-entries`).
     catchup: u64,
-    /// The record seq of the newest checkpoint (its name).
-    checkpoint_seq: u64,
     /// The checkpoint under way: Raft's state at it, and the first entry kept after it.
     building: Option<(consensus::RaftMeta, u64)>,
     /// A checkpoint's Release waiting for the appender to let go of the log before it.
@@ -772,9 +763,10 @@ enum Then {
 struct Persisted {
     number: u64,
     entries: Vec<(u64, u64)>,
-    /// The entries' payloads as they are in the log's mapping, and their record seqs.
+    /// The entries' payloads as they are in the log's mapping, and the record seq of the
+    /// first (the others follow it).
     written: Vec<bytes::Bytes>,
-    seqs: Vec<u64>,
+    first_seq: u64,
     hard_state: Option<raft::eraftpb::HardState>,
     persisted: Vec<raft::eraftpb::Message>,
     /// What the append changed in the log (None when nothing was written); one report per
@@ -889,7 +881,7 @@ async fn append_run(
         out.push(Persisted {
             number: r.number,
             written: mine.into_iter().take(k).collect(),
-            seqs: (seq..seq + k as u64).collect(),
+            first_seq: seq,
             entries: r.entries,
             hard_state: r.hard_state,
             persisted: r.persisted,
@@ -1419,7 +1411,6 @@ impl Node {
                     tracing::warn!(keep_from, "raft: entries to compact are not all kept");
                 }
                 store.set_snapshot(meta.snapshot(seq));
-                self.checkpoint_seq = seq;
                 self.releasing = Some(Releasing {
                     tx,
                     seq,
@@ -1455,7 +1446,7 @@ impl Node {
             .flatten()
             .fold(self.durable_next, u64::min);
         let seq = from - 1;
-        if seq <= self.checkpoint_seq || applied <= snap_index {
+        if seq <= store.snapshot_seq() || applied <= snap_index {
             return Ok(A::Begun(None));
         }
         let Ok(term) = raft::Storage::term(store, applied) else {
@@ -1689,7 +1680,7 @@ impl Node {
             }
             self.log_written = report.after.bytes;
         }
-        for ((&(index, term), w), &seq) in p.entries.iter().zip(&p.written).zip(&p.seqs) {
+        for ((&(index, term), w), seq) in p.entries.iter().zip(&p.written).zip(p.first_seq..) {
             self.raw
                 .mut_store()
                 .set_data(index, term, consensus::entry_data(w), seq);
@@ -1755,7 +1746,6 @@ impl Node {
         self.state = state;
         self.applied = meta.index;
         self.trimmed_at = meta.index;
-        self.checkpoint_seq = seq;
         self.raw.mut_store().set_snapshot(meta.snapshot(seq));
         self.members.restore(&meta.members);
         self.members.published = false;

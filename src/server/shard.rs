@@ -291,7 +291,7 @@ pub(crate) async fn open(
     Ok((state, Some(rec), raft))
 }
 
-/// Where a single member's checkpoints live: beside the log.
+/// Where a member's checkpoints live: beside the log.
 pub(crate) fn checkpoint_dir(log_dir: &std::path::Path) -> PathBuf {
     log_dir
         .parent()
@@ -300,8 +300,7 @@ pub(crate) fn checkpoint_dir(log_dir: &std::path::Path) -> PathBuf {
 
 /// After a replay: the sizes the quota and the metrics read.
 pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
-    let ckpt = state.checkpoint_bytes();
-    set_sizes(state, log.disk_bytes() + ckpt, log.used_bytes() + ckpt);
+    set_log_sizes(state, (log.disk_bytes(), log.used_bytes()));
     state.set_log_base(log.used_bytes());
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
@@ -974,12 +973,11 @@ pub(crate) fn checkpoint_released(
     log: (u64, u64),
 ) {
     state.checkpoint_release(parts, bytes, at_rev, ordinals);
-    let ckpt = state.checkpoint_bytes();
-    set_sizes(state, log.0 + ckpt, log.1 + ckpt);
+    set_log_sizes(state, log);
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
         segments_removed = ordinals.len(),
-        checkpoint_bytes = ckpt,
+        checkpoint_bytes = state.checkpoint_bytes(),
         log_bytes = log.0,
         "checkpoint in place; the log before it is released"
     );
@@ -1063,15 +1061,11 @@ impl LogReport {
     }
 }
 
-/// The database's sizes from the log's (disk, used) bytes and the checkpoint's.
+/// The database's sizes for dbSize, the quota and the metrics: the log's (disk, used) bytes
+/// plus the checkpoint's files.
 pub(crate) fn set_log_sizes(state: &mut KvState, log: (u64, u64)) {
     let ckpt = state.checkpoint_bytes();
-    set_sizes(state, log.0 + ckpt, log.1 + ckpt);
-}
-
-/// The database's sizes (log and checkpoint files; bytes written to them), for dbSize, the
-/// quota and the metrics.
-fn set_sizes(state: &mut KvState, disk: u64, used: u64) {
+    let (disk, used) = (log.0 + ckpt, log.1 + ckpt);
     state.values_mut().set_disk_bytes(disk);
     state.set_db_used(used);
     METRICS.db_total_size.set(disk as i64);
@@ -1095,8 +1089,7 @@ pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
     for m in &r.new_segments {
         state.add_log_segment(m.clone());
     }
-    let ckpt = state.checkpoint_bytes();
-    set_sizes(state, r.disk_bytes + ckpt, r.used_bytes + ckpt);
+    set_log_sizes(state, (r.disk_bytes, r.used_bytes));
     METRICS.backend_commit.observe(r.elapsed.as_secs_f64());
     METRICS
         .wal_fsync
