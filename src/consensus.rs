@@ -1,9 +1,12 @@
 //! Raft's state on our log: entries and hard state as log records, raft-rs's `Storage` over
 //! them, and the layout of a proposal inside an entry.
 //!
-//! A member of a cluster writes only these records to its log (tags 0x20 and 0x21); a single
-//! member without peers writes the requests themselves (`kv::encode_write`, tags 1-10). Each
-//! kind of data directory refuses to start as the other.
+//! A member of a cluster writes only these records to its log (tags 0x20 to 0x22); a single
+//! member without peers writes the requests themselves (`kv::encode_write`, tags 1-13). A
+//! single member that becomes a cluster of one (its first membership change) writes a start
+//! record (0x22) after its own records: Raft's log begins there, the state before it is what
+//! the single member's records made. A cluster member's data directory never starts as a
+//! single member.
 //!
 //! Entries stay where they are in the log's mapping: after an entry is persisted, its `data` is
 //! a slice of the mapped segment, so the values a committed put leaves in the index point into
@@ -18,11 +21,17 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 pub const TAG_ENTRY: u8 = 0x20;
 /// Log payload tag of a hard state: tag, term, vote, commit (u64 LE each).
 pub const TAG_HARD_STATE: u8 = 0x21;
+/// Log payload tag of Raft's start on a member that ran alone until then: tag, then the
+/// [`RaftMeta`] Raft starts from, as JSON (written once per data directory).
+pub const TAG_START: u8 = 0x22;
 const ENTRY_HEADER: usize = 1 + 8 + 8 + 1;
 
 /// Whether a log payload is one of this module's records.
 pub fn is_raft_record(payload: &[u8]) -> bool {
-    matches!(payload.first(), Some(&TAG_ENTRY | &TAG_HARD_STATE))
+    matches!(
+        payload.first(),
+        Some(&TAG_ENTRY | &TAG_HARD_STATE | &TAG_START)
+    )
 }
 
 /// An entry as a log payload.
@@ -46,11 +55,24 @@ pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
     out
 }
 
+/// Raft's start on a member that ran alone until now, as a log payload.
+pub fn encode_start(meta: &RaftMeta) -> Vec<u8> {
+    let mut out = vec![TAG_START];
+    out.extend_from_slice(
+        serde_json::to_string(meta)
+            .expect("a RaftMeta serializes")
+            .as_bytes(),
+    );
+    out
+}
+
 /// One of this module's records, decoded from the log without copying the entry's data.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Entry(Entry),
     HardState(HardState),
+    /// Raft starts here, from this point (the state before is the single member's).
+    Start(RaftMeta),
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -81,6 +103,9 @@ pub fn decode(payload: Bytes) -> Result<Record, String> {
             commit: u64_at(&payload, 17),
             ..Default::default()
         })),
+        Some(&TAG_START) => serde_json::from_slice(&payload[1..])
+            .map(Record::Start)
+            .map_err(|e| format!("raft start record: {e}")),
         Some(t) => Err(format!(
             "log payload with tag {t} and {} bytes is not a raft record",
             payload.len()
@@ -167,6 +192,17 @@ pub struct MemberMeta {
 }
 
 impl RaftMeta {
+    /// The hard state durable when the checkpoint began (or Raft started).
+    pub fn raft_hard_state(&self) -> HardState {
+        let (term, vote, commit) = self.hard_state;
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
     pub fn conf_state(&self) -> ConfState {
         ConfState {
             voters: self.voters.clone(),
@@ -304,6 +340,17 @@ impl LogStorage {
     pub fn recover(&mut self, r: Record, seq: u64) -> Result<(), String> {
         match r {
             Record::HardState(hs) => self.hard_state = hs,
+            Record::Start(meta) => {
+                if self.snapshot_index != 0 || self.last() != 0 {
+                    return Err("a raft start record after raft's own records".into());
+                }
+                self.start_from(
+                    meta.index,
+                    meta.term,
+                    meta.conf_state(),
+                    meta.raft_hard_state(),
+                );
+            }
             Record::Entry(e) if e.index <= self.snapshot_index => {}
             Record::Entry(e) => {
                 let first = self.snapshot_index + 1;
@@ -674,6 +721,45 @@ mod tests {
             Some((5, 6, Bytes::from_static(b"\x01abc")))
         );
         assert_eq!(parse_proposal(&Bytes::from_static(&[0; 16])), None);
+    }
+
+    #[test]
+    fn a_start_record_round_trips_and_starts_the_storage_there() {
+        let meta = RaftMeta {
+            index: 945,
+            term: 1,
+            voters: vec![7],
+            learners: Vec::new(),
+            hard_state: (1, 0, 945),
+            members: vec![MemberMeta {
+                id: 7,
+                name: "alone".into(),
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+                client_urls: vec!["http://127.0.0.1:2379".into()],
+                is_learner: false,
+            }],
+        };
+        let payload = encode_start(&meta);
+        assert!(is_raft_record(&payload));
+        let back = decode(Bytes::from(payload.clone())).unwrap();
+        assert_eq!(back, Record::Start(meta.clone()));
+        let mut s = LogStorage::default();
+        s.recover(back, 10).unwrap();
+        assert_eq!(s.snapshot_point(), (945, 1));
+        assert_eq!(s.voters(), &[7]);
+        assert_eq!(s.hard_state().commit, 945);
+        assert_eq!(s.first_index().unwrap(), 946);
+        assert_eq!(s.last_index().unwrap(), 945);
+        // Raft's entries follow from the next index (one leaving a gap is refused); a second
+        // start is refused.
+        assert!(s.recover(Record::Entry(entry(947, 2, b"")), 11).is_err());
+        s.recover(Record::Entry(entry(946, 2, b"x")), 11).unwrap();
+        assert_eq!(s.last_index().unwrap(), 946);
+        assert!(s.recover(Record::Start(meta), 12).is_err());
+        // A damaged start record is an error, not a panic.
+        let mut bad = payload;
+        bad.truncate(bad.len() / 2);
+        assert!(decode(Bytes::from(bad)).is_err());
     }
 
     #[test]

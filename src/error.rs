@@ -158,7 +158,10 @@ etcd_errors! {
     Corrupt => (DataLoss, "etcdserver: corrupt cluster"),
     NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
     BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
-    MembershipNeedsCluster => (Unimplemented, "ferrocd: a single member (started without peers) cannot change membership yet"),
+    MembershipNeedsCluster => (Unimplemented, "ferrocd: a member without a data directory cannot change membership"),
+    // etcd returns it as a plain error: gRPC code Unknown.
+    NotEnoughStartedMembers => (Unknown, "etcdserver: re-configuration failed due to not enough started members"),
+    PeerListenFailed => (Unavailable, "ferrocd: cannot listen on this member's peer URLs (its log says why); membership unchanged"),
     TimeoutLeaderTransfer => (Unavailable, "etcdserver: request timed out, leader transfer took too long"),
 }
 

@@ -407,6 +407,16 @@ impl KvState {
         Some((items, next))
     }
 
+    /// The Raft term headers report (1 on a single member).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Who this member is.
+    pub fn identity(&self) -> &Identity {
+        &self.opts.identity
+    }
+
     /// Abandons a checkpoint's walk (compaction trimming resumes).
     pub fn checkpoint_abandon(&mut self) {
         self.checkpointing = false;
@@ -837,10 +847,23 @@ impl KvState {
                 }
                 Response::MoveLeader(self.move_leader_done())
             }
-            Request::MemberAdd(_)
-            | Request::MemberRemove(_)
-            | Request::MemberPromote(_)
-            | Request::MemberUpdate(_) => return Err(EtcdError::MembershipNeedsCluster),
+            // A single member: what a cluster of one would refuse (a member that can grow
+            // hands MemberAdd and MemberUpdate to Raft instead; one without a data dir cannot).
+            Request::MemberRemove(r) if r.id == self.opts.identity.member_id => {
+                return Err(EtcdError::NotEnoughStartedMembers)
+            }
+            Request::MemberPromote(r) if r.id == self.opts.identity.member_id => {
+                return Err(EtcdError::MemberNotLearner)
+            }
+            Request::MemberRemove(_) | Request::MemberPromote(_) => {
+                return Err(EtcdError::MemberNotFound)
+            }
+            Request::MemberUpdate(r) if r.id != self.opts.identity.member_id => {
+                return Err(EtcdError::MemberNotFound)
+            }
+            Request::MemberAdd(_) | Request::MemberUpdate(_) => {
+                return Err(EtcdError::MembershipNeedsCluster)
+            }
             Request::WatchPull(p) => Response::WatchPull(self.watch_pull(p)),
             // The apply loops do a checkpoint's work and serve Defragment themselves (they
             // need the log).

@@ -447,7 +447,7 @@ impl Sim {
             .rev()
             .find_map(|r| match r {
                 Record::HardState(h) => Some((h.term, h.vote, h.commit)),
-                Record::Entry(_) => None,
+                _ => None,
             })
             .or(m.checkpoint.as_ref().map(|c| c.meta.hard_state))
             .unwrap_or_default();

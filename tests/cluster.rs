@@ -1262,3 +1262,299 @@ fn status_term(c: &Cluster, i: usize) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no raft term in {out:?}"))
 }
+
+/// A key, its value, create and mod revisions, and version.
+type Kv = (String, String, i64, i64, i64);
+
+/// Every key of `server` (a serializable range of the whole key space), and the revision it
+/// answered at.
+fn keyspace(server: &Server) -> (Vec<Kv>, i64) {
+    rt().block_on(async {
+        let mut client = etcd_client::Client::connect([server.url()], None)
+            .await
+            .expect("connect");
+        let opts = etcd_client::GetOptions::new()
+            .with_from_key()
+            .with_serializable();
+        let got = client.get("\0", Some(opts)).await.expect("range");
+        let kvs = got
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                )
+            })
+            .collect();
+        (kvs, got.header().unwrap().revision())
+    })
+}
+
+/// etcd's usual way to grow a cluster: a member started alone, then `etcdctl member add`.
+/// The single member (no Raft until then) starts Raft at the first membership change; a
+/// kill -9 right after it (its log: its own records, Raft's start, Raft's entries) loses
+/// nothing; the learner added catches up through a snapshot (the member's log has no Raft
+/// entry for the records before), is promoted; a voter added after it joins; the first member,
+/// restarted with its original single-member flags, rejoins the cluster of three.
+#[test]
+fn a_single_member_grows_into_a_cluster_with_member_add() {
+    if !common::etcd_tools_or_skip("a_single_member_grows_into_a_cluster_with_member_add") {
+        return;
+    }
+    let first = Server::ferrocd(&["--initial-cluster-token", "test-cluster"]);
+    let status = |s: &Server| -> serde_json::Value {
+        let out = etcdctl(&s.endpoint(), &["endpoint", "status", "-w", "json"], "");
+        let v: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+        v[0]["Status"].clone()
+    };
+    let before = status(&first);
+    let (cluster_id, first_id) = (
+        before["header"]["cluster_id"].as_u64().unwrap(),
+        before["header"]["member_id"].as_u64().unwrap(),
+    );
+    // History written alone: overwrites, deletes, a leased key.
+    rt().block_on(async {
+        let mut cl = etcd_client::Client::connect([first.url()], None)
+            .await
+            .expect("connect");
+        for round in 0..3 {
+            for i in 0..300 {
+                cl.put(format!("alone/{i:03}"), format!("v{round}"), None)
+                    .await
+                    .expect("put");
+            }
+        }
+        for i in (0..300).step_by(7) {
+            cl.delete(format!("alone/{i:03}"), None)
+                .await
+                .expect("delete");
+        }
+        let lease = cl.lease_grant(600, None).await.expect("grant").id();
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        cl.put("leased", "l", Some(opts)).await.expect("put");
+    });
+    let (alone, alone_rev) = keyspace(&first);
+    assert!(alone.len() > 250, "{}", alone.len());
+    let mut c = Cluster {
+        members: vec![first],
+        proxies: Vec::new(),
+    };
+
+    // The first membership change: a learner (the one voter keeps its quorum).
+    let (out, client1, peer1) = c.member_add("m1", true);
+    assert!(
+        out.stdout
+            .contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out:?}"
+    );
+    let initial1 = common::initial_cluster(&out);
+    let first_peer = format!("t=http://127.0.0.1:{}", c.members[0].peer_port);
+    assert!(initial1.contains(&first_peer), "{initial1}");
+    assert!(
+        c.members[0].log().contains("raft starts, a cluster of one"),
+        "{}",
+        c.members[0].log()
+    );
+    // Still writable (a learner does not vote), same ids, revisions go on.
+    let out = etcdctl(
+        &c.members[0].endpoint(),
+        &["put", "grown", "1", "-w", "json"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        v["header"]["revision"].as_i64(),
+        Some(alone_rev + 1),
+        "{out:?}"
+    );
+    let st = status(&c.members[0]);
+    assert_eq!(st["header"]["cluster_id"].as_u64(), Some(cluster_id));
+    assert_eq!(st["header"]["member_id"].as_u64(), Some(first_id));
+    assert_eq!(st["leader"].as_u64(), Some(first_id), "{st}");
+    // Status's raft index goes on from where the single member's was (its revision).
+    let index = |v: &serde_json::Value| v["raftIndex"].as_u64().unwrap_or(0);
+    assert_eq!(index(&before), 1, "{before}");
+    assert!(index(&st) > alone_rev as u64, "{st}");
+    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+
+    // kill -9 before any checkpoint of the cluster: the log holds the single member's records,
+    // Raft's start and Raft's entries; all come back.
+    c.members[0].kill9();
+    c.members[0].relaunch();
+    c.members[0].wait_healthy();
+    let (mut after, rev) = keyspace(&c.members[0]);
+    assert_eq!(rev, alone_rev + 1);
+    let grown = after
+        .iter()
+        .position(|k| k.0 == "grown")
+        .expect("the put after the change");
+    after.remove(grown);
+    assert_eq!(after, alone, "the state after kill -9");
+    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+
+    // The learner joins, catches up through a snapshot, and is promoted.
+    c.members.push(common::launch_joining(
+        "ferrocd",
+        "m1",
+        client1,
+        peer1,
+        &initial1,
+        &[],
+    ));
+    c.members[1].wait_healthy();
+    common::wait_value(
+        &c.members[1],
+        "grown",
+        "1",
+        LEADER_TIMEOUT,
+        "the learner caught up",
+    );
+    assert_eq!(keyspace(&c.members[1]).0, keyspace(&c.members[0]).0);
+    let learner_id = status(&c.members[1])["header"]["member_id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let out = etcdctl(
+            &c.endpoints(),
+            &["member", "promote", &format!("{learner_id:x}")],
+            "",
+        );
+        if out.code == 0 {
+            break;
+        }
+        assert!(
+            out.stderr.contains("in sync with leader") && Instant::now() < deadline,
+            "{out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A voter added to the two: it joins, and the three serve reads and writes.
+    let (out, client2, peer2) = c.member_add("m2", false);
+    let initial2 = common::initial_cluster(&out);
+    assert_eq!(initial2.matches('=').count(), 3, "{initial2}");
+    c.members.push(common::launch_joining(
+        "ferrocd",
+        "m2",
+        client2,
+        peer2,
+        &initial2,
+        &[],
+    ));
+    c.members[2].wait_healthy();
+    let out = etcdctl(&c.members[2].endpoint(), &["put", "three", "3"], "");
+    assert_eq!(out.stdout, "OK\n", "{out:?}\n{}", c.members[2].log());
+    for i in 0..3 {
+        let out = etcdctl(&c.members[i].endpoint(), &["get", "three"], "");
+        assert_eq!(out.stdout, "three\n3\n", "member {i}: {out:?}");
+        let st = status(&c.members[i]);
+        assert_eq!(
+            st["header"]["cluster_id"].as_u64(),
+            Some(cluster_id),
+            "{st}"
+        );
+    }
+
+    // The first member, restarted with its original flags (alone in --initial-cluster), is a
+    // member of the three again: its data says so.
+    c.members[0].kill9();
+    c.members[0].relaunch();
+    c.members[0].wait_healthy();
+    c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let out = etcdctl(&c.members[0].endpoint(), &["put", "again", "1"], "");
+    assert_eq!(out.stdout, "OK\n", "{out:?}\n{}", c.members[0].log());
+    common::wait_value(&c.members[1], "again", "1", LEADER_TIMEOUT, "replicated");
+    let out = etcdctl(&c.members[0].endpoint(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    assert_eq!(keyspace(&c.members[0]).0, keyspace(&c.members[2]).0);
+}
+
+/// The tutorial's way, side by side with etcd: a voter added to a member alone, then started.
+/// Removing the only member and adding a second voter before the first added one started are
+/// refused with etcd's words (its strict reconfiguration check); ferrocd also refuses, and
+/// stays alone, when its peer port is taken.
+#[test]
+fn a_voter_added_to_a_single_member_joins_as_on_etcd() {
+    if !common::etcd_tools_or_skip("a_voter_added_to_a_single_member_joins_as_on_etcd") {
+        return;
+    }
+    let mut seen = Vec::new();
+    for kind in ["etcd", "ferrocd"] {
+        let token = ["--initial-cluster-token", "test-cluster"];
+        let first = match kind {
+            "etcd" => Server::etcd(&token),
+            _ => Server::ferrocd(&token),
+        };
+        let mut c = Cluster {
+            members: vec![first],
+            proxies: Vec::new(),
+        };
+        let ep = c.endpoints();
+        assert_eq!(etcdctl(&ep, &["put", "k", "v"], "").code, 0);
+        let (id, _) = c.status_of(0).expect("status");
+        let refused_remove = etcdctl(&ep, &["member", "remove", &format!("{id:x}")], "");
+        if kind == "ferrocd" {
+            // A taken peer port: refused, and the member goes on alone.
+            let taken = std::net::TcpListener::bind(("127.0.0.1", c.members[0].peer_port))
+                .expect("bind the peer port");
+            let out = etcdctl(
+                &ep,
+                &["member", "add", "m1", "--peer-urls=http://127.0.0.1:1"],
+                "",
+            );
+            assert!(
+                out.stderr
+                    .contains("cannot listen on this member's peer URLs"),
+                "{out:?}"
+            );
+            drop(taken);
+            assert_eq!(
+                etcdctl(&ep, &["member", "list"], "").stdout.lines().count(),
+                1
+            );
+        }
+        let (out, client, peer) = c.member_add("m1", false);
+        let initial = common::initial_cluster(&out);
+        // Two voters, one started: a third is refused until the second starts.
+        let refused_add = etcdctl(
+            &ep,
+            &["member", "add", "m2", "--peer-urls=http://127.0.0.1:2"],
+            "",
+        );
+        c.members.push(common::launch_joining(
+            kind,
+            "m1",
+            client,
+            peer,
+            &initial,
+            &[],
+        ));
+        c.members[1].wait_healthy();
+        let out = etcdctl(&c.members[1].endpoint(), &["get", "k"], "");
+        assert_eq!(out.stdout, "k\nv\n", "{kind}: {out:?}");
+        let out = etcdctl(&c.members[1].endpoint(), &["put", "k2", "v2"], "");
+        assert_eq!(out.stdout, "OK\n", "{kind}: {out:?}");
+        let out = etcdctl(&c.members[0].endpoint(), &["get", "k2"], "");
+        assert_eq!(out.stdout, "k2\nv2\n", "{kind}: {out:?}");
+        let last_line = |o: &common::Output| o.stderr.lines().last().unwrap_or("").to_string();
+        seen.push((
+            refused_remove.code,
+            last_line(&refused_remove),
+            refused_add.code,
+            last_line(&refused_add),
+        ));
+    }
+    assert_eq!(
+        seen[0].1,
+        "Error: etcdserver: re-configuration failed due to not enough started members"
+    );
+    assert_eq!(seen[0], seen[1], "etcd, then ferrocd");
+}

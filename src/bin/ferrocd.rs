@@ -103,11 +103,21 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The cluster this member belongs to, when the initial cluster has other members.
+/// The cluster this member belongs to. A member alone in its initial cluster runs without
+/// Raft until its first membership change; a peer setting it cannot use then only warns (it
+/// never used them before), and that member cannot grow.
 fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::Error>> {
-    if cfg.initial_cluster.len() < 2 {
-        return Ok(None);
+    match cluster_options(cfg) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if cfg.initial_cluster.len() < 2 => {
+            tracing::warn!(error = %e, "peer settings unusable: this member cannot add members");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
+}
+
+fn cluster_options(cfg: &Config) -> Result<ClusterOptions, Box<dyn std::error::Error>> {
     let https = cfg
         .listen_peer_urls
         .iter()
@@ -147,7 +157,7 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
             peer_urls,
         })
         .collect();
-    Ok(Some(ClusterOptions {
+    Ok(ClusterOptions {
         members,
         listen_peer,
         heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms),
@@ -157,7 +167,7 @@ fn cluster(cfg: &Config) -> Result<Option<ClusterOptions>, Box<dyn std::error::E
         max_inflight_msgs: cfg.max_inflight_msgs,
         peer_tls,
         snapshot_catchup_entries: cfg.snapshot_catchup_entries,
-    }))
+    })
 }
 
 fn create_data_dir(dir: &str) -> std::io::Result<()> {

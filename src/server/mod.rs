@@ -69,7 +69,9 @@ pub struct ServerOptions {
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: crate::compactor::AutoCompaction,
-    /// Set when the initial cluster has other members: Raft replicates the log.
+    /// The member's cluster settings. With other members in the initial cluster (or joining
+    /// one) Raft replicates the log; a member alone runs without Raft until its first
+    /// membership change (None: it never can, e.g. no usable peer URL).
     pub cluster: Option<ClusterOptions>,
 }
 

@@ -116,6 +116,12 @@ impl Peers {
         glommio::spawn_local(link).detach();
     }
 
+    /// Ends the links to every member but those of `ids` (a joining member guessed the ids of
+    /// the members its `--initial-cluster` names; a member added later has another).
+    pub fn keep_only(&mut self, ids: &[u64]) {
+        self.out.retain(|id, _| ids.contains(id));
+    }
+
     /// Ends the link to a member removed from the cluster.
     pub fn remove(&mut self, id: u64) {
         // The sender task ends when its queue closes.

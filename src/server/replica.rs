@@ -65,6 +65,14 @@ pub struct ClusterOptions {
     pub snapshot_catchup_entries: u64,
 }
 
+impl ClusterOptions {
+    /// Whether Raft runs from the start: the initial cluster has other members, or this
+    /// member joins one. A member alone runs without Raft until its first membership change.
+    pub fn is_several(&self) -> bool {
+        self.members.len() > 1 || self.join
+    }
+}
+
 /// The tag of a proposal that publishes a member's name and client URLs (as etcd's
 /// attributes), inside the proposal data in place of a request.
 const TAG_PUBLISH: u8 = 0x30;
@@ -138,14 +146,49 @@ pub(crate) async fn recover(
         let (c, m) = joined_identity(&dir, cluster, &opts.kv.identity).await?;
         opts.kv.identity.cluster_id = c;
         opts.kv.identity.member_id = m;
+    } else {
+        stored_identity(&dir, &mut opts.kv.identity);
     }
-    let (mut state, rec, checkpointed) = shard::open(&opts).await?;
+    let opened = shard::open(&opts).await?;
+    recover_opened(opened, &opts, cluster).await
+}
+
+/// [`recover`] once the data directory is open (`opts` has the member's identity).
+pub(crate) async fn recover_opened(
+    opened: shard::Opened,
+    opts: &StateOptions,
+    cluster: &ClusterOptions,
+) -> io::Result<Recovered> {
+    let dir = opts
+        .log_dir
+        .clone()
+        .ok_or_else(|| io::Error::other("a cluster member needs a data directory"))?;
+    let shard::Opened {
+        mut state,
+        rec,
+        raft: checkpointed,
+        checkpoint_seq,
+    } = opened;
     let Some(mut rec) = rec else {
         return Err(io::Error::other("a cluster member needs a data directory"));
     };
     // Leftovers of a snapshot being received when the member stopped.
     let _ = std::fs::remove_dir_all(snapshot_staging(&dir));
-    if rec.payloads.is_empty() && !cluster.join && checkpointed.is_none() {
+    // A member that ran alone: its own records come first, then Raft's start.
+    let grown = checkpointed.is_none()
+        && rec
+            .payloads
+            .iter()
+            .any(|p| p.first() == Some(&consensus::TAG_START));
+    if checkpoint_seq != 0 && checkpointed.is_none() && !grown {
+        return Err(io::Error::other(format!(
+            "{}: checkpoints of a single member; a cluster member cannot start from them \
+             (start it without the other members in --initial-cluster and add them with \
+             MemberAdd)",
+            shard::checkpoint_dir(&dir).display()
+        )));
+    }
+    if rec.payloads.is_empty() && !cluster.join && checkpointed.is_none() && !grown {
         let members: Vec<(u64, Vec<String>)> = cluster
             .members
             .iter()
@@ -173,29 +216,48 @@ pub(crate) async fn recover(
     let mut members = Members::new(&opts.kv.identity);
     let mut conf = raft::eraftpb::ConfState::default();
     if let Some((meta, seq)) = &checkpointed {
-        let (term, vote, commit) = meta.hard_state;
-        let hs = raft::eraftpb::HardState {
-            term,
-            vote,
-            commit,
-            ..Default::default()
-        };
-        storage.start_from(meta.index, meta.term, meta.conf_state(), hs);
+        storage.start_from(
+            meta.index,
+            meta.term,
+            meta.conf_state(),
+            meta.raft_hard_state(),
+        );
         storage.set_snapshot(meta.snapshot(*seq));
         members.restore(&meta.members);
         state.set_members(members.list());
         conf = meta.conf_state();
     }
     let records = rec.payloads.len();
+    let mut started = !grown;
     for (p, seq) in rec.payloads.into_iter().zip(rec.seqs) {
+        if !started && !consensus::is_raft_record(&p) {
+            // The single member's own records, before Raft's start.
+            let req = kv::decode_write(p)
+                .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
+            let _ = state.execute(req);
+            continue;
+        }
         if !consensus::is_raft_record(&p) {
             return Err(io::Error::other(format!(
                 "log {}: written by a single member without peers; it cannot become a \
-                 member of a cluster (start it without the other members in --initial-cluster)",
+                 member of a cluster (start it without the other members in --initial-cluster \
+                 and add them with MemberAdd)",
                 dir.display()
             )));
         }
         let r = consensus::decode(p).map_err(|e| io::Error::other(format!("log: {e}")))?;
+        if let consensus::Record::Start(meta) = &r {
+            if started {
+                return Err(io::Error::other(format!(
+                    "log {}: a raft start record where raft had started already",
+                    dir.display()
+                )));
+            }
+            started = true;
+            members.restore(&meta.members);
+            state.set_members(members.list());
+            conf = meta.conf_state();
+        }
         storage
             .recover(r, seq)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
@@ -224,6 +286,72 @@ pub(crate) async fn recover(
         checkpoints: shard::checkpoint_dir(&dir),
         staging: snapshot_staging(&dir),
     })
+}
+
+/// A single member's first membership change: Raft starts on it, a cluster of one, from its
+/// state as it is. Its ids are kept beside the log, then a start record (this member alone, at
+/// the index and term its Status reported: the revision, and term 1) follows its own records in
+/// the log; Raft's entries come after it, so a
+/// member added later is sent a snapshot (this member's first checkpoint as a cluster member),
+/// never the records before. An error here (a failed write) must stop the node.
+pub(crate) async fn grow(
+    mut state: KvState,
+    mut log: Log,
+    cluster: ClusterOptions,
+    log_dir: &std::path::Path,
+    notifier: Rc<Notifier>,
+) -> io::Result<LocalSender<Job>> {
+    let identity = state.identity().clone();
+    write_identity(log_dir, identity.cluster_id, identity.member_id)?;
+    // Status's raft index and term go on from what the single member reported.
+    let (index, term) = ((state.store().rev() as u64).max(1), state.term().max(1));
+    let meta = consensus::RaftMeta {
+        index,
+        term,
+        voters: vec![identity.member_id],
+        learners: Vec::new(),
+        hard_state: (term, 0, index),
+        members: vec![consensus::MemberMeta {
+            id: identity.member_id,
+            name: identity.name.clone(),
+            peer_urls: identity.peer_urls.clone(),
+            client_urls: identity.client_urls.clone(),
+            is_learner: false,
+        }],
+    };
+    log.append(&[consensus::encode_start(&meta)]).await?;
+    let known = state.log_segments_known();
+    for m in log.segment_maps_since(known) {
+        state.add_log_segment(m.clone());
+    }
+    let mut storage = LogStorage::default();
+    for m in log.segment_maps() {
+        storage.add_segment(m.clone());
+    }
+    storage.start_from(
+        meta.index,
+        meta.term,
+        meta.conf_state(),
+        meta.raft_hard_state(),
+    );
+    let mut members = Members::new(&identity);
+    members.restore(&meta.members);
+    state.set_members(members.list());
+    tracing::info!(
+        member_id = %format!("{:x}", identity.member_id),
+        revision = state.store().rev(),
+        "a single member's first membership change: raft starts, a cluster of one"
+    );
+    let rec = Recovered {
+        state,
+        log,
+        storage,
+        members,
+        identity,
+        checkpoints: shard::checkpoint_dir(log_dir),
+        staging: snapshot_staging(log_dir),
+    };
+    start(rec, cluster, notifier)
 }
 
 /// Applies the committed entries Raft's storage holds after recovery (after its checkpoint, if
@@ -261,6 +389,45 @@ fn snapshot_staging(log_dir: &std::path::Path) -> std::path::PathBuf {
         .map_or_else(|| log_dir.join("snap"), |p| p.join("snap"))
 }
 
+/// Where a member keeps the cluster id and its own id when they do not follow from its
+/// configuration (it joined a cluster, or grew one from a single member).
+fn identity_file(log_dir: &std::path::Path) -> std::path::PathBuf {
+    log_dir.parent().unwrap_or(log_dir).join("cluster")
+}
+
+fn read_identity(log_dir: &std::path::Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(identity_file(log_dir)).ok()?;
+    let ids: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| u64::from_str_radix(w, 16).ok())
+        .collect();
+    match ids[..] {
+        [c, m] => Some((c, m)),
+        _ => None,
+    }
+}
+
+/// Keeps the cluster id and member id (temporary file, fsync, rename, directory fsync).
+fn write_identity(log_dir: &std::path::Path, cluster_id: u64, member_id: u64) -> io::Result<()> {
+    let file = identity_file(log_dir);
+    let dir = file.parent().unwrap_or(log_dir);
+    let tmp = file.with_extension("tmp");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&tmp, format!("{cluster_id:x} {member_id:x}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A member's ids as kept in its data directory win over those its configuration gives (as
+/// etcd, which ignores `--initial-cluster` once a member has data).
+pub(crate) fn stored_identity(log_dir: &std::path::Path, me: &mut kv::Identity) {
+    if let Some((c, m)) = read_identity(log_dir) {
+        me.cluster_id = c;
+        me.member_id = m;
+    }
+}
+
 /// The cluster id of the cluster this member joins, and the id the cluster gave this member
 /// (found by its peer URLs, as etcd does): kept in `<data-dir>/member/cluster` once learned
 /// from a peer.
@@ -269,15 +436,8 @@ async fn joined_identity(
     cluster: &ClusterOptions,
     me: &kv::Identity,
 ) -> io::Result<(u64, u64)> {
-    let file = log_dir.parent().unwrap_or(log_dir).join("cluster");
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        let ids: Vec<u64> = text
-            .split_whitespace()
-            .filter_map(|w| u64::from_str_radix(w, 16).ok())
-            .collect();
-        if let [c, m] = ids[..] {
-            return Ok((c, m));
-        }
+    if let Some(ids) = read_identity(log_dir) {
+        return Ok(ids);
     }
     let urls: Vec<String> = cluster
         .members
@@ -289,11 +449,7 @@ async fn joined_identity(
     for _ in 0..50 {
         match peer::ask_identity(&urls, cluster.peer_tls.as_ref(), &me.peer_urls).await {
             Ok((c, m)) => {
-                let tmp = file.with_extension("tmp");
-                std::fs::create_dir_all(file.parent().unwrap_or(log_dir))?;
-                std::fs::write(&tmp, format!("{c:x} {m:x}\n"))?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &file)?;
+                write_identity(log_dir, c, m)?;
                 tracing::info!(
                     cluster_id = %format!("{c:x}"),
                     member_id = %format!("{m:x}"),
@@ -558,6 +714,8 @@ pub(crate) fn start(
     };
     let peers = peer::start(here, &cluster.listen_peer, &peers, cluster.peer_tls.clone())?;
     let applied = storage.hard_state().commit;
+    // The only voter need not wait an election timeout to lead.
+    let alone = storage.voters() == [identity.member_id];
     let election_ticks = (cluster.election.as_millis() / cluster.heartbeat.as_millis()).max(2);
     let cfg = raft::Config {
         id: identity.member_id,
@@ -576,8 +734,12 @@ pub(crate) fn start(
     cfg.validate()
         .map_err(|e| io::Error::other(format!("raft configuration: {e}")))?;
     let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
-    let raw =
+    let mut raw =
         RawNode::new(&cfg, storage, &logger).map_err(|e| io::Error::other(format!("raft: {e}")))?;
+    if alone {
+        raw.campaign()
+            .map_err(|e| io::Error::other(format!("raft: {e}")))?;
+    }
     METRICS.has_leader.store(0, Relaxed);
     METRICS.is_leader.store(0, Relaxed);
     METRICS.leader_changes.store(0, Relaxed);
@@ -1118,6 +1280,9 @@ impl Node {
                 if exists(id).is_some() {
                     return tx.send(Err(EtcdError::MemberExist)).await;
                 }
+                if !r.is_learner && !self.ready_to_add_voter() {
+                    return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
+                }
                 let cc = ConfChange {
                     change_type: if r.is_learner {
                         ConfChangeType::AddLearnerNode
@@ -1131,8 +1296,18 @@ impl Node {
                 (cc, KIND_ADD)
             }
             Request::MemberRemove(r) => {
-                if exists(r.id).is_none() {
+                let Some(m) = exists(r.id) else {
                     return tx.send(Err(EtcdError::MemberNotFound)).await;
+                };
+                // etcd's strict reconfiguration check: never remove the last voter.
+                let other_voters = self
+                    .members
+                    .list
+                    .values()
+                    .filter(|v| !v.is_learner && v.id != r.id)
+                    .count();
+                if !m.is_learner && other_voters == 0 {
+                    return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
                 }
                 let cc = ConfChange {
                     change_type: ConfChangeType::RemoveNode,
@@ -1196,6 +1371,21 @@ impl Node {
             }
             Err(_) => tx.send(Err(self.refused())).await,
         }
+    }
+
+    /// etcd's strict reconfiguration check for adding a voter: the started voters (those that
+    /// published their name) stay a quorum of the voters with the new one; a cluster of one
+    /// may always add a second.
+    fn ready_to_add_voter(&self) -> bool {
+        let voters: Vec<&pb::Member> = self
+            .members
+            .list
+            .values()
+            .filter(|m| !m.is_learner)
+            .collect();
+        let members = voters.len() + 1;
+        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+        (started == 1 && members == 2) || started > members / 2
     }
 
     /// Why raft-rs dropped a proposal (counted as failed): no leader to take it, or too much
@@ -1375,13 +1565,11 @@ impl Node {
         let answer = match op {
             Op::Begin => {
                 let wanted = self.raw.store().take_snapshot_wanted();
-                if !wanted
-                    && !self.demands.forcing()
-                    && !self.state.checkpoint_due(self.log_written)
-                {
+                let forced = wanted || self.demands.forcing();
+                if !forced && !self.state.checkpoint_due(self.log_written) {
                     Ok(A::Begun(None))
                 } else {
-                    self.checkpoint_begin()
+                    self.checkpoint_begin(forced)
                 }
             }
             Op::Abandon => {
@@ -1433,20 +1621,34 @@ impl Node {
         tx.send(answer.map(Response::Checkpoint)).await;
     }
 
-    fn checkpoint_begin(&mut self) -> Result<kv::CheckpointAnswer, EtcdError> {
+    /// Begins a checkpoint at the applied index; `forced` (a snapshot is wanted, or
+    /// Defragment) takes one even if the log it lets go of is shorter than the catch-up window.
+    fn checkpoint_begin(&mut self, forced: bool) -> Result<kv::CheckpointAnswer, EtcdError> {
         use kv::CheckpointAnswer as A;
         let applied = self.applied;
         let store = self.raw.store();
         let (snap_index, _) = store.snapshot_point();
-        let keep_from = applied.saturating_sub(self.catchup).max(snap_index) + 1;
+        if applied <= snap_index {
+            return Ok(A::Begun(None));
+        }
         // The record the log is kept from: the first entry kept, the first not applied, or
         // what is written from now on, whichever comes first.
-        let from = [store.seq_of(keep_from), store.seq_of(applied + 1)]
-            .into_iter()
-            .flatten()
-            .fold(self.durable_next, u64::min);
-        let seq = from - 1;
-        if seq <= store.snapshot_seq() || applied <= snap_index {
+        let seq_from = |keep_from: u64| {
+            [store.seq_of(keep_from), store.seq_of(applied + 1)]
+                .into_iter()
+                .flatten()
+                .fold(self.durable_next, u64::min)
+                - 1
+        };
+        let mut keep_from = applied.saturating_sub(self.catchup).max(snap_index) + 1;
+        let mut seq = seq_from(keep_from);
+        if seq <= store.snapshot_seq() && forced {
+            // Fewer entries than the catch-up window since the newest checkpoint: this one
+            // lets go of one entry more (it holds it), so that it has a record of its own.
+            keep_from = snap_index + 2;
+            seq = seq_from(keep_from);
+        }
+        if seq <= store.snapshot_seq() {
             return Ok(A::Begun(None));
         }
         let Ok(term) = raft::Storage::term(store, applied) else {
@@ -1757,6 +1959,8 @@ impl Node {
             .filter(|m| m.id != self.me)
             .map(|m| (m.id, m.peer_ur_ls.clone()))
             .collect();
+        let ids: Vec<u64> = others.iter().map(|(id, _)| *id).collect();
+        self.peers.keep_only(&ids);
         for (id, urls) in others {
             self.peers.add(id, urls);
         }

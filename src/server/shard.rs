@@ -70,7 +70,9 @@ pub(crate) struct StateOptions {
     /// `SMALL_BATCH_RECORDS` (0: never wait).
     pub batch_wait_us: u64,
     pub auto_compaction: crate::compactor::AutoCompaction,
-    /// A member of a cluster of several: the Raft loop replaces the apply loop.
+    /// The cluster settings ([`super::ServerOptions::cluster`]): with several members the
+    /// Raft loop replaces the apply loop; alone, the apply loop hands over to it at the first
+    /// membership change.
     pub cluster: Option<super::replica::ClusterOptions>,
 }
 
@@ -127,17 +129,42 @@ impl Links {
                 let checkpointed_log = opts.log_dir.clone();
                 let auto_compaction = opts.auto_compaction;
                 let tx = match opts.cluster.clone() {
-                    Some(cluster) => {
+                    Some(cluster) if cluster.is_several() => {
                         let rec = super::replica::recover(&opts, &cluster).await?;
                         super::replica::start(rec, cluster, notifier.clone())?
                     }
-                    None => {
-                        let (state, log) = recover(opts).await?;
-                        notifier.notify(state.store().rev());
-                        let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
-                        glommio::spawn_local(apply_loop(rx, state, log, wait, notifier.clone()))
-                            .detach();
-                        tx
+                    // One member: it runs without Raft until its first membership change,
+                    // unless its data says it already made one.
+                    alone => {
+                        let mut opts = opts.clone();
+                        if let Some(dir) = &opts.log_dir {
+                            super::replica::stored_identity(dir, &mut opts.kv.identity);
+                        }
+                        let opened = open(&opts).await?;
+                        let dir = opts.log_dir.clone().unwrap_or_default();
+                        if opened.is_cluster_member() {
+                            let Some(cluster) = alone else {
+                                return Err(io::Error::other(format!(
+                                    "{}: written by a member of a cluster; start it with its \
+                                     peer URLs",
+                                    dir.display()
+                                )));
+                            };
+                            let rec =
+                                super::replica::recover_opened(opened, &opts, &cluster).await?;
+                            super::replica::start(rec, cluster, notifier.clone())?
+                        } else {
+                            let (state, log) = recover(opened, &dir)?;
+                            notifier.notify(state.store().rev());
+                            let (tx, rx) = local_channel::new_bounded(SHARD_QUEUE_DEPTH);
+                            let grow = alone.filter(|_| log.is_some()).map(|cluster| Grow {
+                                cluster,
+                                dir: dir.clone(),
+                            });
+                            let apply = apply_loop(rx, state, log, wait, notifier.clone(), grow);
+                            glommio::spawn_local(apply).detach();
+                            tx
+                        }
                     }
                 };
                 let tx = Rc::new(tx);
@@ -222,15 +249,36 @@ impl Links {
     }
 }
 
+/// What a data directory holds, opened and checked but not replayed yet.
+pub(crate) struct Opened {
+    /// A fresh state with the newest checkpoint restored, if any.
+    pub state: KvState,
+    /// The log (None: state kept in memory only).
+    pub rec: Option<Recovered>,
+    /// Raft's state at the newest checkpoint, and that checkpoint's seq, when a member of a
+    /// cluster took it.
+    pub raft: Option<(crate::consensus::RaftMeta, u64)>,
+    /// The newest checkpoint's seq (0: none).
+    pub checkpoint_seq: u64,
+}
+
+impl Opened {
+    /// Whether a cluster member wrote this data: its checkpoint knows Raft, or its log holds
+    /// Raft's records (a member that started alone and grew holds both kinds, Raft's last).
+    pub fn is_cluster_member(&self) -> bool {
+        self.raft.is_some()
+            || self.rec.as_ref().is_some_and(|r| {
+                r.payloads
+                    .iter()
+                    .rev()
+                    .any(|p| crate::consensus::is_raft_record(p))
+            })
+    }
+}
+
 /// A fresh state, and the log opened and checked (its records not yet replayed); a cluster
 /// member's checkpoint also gives Raft's state at it.
-pub(crate) async fn open(
-    opts: &StateOptions,
-) -> io::Result<(
-    KvState,
-    Option<Recovered>,
-    Option<(crate::consensus::RaftMeta, u64)>,
-)> {
+pub(crate) async fn open(opts: &StateOptions) -> io::Result<Opened> {
     METRICS.member_id.store(
         opts.kv.identity.member_id,
         std::sync::atomic::Ordering::Relaxed,
@@ -240,7 +288,12 @@ pub(crate) async fn open(
         .set(opts.kv.quota_bytes.map_or(0, |q| q as i64));
     let mut state = KvState::new(opts.kv.clone());
     let Some(dir) = &opts.log_dir else {
-        return Ok((state, None, None));
+        return Ok(Opened {
+            state,
+            rec: None,
+            raft: None,
+            checkpoint_seq: 0,
+        });
     };
     // Restore the newest checkpoint, then replay the log after it.
     let mut from_seq = 1;
@@ -258,22 +311,6 @@ pub(crate) async fn open(
             .restore_checkpoint(loaded, bytes)
             .map_err(io::Error::other)?
             .map(|r| (r, seq));
-        match (&raft, opts.cluster.is_some()) {
-            (None, true) => {
-                return Err(io::Error::other(format!(
-                    "{}: checkpoints of a single member; a cluster member cannot start from them",
-                    cdir.display()
-                )))
-            }
-            (Some(_), false) => {
-                return Err(io::Error::other(format!(
-                    "{}: checkpoints of a cluster member; start it with its cluster \
-                     (--initial-cluster)",
-                    cdir.display()
-                )))
-            }
-            _ => {}
-        }
         tracing::info!(
             checkpoint = %format!("{seq:016x}"),
             revisions = items,
@@ -288,7 +325,12 @@ pub(crate) async fn open(
     for m in rec.log.segment_maps() {
         state.add_log_segment(m.clone());
     }
-    Ok((state, Some(rec), raft))
+    Ok(Opened {
+        state,
+        rec: Some(rec),
+        raft,
+        checkpoint_seq: from_seq - 1,
+    })
 }
 
 /// Where a member's checkpoints live: beside the log.
@@ -305,22 +347,14 @@ pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
 
-/// Opens the log and replays it into a fresh state.
-async fn recover(opts: StateOptions) -> io::Result<(KvState, Option<Log>)> {
-    let (mut state, rec, _) = open(&opts).await?;
+/// Replays a single member's log into its opened state.
+fn recover(opened: Opened, dir: &std::path::Path) -> io::Result<(KvState, Option<Log>)> {
+    let Opened { mut state, rec, .. } = opened;
     let Some(rec) = rec else {
         return Ok((state, None));
     };
-    let dir = opts.log_dir.unwrap_or_default();
     let records = rec.payloads.len();
     for p in rec.payloads {
-        if crate::consensus::is_raft_record(&p) {
-            return Err(io::Error::other(format!(
-                "log {}: written by a member of a cluster; start it with its cluster's \
-                 --initial-cluster",
-                dir.display()
-            )));
-        }
         let req = kv::decode_write(p)
             .map_err(|e| io::Error::other(format!("log {}: {e}", dir.display())))?;
         // Failures replay as they happened the first time (the request was answered with them).
@@ -434,13 +468,45 @@ impl Notifier {
     }
 }
 
+/// What a single member needs to grow into a cluster at its first membership change.
+pub(crate) struct Grow {
+    pub cluster: super::replica::ClusterOptions,
+    /// The log's directory.
+    pub dir: PathBuf,
+}
+
+/// A membership change a single member makes by starting Raft: adding a member, or changing
+/// its own peer URLs (the others are refused as a cluster of one refuses them).
+fn grows(req: &Request, me: u64) -> bool {
+    match req {
+        Request::MemberAdd(_) => true,
+        Request::MemberUpdate(r) => r.id == me,
+        _ => false,
+    }
+}
+
+/// Whether this member may listen on its peer addresses (checked before Raft starts, so that a
+/// taken port refuses the membership change instead of stopping the node).
+fn peer_addresses_free(addrs: &[std::net::SocketAddr]) -> Result<(), EtcdError> {
+    for a in addrs {
+        if let Err(e) = std::net::TcpListener::bind(a) {
+            tracing::warn!(address = %a, error = %e, "membership change refused: cannot listen on a peer address");
+            return Err(EtcdError::PeerListenFailed);
+        }
+    }
+    Ok(())
+}
+
 async fn apply_loop(
     rx: LocalReceiver<Job>,
     mut state: KvState,
     mut log: Option<Log>,
     batch_wait: std::time::Duration,
     notifier: Rc<Notifier>,
+    grow: Option<Grow>,
 ) {
+    // The jobs from the first membership change on, when this member grows into a cluster.
+    let mut growing: Option<Vec<Job>> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
     // Writes that arrived while the previous batch's fdatasync was in flight.
     let mut carried: Vec<Job> = Vec::new();
@@ -495,6 +561,36 @@ async fn apply_loop(
                 }
             }
         }
+        if let Some(g) = &grow {
+            let me = state.identity().member_id;
+            if let Some(at) = batch.iter().position(|(req, _)| grows(req, me)) {
+                let mut rest = batch.split_off(at);
+                run_batch(
+                    &mut state,
+                    log.as_mut(),
+                    &mut batch,
+                    &rx,
+                    &mut carried,
+                    &mut demands,
+                )
+                .await;
+                notifier.notify(state.store().rev());
+                match peer_addresses_free(&g.cluster.listen_peer) {
+                    Ok(()) => {
+                        rest.append(&mut carried);
+                        growing = Some(rest);
+                        break;
+                    }
+                    Err(e) => {
+                        let (_, tx) = rest.remove(0);
+                        tx.send(Err(e)).await;
+                        rest.append(&mut carried);
+                        carried = rest;
+                        continue;
+                    }
+                }
+            }
+        }
         run_batch(
             &mut state,
             log.as_mut(),
@@ -512,6 +608,47 @@ async fn apply_loop(
             if reported.0.elapsed() >= LOG_STATS_INTERVAL {
                 report(&reported.1, &log.stats());
                 reported = (std::time::Instant::now(), log.stats());
+            }
+        }
+    }
+    if let (Some(jobs), Some(g), Some(log)) = (growing, grow, log) {
+        // A checkpoint being taken is abandoned (its next step is refused; the checkpointer
+        // starts again); Defragment calls waiting for it are answered by the next one.
+        state.checkpoint_abandon();
+        let tx = match super::replica::grow(state, log, g.cluster, &g.dir, notifier).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "starting raft failed: stopping the node");
+                std::process::exit(1);
+            }
+        };
+        // The membership change waits until Raft leads here and has applied its first entry
+        // (a linearizable read answered says so): raft-rs refuses configuration changes
+        // before.
+        let (rtx, rrx) = local_channel::new_bounded(1);
+        let probe = Request::Range(pb::RangeRequest {
+            key: bytes::Bytes::from_static(b"\0"),
+            ..Default::default()
+        });
+        if tx.send((probe, Reply::Local(rtx))).await.is_ok() {
+            let ready =
+                futures_lite::future::or(async { rrx.recv().await.map(|a| a.is_ok()) }, async {
+                    glommio::timer::sleep(std::time::Duration::from_secs(10)).await;
+                    None
+                })
+                .await;
+            if ready != Some(true) {
+                tracing::warn!("raft did not lead within 10 s of starting on a single member");
+            }
+        }
+        for job in jobs {
+            if tx.send(job).await.is_err() {
+                return;
+            }
+        }
+        while let Some(job) = rx.recv().await {
+            if tx.send(job).await.is_err() {
+                return;
             }
         }
     }

@@ -684,6 +684,52 @@ pub struct Cluster {
     pub proxies: Vec<Proxy>,
 }
 
+/// Starts a member that `member add` added (`--initial-cluster-state existing`, with the
+/// `ETCD_INITIAL_CLUSTER` etcdctl printed and `extra` flags), without waiting for it; `kind` is
+/// "ferrocd" or "etcd".
+pub fn launch_joining(
+    kind: &'static str,
+    name: &str,
+    client: u16,
+    peer: u16,
+    initial: &str,
+    extra: &[&str],
+) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let curl = format!("http://127.0.0.1:{client}");
+    let purl = format!("http://127.0.0.1:{peer}");
+    let data = dir.path().join("data").display().to_string();
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        &curl,
+        "--advertise-client-urls",
+        &curl,
+        "--listen-peer-urls",
+        &purl,
+        "--initial-advertise-peer-urls",
+        &purl,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-token",
+        "test-cluster",
+        "--initial-cluster-state",
+        "existing",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let bin = match kind {
+        "etcd" => ETCD,
+        _ => env!("CARGO_BIN_EXE_ferrocd"),
+    };
+    Server::launch(kind, bin, args, client, peer, dir)
+}
+
 /// The `ETCD_INITIAL_CLUSTER` that `etcdctl member add` printed.
 pub fn initial_cluster(out: &Output) -> String {
     out.stdout
@@ -883,51 +929,31 @@ impl Cluster {
     /// existing` (and `extra` flags), without waiting for it; returns etcdctl's output and the
     /// new member's position.
     pub fn add_member(&mut self, name: &str, learner: bool, extra: &[&str]) -> (Output, usize) {
+        let (out, client, peer) = self.member_add(name, learner);
+        let initial = initial_cluster(&out);
+        self.members.push(launch_joining(
+            "ferrocd", name, client, peer, &initial, extra,
+        ));
+        (out, self.members.len() - 1)
+    }
+
+    /// etcdctl's `member add` of a member `name` on free ports (as a learner if asked), which
+    /// must succeed; returns etcdctl's output and the new member's client and peer ports.
+    pub fn member_add(&self, name: &str, learner: bool) -> (Output, u16, u16) {
         let (client, peer) = (free_port(), free_port());
-        let peer_url = format!("http://127.0.0.1:{peer}");
         let mut add = vec![
             "member".to_string(),
             "add".into(),
             name.into(),
-            format!("--peer-urls={peer_url}"),
+            format!("--peer-urls=http://127.0.0.1:{peer}"),
         ];
         if learner {
             add.push("--learner".into());
         }
         let add: Vec<&str> = add.iter().map(String::as_str).collect();
         let out = etcdctl(&self.endpoints(), &add, "");
-        assert_eq!(out.code, 0, "{out:?}");
-        let initial = initial_cluster(&out);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let curl = format!("http://127.0.0.1:{client}");
-        let mut args: Vec<String> = [
-            "--name",
-            name,
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &curl,
-            "--advertise-client-urls",
-            &curl,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "test-cluster",
-            "--initial-cluster-state",
-            "existing",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let bin = env!("CARGO_BIN_EXE_ferrocd");
-        self.members
-            .push(Server::launch("ferrocd", bin, args, client, peer, dir));
-        (out, self.members.len() - 1)
+        assert_eq!(out.code, 0, "{out:?}\n{}", self.members[0].log());
+        (out, client, peer)
     }
 
     /// The ferrocd binary (for `launch`).
