@@ -159,6 +159,7 @@ etcd_errors! {
     NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
     BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
     MembershipNeedsCluster => (Unimplemented, "ferrocd: a member without a data directory cannot change membership"),
+    Unhealthy => (Unavailable, "etcdserver: unhealthy cluster"),
     // etcd returns it as a plain error: gRPC code Unknown.
     NotEnoughStartedMembers => (Unknown, "etcdserver: re-configuration failed due to not enough started members"),
     PeerListenFailed => (Unavailable, "ferrocd: cannot listen on this member's peer URLs (its log says why); membership unchanged"),

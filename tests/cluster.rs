@@ -328,9 +328,21 @@ fn a_member_without_quorum_is_unhealthy_as_on_etcd() {
     let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
     for mut c in [Cluster::ferrocd(3, &fast), Cluster::etcd(3, &fast)] {
         c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
-        c.members[1].kill9();
-        c.members[2].kill9();
         let kind = c.members[0].kind;
+        // One member down: removing a healthy one would leave no quorum of connected voters
+        // (etcd's strict reconfiguration check).
+        c.members[2].kill9();
+        let (healthy, _) = c.status_of(1).expect("status");
+        let out = etcdctl(
+            &c.members[0].endpoint(),
+            &["member", "remove", &format!("{healthy:x}")],
+            "",
+        );
+        assert!(
+            out.stderr.contains("Error: etcdserver: unhealthy cluster"),
+            "{kind}: {out:?}"
+        );
+        c.members[1].kill9();
         let port = c.members[0].client_port;
         let deadline = Instant::now() + LEADER_TIMEOUT;
         // Until the member notices (an election timeout), a read may fail another way

@@ -100,7 +100,12 @@ pub(crate) struct Peers {
     snapshots: Rc<Snapshots>,
     /// Per member: its peer URLs and the queue of its link.
     out: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
+    /// Since when each link is up (absent: down).
+    active: Active,
 }
+
+/// Since when each peer link is up, by member id (etcd's transport `ActiveSince`).
+type Active = Rc<std::cell::RefCell<HashMap<u64, std::time::Instant>>>;
 
 impl Peers {
     /// Starts the link to a member (added to the cluster, or known at start), or restarts it
@@ -112,20 +117,35 @@ impl Peers {
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
         // A replaced queue closes, and its link's task ends.
         self.out.insert(id, (urls.clone(), tx));
-        let link = send_loop(self.me, self.cluster_id, self.tls.clone(), id, urls, rx);
+        self.active.borrow_mut().remove(&id);
+        let link = send_loop(
+            (self.me, self.cluster_id),
+            self.tls.clone(),
+            id,
+            urls,
+            rx,
+            self.active.clone(),
+        );
         glommio::spawn_local(link).detach();
+    }
+
+    /// Since when the link to member `id` is up (None: down, or no link).
+    pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
+        self.active.borrow().get(&id).copied()
     }
 
     /// Ends the links to every member but those of `ids` (a joining member guessed the ids of
     /// the members its `--initial-cluster` names; a member added later has another).
     pub fn keep_only(&mut self, ids: &[u64]) {
         self.out.retain(|id, _| ids.contains(id));
+        self.active.borrow_mut().retain(|id, _| ids.contains(id));
     }
 
     /// Ends the link to a member removed from the cluster.
     pub fn remove(&mut self, id: u64) {
         // The sender task ends when its queue closes.
         self.out.remove(&id);
+        self.active.borrow_mut().remove(&id);
     }
 
     /// Queues messages to their receivers; drops a message whose queue is full. A snapshot
@@ -391,6 +411,7 @@ pub(crate) fn start(
         events: here.events.clone(),
         snapshots: here.snapshots.clone(),
         out: HashMap::new(),
+        active: Rc::default(),
     };
     for (id, urls) in peers {
         p.add(*id, urls.clone());
@@ -415,18 +436,29 @@ fn clock_nanos() -> u64 {
 /// queued messages, many per write, and a ping every `PING_INTERVAL`; ends when the queue
 /// closes.
 async fn send_loop(
-    me: u64,
-    cluster_id: u64,
+    (me, cluster_id): (u64, u64),
     tls: Tls,
     id: u64,
     urls: Vec<String>,
     rx: glommio::channels::local_channel::LocalReceiver<Message>,
+    active: Active,
 ) {
     let mut backoff = BACKOFF_MIN;
+    // `Peers` takes the mark away when it ends or replaces the link (a replacement marks
+    // itself when up).
+    let mark = |up: bool| {
+        let mut a = active.borrow_mut();
+        if up {
+            a.insert(id, std::time::Instant::now());
+        } else {
+            a.remove(&id);
+        }
+    };
     loop {
         match connect(&urls, &tls, MAGIC, me, cluster_id, id).await {
             Ok(s) => {
                 backoff = BACKOFF_MIN;
+                mark(true);
                 tracing::info!(peer = %format!("{id:x}"), "peer link up");
                 let (mut pongs, mut s) = futures_lite::io::split(s);
                 glommio::spawn_local(async move {
@@ -470,6 +502,7 @@ async fn send_loop(
                         s.flush().await
                     };
                     if let Err(e) = written.await {
+                        mark(false);
                         METRICS.peer_send_failed(id);
                         tracing::info!(peer = %format!("{id:x}"), error = %e, "peer link down");
                         break;

@@ -65,6 +65,10 @@ pub struct ClusterOptions {
     pub snapshot_catchup_entries: u64,
 }
 
+/// How long a peer link must have been up for the peer to count as healthy (etcd's
+/// `HealthInterval`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
 impl ClusterOptions {
     /// Whether Raft runs from the start: the initial cluster has other members, or this
     /// member joins one. A member alone runs without Raft until its first membership change.
@@ -1309,6 +1313,9 @@ impl Node {
                 if !m.is_learner && other_voters == 0 {
                     return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
                 }
+                if !m.is_learner && !self.removal_keeps_quorum(r.id) {
+                    return tx.send(Err(EtcdError::Unhealthy)).await;
+                }
                 let cc = ConfChange {
                     change_type: ConfChangeType::RemoveNode,
                     node_id: r.id,
@@ -1371,6 +1378,33 @@ impl Node {
             }
             Err(_) => tx.send(Err(self.refused())).await,
         }
+    }
+
+    /// etcd's strict reconfiguration check for removing voter `id`: a member whose link is
+    /// down may go; otherwise the voters this member has been connected to for
+    /// `HEALTH_INTERVAL` (itself included), less the one removed, must stay a quorum.
+    fn removal_keeps_quorum(&self, id: u64) -> bool {
+        if id != self.me && self.peers.active_since(id).is_none() {
+            return true;
+        }
+        let voters: Vec<u64> = self
+            .members
+            .list
+            .values()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let active = voters
+            .iter()
+            .filter(|&&v| {
+                v == self.me
+                    || self
+                        .peers
+                        .active_since(v)
+                        .is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
+            })
+            .count();
+        active.saturating_sub(1) > (voters.len() - 1) / 2
     }
 
     /// etcd's strict reconfiguration check for adding a voter: the started voters (those that
