@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
+use glommio::io::BufferedFile;
 use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -211,32 +212,37 @@ async fn stream_snapshot(
     dir: &std::path::Path,
     m: &Message,
 ) -> io::Result<u64> {
-    use std::io::Read;
     let seq = crate::consensus::snapshot_seq(m.get_snapshot())
         .ok_or_else(|| io::Error::other("a snapshot without its checkpoint"))?;
     // Opened at once: a newer checkpoint may remove these files, and open files stay readable.
-    let files = crate::log::checkpoint::parts_of(dir, seq)?
-        .iter()
-        .map(std::fs::File::open)
-        .collect::<io::Result<Vec<_>>>()?;
+    // Read through io_uring: a cold page cache does not stall the Raft shard.
+    let mut files = Vec::new();
+    for p in crate::log::checkpoint::parts_of(dir, seq)? {
+        files.push(BufferedFile::open(&p).await.map_err(io::Error::from)?);
+    }
     let mut s = connect(urls, tls, SNAPSHOT_MAGIC, me, cluster_id, to).await?;
     let mut buf = Vec::new();
     frame(&mut buf, m);
     s.write_all(&buf).await?;
-    let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
     let mut sent = 0u64;
-    for (i, mut f) in files.into_iter().enumerate() {
-        let len = f.metadata()?.len();
+    for (i, f) in files.into_iter().enumerate() {
+        let len = f.file_size().await.map_err(io::Error::from)?;
         s.write_all(&(i as u32).to_le_bytes()).await?;
         s.write_all(&len.to_le_bytes()).await?;
-        let mut left = len;
-        while left > 0 {
-            let n = (left as usize).min(chunk.len());
-            f.read_exact(&mut chunk[..n])?;
-            s.write_all(&chunk[..n]).await?;
-            left -= n as u64;
-            sent += n as u64;
+        let mut pos = 0u64;
+        while pos < len {
+            let n = ((len - pos) as usize).min(SNAPSHOT_CHUNK_BYTES);
+            let chunk = f.read_at(pos, n).await.map_err(io::Error::from)?;
+            if chunk.is_empty() {
+                return Err(io::Error::other(
+                    "a checkpoint part shrank while being sent",
+                ));
+            }
+            s.write_all(&chunk).await?;
+            pos += chunk.len() as u64;
         }
+        let _ = f.close().await;
+        sent += len;
         METRICS.peer_sent(to, len);
     }
     s.write_all(&u32::MAX.to_le_bytes()).await?;
@@ -276,7 +282,6 @@ async fn receive_snapshot(
     events: &LocalSender<Event>,
     snapshots: &Snapshots,
 ) -> io::Result<()> {
-    use std::io::Write;
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -306,7 +311,6 @@ async fn receive_snapshot(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut paths = Vec::new();
-    let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
     loop {
         let mut part = [0u8; 4];
         r.read_exact(&mut part).await?;
@@ -324,15 +328,24 @@ async fn receive_snapshot(
             return Err(io::Error::other(format!("a snapshot part of {len} bytes")));
         }
         let path = dir.join(format!("part-{part:04}"));
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-        let mut left = len;
-        while left > 0 {
-            let n = (left as usize).min(chunk.len());
-            r.read_exact(&mut chunk[..n]).await?;
-            f.write_all(&chunk[..n])?;
-            left -= n as u64;
+        // Written through io_uring: the kernel's writeback throttling does not stall the
+        // Raft shard (the checker thread syncs the files).
+        let f = BufferedFile::create(&path).await.map_err(io::Error::from)?;
+        let mut pos = 0u64;
+        while pos < len {
+            let n = ((len - pos) as usize).min(SNAPSHOT_CHUNK_BYTES);
+            let mut chunk = vec![0u8; n];
+            r.read_exact(&mut chunk).await?;
+            // A short write to a regular file means the disk is full (or failing).
+            let w = f.write_at(chunk, pos).await.map_err(io::Error::from)?;
+            if w != n {
+                return Err(io::Error::other(format!(
+                    "a snapshot part was written short ({w} of {n} bytes)"
+                )));
+            }
+            pos += n as u64;
         }
-        f.flush()?;
+        f.close().await.map_err(io::Error::from)?;
         METRICS.peer_received(from, len);
         paths.push(path);
     }

@@ -1926,7 +1926,7 @@ impl Node {
             self.durable_hs = hs;
         }
         if let Some((seq, parts, bytes)) = p.installed {
-            self.take_snapshot_state(seq, &parts, bytes);
+            self.take_snapshot_state(seq, parts, bytes).await;
         }
         if let Some(ordinals) = p.released {
             self.raw.mut_store().release_segments(&ordinals);
@@ -1961,18 +1961,34 @@ impl Node {
 
     /// The state of an installed snapshot replaces this member's: read back from the
     /// checkpoint it now is, with the log segments kept (entries after it point there).
-    fn take_snapshot_state(&mut self, seq: u64, parts: &[std::path::PathBuf], bytes: u64) {
+    /// The checkpoint is read and the index built on a thread of its own: the shard's other
+    /// tasks (connections, peer links) go on meanwhile; the Raft loop waits for it.
+    async fn take_snapshot_state(&mut self, seq: u64, parts: Vec<std::path::PathBuf>, bytes: u64) {
         let stop = |e: &dyn std::fmt::Display| -> ! {
             tracing::error!(error = %e, "cannot take the state of an installed snapshot: stopping");
             std::process::exit(1);
         };
         let started = Instant::now();
-        let loaded = crate::log::checkpoint::load(seq, parts).unwrap_or_else(|e| stop(&e));
         let mut state = self.state.empty_like();
-        let meta = match state.restore_checkpoint(loaded, bytes) {
-            Ok(Some(m)) => m,
-            Ok(None) => stop(&"a snapshot without Raft's state"),
-            Err(e) => stop(&e),
+        let reader = std::thread::Builder::new()
+            .name("snapshot-load".into())
+            .spawn(
+                move || -> Result<(KvState, Option<consensus::RaftMeta>), String> {
+                    let loaded =
+                        crate::log::checkpoint::load(seq, &parts).map_err(|e| e.to_string())?;
+                    let meta = state.restore_checkpoint(loaded, bytes)?;
+                    Ok((state, meta))
+                },
+            )
+            .unwrap_or_else(|e| stop(&e));
+        while !reader.is_finished() {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        let (mut state, meta) = match reader.join() {
+            Ok(Ok((state, Some(m)))) => (state, m),
+            Ok(Ok((_, None))) => stop(&"a snapshot without Raft's state"),
+            Ok(Err(e)) => stop(&e),
+            Err(_) => stop(&"the snapshot reader panicked"),
         };
         for m in self.raw.store().segment_maps() {
             state.add_log_segment(m.clone());
