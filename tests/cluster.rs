@@ -1533,6 +1533,17 @@ fn a_voter_added_to_a_single_member_joins_as_on_etcd() {
                 1
             );
         }
+        // A watch and a short lease from before the change carry on across it.
+        let watch = common::Background::etcdctl(&ep, &["watch", "--prefix", "w/"]);
+        let out = etcdctl(&ep, &["lease", "grant", "3"], "");
+        let lease = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let out = etcdctl(&ep, &["put", "short", "x", &format!("--lease={lease}")], "");
+        assert_eq!(out.stdout, "OK\n", "{kind}: {out:?}");
         let (out, client, peer) = c.member_add("m1", false);
         let initial = common::initial_cluster(&out);
         // Two voters, one started: a third is refused until the second starts.
@@ -1556,6 +1567,27 @@ fn a_voter_added_to_a_single_member_joins_as_on_etcd() {
         assert_eq!(out.stdout, "OK\n", "{kind}: {out:?}");
         let out = etcdctl(&c.members[0].endpoint(), &["get", "k2"], "");
         assert_eq!(out.stdout, "k2\nv2\n", "{kind}: {out:?}");
+        let out = etcdctl(&c.members[1].endpoint(), &["put", "w/1", "after"], "");
+        assert_eq!(out.stdout, "OK\n", "{kind}: {out:?}");
+        assert!(
+            watch.wait_for(LEADER_TIMEOUT, |o| o.contains("w/1\nafter")),
+            "{kind}: {}",
+            watch.output()
+        );
+        // The lease expires, decided by the cluster's leader, on both members.
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        for m in &c.members {
+            while !etcdctl(&m.endpoint(), &["get", "short"], "")
+                .stdout
+                .is_empty()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind}: the lease did not expire"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         let last_line = |o: &common::Output| o.stderr.lines().last().unwrap_or("").to_string();
         seen.push((
             refused_remove.code,
