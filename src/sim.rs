@@ -8,7 +8,11 @@
 //! replica.rs's checkpoint), so followers behind get snapshots, installed as replica.rs
 //! installs them. Clients put (some inside txns) and read (linearizable reads through
 //! ReadIndex) on a few keys; the history is checked with `linearizability::check`, and at the
-//! end every member must hold the same state. A watcher on each member (resuming at its last
+//! end every member must hold the same state. During the faults, a member is added as a
+//! learner (it catches up from entries or a snapshot), promoted, and then a voter, the leader
+//! as likely as any, is removed: configuration changes proposed through the leader, applied
+//! by every member (raft-rs's `apply_conf_change`, the storage's configuration, which
+//! checkpoints and snapshots carry), replayed after crashes by `replica::replay`. A watcher on each member (resuming at its last
 //! revision + 1 after the member's crashes) must have seen exactly the writes of the
 //! committed entries (`watch_check`: ordered, unique, atomic, reliable, bookmarkable).
 //!
@@ -77,6 +81,9 @@ pub struct Faults {
     pub stale_install: bool,
     /// Another: a watch pull that sometimes claims one revision more than it delivered.
     pub lossy_watch: bool,
+    /// A member is added as a learner, promoted, then a voter (any, the leader included) is
+    /// removed, each through the leader as a configuration change, while the faults go on.
+    pub membership: bool,
 }
 
 impl Faults {
@@ -91,6 +98,7 @@ impl Faults {
             stale_reads: false,
             stale_install: false,
             lossy_watch: false,
+            membership: true,
         }
     }
 }
@@ -157,6 +165,27 @@ struct Member {
     watcher: Watcher,
 }
 
+impl Member {
+    fn new(id: u64, disk: Vec<Record>) -> Member {
+        Member {
+            id,
+            disk,
+            base: 0,
+            checkpoint: None,
+            live: None,
+            watcher: Watcher {
+                next: 1,
+                resps: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The peer URLs a simulated member has (configuration changes carry them).
+fn urls(id: u64) -> Vec<String> {
+    vec![format!("http://sim-{id}")]
+}
+
 #[derive(Default)]
 struct Watcher {
     next: i64,
@@ -169,8 +198,23 @@ struct Running {
     started: u64,
 }
 
+/// Where the membership changes of a run are (`Faults::membership`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Plan {
+    /// The learner is added at this step.
+    Wait(u64),
+    /// (member, since step): asked until the leader's configuration has it.
+    Adding(u64, u64),
+    Promoting(u64, u64),
+    Removing(u64, u64),
+    Done,
+}
+
 pub struct Sim {
     rng: Rng,
+    plan: Plan,
+    /// Members removed from the cluster (they stop, as ferrocd's do, and are not checked).
+    removed: Vec<u64>,
     faults: Faults,
     now: u64,
     members: Vec<Member>,
@@ -210,10 +254,7 @@ fn logger() -> slog::Logger {
 impl Sim {
     pub fn new(seed: u64, faults: Faults) -> Sim {
         let ids: Vec<u64> = (1..=faults.members).collect();
-        let urls: Vec<(u64, Vec<String>)> = ids
-            .iter()
-            .map(|&id| (id, vec![format!("http://sim-{id}")]))
-            .collect();
+        let urls: Vec<(u64, Vec<String>)> = ids.iter().map(|&id| (id, urls(id))).collect();
         let entries = consensus::bootstrap_entries(&urls);
         let mut disk: Vec<Record> = entries.into_iter().map(Record::Entry).collect();
         disk.push(Record::HardState(raft::eraftpb::HardState {
@@ -221,23 +262,21 @@ impl Sim {
             commit: faults.members,
             ..Default::default()
         }));
+        let mut rng = Rng::new(seed);
+        let plan = if faults.membership {
+            Plan::Wait(faults.steps / 8 + rng.below(faults.steps / 4))
+        } else {
+            Plan::Done
+        };
         let mut sim = Sim {
-            rng: Rng::new(seed),
+            rng,
+            plan,
+            removed: Vec::new(),
             faults,
             now: 0,
             members: ids
                 .iter()
-                .map(|&id| Member {
-                    id,
-                    disk: disk.clone(),
-                    base: 0,
-                    checkpoint: None,
-                    live: None,
-                    watcher: Watcher {
-                        next: 1,
-                        resps: Vec::new(),
-                    },
-                })
+                .map(|&id| Member::new(id, disk.clone()))
                 .collect(),
             net: BTreeMap::new(),
             sent: 0,
@@ -306,9 +345,19 @@ impl Sim {
 
     /// Member `i` crashes: what it had not made durable is lost; its clients hear nothing.
     fn crash(&mut self, i: usize) {
-        let Some(live) = self.members[i].live.take() else {
-            return;
-        };
+        if let Some(lost) = self.halt(i) {
+            let t = self.now;
+            self.events.push(format!(
+                "{t}: m{} crashes, {lost} writes not durable lost",
+                self.members[i].id,
+            ));
+        }
+    }
+
+    /// Member `i` stops (crashed, or removed); returns how many writes its disk had not
+    /// completed, if it was running.
+    fn halt(&mut self, i: usize) -> Option<usize> {
+        let live = self.members[i].live.take()?;
         let lost: Vec<usize> = live
             .pending
             .values()
@@ -319,12 +368,7 @@ impl Sim {
         for o in lost {
             self.abandon(o);
         }
-        let t = self.now;
-        self.events.push(format!(
-            "{t}: m{} crashes, {} writes not durable lost",
-            self.members[i].id,
-            live.disk_queue.len()
-        ));
+        Some(live.disk_queue.len())
     }
 
     /// Gives up on an op: a put's outcome becomes unknown, a read leaves the history.
@@ -422,7 +466,9 @@ impl Sim {
 
     /// Member `i` checkpoints its state at its applied index and releases the log before the
     /// first record it still needs, as replica.rs's checkpoint does.
-    fn checkpoint(&mut self, i: usize) {
+    /// `forced`: Raft wants a snapshot newer than the newest checkpoint (replica.rs then lets
+    /// go of one entry more if the catch-up window would leave it no record of its own).
+    fn checkpoint(&mut self, i: usize, forced: bool) {
         let m = &mut self.members[i];
         let Some(live) = &mut m.live else { return };
         let store = live.raw.store();
@@ -431,14 +477,22 @@ impl Sim {
         if applied <= snap {
             return;
         }
-        let keep_from = applied.saturating_sub(CATCHUP_ENTRIES).max(snap) + 1;
         let next = m.base + m.disk.len() as u64 + 1;
-        let from = [store.seq_of(keep_from), store.seq_of(applied + 1)]
-            .into_iter()
-            .flatten()
-            .fold(next, u64::min);
+        let from_of = |keep_from: u64| {
+            [store.seq_of(keep_from), store.seq_of(applied + 1)]
+                .into_iter()
+                .flatten()
+                .fold(next, u64::min)
+        };
+        let newest = m.checkpoint.as_ref().map_or(0, |c| c.seq);
+        let mut keep_from = applied.saturating_sub(CATCHUP_ENTRIES).max(snap) + 1;
+        let mut from = from_of(keep_from);
+        if from - 1 <= newest && forced {
+            keep_from = snap + 2;
+            from = from_of(keep_from);
+        }
         let seq = from - 1;
-        if m.checkpoint.as_ref().is_some_and(|c| seq <= c.seq) || seq < m.base {
+        if (m.checkpoint.is_some() && seq <= newest) || seq < m.base {
             return;
         }
         let hs = m
@@ -478,6 +532,93 @@ impl Sim {
         self.events.push(format!(
             "{t}: m{id} checkpoints at {applied}, log kept from record {from}"
         ));
+    }
+
+    /// The live member that leads (the highest term, if two think so).
+    fn leader(&self) -> Option<usize> {
+        (0..self.members.len())
+            .filter(|&i| {
+                self.members[i]
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.raw.raft.state == StateRole::Leader)
+            })
+            .max_by_key(|&i| self.members[i].live.as_ref().map_or(0, |l| l.raw.raft.term))
+    }
+
+    /// Drives the membership changes of the run: each is proposed through the leader (again
+    /// every so often: a proposal is dropped without a leader or while another change is
+    /// pending) until the leader's applied configuration shows it.
+    fn membership(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let conf = {
+            let live = self.members[l].live.as_ref().expect("a leader is live");
+            live.raw.store().conf_state().clone()
+        };
+        let retry = |since: u64, now: u64| (now - since) % 50 == 0;
+        let (t, next) = (self.now, self.plan);
+        let change = match next {
+            Plan::Wait(at) if t >= at => {
+                let id = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+                self.members.push(Member::new(id, Vec::new()));
+                let i = self.members.len() - 1;
+                self.start(i);
+                self.events
+                    .push(format!("{t}: m{id} is added as a learner"));
+                self.plan = Plan::Adding(id, t);
+                Some((raft::eraftpb::ConfChangeType::AddLearnerNode, id))
+            }
+            Plan::Adding(id, since) => {
+                if conf.learners.contains(&id) {
+                    self.events.push(format!("{t}: m{id} joins as a learner"));
+                    self.plan = Plan::Promoting(id, t);
+                    None
+                } else {
+                    retry(since, t).then_some((raft::eraftpb::ConfChangeType::AddLearnerNode, id))
+                }
+            }
+            Plan::Promoting(id, since) => {
+                if conf.voters.contains(&id) {
+                    // Any voter may go, the leader included.
+                    let voters = conf.voters.clone();
+                    let victim = voters[self.rng.below(voters.len() as u64) as usize];
+                    self.events
+                        .push(format!("{t}: m{id} is promoted; m{victim} to go"));
+                    self.plan = Plan::Removing(victim, t);
+                    None
+                } else {
+                    // etcd promotes a learner in sync only; wait a while for it to catch up.
+                    (t - since >= 300 && retry(since, t))
+                        .then_some((raft::eraftpb::ConfChangeType::AddNode, id))
+                }
+            }
+            Plan::Removing(id, since) => {
+                if !conf.voters.contains(&id) {
+                    self.events.push(format!("{t}: m{id} removed"));
+                    self.removed.push(id);
+                    if let Some(i) = self.index_of(id) {
+                        self.halt(i);
+                    }
+                    self.plan = Plan::Done;
+                    None
+                } else {
+                    retry(since, t).then_some((raft::eraftpb::ConfChangeType::RemoveNode, id))
+                }
+            }
+            Plan::Wait(_) | Plan::Done => None,
+        };
+        if let Some((kind, id)) = change {
+            let learner = kind == raft::eraftpb::ConfChangeType::AddLearnerNode;
+            let cc = raft::eraftpb::ConfChange {
+                change_type: kind,
+                node_id: id,
+                context: consensus::member_context(&urls(id), learner).into(),
+                ..Default::default()
+            };
+            if let Some(live) = self.members[l].live.as_mut() {
+                let _ = live.raw.propose_conf_change(Vec::new(), cc);
+            }
+        }
     }
 
     fn index_of(&self, id: u64) -> Option<usize> {
@@ -559,19 +700,32 @@ impl Sim {
         });
         match leader {
             Some(i) if self.rng.chance(500) => i,
-            _ => self.rng.below(self.members.len() as u64) as usize,
+            _ => {
+                let members = self.in_cluster();
+                members[self.rng.below(members.len() as u64) as usize]
+            }
         }
+    }
+
+    /// The members not removed (positions).
+    fn in_cluster(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| !self.removed.contains(&self.members[i].id))
+            .collect()
     }
 
     /// One step of simulated time.
     fn step(&mut self) {
         self.now += 1;
         let faulty = self.now < self.faults.steps;
-        let n = self.members.len();
+        let active = self.in_cluster();
         if faulty {
-            let down = self.members.iter().filter(|m| m.live.is_none()).count();
+            let down = active
+                .iter()
+                .filter(|&&i| self.members[i].live.is_none())
+                .count();
             // At most a minority down at once, so that the cluster can make progress.
-            if down < (n - 1) / 2 && self.rng.chance(self.faults.crash_per_mille) {
+            if down < (active.len() - 1) / 2 && self.rng.chance(self.faults.crash_per_mille) {
                 let i = self.victim();
                 self.crash(i);
             }
@@ -582,7 +736,7 @@ impl Sim {
                 let t = self.now;
                 self.events.push(format!("{t}: m{id} cut off"));
             } else if self.isolated.len() == 1
-                && n >= 5
+                && active.len() >= 5
                 && self.rng.chance(self.faults.partition_per_mille)
             {
                 // Five members: two cut off (each alone), the other three still a quorum.
@@ -599,7 +753,7 @@ impl Sim {
                 self.events.push(format!("{t}: network healed"));
             }
             if self.rng.chance(400) {
-                let i = self.rng.below(n as u64) as usize;
+                let i = active[self.rng.below(active.len() as u64) as usize];
                 let put = self.rng.chance(600);
                 let key = self.rng.below(KEYS);
                 if self.members[i].live.is_some() {
@@ -609,12 +763,14 @@ impl Sim {
         } else if self.now == self.faults.steps {
             self.isolated.clear();
         }
-        for i in 0..n {
+        for &i in &active {
             let restart = self.members[i].live.is_none() && (!faulty || self.rng.chance(20));
             if restart {
                 self.start(i);
             }
         }
+        self.membership();
+        let n = self.members.len();
         // Messages due now.
         let due: Vec<(u64, u64)> = self
             .net
@@ -641,11 +797,13 @@ impl Sim {
                 self.snapshot_sent(from, to, arrived);
             }
         }
-        if faulty {
-            for i in 0..n {
-                if self.rng.chance(self.faults.checkpoint_per_mille) {
-                    self.checkpoint(i);
-                }
+        for i in 0..n {
+            let wanted = self.members[i]
+                .live
+                .as_ref()
+                .is_some_and(|l| l.raw.store().take_snapshot_wanted());
+            if wanted || (faulty && self.rng.chance(self.faults.checkpoint_per_mille)) {
+                self.checkpoint(i, wanted);
             }
         }
         if self.now % TICK_STEPS == 0 {
@@ -753,6 +911,10 @@ impl Sim {
                             answered.push((o, answer.is_ok()));
                         }
                     }
+                    Ok(Applied::Conf(cc)) => match live.raw.apply_conf_change(&cc) {
+                        Ok(cs) => live.raw.mut_store().set_conf_state(cs),
+                        Err(err) => panic!("m{me}: raft refused a committed conf change: {err}"),
+                    },
                     Ok(_) => {}
                     Err(err) => panic!("m{me}: a committed entry does not apply: {err}"),
                 }
@@ -889,8 +1051,9 @@ impl Sim {
         for _ in 0..1_500 {
             self.step();
         }
-        let n = self.members.len();
-        for i in 0..n {
+        let active = self.in_cluster();
+        let n = active.len();
+        for &i in &active {
             for k in 0..KEYS {
                 self.client(i, false, k);
             }
@@ -931,7 +1094,8 @@ impl Sim {
         }
         // Every member holds the same keys at the same revision.
         let mut views = Vec::new();
-        for m in &mut self.members {
+        let removed = self.removed.clone();
+        for m in self.members.iter_mut().filter(|m| !removed.contains(&m.id)) {
             let live = m.live.as_mut().expect("restarted");
             let keys: Vec<Option<String>> = (0..KEYS)
                 .map(|k| read(&mut live.state, &format!("k{k}")))
@@ -943,9 +1107,10 @@ impl Sim {
         }
         // Every member's watcher saw the writes the committed entries hold, by revision.
         let end = views[0].0;
-        let history = &self.members[0].live.as_ref().expect("live").history;
+        let first = active[0];
+        let history = &self.members[first].live.as_ref().expect("live").history;
         let want = watch_check::expected(&committed_writes(history));
-        for m in &self.members {
+        for m in self.members.iter().filter(|m| !removed.contains(&m.id)) {
             if m.watcher.next <= end {
                 return Err(format!(
                     "m{}'s watcher stopped at {} of {end}",
@@ -959,8 +1124,9 @@ impl Sim {
     }
 
     /// How many ops the history holds, how many of them were acknowledged puts, how many
-    /// crashes and partitions there were, and how many terms had a leader.
-    pub fn counts(&self) -> [usize; 7] {
+    /// crashes and partitions there were, how many terms had a leader, checkpoints, snapshots
+    /// installed, and members added, promoted and removed.
+    pub fn counts(&self) -> [usize; 10] {
         let acked = self
             .ops
             .iter()
@@ -975,6 +1141,9 @@ impl Sim {
             self.terms_led.len(),
             count("checkpoints at"),
             count("installs a snapshot"),
+            count("joins as a learner"),
+            count("is promoted"),
+            count(" removed"),
         ]
     }
 }
@@ -1084,7 +1253,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 7];
+        let mut totals = [0usize; 10];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -1102,11 +1271,13 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms, checkpoints, installs] = totals;
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed] =
+            totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
              crashes, {cuts} partitions, {terms} terms with a leader, {checkpoints} \
-             checkpoints, {installs} snapshots installed",
+             checkpoints, {installs} snapshots installed, {joined} learners added, {promoted} \
+             promoted, {removed} voters removed",
             seeds.len(),
             faults.members
         );
@@ -1120,6 +1291,13 @@ mod tests {
             checkpoints > n && installs > n / 2,
             "too few snapshots: {totals:?}"
         );
+        // Every run carries the whole membership plan out.
+        if faults.membership {
+            assert!(
+                joined == n && promoted == n && removed == n,
+                "membership changes not all carried out: {totals:?}"
+            );
+        }
     }
 
     #[test]
