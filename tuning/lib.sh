@@ -29,6 +29,49 @@ start() {
   ENDPOINTS=$eps; PIDS=$ps; INITIAL=$initial
 }
 
+# start_one KIND BIN [FLAGS...]: one member named KIND0 alone in its --initial-cluster, with its
+# data dir under $work; sets ENDPOINTS, PIDS and INITIAL as start does.
+start_one() {
+  local kind=$1 bin=$2 cp pp
+  shift 2
+  cp=$(port); pp=$(port)
+  "$bin" --name "${kind}0" --data-dir "$work/${kind}0" \
+    --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "${kind}0=http://127.0.0.1:$pp" --initial-cluster-token "$kind-bench" "$@" \
+    2>"$work/${kind}0.log" &
+  pids+=($!)
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$cp/health" >/dev/null && break; sleep 0.1; done
+  ENDPOINTS="127.0.0.1:$cp"; PIDS=$!; INITIAL="${kind}0=http://127.0.0.1:$pp"
+}
+
+# join KIND BIN NAME INITIAL PEER_PORT CLIENT_PORT [FLAGS...]: starts a member that `member add`
+# added (--initial-cluster-state existing) and waits (at most 10 min) until its serializable get
+# of the key `marker` answers `done`; sets JOIN_SECONDS, JOIN_OK (yes/no), JOIN_PID and
+# JOIN_HOW (what its log says it installed).
+join() {
+  local kind=$1 bin=$2 name=$3 initial=$4 np=$5 nc=$6 t0 t1
+  shift 6
+  t0=$(date +%s.%N)
+  "$bin" --name "$name" --data-dir "$work/$name" \
+    --listen-client-urls "http://127.0.0.1:$nc" --advertise-client-urls "http://127.0.0.1:$nc" \
+    --listen-peer-urls "http://127.0.0.1:$np" --initial-advertise-peer-urls "http://127.0.0.1:$np" \
+    --initial-cluster "$initial" --initial-cluster-token "$kind-bench" \
+    --initial-cluster-state existing "$@" 2>"$work/$name.log" &
+  JOIN_PID=$!
+  pids+=("$JOIN_PID")
+  JOIN_OK=no
+  for _ in $(seq 6000); do
+    if [ "$(etcdctl --endpoints "127.0.0.1:$nc" --command-timeout=1s get marker --print-value-only --consistency=s 2>/dev/null)" = done ]; then
+      JOIN_OK=yes; break
+    fi
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  JOIN_SECONDS=$(echo "$t1 - $t0" | bc)
+  JOIN_HOW=$(grep -m1 -o -E 'snapshot installed|applied incoming snapshot|applied snapshot' "$work/$name.log" || echo "no snapshot in its log")
+}
+
 # stamp: the date, commit and machine lines of a results file.
 stamp() {
   echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"

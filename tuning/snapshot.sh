@@ -14,7 +14,6 @@ cargo build --release --workspace --bins >/dev/null
 source tuning/lib.sh
 export ETCDCTL_API=3
 
-now() { date +%s.%N; }
 # measure KIND BIN [FLAGS...]: prints one table row
 measure() {
   local kind=$1 bin=$2
@@ -33,28 +32,11 @@ measure() {
   np=$(port); nc=$(port)
   initial=$(etcdctl --endpoints "$eps" member add "${kind}3" --peer-urls="http://127.0.0.1:$np" \
     | sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p')
-  local t0 t1
-  t0=$(now)
-  "$bin" --name "${kind}3" --data-dir "$work/${kind}3" \
-    --listen-client-urls "http://127.0.0.1:$nc" --advertise-client-urls "http://127.0.0.1:$nc" \
-    --listen-peer-urls "http://127.0.0.1:$np" --initial-advertise-peer-urls "http://127.0.0.1:$np" \
-    --initial-cluster "$initial" --initial-cluster-token "$kind-bench" \
-    --initial-cluster-state existing "$@" 2>"$work/${kind}3.log" &
-  local newpid=$!
-  pids+=("$newpid")
-  local ok=no
-  for _ in $(seq 6000); do
-    if [ "$(etcdctl --endpoints "127.0.0.1:$nc" --command-timeout=1s get marker --print-value-only --consistency=s 2>/dev/null)" = done ]; then
-      ok=yes; break
-    fi
-    sleep 0.1
-  done
-  t1=$(now)
-  local how new_mb
-  how=$(grep -m1 -o -E 'snapshot installed|applied incoming snapshot|applied snapshot' "$work/${kind}3.log" || echo "no snapshot in its log")
+  join "$kind" "$bin" "${kind}3" "$initial" "$np" "$nc" "$@"
+  local new_mb newpid=$JOIN_PID
   new_mb=$(du -sm "$work/${kind}3" | awk '{print $1}')
   printf '| %s | %s | %s MiB | %.2f s | %s MiB | %s | %s |\n' "$kind" "$keys" "$data_mb" \
-    "$(echo "$t1 - $t0" | bc)" "$new_mb" "$how" "$ok"
+    "$JOIN_SECONDS" "$new_mb" "$JOIN_HOW" "$JOIN_OK"
   kill ${cluster_pids//,/ } "$newpid" 2>/dev/null || true
   wait ${cluster_pids//,/ } "$newpid" 2>/dev/null || true
 }
