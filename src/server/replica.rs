@@ -1798,6 +1798,13 @@ impl Node {
         if self.reads.is_empty() {
             return;
         }
+        // A new leader answers no read index before it committed an entry of its term
+        // (raft-rs drops the request): the reads wait here for that commit, a few
+        // milliseconds, instead of a retry after three heartbeats. Check-quorum bounds the
+        // wait: a leader that cannot commit steps down within an election timeout.
+        if self.is_leader() && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
         let jobs = std::mem::take(&mut self.reads);
         if self.raw.raft.leader_id == 0 {
             for (_, tx) in jobs {
