@@ -1400,6 +1400,11 @@ fn a_single_member_grows_into_a_cluster_with_member_add() {
     c.members[0].kill9();
     c.members[0].relaunch();
     c.members[0].wait_healthy();
+    let log = c.members[0].log();
+    assert!(
+        log.contains("raft log replayed") && !log.contains("checkpoint restored"),
+        "the restart did not replay a mixed log: {log}"
+    );
     let (mut after, rev) = keyspace(&c.members[0]);
     assert_eq!(rev, alone_rev + 1);
     let grown = after
