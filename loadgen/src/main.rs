@@ -145,6 +145,10 @@ struct Workload {
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     key_space: u64,
+    /// Keys in issue order: request i uses key i modulo --key-space (etcd's benchmark
+    /// --sequential-keys). Without it, keys are spread at random over the key space.
+    #[arg(long)]
+    sequential_keys: bool,
     /// Open loop: offered requests per second in all (0: closed loop). Latency is measured
     /// from each request's intended send time, so a server that falls behind is not hidden
     /// by the clients waiting for it (coordinated omission).
@@ -304,6 +308,17 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// A request's random number, drawn from its issue number (Fibonacci hashing).
+fn spread(i: u64) -> u64 {
+    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
+}
+
+/// The key (its number in the key space) a request uses: in issue order with
+/// --sequential-keys, else drawn by the request's random `i`.
+fn key_index(w: &Workload, i: u64, issued: u64) -> u64 {
+    (if w.sequential_keys { issued } else { i }) % w.key_space.max(1)
+}
+
 fn key(i: u64, size: usize) -> Bytes {
     let mut s = format!("{i:0size$}").into_bytes();
     // Keep the last `size` digits: keys have exactly the asked size.
@@ -344,9 +359,17 @@ async fn keep_alive_once(id: i64, s: &mut KeepAlive) -> bool {
     s.next().await.is_ok_and(|r| r.ttl > 0)
 }
 
-async fn one(c: &mut Client, w: &Workload, i: u64, value: &Bytes, epoch: Instant) -> bool {
+/// One request: `i` is random (it draws the key and the workload's choices), `issued` the
+/// request's number in issue order (the key with --sequential-keys).
+async fn one(
+    c: &mut Client,
+    w: &Workload,
+    (i, issued): (u64, u64),
+    value: &Bytes,
+    epoch: Instant,
+) -> bool {
     let t = Some(Duration::from_secs(10));
-    let k = key(i % w.key_space, w.key_size);
+    let k = key(key_index(w, i, issued), w.key_size);
     match w.workload {
         Kind::LeaseKeepalive => unreachable!("keepalives go on their own stream"),
         Kind::K8s => k8s_op(c, w, i, value, epoch).await,
@@ -847,10 +870,10 @@ async fn thread_main(
                         }
                         (i, Instant::now())
                     };
-                    let n = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+                    let n = spread(i);
                     let ok = match &mut keepalive {
                         Some((id, s)) => keep_alive_once(*id, s).await,
-                        None => one(&mut client, &w, n, &value, epoch).await,
+                        None => one(&mut client, &w, (n, i), &value, epoch).await,
                     };
                     shared.done.fetch_add(1, Ordering::Relaxed);
                     if ok {
@@ -1095,5 +1118,36 @@ fn main() {
                 cpu(&y)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(args: &[&str]) -> Workload {
+        #[derive(Parser)]
+        struct W {
+            #[command(flatten)]
+            w: Workload,
+        }
+        let mut all = vec!["w"];
+        all.extend(args);
+        W::parse_from(all).w
+    }
+
+    #[test]
+    fn sequential_keys_follow_the_issue_order_and_random_ones_cover_the_space() {
+        let seq = workload(&["--key-space", "1000", "--sequential-keys"]);
+        let keys: Vec<u64> = (0..2500).map(|i| key_index(&seq, spread(i), i)).collect();
+        assert_eq!(keys[..3], [0, 1, 2]);
+        assert_eq!(keys[999..1002], [999, 0, 1]);
+        let random = workload(&["--key-space", "1000"]);
+        let keys: std::collections::BTreeSet<u64> = (0..20_000)
+            .map(|i| key_index(&random, spread(i), i))
+            .collect();
+        assert!(keys.len() > 990, "{} distinct keys", keys.len());
+        assert!(keys.iter().all(|&k| k < 1000));
+        assert_eq!(key(7, 8), Bytes::from_static(b"00000007"));
     }
 }

@@ -305,6 +305,15 @@ impl Log {
             .collect())
     }
 
+    /// Starts a new segment now, unless the one taking appends is still empty: the records so
+    /// far stay in segments that a checkpoint covering them can release whole (a Defragment).
+    pub async fn roll_now(&mut self) -> io::Result<()> {
+        if self.write_off == 0 {
+            return Ok(());
+        }
+        self.roll(0).await
+    }
+
     /// Starts a new segment, at least `need` bytes long.
     async fn roll(&mut self, need: u64) -> io::Result<()> {
         let size = self.segment_bytes.max(need.next_multiple_of(1 << 20));

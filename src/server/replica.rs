@@ -938,9 +938,9 @@ struct Persisted {
     /// What the append changed in the log (None when nothing was written); one report per
     /// append, given with its first request.
     report: Option<(shard::LogReport, usize)>,
-    /// The log's next record seq now, and its (disk, used) bytes.
+    /// The log's next record seq now, and the bytes its records take.
     next_seq: u64,
-    sizes: (u64, u64),
+    log_bytes: u64,
     /// A snapshot installed as checkpoint (seq, parts, bytes).
     installed: Option<(u64, Vec<std::path::PathBuf>, u64)>,
     /// The log segments let go of (ordinals), their files being removed.
@@ -1053,7 +1053,7 @@ async fn append_run(
             persisted: r.persisted,
             report: report.take(),
             next_seq: log.next_seq(),
-            sizes: (log.disk_bytes(), log.used_bytes()),
+            log_bytes: log.used_bytes(),
             installed: None,
             released: None,
         });
@@ -1946,7 +1946,7 @@ impl Node {
                         r.parts,
                         r.bytes,
                         &ordinals,
-                        p.sizes,
+                        p.log_bytes,
                     );
                     r.tx.send(Ok(Response::Checkpoint(kv::CheckpointAnswer::Released(
                         Vec::new(),
@@ -1955,7 +1955,7 @@ impl Node {
                 }
                 None => {
                     // An installed snapshot's: the state is new and knows no older segment.
-                    shard::set_log_sizes(&mut self.state, p.sizes);
+                    shard::set_log_sizes(&mut self.state, p.log_bytes);
                 }
             }
         }

@@ -342,7 +342,7 @@ pub(crate) fn checkpoint_dir(log_dir: &std::path::Path) -> PathBuf {
 
 /// After a replay: the sizes the quota and the metrics read.
 pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
-    set_log_sizes(state, (log.disk_bytes(), log.used_bytes()));
+    set_log_sizes(state, log.used_bytes());
     state.set_log_base(log.used_bytes());
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
 }
@@ -858,6 +858,17 @@ async fn run_batch(
             continue;
         }
         let finished = matches!(op, kv::CheckpointOp::Finished);
+        if matches!(op, kv::CheckpointOp::Begin) && demands.forcing() {
+            if let Some(log) = log.as_deref_mut() {
+                // A Defragment: writes from now on go to a new segment, so that the checkpoint
+                // releases every segment before it (the one taking appends otherwise stays,
+                // with all it holds, however little of it is live).
+                if let Err(e) = log.roll_now().await {
+                    tracing::error!(error = %e, "log segment creation failed: stopping the node");
+                    std::process::exit(1);
+                }
+            }
+        }
         let answer = checkpoint_op(state, log.as_deref_mut(), op, demands);
         let ok = answer.is_ok();
         tx.send(answer.map(Response::Checkpoint)).await;
@@ -1089,8 +1100,15 @@ fn checkpoint_op(
         } => {
             let gone = log.release_before(seq + 1);
             let (ordinals, paths): (Vec<usize>, Vec<PathBuf>) = gone.into_iter().unzip();
-            let sizes = (log.disk_bytes(), log.used_bytes());
-            checkpoint_released(state, seq, at_rev, parts, bytes, &ordinals, sizes);
+            checkpoint_released(
+                state,
+                seq,
+                at_rev,
+                parts,
+                bytes,
+                &ordinals,
+                log.used_bytes(),
+            );
             A::Released(paths)
         }
         op => checkpoint_state_op(state, op),
@@ -1098,8 +1116,8 @@ fn checkpoint_op(
 }
 
 /// A checkpoint at `at_rev` (record `seq`) is in place and the log segments with `ordinals`
-/// were let go of: the state forgets them and the previous checkpoint; `log` is the log's
-/// (disk, used) bytes now.
+/// were let go of: the state forgets them and the previous checkpoint; `log_bytes` is what the
+/// log's records take now.
 pub(crate) fn checkpoint_released(
     state: &mut KvState,
     seq: u64,
@@ -1107,15 +1125,15 @@ pub(crate) fn checkpoint_released(
     parts: Vec<u32>,
     bytes: u64,
     ordinals: &[usize],
-    log: (u64, u64),
+    log_bytes: u64,
 ) {
     state.checkpoint_release(parts, bytes, at_rev, ordinals);
-    set_log_sizes(state, log);
+    set_log_sizes(state, log_bytes);
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
         segments_removed = ordinals.len(),
         checkpoint_bytes = state.checkpoint_bytes(),
-        log_bytes = log.0,
+        log_bytes,
         "checkpoint in place; the log before it is released"
     );
 }
@@ -1176,7 +1194,6 @@ pub(crate) struct LogReport {
     // (`new_segments` are the segments created since the caller's count.)
     /// Segments created by the append (their mappings), in order.
     pub new_segments: Vec<bytes::Bytes>,
-    pub disk_bytes: u64,
     pub used_bytes: u64,
     pub before: LogStats,
     pub after: LogStats,
@@ -1189,7 +1206,6 @@ impl LogReport {
     pub fn of(log: &Log, known: usize, before: LogStats, started: std::time::Instant) -> Self {
         LogReport {
             new_segments: log.segment_maps_since(known).cloned().collect(),
-            disk_bytes: log.disk_bytes(),
             used_bytes: log.used_bytes(),
             before,
             after: log.stats(),
@@ -1198,15 +1214,17 @@ impl LogReport {
     }
 }
 
-/// The database's sizes for dbSize, the quota and the metrics: the log's (disk, used) bytes
-/// plus the checkpoint's files.
-pub(crate) fn set_log_sizes(state: &mut KvState, log: (u64, u64)) {
-    let ckpt = state.checkpoint_bytes();
-    let (disk, used) = (log.0 + ckpt, log.1 + ckpt);
-    state.values_mut().set_disk_bytes(disk);
-    state.set_db_used(used);
-    METRICS.db_total_size.set(disk as i64);
-    METRICS.db_in_use.set(used as i64);
+/// The database's size for dbSize, the quota and the metrics: the bytes the log's records take
+/// (`log_bytes`; the active segment's preallocated tail left out, as etcd's dbSize counts the
+/// pages bolt uses, not its file) plus the checkpoint's files. In use: the live values.
+pub(crate) fn set_log_sizes(state: &mut KvState, log_bytes: u64) {
+    let size = log_bytes + state.checkpoint_bytes();
+    state.values_mut().set_disk_bytes(size);
+    state.set_db_used(size);
+    METRICS.db_total_size.set(size as i64);
+    METRICS
+        .db_in_use
+        .set(crate::mvcc::ValueStore::live_bytes(state.store().values()) as i64);
 }
 
 /// After a batch was appended: new segments for the value store, sizes, and the log's metrics.
@@ -1226,7 +1244,7 @@ pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
     for m in &r.new_segments {
         state.add_log_segment(m.clone());
     }
-    set_log_sizes(state, (r.disk_bytes, r.used_bytes));
+    set_log_sizes(state, r.used_bytes);
     METRICS.backend_commit.observe(r.elapsed.as_secs_f64());
     METRICS
         .wal_fsync
