@@ -1508,14 +1508,46 @@ fn a_voter_added_to_a_single_member_joins_as_on_etcd() {
         let token = ["--initial-cluster-token", "test-cluster"];
         let first = match kind {
             "etcd" => Server::etcd(&token),
-            _ => Server::ferrocd(&token),
+            // Small segments and checkpoints: the member releases log segments while alone,
+            // and Raft's storage must number the segments as the log does after it grows.
+            _ => Server::ferrocd(&[
+                token[0],
+                token[1],
+                "--log-segment-bytes",
+                "1048576",
+                "--checkpoint-min-bytes",
+                "1048576",
+            ]),
         };
         let mut c = Cluster {
             members: vec![first],
             proxies: Vec::new(),
         };
         let ep = c.endpoints();
+        rt().block_on(async {
+            let mut cl = etcd_client::Client::connect([c.members[0].url()], None)
+                .await
+                .expect("connect");
+            for i in 0..3000 {
+                cl.put(format!("big/{}", i % 500), vec![b'b'; 1024], None)
+                    .await
+                    .expect("put");
+            }
+        });
         assert_eq!(etcdctl(&ep, &["put", "k", "v"], "").code, 0);
+        if kind == "ferrocd" {
+            let deadline = Instant::now() + LEADER_TIMEOUT;
+            let released = |log: String| {
+                log.lines().any(|l| {
+                    l.contains("the log before it is released")
+                        && !l.contains("segments_removed=0 ")
+                })
+            };
+            while !released(c.members[0].log()) {
+                assert!(Instant::now() < deadline, "no segment released while alone");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let (id, _) = c.status_of(0).expect("status");
         let refused_remove = etcdctl(&ep, &["member", "remove", &format!("{id:x}")], "");
         if kind == "ferrocd" {

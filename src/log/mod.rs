@@ -221,6 +221,12 @@ impl Log {
         self.opened
     }
 
+    /// How many of the oldest segments this process released (their ordinals are
+    /// 0..this; the segments kept follow).
+    pub fn released(&self) -> usize {
+        self.released
+    }
+
     /// The mappings of the segments with ordinal `from` on.
     pub fn segment_maps_since(&self, from: usize) -> impl Iterator<Item = &Bytes> {
         let skip = from.saturating_sub(self.released);

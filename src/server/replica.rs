@@ -328,10 +328,16 @@ pub(crate) async fn grow(
     for m in log.segment_maps_since(known) {
         state.add_log_segment(m.clone());
     }
+    // The storage knows segments by the log's ordinals, as the value store does: those the
+    // single member released already come first, empty.
     let mut storage = LogStorage::default();
+    for _ in 0..log.released() {
+        storage.add_segment(bytes::Bytes::new());
+    }
     for m in log.segment_maps() {
         storage.add_segment(m.clone());
     }
+    debug_assert_eq!(storage.segment_maps().len(), state.log_segments_known());
     storage.start_from(
         meta.index,
         meta.term,
@@ -1921,6 +1927,11 @@ impl Node {
             for m in &report.new_segments {
                 self.raw.mut_store().add_segment(m.clone());
             }
+            // Raft's storage and the value store number the log's segments alike.
+            debug_assert_eq!(
+                self.raw.store().segment_maps().len(),
+                self.state.log_segments_known()
+            );
             self.log_written = report.after.bytes;
         }
         for ((&(index, term), w), seq) in p.entries.iter().zip(&p.written).zip(p.first_seq..) {
