@@ -1550,6 +1550,15 @@ fn a_voter_added_to_a_single_member_joins_as_on_etcd() {
         }
         let (id, _) = c.status_of(0).expect("status");
         let refused_remove = etcdctl(&ep, &["member", "remove", &format!("{id:x}")], "");
+        // The member's own peer URL: refused, and (ferrocd) it does not start Raft for it.
+        let own = format!("--peer-urls=http://127.0.0.1:{}", c.members[0].peer_port);
+        let out = etcdctl(&ep, &["member", "add", "again", &own], "");
+        assert!(
+            out.stderr
+                .contains("Error: etcdserver: Peer URLs already exists"),
+            "{kind}: {out:?}"
+        );
+        assert!(!c.members[0].log().contains("raft starts"), "{kind}");
         if kind == "ferrocd" {
             // A taken peer port: refused, and the member goes on alone.
             let taken = std::net::TcpListener::bind(("127.0.0.1", c.members[0].peer_port))

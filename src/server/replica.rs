@@ -131,6 +131,8 @@ pub(crate) struct Recovered {
     pub identity: kv::Identity,
     pub checkpoints: std::path::PathBuf,
     pub staging: std::path::PathBuf,
+    /// Defragment calls waiting for a checkpoint (handed over by a single member that grows).
+    pub demands: shard::Demands,
 }
 
 /// Opens the log of a cluster member, rebuilds Raft's storage from it and applies what was
@@ -289,6 +291,7 @@ pub(crate) async fn recover_opened(
         identity: opts.kv.identity.clone(),
         checkpoints: shard::checkpoint_dir(&dir),
         staging: snapshot_staging(&dir),
+        demands: shard::Demands::default(),
     })
 }
 
@@ -304,6 +307,7 @@ pub(crate) async fn grow(
     cluster: ClusterOptions,
     log_dir: &std::path::Path,
     notifier: Rc<Notifier>,
+    demands: shard::Demands,
 ) -> io::Result<LocalSender<Job>> {
     let identity = state.identity().clone();
     write_identity(log_dir, identity.cluster_id, identity.member_id)?;
@@ -360,6 +364,7 @@ pub(crate) async fn grow(
         identity,
         checkpoints: shard::checkpoint_dir(log_dir),
         staging: snapshot_staging(log_dir),
+        demands,
     };
     start(rec, cluster, notifier)
 }
@@ -694,6 +699,7 @@ pub(crate) fn start(
         identity,
         checkpoints,
         staging,
+        demands,
     } = rec;
     let (events_tx, events_rx) = local_channel::new_bounded(RAFT_EVENTS_DEPTH);
     let events_tx = Rc::new(events_tx);
@@ -795,7 +801,7 @@ pub(crate) fn start(
         catchup: cluster.snapshot_catchup_entries,
         building: None,
         releasing: None,
-        demands: shard::Demands::default(),
+        demands,
         notifier: notifier.clone(),
     };
     if let Some(m) = node.members.list.get_mut(&node.me) {

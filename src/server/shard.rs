@@ -475,14 +475,23 @@ pub(crate) struct Grow {
     pub dir: PathBuf,
 }
 
-/// A membership change a single member makes by starting Raft: adding a member, or changing
-/// its own peer URLs (the others are refused as a cluster of one refuses them).
-fn grows(req: &Request, me: u64) -> bool {
-    match req {
-        Request::MemberAdd(_) => true,
-        Request::MemberUpdate(r) => r.id == me,
-        _ => false,
+/// Whether `req` is a membership change a single member makes by starting Raft (adding a
+/// member, or changing its own peer URLs; the others are refused as a cluster of one refuses
+/// them): None if not; the error a cluster would answer if its URLs are refused, checked
+/// before growing (growing cannot be undone).
+fn growth(req: &Request, me: &kv::Identity) -> Option<Result<(), EtcdError>> {
+    let urls = match req {
+        Request::MemberAdd(r) => &r.peer_ur_ls,
+        Request::MemberUpdate(r) if r.id == me.member_id => &r.peer_ur_ls,
+        _ => return None,
+    };
+    if urls.is_empty() || urls.iter().any(|u| super::peer::url_addr(u).is_err()) {
+        return Some(Err(EtcdError::MemberBadUrls));
     }
+    if matches!(req, Request::MemberAdd(_)) && urls.iter().any(|u| me.peer_urls.contains(u)) {
+        return Some(Err(EtcdError::PeerUrlExist));
+    }
+    Some(Ok(()))
 }
 
 /// Whether this member may listen on its peer addresses (checked before Raft starts, so that a
@@ -562,8 +571,12 @@ async fn apply_loop(
             }
         }
         if let Some(g) = &grow {
-            let me = state.identity().member_id;
-            if let Some(at) = batch.iter().position(|(req, _)| grows(req, me)) {
+            let me = state.identity();
+            let found = batch
+                .iter()
+                .enumerate()
+                .find_map(|(i, (req, _))| growth(req, me).map(|r| (i, r)));
+            if let Some((at, checked)) = found {
                 let mut rest = batch.split_off(at);
                 run_batch(
                     &mut state,
@@ -575,7 +588,7 @@ async fn apply_loop(
                 )
                 .await;
                 notifier.notify(state.store().rev());
-                match peer_addresses_free(&g.cluster.listen_peer) {
+                match checked.and_then(|()| peer_addresses_free(&g.cluster.listen_peer)) {
                     Ok(()) => {
                         rest.append(&mut carried);
                         growing = Some(rest);
@@ -613,9 +626,12 @@ async fn apply_loop(
     }
     if let (Some(jobs), Some(g), Some(log)) = (growing, grow, log) {
         // A checkpoint being taken is abandoned (its next step is refused; the checkpointer
-        // starts again); Defragment calls waiting for it are answered by the next one.
+        // starts again).
         state.checkpoint_abandon();
-        let tx = match super::replica::grow(state, log, g.cluster, &g.dir, notifier).await {
+        // Defragment calls waiting for that checkpoint wait for the Raft loop's next one.
+        demands.abandoned();
+        let grown = super::replica::grow(state, log, g.cluster, &g.dir, notifier, demands);
+        let tx = match grown.await {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::error!(error = %e, "starting raft failed: stopping the node");
