@@ -129,7 +129,7 @@ impl Log {
                     format!("starts at record {first}, expected {next_seq} (records missing)"),
                 ));
             }
-            let seg = Segment::open(path)?;
+            let mut seg = Segment::open(path)?;
             let scan: Scan = record::scan(seg.bytes(), *first).map_err(|c| {
                 err(
                     path,
@@ -151,6 +151,7 @@ impl Log {
             let last = i == names.len() - 1;
             torn = last && !tail_is_zero(seg.bytes(), scan.valid_bytes);
             tail_end = scan.valid_bytes as u64;
+            seg.written = tail_end;
             segments.push(seg);
         }
         if next_seq < from_seq {
@@ -326,6 +327,9 @@ impl Log {
         let (seg, file) = Segment::create(&self.dir, self.next_seq, size).await?;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
+        if let Some(last) = self.segments.last_mut() {
+            last.written = self.write_off;
+        }
         self.segments.push(seg);
         self.opened += 1;
         self.write_off = 0;
@@ -337,11 +341,13 @@ impl Log {
         self.segments.iter().map(Segment::map)
     }
 
-    /// Bytes written: every segment but the last in full, and the last up to where the next
-    /// batch goes (segments are preallocated, so this is less than `disk_bytes`).
+    /// Bytes of records: every segment but the last up to its last record, and the last up
+    /// to where the next batch goes (segments are preallocated, so this is less than
+    /// `disk_bytes`; a segment left early, by a batch that did not fit or a Defragment, does
+    /// not count its unused tail).
     pub fn used_bytes(&self) -> u64 {
-        let full: u64 = self.segments.iter().rev().skip(1).map(Segment::len).sum();
-        full + self.write_off
+        let closed: u64 = self.segments.iter().rev().skip(1).map(|s| s.written).sum();
+        closed + self.write_off
     }
 
     /// Bytes the log's files occupy.
@@ -410,6 +416,37 @@ mod tests {
 
     fn payloads(n: usize, tag: u8) -> Vec<Vec<u8>> {
         (0..n).map(|i| vec![tag; 10 + i * 3]).collect()
+    }
+
+    #[test]
+    fn used_bytes_count_records_not_preallocated_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            log.append(&payloads(3, 1)).await.unwrap();
+            let one = log.used_bytes();
+            assert!(one > 0 && one < 4096, "{one}");
+            // A Defragment's roll: the left segment counts its records only.
+            log.roll_now().await.unwrap();
+            assert_eq!(log.segments.len(), 2);
+            assert_eq!(log.used_bytes(), one);
+            log.roll_now().await.unwrap();
+            assert_eq!(log.segments.len(), 2, "an empty segment is not left");
+            log.append(&payloads(3, 2)).await.unwrap();
+            let two = log.used_bytes();
+            assert!(two > one && two < 2 * 4096, "{two}");
+            assert!(log.disk_bytes() >= 2 << 20);
+            drop(log);
+            // Reopened: the same count.
+            let log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            assert_eq!(log.used_bytes(), two);
+            // Released: only what is left.
+            let mut log = log;
+            let gone = log.release_before(log.next_seq());
+            assert_eq!(gone.len(), 1);
+            assert_eq!(log.used_bytes(), two - one);
+        });
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct Segment {
     path: PathBuf,
     /// The whole file, mapped.
     map: Bytes,
+    /// Bytes of records in it, for a segment no longer taking appends (the log tracks the
+    /// last one's itself); its preallocated tail is not data.
+    pub(crate) written: u64,
 }
 
 fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -31,9 +34,11 @@ fn map(path: &Path) -> io::Result<Bytes> {
 
 impl Segment {
     pub fn open(path: &Path) -> io::Result<Segment> {
+        let map = map(path)?;
         Ok(Segment {
             path: path.to_path_buf(),
-            map: map(path)?,
+            written: map.len() as u64,
+            map,
         })
     }
 
@@ -66,6 +71,7 @@ impl Segment {
         let seg = Segment {
             map: map(&path)?,
             path,
+            written: 0,
         };
         Ok((seg, file))
     }
