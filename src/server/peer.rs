@@ -101,12 +101,19 @@ pub(crate) struct Peers {
     snapshots: Rc<Snapshots>,
     /// Per member: its peer URLs and the queue of its link.
     out: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
-    /// Since when each link is up (absent: down).
+    /// Since when each link is up.
     active: Active,
+    /// The number the next link gets (a link marks only its own state).
+    next_link: u64,
 }
 
-/// Since when each peer link is up, by member id (etcd's transport `ActiveSince`).
-type Active = Rc<std::cell::RefCell<HashMap<u64, std::time::Instant>>>;
+/// Per member: its current link's number, and since when that link is up and answering pings
+/// (None: down). etcd's transport `ActiveSince`.
+type Active = Rc<std::cell::RefCell<HashMap<u64, (u64, Option<std::time::Instant>)>>>;
+
+/// A link is taken as down when no pong came back for this long (a peer stopped without
+/// closing its connections keeps them open).
+const PONG_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Peers {
     /// Starts the link to a member (added to the cluster, or known at start), or restarts it
@@ -118,11 +125,13 @@ impl Peers {
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
         // A replaced queue closes, and its link's task ends.
         self.out.insert(id, (urls.clone(), tx));
-        self.active.borrow_mut().remove(&id);
+        let number = self.next_link;
+        self.next_link += 1;
+        self.active.borrow_mut().insert(id, (number, None));
         let link = send_loop(
             (self.me, self.cluster_id),
             self.tls.clone(),
-            id,
+            (id, number),
             urls,
             rx,
             self.active.clone(),
@@ -132,7 +141,7 @@ impl Peers {
 
     /// Since when the link to member `id` is up (None: down, or no link).
     pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
-        self.active.borrow().get(&id).copied()
+        self.active.borrow().get(&id).and_then(|(_, since)| *since)
     }
 
     /// Ends the links to every member but those of `ids` (a joining member guessed the ids of
@@ -425,6 +434,7 @@ pub(crate) fn start(
         snapshots: here.snapshots.clone(),
         out: HashMap::new(),
         active: Rc::default(),
+        next_link: 0,
     };
     for (id, urls) in peers {
         p.add(*id, urls.clone());
@@ -445,28 +455,43 @@ fn clock_nanos() -> u64 {
     ORIGIN.elapsed().as_nanos() as u64
 }
 
+/// Marks a link down however its task ends.
+struct Ended<'a, F: Fn(bool)>(&'a F);
+
+impl<F: Fn(bool)> Drop for Ended<'_, F> {
+    fn drop(&mut self) {
+        (self.0)(false);
+    }
+}
+
 /// The link to one peer: connects (again, with backoff, after a failure) and writes the
 /// queued messages, many per write, and a ping every `PING_INTERVAL`; ends when the queue
 /// closes.
 async fn send_loop(
     (me, cluster_id): (u64, u64),
     tls: Tls,
-    id: u64,
+    (id, number): (u64, u64),
     urls: Vec<String>,
     rx: glommio::channels::local_channel::LocalReceiver<Message>,
     active: Active,
 ) {
     let mut backoff = BACKOFF_MIN;
-    // `Peers` takes the mark away when it ends or replaces the link (a replacement marks
-    // itself when up).
+    // Marks this link up (since now) or down, while it is the member's current link (a link
+    // replaced or ended marks nothing).
     let mark = |up: bool| {
-        let mut a = active.borrow_mut();
-        if up {
-            a.insert(id, std::time::Instant::now());
-        } else {
-            a.remove(&id);
+        if let Some((current, since)) = active.borrow_mut().get_mut(&id) {
+            if *current == number {
+                *since = up.then(std::time::Instant::now);
+            }
         }
     };
+    let is_up = || {
+        active
+            .borrow()
+            .get(&id)
+            .is_some_and(|(current, since)| *current == number && since.is_some())
+    };
+    let _ended = Ended(&mark);
     loop {
         match connect(&urls, &tls, MAGIC, me, cluster_id, id).await {
             Ok(s) => {
@@ -474,9 +499,12 @@ async fn send_loop(
                 mark(true);
                 tracing::info!(peer = %format!("{id:x}"), "peer link up");
                 let (mut pongs, mut s) = futures_lite::io::split(s);
+                let last_pong = Rc::new(std::cell::Cell::new(std::time::Instant::now()));
+                let pong = last_pong.clone();
                 glommio::spawn_local(async move {
                     let mut t = [0u8; 8];
                     while pongs.read_exact(&mut t).await.is_ok() {
+                        pong.set(std::time::Instant::now());
                         let sent = u64::from_le_bytes(t);
                         let rtt = clock_nanos().saturating_sub(sent) as f64 / 1e9;
                         METRICS.peer_rtt(id, rtt);
@@ -508,6 +536,11 @@ async fn send_loop(
                             buf.extend_from_slice(&PING.to_le_bytes());
                             buf.extend_from_slice(&clock_nanos().to_le_bytes());
                             next_ping = std::time::Instant::now() + PING_INTERVAL;
+                            // Pongs stopped: down until they come back.
+                            let answering = last_pong.get().elapsed() < PONG_TIMEOUT;
+                            if answering != is_up() {
+                                mark(answering);
+                            }
                         }
                     }
                     let written = async {

@@ -778,6 +778,7 @@ pub(crate) fn start(
         next_req: request_id_base(),
         pending: HashMap::new(),
         reads: Vec::new(),
+        reads_held: None,
         rounds: HashMap::new(),
         next_round: 0,
         ready_reads: Vec::new(),
@@ -851,6 +852,8 @@ struct Node {
     pending: HashMap<u64, (Reply, Instant)>,
     /// Linearizable reads of this turn, for one ReadIndex round.
     reads: Vec<Job>,
+    /// Since when `reads` wait for a new leader's first commit.
+    reads_held: Option<Instant>,
     /// ReadIndex rounds in flight: context -> (reads, first asked, last asked).
     rounds: HashMap<u64, (Vec<Job>, Instant, Instant)>,
     next_round: u64,
@@ -1299,6 +1302,9 @@ impl Node {
                 if !r.is_learner && !self.ready_to_add_voter() {
                     return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
                 }
+                if !self.voters_connected() {
+                    return tx.send(Err(EtcdError::Unhealthy)).await;
+                }
                 let cc = ConfChange {
                     change_type: if r.is_learner {
                         ConfChangeType::AddLearnerNode
@@ -1417,6 +1423,20 @@ impl Node {
             })
             .count();
         active.saturating_sub(1) > (voters.len() - 1) / 2
+    }
+
+    /// etcd's strict reconfiguration check for adding any member: this member has been
+    /// connected to every voter for `HEALTH_INTERVAL`.
+    fn voters_connected(&self) -> bool {
+        self.members
+            .list
+            .values()
+            .filter(|m| !m.is_learner && m.id != self.me)
+            .all(|m| {
+                self.peers
+                    .active_since(m.id)
+                    .is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
+            })
     }
 
     /// etcd's strict reconfiguration check for adding a voter: the started voters (those that
@@ -1813,10 +1833,20 @@ impl Node {
         // A new leader answers no read index before it committed an entry of its term
         // (raft-rs drops the request): the reads wait here for that commit, a few
         // milliseconds, instead of a retry after three heartbeats. Check-quorum bounds the
-        // wait: a leader that cannot commit steps down within an election timeout.
+        // wait when the leader loses its followers; the request timeout bounds it otherwise
+        // (a leader whose own disk stalls).
         if self.is_leader() && !self.raw.raft.commit_to_current_term() {
+            let since = *self.reads_held.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.timeout {
+                return;
+            }
+            for (_, tx) in std::mem::take(&mut self.reads) {
+                tx.send(Err(EtcdError::Timeout)).await;
+            }
+            self.reads_held = None;
             return;
         }
+        self.reads_held = None;
         let jobs = std::mem::take(&mut self.reads);
         if self.raw.raft.leader_id == 0 {
             for (_, tx) in jobs {

@@ -951,9 +951,21 @@ impl Cluster {
             add.push("--learner".into());
         }
         let add: Vec<&str> = add.iter().map(String::as_str).collect();
-        let out = etcdctl(&self.endpoints(), &add, "");
-        assert_eq!(out.code, 0, "{out:?}\n{}", self.members[0].log());
-        (out, client, peer)
+        // As etcd, a member refuses to add one until it has been connected to every voter for
+        // 5 s ("unhealthy cluster"): retried, as an operator would.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = etcdctl(&self.endpoints(), &add, "");
+            if out.code == 0 {
+                return (out, client, peer);
+            }
+            assert!(
+                out.stderr.contains("etcdserver: unhealthy cluster") && Instant::now() < deadline,
+                "{out:?}\n{}",
+                self.members[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// The ferrocd binary (for `launch`).
