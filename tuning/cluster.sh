@@ -8,7 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-50000}
-cargo build --release --workspace --bins >/dev/null
 source tuning/lib.sh
 start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
 start etcd etcd; ee=$ENDPOINTS; epids=$PIDS

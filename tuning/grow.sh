@@ -11,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-100000}
-cargo build --release --workspace --bins >/dev/null
 source tuning/lib.sh
-export ETCDCTL_API=3
 
 # measure KIND BIN [FLAGS...]: prints one table row
 measure() {
@@ -21,9 +19,7 @@ measure() {
   shift 2
   start_one "$kind" "$bin" "$@"
   local eps=$ENDPOINTS first=$PIDS rate
-  rate=$(target/release/loadgen run --endpoints "$eps" --workload put --clients 50 --conns 5 \
-    --total "$keys" --key-space "$keys" --val-size 1024 | sed -n 's/.* \([0-9]*\) req\/s;.*/\1/p' | head -n1)
-  etcdctl --endpoints "$eps" put marker done >/dev/null
+  rate=$(fill "$eps" "$keys" | sed -n 's/.* \([0-9]*\) req\/s;.*/\1/p' | head -n1)
   local np nc initial t0 t1
   np=$(port); nc=$(port)
   t0=$(date +%s.%N)

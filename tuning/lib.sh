@@ -1,5 +1,7 @@
-# Shared by the tuning scripts (sourced): temporary work dir with cleanup, free ports, and
-# three-member clusters on loopback.
+# Shared by the tuning scripts (sourced from the repository's root): release binaries built,
+# etcdctl on API v3, a temporary work dir with cleanup, free ports, members on loopback.
+cargo build --release --workspace --bins >/dev/null
+export ETCDCTL_API=3
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -70,6 +72,14 @@ join() {
   t1=$(date +%s.%N)
   JOIN_SECONDS=$(echo "$t1 - $t0" | bc)
   JOIN_HOW=$(grep -m1 -o -E 'snapshot installed|applied incoming snapshot|applied snapshot' "$work/$name.log" || echo "no snapshot in its log")
+}
+
+# fill ENDPOINTS KEYS: KEYS puts of 1 KiB values, one per key (loadgen, 50 clients), then the
+# key `marker` (what `join` waits for); prints loadgen's report.
+fill() {
+  target/release/loadgen run --endpoints "$1" --workload put --clients 50 --conns 5 \
+    --total "$2" --key-space "$2" --val-size 1024
+  etcdctl --endpoints "$1" put marker done >/dev/null
 }
 
 # stamp: the date, commit and machine lines of a results file.

@@ -10,9 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-100000}
-cargo build --release --workspace --bins >/dev/null
 source tuning/lib.sh
-export ETCDCTL_API=3
 
 # measure KIND BIN [FLAGS...]: prints one table row
 measure() {
@@ -20,9 +18,7 @@ measure() {
   shift 2
   start "$kind" "$bin" "$@"
   local cluster_pids=$PIDS eps=$ENDPOINTS
-  target/release/loadgen run --endpoints "$eps" --workload put --clients 50 --conns 5 \
-    --total "$keys" --key-space "$keys" --val-size 1024 >"$work/$kind-fill.txt"
-  etcdctl --endpoints "$eps" put marker done >/dev/null
+  fill "$eps" "$keys" >"$work/$kind-fill.txt"
   if [ "$kind" = ferrocd ]; then
     for ep in ${eps//,/ }; do etcdctl --endpoints "$ep" --command-timeout=120s defrag >/dev/null; done
   fi

@@ -8,9 +8,7 @@
 # usage: tuning/space.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --bins >/dev/null
 source tuning/lib.sh
-export ETCDCTL_API=3
 
 status() { etcdctl --endpoints "$1" endpoint status -w json | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(s["dbSize"], s.get("dbSizeInUse", 0), s["header"]["revision"])'; }
 

@@ -516,6 +516,7 @@ async fn apply_loop(
 ) {
     // The jobs from the first membership change on, when this member grows into a cluster.
     let mut growing: Option<Vec<Job>> = None;
+    let mut grow_now: Option<(Vec<Job>, Result<(), EtcdError>)> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(APPLY_BATCH_REQUESTS_MAX);
     // Writes that arrived while the previous batch's fdatasync was in flight.
     let mut carried: Vec<Job> = Vec::new();
@@ -577,31 +578,9 @@ async fn apply_loop(
                 .enumerate()
                 .find_map(|(i, (req, _))| growth(req, me).map(|r| (i, r)));
             if let Some((at, checked)) = found {
-                let mut rest = batch.split_off(at);
-                run_batch(
-                    &mut state,
-                    log.as_mut(),
-                    &mut batch,
-                    &rx,
-                    &mut carried,
-                    &mut demands,
-                )
-                .await;
-                notifier.notify(state.store().rev());
-                match checked.and_then(|()| peer_addresses_free(&g.cluster.listen_peer)) {
-                    Ok(()) => {
-                        rest.append(&mut carried);
-                        growing = Some(rest);
-                        break;
-                    }
-                    Err(e) => {
-                        let (_, tx) = rest.remove(0);
-                        tx.send(Err(e)).await;
-                        rest.append(&mut carried);
-                        carried = rest;
-                        continue;
-                    }
-                }
+                // The batch before it runs first; it and what follows wait.
+                let checked = checked.and_then(|()| peer_addresses_free(&g.cluster.listen_peer));
+                grow_now = Some((batch.split_off(at), checked));
             }
         }
         run_batch(
@@ -614,6 +593,23 @@ async fn apply_loop(
         )
         .await;
         notifier.notify(state.store().rev());
+        if let Some((mut rest, checked)) = grow_now.take() {
+            // Arrival order: the growing request and the rest of its batch, then what came
+            // during the batch's fdatasync.
+            rest.append(&mut carried);
+            match checked {
+                Ok(()) => {
+                    growing = Some(rest);
+                    break;
+                }
+                Err(e) => {
+                    let (_, tx) = rest.remove(0);
+                    tx.send(Err(e)).await;
+                    carried = rest;
+                    continue;
+                }
+            }
+        }
         if state.compaction_pending() {
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
