@@ -84,7 +84,14 @@ pub struct Faults {
     /// A member is added as a learner, promoted, then a voter (any, the leader included) is
     /// removed, each through the leader as a configuration change, while the faults go on.
     pub membership: bool,
+    /// The members' logs begin with a start record at index `START_INDEX` (as a single member
+    /// that grew: Raft's log starts there, the entries before are not in it) instead of the
+    /// bootstrap entries from index 1.
+    pub start_record: bool,
 }
+
+/// Where Raft starts with `Faults::start_record`.
+const START_INDEX: u64 = 10;
 
 impl Faults {
     pub fn standard(members: u64) -> Faults {
@@ -99,6 +106,7 @@ impl Faults {
             stale_install: false,
             lossy_watch: false,
             membership: true,
+            start_record: false,
         }
     }
 }
@@ -254,14 +262,35 @@ fn logger() -> slog::Logger {
 impl Sim {
     pub fn new(seed: u64, faults: Faults) -> Sim {
         let ids: Vec<u64> = (1..=faults.members).collect();
-        let urls: Vec<(u64, Vec<String>)> = ids.iter().map(|&id| (id, urls(id))).collect();
-        let entries = consensus::bootstrap_entries(&urls);
-        let mut disk: Vec<Record> = entries.into_iter().map(Record::Entry).collect();
-        disk.push(Record::HardState(raft::eraftpb::HardState {
-            term: 1,
-            commit: faults.members,
-            ..Default::default()
-        }));
+        let peers: Vec<(u64, Vec<String>)> = ids.iter().map(|&id| (id, urls(id))).collect();
+        let disk: Vec<Record> = if faults.start_record {
+            vec![Record::Start(consensus::RaftMeta {
+                index: START_INDEX,
+                term: 1,
+                voters: ids.clone(),
+                learners: Vec::new(),
+                hard_state: (1, 0, START_INDEX),
+                members: ids
+                    .iter()
+                    .map(|&id| consensus::MemberMeta {
+                        id,
+                        name: format!("m{id}"),
+                        peer_urls: urls(id),
+                        client_urls: Vec::new(),
+                        is_learner: false,
+                    })
+                    .collect(),
+            })]
+        } else {
+            let entries = consensus::bootstrap_entries(&peers);
+            let mut disk: Vec<Record> = entries.into_iter().map(Record::Entry).collect();
+            disk.push(Record::HardState(raft::eraftpb::HardState {
+                term: 1,
+                commit: faults.members,
+                ..Default::default()
+            }));
+            disk
+        };
         let mut rng = Rng::new(seed);
         let plan = if faults.membership {
             Plan::Wait(faults.steps / 8 + rng.below(faults.steps / 4))
@@ -312,6 +341,18 @@ impl Sim {
             rebuild(&mut state, &mut members, &c.entries);
             conf = c.meta.conf_state();
             history = c.entries.clone();
+        } else if let Some(Record::Start(meta)) = m.disk.first() {
+            // As replica.rs's recovery: the members and configuration from the start record;
+            // the entries before it (a single member's records in ferrocd) stand in as empty.
+            members.restore(&meta.members);
+            conf = meta.conf_state();
+            history = (1..=meta.index)
+                .map(|index| Entry {
+                    index,
+                    term: meta.term,
+                    ..Default::default()
+                })
+                .collect();
         }
         for (k, r) in m.disk.iter().enumerate() {
             storage
@@ -1308,6 +1349,15 @@ mod tests {
     #[test]
     fn five_members_stay_linearizable_under_faults() {
         run_seeds(Faults::standard(5), &seeds(10_001, 60));
+    }
+
+    #[test]
+    fn logs_that_begin_with_a_start_record_stay_linearizable_under_faults() {
+        let faults = Faults {
+            start_record: true,
+            ..Faults::standard(3)
+        };
+        run_seeds(faults, &seeds(30_001, 40));
     }
 
     #[test]

@@ -507,7 +507,7 @@ impl Members {
     }
 
     /// The members a checkpoint holds, in place of these.
-    fn restore(&mut self, members: &[consensus::MemberMeta]) {
+    pub(crate) fn restore(&mut self, members: &[consensus::MemberMeta]) {
         self.list = members
             .iter()
             .map(|m| {
