@@ -464,6 +464,40 @@ impl LogStorage {
         self.snapshot = Some(s);
     }
 
+    /// Where a checkpoint of the state at `applied` goes, by replica.rs's rule: the first
+    /// entry the log keeps (the first of the last `catchup` applied entries, or the first not
+    /// applied) and the checkpoint's name, the record before the first one still needed (that
+    /// entry's, the first unapplied one's, or `next_seq`, the next record written, whichever
+    /// is earliest). `forced` (a snapshot is wanted, or Defragment): when the catch-up window
+    /// leaves no record after the newest checkpoint, one entry more is let go of (the
+    /// checkpoint holds it). None: nothing new to checkpoint.
+    pub fn checkpoint_point(
+        &self,
+        applied: u64,
+        catchup: u64,
+        next_seq: u64,
+        forced: bool,
+    ) -> Option<(u64, u64)> {
+        let (snap_index, _) = self.snapshot_point();
+        if applied <= snap_index {
+            return None;
+        }
+        let seq_from = |keep_from: u64| {
+            [self.seq_of(keep_from), self.seq_of(applied + 1)]
+                .into_iter()
+                .flatten()
+                .fold(next_seq, u64::min)
+                - 1
+        };
+        let mut keep_from = applied.saturating_sub(catchup).max(snap_index) + 1;
+        let mut seq = seq_from(keep_from);
+        if seq <= self.snapshot_seq() && forced {
+            keep_from = snap_index + 2;
+            seq = seq_from(keep_from);
+        }
+        (seq > self.snapshot_seq()).then_some((keep_from, seq))
+    }
+
     /// The record seq of the newest checkpoint (the snapshot's name; 0: none).
     pub fn snapshot_seq(&self) -> u64 {
         self.snapshot.as_ref().and_then(snapshot_seq).unwrap_or(0)

@@ -514,26 +514,13 @@ impl Sim {
         let Some(live) = &mut m.live else { return };
         let store = live.raw.store();
         let applied = live.applied;
-        let (snap, _) = store.snapshot_point();
-        if applied <= snap {
-            return;
-        }
         let next = m.base + m.disk.len() as u64 + 1;
-        let from_of = |keep_from: u64| {
-            [store.seq_of(keep_from), store.seq_of(applied + 1)]
-                .into_iter()
-                .flatten()
-                .fold(next, u64::min)
+        // replica.rs's rule; the simulated disk also needs the name within what it holds.
+        let Some((keep_from, seq)) = store.checkpoint_point(applied, CATCHUP_ENTRIES, next, forced)
+        else {
+            return;
         };
-        let newest = m.checkpoint.as_ref().map_or(0, |c| c.seq);
-        let mut keep_from = applied.saturating_sub(CATCHUP_ENTRIES).max(snap) + 1;
-        let mut from = from_of(keep_from);
-        if from - 1 <= newest && forced {
-            keep_from = snap + 2;
-            from = from_of(keep_from);
-        }
-        let seq = from - 1;
-        if (m.checkpoint.is_some() && seq <= newest) || seq < m.base {
+        if seq < m.base {
             return;
         }
         let hs = m
@@ -571,7 +558,8 @@ impl Sim {
         m.checkpoint = Some(c);
         let (t, id) = (self.now, m.id);
         self.events.push(format!(
-            "{t}: m{id} checkpoints at {applied}, log kept from record {from}"
+            "{t}: m{id} checkpoints at {applied}, log kept from record {}",
+            seq + 1
         ));
     }
 

@@ -342,17 +342,12 @@ impl Log {
     }
 
     /// Bytes of records: every segment but the last up to its last record, and the last up
-    /// to where the next batch goes (segments are preallocated, so this is less than
-    /// `disk_bytes`; a segment left early, by a batch that did not fit or a Defragment, does
+    /// to where the next batch goes (segments are preallocated, so this is less than the
+    /// files' sizes; a segment left early, by a batch that did not fit or a Defragment, does
     /// not count its unused tail).
     pub fn used_bytes(&self) -> u64 {
         let closed: u64 = self.segments.iter().rev().skip(1).map(|s| s.written).sum();
         closed + self.write_off
-    }
-
-    /// Bytes the log's files occupy.
-    pub fn disk_bytes(&self) -> u64 {
-        self.segments.iter().map(Segment::len).sum()
     }
 
     pub fn stats(&self) -> LogStats {
@@ -436,7 +431,7 @@ mod tests {
             log.append(&payloads(3, 2)).await.unwrap();
             let two = log.used_bytes();
             assert!(two > one && two < 2 * 4096, "{two}");
-            assert!(log.disk_bytes() >= 2 << 20);
+            assert!(log.segments.iter().map(Segment::len).sum::<u64>() >= 2 << 20);
             drop(log);
             // Reopened: the same count.
             let log = Log::open(&path, 1 << 20, 1).await.unwrap().log;

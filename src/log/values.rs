@@ -14,8 +14,8 @@ pub struct Values {
     heap: MemValues,
     /// Bytes of log values the index references.
     log_live_bytes: u64,
-    /// Bytes the log's files occupy (set by the owner of the log).
-    disk_bytes: u64,
+    /// dbSize: bytes the log's records and the checkpoint take (set by the owner of the log).
+    db_bytes: u64,
 }
 
 impl Values {
@@ -50,8 +50,8 @@ impl Values {
         }
     }
 
-    pub fn set_disk_bytes(&mut self, b: u64) {
-        self.disk_bytes = b;
+    pub fn set_db_bytes(&mut self, b: u64) {
+        self.db_bytes = b;
     }
 
     /// The segment holding `value`, and its offset there, if the value is a slice of one.
@@ -111,7 +111,7 @@ impl ValueStore for Values {
     }
 
     fn total_bytes(&self) -> u64 {
-        self.disk_bytes + self.heap.total_bytes()
+        self.db_bytes + self.heap.total_bytes()
     }
 }
 

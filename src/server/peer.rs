@@ -99,17 +99,13 @@ pub(crate) struct Peers {
     tls: Tls,
     events: Rc<LocalSender<Event>>,
     snapshots: Rc<Snapshots>,
-    /// Per member: its peer URLs and the queue of its link.
-    out: HashMap<u64, (Vec<String>, LocalSender<Message>)>,
-    /// Since when each link is up.
-    active: Active,
-    /// The number the next link gets (a link marks only its own state).
-    next_link: u64,
+    /// Per member: its peer URLs, the queue of its link, and since when the link is up.
+    out: HashMap<u64, (Vec<String>, LocalSender<Message>, Up)>,
 }
 
-/// Per member: its current link's number, and since when that link is up and answering pings
-/// (None: down). etcd's transport `ActiveSince`.
-type Active = Rc<std::cell::RefCell<HashMap<u64, (u64, Option<std::time::Instant>)>>>;
+/// Since when a link is up and answering pings (None: down): etcd's transport `ActiveSince`.
+/// Each link has its own, so a link replaced or ended marks nothing that is read.
+type Up = Rc<std::cell::Cell<Option<std::time::Instant>>>;
 
 /// A link is taken as down when no pong came back for this long (a peer stopped without
 /// closing its connections keeps them open).
@@ -119,43 +115,39 @@ impl Peers {
     /// Starts the link to a member (added to the cluster, or known at start), or restarts it
     /// when its URLs changed; a link to the same URLs stays as it is.
     pub fn add(&mut self, id: u64, urls: Vec<String>) {
-        if id == self.me || self.out.get(&id).is_some_and(|(u, _)| *u == urls) {
+        if id == self.me || self.out.get(&id).is_some_and(|(u, _, _)| *u == urls) {
             return;
         }
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_MSGS);
         // A replaced queue closes, and its link's task ends.
-        self.out.insert(id, (urls.clone(), tx));
-        let number = self.next_link;
-        self.next_link += 1;
-        self.active.borrow_mut().insert(id, (number, None));
+        let up = Up::default();
+        self.out.insert(id, (urls.clone(), tx, up.clone()));
         let link = send_loop(
             (self.me, self.cluster_id),
             self.tls.clone(),
-            (id, number),
+            id,
             urls,
             rx,
-            self.active.clone(),
+            up,
         );
         glommio::spawn_local(link).detach();
     }
 
     /// Since when the link to member `id` is up (None: down, or no link).
     pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
-        self.active.borrow().get(&id).and_then(|(_, since)| *since)
+        self.out.get(&id).and_then(|(_, _, up)| up.get())
     }
 
     /// Ends the links to every member but those of `ids` (a joining member guessed the ids of
     /// the members its `--initial-cluster` names; a member added later has another).
     pub fn keep_only(&mut self, ids: &[u64]) {
         self.out.retain(|id, _| ids.contains(id));
-        self.active.borrow_mut().retain(|id, _| ids.contains(id));
     }
 
     /// Ends the link to a member removed from the cluster.
     pub fn remove(&mut self, id: u64) {
         // The sender task ends when its queue closes.
         self.out.remove(&id);
-        self.active.borrow_mut().remove(&id);
     }
 
     /// Queues messages to their receivers; drops a message whose queue is full. A snapshot
@@ -167,7 +159,7 @@ impl Peers {
                 continue;
             }
             match self.out.get(&m.to) {
-                Some((_, tx)) => {
+                Some((_, tx, _)) => {
                     if tx.try_send(m).is_err() {
                         METRICS.peer_dropped.fetch_add(1, Relaxed);
                     }
@@ -181,7 +173,7 @@ impl Peers {
 impl Peers {
     fn send_snapshot(&self, m: Message) {
         let to = m.to;
-        let Some((urls, _)) = self.out.get(&to) else {
+        let Some((urls, _, _)) = self.out.get(&to) else {
             let _ = self.events.try_send(Event::SnapshotSent(to, false));
             return;
         };
@@ -433,8 +425,6 @@ pub(crate) fn start(
         events: here.events.clone(),
         snapshots: here.snapshots.clone(),
         out: HashMap::new(),
-        active: Rc::default(),
-        next_link: 0,
     };
     for (id, urls) in peers {
         p.add(*id, urls.clone());
@@ -470,27 +460,13 @@ impl<F: Fn(bool)> Drop for Ended<'_, F> {
 async fn send_loop(
     (me, cluster_id): (u64, u64),
     tls: Tls,
-    (id, number): (u64, u64),
+    id: u64,
     urls: Vec<String>,
     rx: glommio::channels::local_channel::LocalReceiver<Message>,
-    active: Active,
+    up: Up,
 ) {
     let mut backoff = BACKOFF_MIN;
-    // Marks this link up (since now) or down, while it is the member's current link (a link
-    // replaced or ended marks nothing).
-    let mark = |up: bool| {
-        if let Some((current, since)) = active.borrow_mut().get_mut(&id) {
-            if *current == number {
-                *since = up.then(std::time::Instant::now);
-            }
-        }
-    };
-    let is_up = || {
-        active
-            .borrow()
-            .get(&id)
-            .is_some_and(|(current, since)| *current == number && since.is_some())
-    };
+    let mark = |on: bool| up.set(on.then(std::time::Instant::now));
     let _ended = Ended(&mark);
     loop {
         match connect(&urls, &tls, MAGIC, me, cluster_id, id).await {
@@ -538,7 +514,7 @@ async fn send_loop(
                             next_ping = std::time::Instant::now() + PING_INTERVAL;
                             // Pongs stopped: down until they come back.
                             let answering = last_pong.get().elapsed() < PONG_TIMEOUT;
-                            if answering != is_up() {
+                            if answering != up.get().is_some() {
                                 mark(answering);
                             }
                         }

@@ -215,10 +215,7 @@ pub(crate) async fn recover_opened(
             state.add_log_segment(m.clone());
         }
     }
-    let mut storage = LogStorage::default();
-    for m in rec.log.segment_maps() {
-        storage.add_segment(m.clone());
-    }
+    let mut storage = storage_over(&rec.log);
     let mut members = Members::new(&opts.kv.identity);
     let mut conf = raft::eraftpb::ConfState::default();
     if let Some((meta, seq)) = &checkpointed {
@@ -229,9 +226,7 @@ pub(crate) async fn recover_opened(
             meta.raft_hard_state(),
         );
         storage.set_snapshot(meta.snapshot(*seq));
-        members.restore(&meta.members);
-        state.set_members(members.list());
-        conf = meta.conf_state();
+        conf = adopt_members(meta, &mut members, &mut state);
     }
     let records = rec.payloads.len();
     let mut started = !grown;
@@ -260,9 +255,7 @@ pub(crate) async fn recover_opened(
                 )));
             }
             started = true;
-            members.restore(&meta.members);
-            state.set_members(members.list());
-            conf = meta.conf_state();
+            conf = adopt_members(meta, &mut members, &mut state);
         }
         storage
             .recover(r, seq)
@@ -293,6 +286,31 @@ pub(crate) async fn recover_opened(
         staging: snapshot_staging(&dir),
         demands: shard::Demands::default(),
     })
+}
+
+/// Raft's storage over the log's segments, numbered by the log's ordinals as the value store
+/// numbers them (segments this process released already come first, empty).
+fn storage_over(log: &Log) -> LogStorage {
+    let mut storage = LogStorage::default();
+    for _ in 0..log.released() {
+        storage.add_segment(bytes::Bytes::new());
+    }
+    for m in log.segment_maps() {
+        storage.add_segment(m.clone());
+    }
+    storage
+}
+
+/// The members a checkpoint or a start record knows, taken by `members` and the state; returns
+/// Raft's configuration then.
+fn adopt_members(
+    meta: &consensus::RaftMeta,
+    members: &mut Members,
+    state: &mut KvState,
+) -> raft::eraftpb::ConfState {
+    members.restore(&meta.members);
+    state.set_members(members.list());
+    meta.conf_state()
 }
 
 /// A single member's first membership change: Raft starts on it, a cluster of one, from its
@@ -327,30 +345,16 @@ pub(crate) async fn grow(
             is_learner: false,
         }],
     };
+    let (before, started) = (log.stats(), Instant::now());
     log.append(&[consensus::encode_start(&meta)]).await?;
-    let known = state.log_segments_known();
-    for m in log.segment_maps_since(known) {
-        state.add_log_segment(m.clone());
-    }
-    // The storage knows segments by the log's ordinals, as the value store does: those the
-    // single member released already come first, empty.
-    let mut storage = LogStorage::default();
-    for _ in 0..log.released() {
-        storage.add_segment(bytes::Bytes::new());
-    }
-    for m in log.segment_maps() {
-        storage.add_segment(m.clone());
-    }
+    shard::after_append(&mut state, &log, &before, started, 1);
+    let mut storage = storage_over(&log);
     debug_assert_eq!(storage.segment_maps().len(), state.log_segments_known());
-    storage.start_from(
-        meta.index,
-        meta.term,
-        meta.conf_state(),
-        meta.raft_hard_state(),
-    );
     let mut members = Members::new(&identity);
-    members.restore(&meta.members);
-    state.set_members(members.list());
+    adopt_members(&meta, &mut members, &mut state);
+    storage
+        .recover(consensus::Record::Start(meta), 0)
+        .map_err(io::Error::other)?;
     tracing::info!(
         member_id = %format!("{:x}", identity.member_id),
         revision = state.store().rev(),
@@ -1693,30 +1697,11 @@ impl Node {
         use kv::CheckpointAnswer as A;
         let applied = self.applied;
         let store = self.raw.store();
-        let (snap_index, _) = store.snapshot_point();
-        if applied <= snap_index {
+        let Some((keep_from, seq)) =
+            store.checkpoint_point(applied, self.catchup, self.durable_next, forced)
+        else {
             return Ok(A::Begun(None));
-        }
-        // The record the log is kept from: the first entry kept, the first not applied, or
-        // what is written from now on, whichever comes first.
-        let seq_from = |keep_from: u64| {
-            [store.seq_of(keep_from), store.seq_of(applied + 1)]
-                .into_iter()
-                .flatten()
-                .fold(self.durable_next, u64::min)
-                - 1
         };
-        let mut keep_from = applied.saturating_sub(self.catchup).max(snap_index) + 1;
-        let mut seq = seq_from(keep_from);
-        if seq <= store.snapshot_seq() && forced {
-            // Fewer entries than the catch-up window since the newest checkpoint: this one
-            // lets go of one entry more (it holds it), so that it has a record of its own.
-            keep_from = snap_index + 2;
-            seq = seq_from(keep_from);
-        }
-        if seq <= store.snapshot_seq() {
-            return Ok(A::Begun(None));
-        }
         let Ok(term) = raft::Storage::term(store, applied) else {
             return Ok(A::Begun(None));
         };
@@ -2015,8 +2000,8 @@ impl Node {
 
     /// The state of an installed snapshot replaces this member's: read back from the
     /// checkpoint it now is, with the log segments kept (entries after it point there).
-    /// The checkpoint is read and the index built on a thread of its own: the shard's other
-    /// tasks (connections, peer links) go on meanwhile; the Raft loop waits for it.
+    /// The checkpoint is read and the index built on the shard's blocking thread: the shard's
+    /// other tasks (connections, peer links) go on meanwhile; the Raft loop waits for it.
     async fn take_snapshot_state(&mut self, seq: u64, parts: Vec<std::path::PathBuf>, bytes: u64) {
         let stop = |e: &dyn std::fmt::Display| -> ! {
             tracing::error!(error = %e, "cannot take the state of an installed snapshot: stopping");
@@ -2024,9 +2009,8 @@ impl Node {
         };
         let started = Instant::now();
         let mut state = self.state.empty_like();
-        let reader = std::thread::Builder::new()
-            .name("snapshot-load".into())
-            .spawn(
+        let read = glommio::executor()
+            .spawn_blocking(
                 move || -> Result<(KvState, Option<consensus::RaftMeta>), String> {
                     let loaded =
                         crate::log::checkpoint::load(seq, &parts).map_err(|e| e.to_string())?;
@@ -2034,15 +2018,11 @@ impl Node {
                     Ok((state, meta))
                 },
             )
-            .unwrap_or_else(|e| stop(&e));
-        while !reader.is_finished() {
-            glommio::timer::sleep(Duration::from_millis(2)).await;
-        }
-        let (mut state, meta) = match reader.join() {
-            Ok(Ok((state, Some(m)))) => (state, m),
-            Ok(Ok((_, None))) => stop(&"a snapshot without Raft's state"),
-            Ok(Err(e)) => stop(&e),
-            Err(_) => stop(&"the snapshot reader panicked"),
+            .await;
+        let (mut state, meta) = match read {
+            Ok((state, Some(m))) => (state, m),
+            Ok((_, None)) => stop(&"a snapshot without Raft's state"),
+            Err(e) => stop(&e),
         };
         for m in self.raw.store().segment_maps() {
             state.add_log_segment(m.clone());

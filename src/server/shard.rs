@@ -1231,7 +1231,7 @@ impl LogReport {
 /// pages bolt uses, not its file) plus the checkpoint's files. In use: the live values.
 pub(crate) fn set_log_sizes(state: &mut KvState, log_bytes: u64) {
     let size = log_bytes + state.checkpoint_bytes();
-    state.values_mut().set_disk_bytes(size);
+    state.values_mut().set_db_bytes(size);
     state.set_db_used(size);
     METRICS.db_total_size.set(size as i64);
     METRICS
