@@ -382,10 +382,12 @@ impl KvState {
         let mut keys = Vec::new();
         let next = self
             .store
-            .checkpoint_walk(after, at_rev, max_keys, &mut keys);
+            .checkpoint_walk(after.map(|k| &k[..]), at_rev, max_keys, &mut keys)
+            .map(|k| k.to_bytes());
         let values = self.store.values();
         let mut items = Vec::new();
         for (key, gens) in keys {
+            let key = key.to_bytes();
             for (g, (ver, created, revs)) in gens.into_iter().enumerate() {
                 for e in revs {
                     items.push(crate::log::checkpoint::Item {
@@ -502,19 +504,25 @@ impl KvState {
                 });
                 it = items.next_if(|n| n.key == key);
             }
-            let mut gens: Vec<crate::mvcc::key_index::GenerationAt> =
-                Vec::with_capacity(scratch.len());
-            for (i, &(ver, created, from)) in scratch.iter().enumerate() {
-                let to = scratch.get(i + 1).map_or(revs_scratch.len(), |g| g.2);
-                gens.push((ver, created, revs_scratch[from..to].to_vec()));
-            }
-            let ki = KeyIndex::from_generations(gens).ok_or_else(|| {
+            let ki = if let ([(ver, created, _)], [entry]) = (&scratch[..], &revs_scratch[..]) {
+                // Most keys: one put, kept packed without building vectors.
+                KeyIndex::from_single(*ver, *created, *entry)
+            } else {
+                let mut gens: Vec<crate::mvcc::key_index::GenerationAt> =
+                    Vec::with_capacity(scratch.len());
+                for (i, &(ver, created, from)) in scratch.iter().enumerate() {
+                    let to = scratch.get(i + 1).map_or(revs_scratch.len(), |g| g.2);
+                    gens.push((ver, created, revs_scratch[from..to].to_vec()));
+                }
+                KeyIndex::from_generations(gens)
+            };
+            let ki = ki.ok_or_else(|| {
                 format!(
                     "checkpoint {:016x}: key {key:?} has an empty generation",
                     l.seq
                 )
             })?;
-            keys.push((key, ki));
+            keys.push((crate::mvcc::Key::new(&key), ki));
         }
         self.store.restore_keys(keys);
         self.store
@@ -806,7 +814,7 @@ impl KvState {
                         ttl: left,
                         granted_ttl: granted,
                         keys: if r.keys {
-                            self.store.leased_keys(r.id).cloned().collect()
+                            self.store.leased_keys(r.id).map(|k| k.to_bytes()).collect()
                         } else {
                             Vec::new()
                         },
@@ -942,7 +950,7 @@ impl KvState {
     fn revoke(&mut self, id: i64) -> Result<()> {
         self.leases.revoke(id)?;
         // In key order, as etcd sorts them so every member deletes in the same order.
-        let keys: Vec<Bytes> = self.store.leased_keys(id).cloned().collect();
+        let keys: Vec<crate::mvcc::Key> = self.store.leased_keys(id).cloned().collect();
         let mut t = self.store.write();
         for k in &keys {
             t.delete_range(KeySpan::Single(k));

@@ -5,9 +5,11 @@
 //! value store is a trait so that the durable log can serve values from its mapping while the
 //! index stays in memory.
 
+pub mod key;
 pub mod key_index;
 pub mod store;
 
+pub use key::Key;
 pub use key_index::ValueRef;
 pub use store::{Change, KeySpan, MemValues, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
 

@@ -10,6 +10,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
+use super::key::Key;
 use super::key_index::{KeyIndex, RevEntry, ValueRef};
 use super::{MvccError, Revision};
 use crate::proto::mvccpb::KeyValue;
@@ -154,7 +155,7 @@ pub struct RangeResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub rev: Revision,
-    pub key: Bytes,
+    pub key: Key,
     pub created: i64,
     pub version: i64,
     pub lease: i64,
@@ -205,10 +206,10 @@ impl History {
 pub const HISTORY_CHANGES_DEFAULT: usize = 100_000;
 
 pub struct Store<V: ValueStore = MemValues> {
-    index: BTreeMap<Bytes, KeyIndex>,
+    index: BTreeMap<Key, KeyIndex>,
     history: History,
     /// Keys attached to each lease (a key is attached to the lease of its live revision).
-    leased: HashMap<i64, BTreeSet<Bytes>>,
+    leased: HashMap<i64, BTreeSet<Key>>,
     current_rev: i64,
     /// Main revision of the last compaction; -1 before any (etcd's compactMainRev).
     compact_rev: i64,
@@ -216,7 +217,7 @@ pub struct Store<V: ValueStore = MemValues> {
     /// Revision entries held by the index (puts and tombstones).
     revisions: u64,
     /// A compaction still trimming the index: its revision, and the last key done.
-    pending: Option<(i64, Option<Bytes>)>,
+    pending: Option<(i64, Option<Key>)>,
     /// Reads of history older than the change ring (served by walking the index).
     index_walks: std::cell::Cell<u64>,
 }
@@ -286,7 +287,7 @@ impl<V: ValueStore> Store<V> {
     }
 
     /// The keys attached to `lease`, in key order.
-    pub fn leased_keys(&self, lease: i64) -> impl Iterator<Item = &Bytes> {
+    pub fn leased_keys(&self, lease: i64) -> impl Iterator<Item = &Key> {
         self.leased.get(&lease).into_iter().flatten()
     }
 
@@ -360,13 +361,13 @@ impl<V: ValueStore> Store<V> {
     pub fn change_kv(&self, c: &Change) -> KeyValue {
         if c.is_delete() {
             return KeyValue {
-                key: c.key.clone(),
+                key: c.key.to_bytes(),
                 mod_revision: c.rev.main,
                 ..Default::default()
             };
         }
         KeyValue {
-            key: c.key.clone(),
+            key: c.key.to_bytes(),
             create_revision: c.created,
             mod_revision: c.rev.main,
             version: c.version,
@@ -411,9 +412,9 @@ impl<V: ValueStore> Store<V> {
         Ok(out)
     }
 
-    fn key_value(&self, key: &Bytes, f: super::key_index::Found, keys_only: bool) -> KeyValue {
+    fn key_value(&self, key: &Key, f: super::key_index::Found, keys_only: bool) -> KeyValue {
         KeyValue {
-            key: key.clone(),
+            key: key.to_bytes(),
             create_revision: f.created.main,
             mod_revision: f.entry.rev.main,
             version: f.version,
@@ -426,7 +427,7 @@ impl<V: ValueStore> Store<V> {
         }
     }
 
-    fn visit(&self, span: KeySpan<'_>, mut f: impl FnMut(&Bytes, &KeyIndex)) {
+    fn visit(&self, span: KeySpan<'_>, mut f: impl FnMut(&Key, &KeyIndex)) {
         let range = match span {
             KeySpan::Single(key) => {
                 if let Some((k, ki)) = self.index.get_key_value(key) {
@@ -526,13 +527,13 @@ impl<V: ValueStore> Store<V> {
     /// made in steps while writes go on); returns the last key visited when more remain.
     pub fn checkpoint_walk(
         &self,
-        after: Option<&Bytes>,
+        after: Option<&[u8]>,
         at_rev: i64,
         max_keys: usize,
-        out: &mut Vec<(Bytes, Vec<super::key_index::GenerationAt>)>,
-    ) -> Option<Bytes> {
+        out: &mut Vec<(Key, Vec<super::key_index::GenerationAt>)>,
+    ) -> Option<Key> {
         let lower = match after {
-            Some(k) => Bound::Excluded(&k[..]),
+            Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
         for (seen, (k, ki)) in self
@@ -552,7 +553,7 @@ impl<V: ValueStore> Store<V> {
     /// Adds keys as a checkpoint holds them (recovery; values already in the value store).
     /// Given in key order to an empty index, the index is built in one pass rather than by an
     /// insert per key.
-    pub fn restore_keys(&mut self, keys: Vec<(Bytes, KeyIndex)>) {
+    pub fn restore_keys(&mut self, keys: Vec<(Key, KeyIndex)>) {
         for (key, ki) in &keys {
             if let Some(e) = ki.live_entry() {
                 if e.lease != 0 && e.value != ValueRef::NONE {
@@ -653,25 +654,23 @@ impl<V: ValueStore> WriteTxn<'_, V> {
         let value = self.store.values.append(rev, key, value);
         let entry = RevEntry { rev, lease, value };
         let store = &mut *self.store;
-        let (key, found) = match store.index.get_key_value(&key[..]) {
-            Some((k, _)) => {
-                let k = k.clone();
-                let ki = store.index.get_mut(&k[..]).expect("just found");
+        // A copy (inline for short keys): the index must not pin the request buffer the key
+        // was decoded from.
+        let key = Key::new(key);
+        let found = match store.index.get_mut(&key[..]) {
+            Some(ki) => {
                 let old_lease = ki.get(i64::MAX).map_or(0, |f| f.entry.lease);
                 if old_lease != lease {
-                    detach(&mut store.leased, old_lease, &k);
+                    detach(&mut store.leased, old_lease, &key);
                 }
                 ki.put(entry);
-                (k, ki.get(rev.main).expect("just written"))
+                ki.get(rev.main).expect("just written")
             }
             None => {
-                let mut ki = KeyIndex::default();
-                ki.put(entry);
+                let ki = KeyIndex::created(entry);
                 let found = ki.get(rev.main).expect("just written");
-                // Copy: the index must not pin the request buffer the key was decoded from.
-                let k = Bytes::copy_from_slice(key);
-                store.index.insert(k.clone(), ki);
-                (k, found)
+                store.index.insert(key.clone(), ki);
+                found
             }
         };
         if lease != 0 {
@@ -701,7 +700,7 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             leased,
             ..
         } = &mut *self.store;
-        let mut tombstone = |k: &Bytes, ki: &mut KeyIndex| {
+        let mut tombstone = |k: &Key, ki: &mut KeyIndex| {
             let lease = ki.get(i64::MAX).map_or(0, |f| f.entry.lease);
             let rev = Revision { main, sub };
             if ki.tombstone(rev) {
@@ -747,7 +746,7 @@ impl<V: ValueStore> WriteTxn<'_, V> {
 }
 
 /// Takes `key` off `lease`'s keys (no lease: nothing to do).
-fn detach(leased: &mut HashMap<i64, BTreeSet<Bytes>>, lease: i64, key: &[u8]) {
+fn detach(leased: &mut HashMap<i64, BTreeSet<Key>>, lease: i64, key: &[u8]) {
     if lease == 0 {
         return;
     }

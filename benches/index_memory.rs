@@ -1,0 +1,163 @@
+//! The MVCC index's memory per key revision, values excluded (issue 3's goal: under 100 B).
+//!
+//! Not a criterion bench: it builds stores and prints the heap the index takes, as glibc's
+//! allocator counts it (`mallinfo2().uordblks`: bytes in chunks handed out, each chunk's
+//! header and rounding included), divided by the revisions the index holds. The values go to
+//! a store that keeps none, so only the index (B-tree, keys, generations, revisions) and the
+//! store's own bookkeeping are counted. The change ring for watchers is emptied before each
+//! measurement (it is bounded and counted apart: `--experimental-watch-history`).
+//!
+//! Run: `cargo bench --bench index_memory`.
+
+use bytes::Bytes;
+use ferrocd::mvcc::{Revision, Store, ValueRef, ValueStore};
+
+/// Values kept nowhere: the index's handles point at nothing.
+struct NoValues;
+
+impl ValueStore for NoValues {
+    fn append(&mut self, _rev: Revision, _key: &[u8], value: &[u8]) -> ValueRef {
+        ValueRef {
+            seg: 0,
+            off: 0,
+            len: value.len() as u32,
+        }
+    }
+    fn get(&self, _r: ValueRef) -> Bytes {
+        Bytes::new()
+    }
+    fn release(&mut self, _r: ValueRef) {}
+    fn live_bytes(&self) -> u64 {
+        0
+    }
+    fn total_bytes(&self) -> u64 {
+        0
+    }
+}
+
+fn heap() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    unsafe { libc::mallinfo2() }.uordblks
+}
+
+/// The loadgen's keys: the index in decimal, zero-padded to `size` bytes.
+fn key(i: u64, size: usize) -> Bytes {
+    Bytes::from(format!("{i:0size$}"))
+}
+
+/// A permutation of 0..n (a fixed multiplicative step, so runs are alike).
+fn shuffled(n: u64) -> impl Iterator<Item = u64> {
+    let step = 1_000_003u64; // prime, coprime with the sizes used
+    (0..n).map(move |i| (i * step) % n)
+}
+
+fn measure(name: &str, build: impl FnOnce() -> Store<NoValues>) {
+    let before = heap();
+    let mut s = build();
+    s.set_history_capacity(1);
+    let after = heap();
+    let revs = s.revisions_indexed();
+    println!(
+        "| {name} | {} | {revs} | {:.1} |",
+        s.keys_indexed(),
+        (after - before) as f64 / revs as f64
+    );
+    drop(s);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is taken.
+    const N: u64 = 1_000_000;
+    let value = [7u8; 256];
+    println!("| index | keys | revisions | heap bytes per revision |");
+    println!("|---|---|---|---|");
+    for size in [8usize, 16, 32] {
+        measure(
+            &format!("{N} keys of {size} B, one put each, random order"),
+            || {
+                let mut s = Store::new(NoValues);
+                s.set_history_capacity(1);
+                for i in shuffled(N) {
+                    s.write().put(&key(i, size), &value, 0);
+                }
+                s
+            },
+        );
+    }
+    measure(
+        &format!("{N} keys of 8 B, one put each, in key order"),
+        || {
+            let mut s = Store::new(NoValues);
+            s.set_history_capacity(1);
+            for i in 0..N {
+                s.write().put(&key(i, 8), &value, 0);
+            }
+            s
+        },
+    );
+    measure(
+        &format!("{N} keys of 8 B, random order, a quarter with a lease"),
+        || {
+            let mut s = Store::new(NoValues);
+            s.set_history_capacity(1);
+            for i in shuffled(N) {
+                s.write()
+                    .put(&key(i, 8), &value, if i % 4 == 0 { 7 } else { 0 });
+            }
+            s
+        },
+    );
+    measure(
+        &format!("{N} keys of 8 B, one put each, restored from a checkpoint"),
+        || {
+            use ferrocd::mvcc::key_index::{KeyIndex, RevEntry};
+            let mut s = Store::new(NoValues);
+            let keys = (0..N)
+                .map(|i| {
+                    let rev = Revision {
+                        main: i as i64 + 2,
+                        sub: 0,
+                    };
+                    let entry = RevEntry {
+                        rev,
+                        lease: 0,
+                        value: ValueRef {
+                            seg: 0,
+                            off: 0,
+                            len: 256,
+                        },
+                    };
+                    let ki = KeyIndex::from_single(1, rev, entry).expect("a put");
+                    (ferrocd::mvcc::Key::new(&key(i, 8)), ki)
+                })
+                .collect();
+            s.restore_keys(keys);
+            s
+        },
+    );
+    measure("100000 keys of 8 B, 10 puts each", || {
+        let mut s = Store::new(NoValues);
+        s.set_history_capacity(1);
+        for _ in 0..10 {
+            for i in shuffled(100_000) {
+                s.write().put(&key(i, 8), &value, 0);
+            }
+        }
+        s
+    });
+    measure(
+        "100000 keys of 8 B, 10 puts each, compacted at the last revision",
+        || {
+            let mut s = Store::new(NoValues);
+            s.set_history_capacity(1);
+            for _ in 0..10 {
+                for i in shuffled(100_000) {
+                    s.write().put(&key(i, 8), &value, 0);
+                }
+            }
+            let rev = s.rev();
+            s.compact_now(rev).expect("compact");
+            s
+        },
+    );
+}
