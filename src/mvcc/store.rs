@@ -396,25 +396,39 @@ impl<V: ValueStore> Store<V> {
         if rev < self.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let mut out = RangeResult {
-            kvs: Vec::new(),
-            count: 0,
-            rev: cur_rev,
-        };
+        let mut count = 0;
+        // The keys returned are copied into one buffer that their responses slice (one
+        // allocation per read, not one per key).
+        let mut keys = Vec::new();
+        let mut found = Vec::new();
         self.visit(span, |key, ki| {
-            if let Some(found) = ki.get(rev) {
-                if !opts.count_only && (opts.limit == 0 || out.kvs.len() < opts.limit) {
-                    out.kvs.push(self.key_value(key, found, opts.keys_only));
+            if let Some(f) = ki.get(rev) {
+                if !opts.count_only && (opts.limit == 0 || found.len() < opts.limit) {
+                    found.push((keys.len(), key.len(), f));
+                    keys.extend_from_slice(key);
                 }
-                out.count += 1;
+                count += 1;
             }
         });
-        Ok(out)
+        let keys = Bytes::from(keys);
+        let kvs = match found[..] {
+            // A point read's buffer is its key (slicing would add an allocation).
+            [(_, _, f)] => vec![self.key_value(keys, f, opts.keys_only)],
+            _ => found
+                .into_iter()
+                .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only))
+                .collect(),
+        };
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: cur_rev,
+        })
     }
 
-    fn key_value(&self, key: &Key, f: super::key_index::Found, keys_only: bool) -> KeyValue {
+    fn key_value(&self, key: Bytes, f: super::key_index::Found, keys_only: bool) -> KeyValue {
         KeyValue {
-            key: key.to_bytes(),
+            key,
             create_revision: f.created.main,
             mod_revision: f.entry.rev.main,
             version: f.version,
