@@ -256,6 +256,8 @@ pub struct KvState {
     log_base: u64,
     log_at_checkpoint: u64,
     live_at_checkpoint: u64,
+    /// When the mappings' resident pages were last let go of.
+    pages_dropped: std::cell::Cell<Instant>,
 }
 
 /// What a checkpoint holds besides the keys (JSON in its first record).
@@ -306,6 +308,7 @@ impl KvState {
             log_base: 0,
             log_at_checkpoint: 0,
             live_at_checkpoint: 0,
+            pages_dropped: std::cell::Cell::new(Instant::now()),
         }
     }
 
@@ -313,6 +316,31 @@ impl KvState {
     pub fn add_log_segment(&mut self, map: Bytes) {
         let n = self.store.values_mut().add_segment(map);
         self.log_segments.push(n);
+        // A segment's worth of appends since the last time: the pages they and the reads
+        // mapped go back to being page cache only.
+        self.drop_resident_pages();
+    }
+
+    /// Unmaps the log's and the checkpoint's resident pages (they stay cached): what the
+    /// server's RSS counts of them is what was read since (see `Values::drop_resident_pages`).
+    pub fn drop_resident_pages(&self) {
+        let values = self.store.values();
+        for &n in self.log_segments.iter().chain(&self.checkpoint_parts) {
+            // SAFETY: these numbers were given to the log's segment mappings
+            // (`add_log_segment`) and the checkpoint's part mappings (restore and install).
+            unsafe { values.drop_resident(n) };
+        }
+        self.pages_dropped.set(Instant::now());
+    }
+
+    /// Unmaps the resident pages when the last time is `RESIDENT_PAGES_INTERVAL` ago (the
+    /// pages reads mapped since; called by the apply loops as they go).
+    pub fn drop_resident_pages_now_and_then(&self, now: Instant) {
+        if now.saturating_duration_since(self.pages_dropped.get())
+            >= crate::limits::RESIDENT_PAGES_INTERVAL
+        {
+            self.drop_resident_pages();
+        }
     }
 
     /// How many log segments the value store knows.
@@ -457,6 +485,8 @@ impl KvState {
             }
         }
         self.store.forget_history_through(at_rev);
+        // The checkpoint read every live value through the mappings.
+        self.drop_resident_pages();
     }
 
     /// Restores the state a checkpoint holds (recovery, before the log after it is replayed).

@@ -68,3 +68,8 @@ pub const CHECKPOINT_KEYS_PER_STEP: usize = 2_000;
 
 /// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.
 pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// How often the log's and checkpoint's mapped pages are unmapped (they stay in the page
+/// cache): the server's RSS counts the log pages read within about this long, not every page
+/// ever read.
+pub const RESIDENT_PAGES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);

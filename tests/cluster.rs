@@ -894,6 +894,58 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
 /// A lease's deadline survives a leader change (through the leader's checkpoints in the log):
 /// the new leader neither resets it to the whole TTL (etcd 3.4's default) nor forgets a renewal
 /// the old leader saw.
+/// Membership changes asked of the leader at once all go through, one after the other:
+/// raft-rs takes one configuration change at a time and turns the others into empty entries
+/// (their clients would wait for the request timeout, as etcd's do); the Raft loop holds them
+/// until the one before is applied.
+#[test]
+fn concurrent_membership_changes_all_go_through() {
+    if !common::etcd_tools_or_skip("concurrent_membership_changes_all_go_through") {
+        return;
+    }
+    let c = Cluster::ferrocd(3, &[]);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    // As etcd, a member adds one only after 5 s connected to every voter.
+    std::thread::sleep(Duration::from_secs(6));
+    let url = c.members[leader].url();
+    let results = rt().block_on(async move {
+        let mut tasks = Vec::new();
+        // A learner and a voter (etcd allows one learner; the voter, never started, leaves
+        // three started voters of four).
+        for learner in [true, false] {
+            let url = url.clone();
+            let peer = format!("http://127.0.0.1:{}", common::free_port());
+            tasks.push(tokio::spawn(async move {
+                let mut cl = etcd_client::Client::connect([url], None)
+                    .await
+                    .expect("connect");
+                let mut opts = etcd_client::MemberAddOptions::new();
+                if learner {
+                    opts = opts.with_is_learner();
+                }
+                let started = Instant::now();
+                let r = cl.member_add([peer], Some(opts)).await;
+                (r.map(|r| r.member().map(|m| m.id())), started.elapsed())
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.expect("task"));
+        }
+        results
+    });
+    for (r, took) in &results {
+        let id = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a concurrent member add failed after {took:?}: {e}"));
+        assert!(id.is_some_and(|id| id != 0), "{r:?}");
+        eprintln!("a concurrent member add took {took:?}");
+    }
+    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 5, "{out:?}");
+    assert_eq!(out.stdout.matches(", true").count(), 1, "one learner: {out:?}");
+}
+
 #[test]
 fn lease_deadlines_survive_a_leader_change() {
     if !common::etcd_tools_or_skip("lease_deadlines_survive_a_leader_change") {

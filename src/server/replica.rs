@@ -792,6 +792,7 @@ pub(crate) fn start(
         leader: 0,
         last_publish: None,
         abandoned: Vec::new(),
+        held_confs: std::collections::VecDeque::new(),
         moving: Vec::new(),
         token: cluster.token.clone(),
         directory,
@@ -870,6 +871,9 @@ struct Node {
     last_publish: Option<Instant>,
     /// Clients to answer "leader changed" (collected where the loop cannot wait).
     abandoned: Vec<Reply>,
+    /// Configuration changes waiting for the one before to be applied (raft-rs would turn
+    /// them into empty entries, and their clients would time out), in arrival order.
+    held_confs: std::collections::VecDeque<HeldConf>,
     /// MoveLeader calls waiting for the leadership to reach their target.
     moving: Vec<(u64, Reply, Instant)>,
     /// `--initial-cluster-token`, for the ids of added members.
@@ -901,6 +905,18 @@ struct Node {
     demands: shard::Demands,
     notifier: Rc<Notifier>,
 }
+
+/// A configuration change held until Raft takes one again: its proposal's context, and the
+/// client to answer (with its request id) when this member's own client asked.
+struct HeldConf {
+    ctx: Vec<u8>,
+    cc: raft::eraftpb::ConfChange,
+    client: Option<(u64, Reply)>,
+    since: Instant,
+}
+
+/// At most this many configuration changes wait for the one before (more are refused).
+const HELD_CONFS_MAX: usize = 64;
 
 /// A Release of a checkpoint, answered when the log before it is let go of.
 struct Releasing {
@@ -1179,6 +1195,7 @@ async fn run(
         while node.appends < APPENDS_IN_FLIGHT_MAX && node.raw.has_ready() {
             node.ready().await;
         }
+        node.release_held_confs().await;
         node.answer_reads().await;
         notifier.notify(node.state.store().rev());
         if node.state.compaction_pending() {
@@ -1394,11 +1411,77 @@ impl Node {
         self.next_req += 1;
         let mut ctx = consensus::proposal(self.me, id, &[kind]);
         ctx.truncate(17);
+        self.propose_conf(ctx, cc, Some((id, tx))).await;
+    }
+
+    /// Proposes a configuration change, or holds it while one proposed before is not applied
+    /// yet (a new leader's first entry counts as one): raft-rs would replace it with an
+    /// empty entry. Etcd's servers let such a change time out; here it goes once Raft takes
+    /// it (`release_held_confs`), within the request timeout.
+    async fn propose_conf(
+        &mut self,
+        ctx: Vec<u8>,
+        cc: raft::eraftpb::ConfChange,
+        client: Option<(u64, Reply)>,
+    ) {
+        if self.raw.raft.has_pending_conf() || !self.held_confs.is_empty() {
+            if self.held_confs.len() < HELD_CONFS_MAX {
+                self.held_confs.push_back(HeldConf {
+                    ctx,
+                    cc,
+                    client,
+                    since: Instant::now(),
+                });
+            } else if let Some((_, tx)) = client {
+                tx.send(Err(EtcdError::TooManyRequests)).await;
+            }
+            return;
+        }
         match self.raw.propose_conf_change(ctx, cc) {
             Ok(()) => {
-                self.pending.insert(id, (tx, Instant::now()));
+                if let Some((id, tx)) = client {
+                    self.pending.insert(id, (tx, Instant::now()));
+                }
             }
-            Err(_) => tx.send(Err(self.refused())).await,
+            Err(_) => {
+                let e = self.refused();
+                if let Some((_, tx)) = client {
+                    tx.send(Err(e)).await;
+                }
+            }
+        }
+    }
+
+    /// Proposes the held configuration changes Raft takes now (one at a time: each waits
+    /// for the one before to be applied); answers them all if this member no longer leads,
+    /// and those held longer than the request timeout.
+    async fn release_held_confs(&mut self) {
+        if self.held_confs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let leading = self.is_leader();
+        while let Some(h) = self.held_confs.front() {
+            let late = now - h.since > self.timeout;
+            if leading && !late && self.raw.raft.has_pending_conf() {
+                break;
+            }
+            let h = self.held_confs.pop_front().expect("just seen");
+            let failed = if late {
+                METRICS.proposals_failed.inc();
+                Some(EtcdError::Timeout)
+            } else if !leading || self.raw.propose_conf_change(h.ctx, h.cc).is_err() {
+                Some(self.refused())
+            } else {
+                None
+            };
+            match (failed, h.client) {
+                (Some(e), Some((_, tx))) => tx.send(Err(e)).await,
+                (None, Some((id, tx))) => {
+                    self.pending.insert(id, (tx, h.since));
+                }
+                (_, None) => {}
+            }
         }
     }
 
@@ -1496,9 +1579,7 @@ impl Node {
                 let cc = promotion(learner, &self.members.list[&learner]);
                 let mut ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
                 ctx.truncate(17);
-                if self.raw.propose_conf_change(ctx, cc).is_err() {
-                    METRICS.proposals_failed.inc();
-                }
+                self.propose_conf(ctx, cc, None).await;
             }
             Err(e) => {
                 let code = match e {
@@ -1736,6 +1817,8 @@ impl Node {
             }
         }
         let now = Instant::now();
+        self.state.drop_resident_pages_now_and_then(now);
+        self.release_held_confs().await;
         let timeout = self.timeout;
         let expired: Vec<u64> = self
             .pending

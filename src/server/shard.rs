@@ -345,6 +345,8 @@ pub(crate) fn finish_recovery(state: &mut KvState, log: &Log) {
     set_log_sizes(state, log.used_bytes());
     state.set_log_base(log.used_bytes());
     METRICS.keys_total.set(state.store().keys_indexed() as i64);
+    // Recovery checked and read every record and checkpoint item through the mappings.
+    state.drop_resident_pages();
 }
 
 /// Replays a single member's log into its opened state.
@@ -614,6 +616,7 @@ async fn apply_loop(
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
         if let Some(log) = &log {
+            state.drop_resident_pages_now_and_then(std::time::Instant::now());
             if reported.0.elapsed() >= LOG_STATS_INTERVAL {
                 report(&reported.1, &log.stats());
                 reported = (std::time::Instant::now(), log.stats());
@@ -634,9 +637,10 @@ async fn apply_loop(
                 std::process::exit(1);
             }
         };
-        // The membership change waits until Raft leads here and has applied its first entry
-        // (a linearizable read answered says so): raft-rs refuses configuration changes
-        // before.
+        // The membership change waits until Raft leads here and has committed in its term (a
+        // linearizable read answered says so), so that it is not refused for want of a
+        // leader. (A configuration change before the leader's first entry is applied is held
+        // by the Raft loop itself: `Node::propose_conf`.)
         let (rtx, rrx) = local_channel::new_bounded(1);
         let probe = Request::Range(pb::RangeRequest {
             key: bytes::Bytes::from_static(b"\0"),
