@@ -130,6 +130,8 @@ struct Raw {
     shards: Option<usize>,
     /// ferrocd's own: microseconds to wait for more requests before flushing a small batch.
     batch_wait_us: Option<u64>,
+    /// ferrocd's own: microseconds an idle executor polls before it sleeps.
+    spin_before_park_us: Option<u64>,
     /// ferrocd's own: append messages in flight to one follower.
     max_inflight_msgs: Option<usize>,
     /// ferrocd's own: the log grows at least this much between checkpoints.
@@ -243,6 +245,8 @@ pub struct Config {
     pub shards: usize,
     /// Microseconds the log waits for more requests before flushing a small batch (0: never).
     pub batch_wait_us: u64,
+    /// Microseconds an idle executor keeps polling before it sleeps (0: sleeps at once).
+    pub spin_before_park_us: u64,
     /// `--max-inflight-msgs`: append messages in flight to one follower (pipelining).
     pub max_inflight_msgs: usize,
     /// Seconds between progress notifications to watchers that asked for them.
@@ -311,6 +315,8 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --max-inflight-msgs N              append messages in flight to one follower (default 512)
   --batch-wait-us N                  wait up to N us for more requests before flushing a small
                                      batch to the log (default 0: flush at once; at most 10000)
+  --spin-before-park-us N            an idle executor polls for N us before it sleeps (default
+                                     0: sleeps at once; at most 10000)
   --experimental-watch-progress-notify-interval DURATION
                                      progress notifications to watchers that ask for them
                                      (default 10m; whole seconds, at least 1s)
@@ -562,6 +568,7 @@ impl Config {
             log_level,
             shards,
             batch_wait_us: raw.batch_wait_us.unwrap_or(0).min(10_000),
+            spin_before_park_us: raw.spin_before_park_us.unwrap_or(0).min(10_000),
             max_inflight_msgs: match raw.max_inflight_msgs {
                 None => crate::limits::RAFT_INFLIGHT_MSGS,
                 Some(n) if (1..=65_536).contains(&n) => n,
@@ -944,6 +951,17 @@ mod tests {
         assert_eq!((c.max_inflight_msgs, c.heartbeat_ms), (64, 50));
         let e = args(&["--initial-cluster-state", "existing"]).unwrap_err();
         assert!(e.0.contains("must list the members"), "{e}");
+    }
+
+    #[test]
+    fn ferrocds_own_executor_knobs_are_bounded() {
+        let c = args(&[]).unwrap();
+        assert_eq!((c.batch_wait_us, c.spin_before_park_us), (0, 0));
+        let c = args(&["--spin-before-park-us", "100", "--batch-wait-us=50"]).unwrap();
+        assert_eq!((c.batch_wait_us, c.spin_before_park_us), (50, 100));
+        let c = args(&["--spin-before-park-us", "999999"]).unwrap();
+        assert_eq!(c.spin_before_park_us, 10_000);
+        assert!(args(&["--spin-before-park-us", "soon"]).is_err());
     }
 
     #[test]

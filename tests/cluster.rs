@@ -943,7 +943,11 @@ fn concurrent_membership_changes_all_go_through() {
     }
     let out = etcdctl(&c.endpoints(), &["member", "list"], "");
     assert_eq!(out.stdout.lines().count(), 5, "{out:?}");
-    assert_eq!(out.stdout.matches(", true").count(), 1, "one learner: {out:?}");
+    assert_eq!(
+        out.stdout.matches(", true").count(),
+        1,
+        "one learner: {out:?}"
+    );
 }
 
 #[test]

@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub segment_bytes: u64,
     /// `--batch-wait-us`.
     pub batch_wait_us: u64,
+    /// `--spin-before-park-us`.
+    pub spin_before_park_us: u64,
     /// `--experimental-watch-progress-notify-interval`, in seconds.
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -117,92 +119,96 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
         } else {
             Placement::Unbound
         };
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{id}"))
-            .spawn(move || async move {
-                metrics::set_shard(id);
-                let state_opts = shard::StateOptions {
-                    kv: opts.kv.clone(),
-                    log_dir: opts.log_dir.clone(),
-                    segment_bytes: opts.segment_bytes,
-                    batch_wait_us: opts.batch_wait_us,
-                    auto_compaction: opts.auto_compaction,
-                    cluster: opts.cluster.clone(),
-                };
-                let (owner, notifier) = match links.connect(state_opts).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        if opts.spin_before_park_us > 0 {
+            builder = builder
+                .spin_before_park(std::time::Duration::from_micros(opts.spin_before_park_us));
+        }
+        let handle = builder.spawn(move || async move {
+            metrics::set_shard(id);
+            let state_opts = shard::StateOptions {
+                kv: opts.kv.clone(),
+                log_dir: opts.log_dir.clone(),
+                segment_bytes: opts.segment_bytes,
+                batch_wait_us: opts.batch_wait_us,
+                auto_compaction: opts.auto_compaction,
+                cluster: opts.cluster.clone(),
+            };
+            let (owner, notifier) = match links.connect(state_opts).await {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let ctx = Rc::new(ShardCtx {
+                max_request_bytes: opts.max_request_bytes,
+                owner,
+                notifier,
+                watch_progress_notify_secs: opts.watch_progress_notify_secs,
+                election: opts
+                    .cluster
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(1), |c| c.election),
+                gateway: opts.gateway,
+                metrics_only: false,
+                auth: opts.kv.auth.clone(),
+            });
+            let metrics_ctx = Rc::new(ShardCtx {
+                max_request_bytes: ctx.max_request_bytes,
+                owner: ctx.owner.clone(),
+                notifier: ctx.notifier.clone(),
+                watch_progress_notify_secs: ctx.watch_progress_notify_secs,
+                election: ctx.election,
+                gateway: false,
+                metrics_only: true,
+                auth: ctx.auth.clone(),
+            });
+            let mut listeners = Vec::new();
+            for (addr, tls) in &opts.client_addrs {
+                let acceptor = match (tls, &opts.tls) {
+                    (true, Some(c)) => Some(c.clone()),
+                    (true, None) => {
+                        let msg = format!("https client address {addr} without TLS set up");
+                        let _ = ready.send(Err(std::io::Error::other(msg)));
                         return;
                     }
+                    (false, _) => None,
                 };
-                let ctx = Rc::new(ShardCtx {
-                    max_request_bytes: opts.max_request_bytes,
-                    owner,
-                    notifier,
-                    watch_progress_notify_secs: opts.watch_progress_notify_secs,
-                    election: opts
-                        .cluster
-                        .as_ref()
-                        .map_or(std::time::Duration::from_secs(1), |c| c.election),
-                    gateway: opts.gateway,
-                    metrics_only: false,
-                    auth: opts.kv.auth.clone(),
-                });
-                let metrics_ctx = Rc::new(ShardCtx {
-                    max_request_bytes: ctx.max_request_bytes,
-                    owner: ctx.owner.clone(),
-                    notifier: ctx.notifier.clone(),
-                    watch_progress_notify_secs: ctx.watch_progress_notify_secs,
-                    election: ctx.election,
-                    gateway: false,
-                    metrics_only: true,
-                    auth: ctx.auth.clone(),
-                });
-                let mut listeners = Vec::new();
-                for (addr, tls) in &opts.client_addrs {
-                    let acceptor = match (tls, &opts.tls) {
-                        (true, Some(c)) => Some(c.clone()),
-                        (true, None) => {
-                            let msg = format!("https client address {addr} without TLS set up");
-                            let _ = ready.send(Err(std::io::Error::other(msg)));
-                            return;
-                        }
-                        (false, _) => None,
-                    };
-                    match glommio::net::TcpListener::bind(addr) {
-                        Ok(l) => listeners.push((l, acceptor)),
-                        Err(e) => {
-                            let msg = format!("cannot listen on client address {addr}: {e}");
-                            let _ = ready.send(Err(std::io::Error::other(msg)));
-                            return;
-                        }
+                match glommio::net::TcpListener::bind(addr) {
+                    Ok(l) => listeners.push((l, acceptor)),
+                    Err(e) => {
+                        let msg = format!("cannot listen on client address {addr}: {e}");
+                        let _ = ready.send(Err(std::io::Error::other(msg)));
+                        return;
                     }
                 }
-                // The metrics URLs are served by the first shard alone.
-                let mut metrics_listeners = Vec::new();
-                for addr in opts.metrics_addrs.iter().filter(|_| id == 0) {
-                    match glommio::net::TcpListener::bind(addr) {
-                        Ok(l) => metrics_listeners.push(l),
-                        Err(e) => {
-                            let msg = format!("cannot listen on metrics address {addr}: {e}");
-                            let _ = ready.send(Err(std::io::Error::other(msg)));
-                            return;
-                        }
+            }
+            // The metrics URLs are served by the first shard alone.
+            let mut metrics_listeners = Vec::new();
+            for addr in opts.metrics_addrs.iter().filter(|_| id == 0) {
+                match glommio::net::TcpListener::bind(addr) {
+                    Ok(l) => metrics_listeners.push(l),
+                    Err(e) => {
+                        let msg = format!("cannot listen on metrics address {addr}: {e}");
+                        let _ = ready.send(Err(std::io::Error::other(msg)));
+                        return;
                     }
                 }
-                let _ = ready.send(Ok(()));
-                let accepts: Vec<_> = listeners
+            }
+            let _ = ready.send(Ok(()));
+            let accepts: Vec<_> =
+                listeners
                     .into_iter()
                     .map(|(l, tls)| glommio::spawn_local(conn::accept_loop(l, ctx.clone(), tls)))
                     .chain(metrics_listeners.into_iter().map(|l| {
                         glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone(), None))
                     }))
                     .collect();
-                for a in accepts {
-                    a.await;
-                }
-            })?;
+            for a in accepts {
+                a.await;
+            }
+        })?;
         handles.push(handle);
     }
     drop(ready_tx);
