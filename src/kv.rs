@@ -316,9 +316,13 @@ impl KvState {
     pub fn add_log_segment(&mut self, map: Bytes) {
         let n = self.store.values_mut().add_segment(map);
         self.log_segments.push(n);
-        // A segment's worth of appends since the last time: the pages they and the reads
-        // mapped go back to being page cache only.
-        self.drop_resident_pages();
+        // The segment before is full: the pages its appends mapped (the apply path reads
+        // each record back) go back to being page cache only. Reads elsewhere are let go of
+        // every `RESIDENT_PAGES_INTERVAL`.
+        if let [.., before, _] = self.log_segments[..] {
+            // SAFETY: a log segment's mapping (given to this function).
+            unsafe { self.store.values().drop_resident(before) };
+        }
     }
 
     /// Unmaps the log's and the checkpoint's resident pages (they stay cached): what the

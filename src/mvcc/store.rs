@@ -410,14 +410,17 @@ impl<V: ValueStore> Store<V> {
                 count += 1;
             }
         });
-        let keys = Bytes::from(keys);
         let kvs = match found[..] {
-            // A point read's buffer is its key (slicing would add an allocation).
-            [(_, _, f)] => vec![self.key_value(keys, f, opts.keys_only)],
-            _ => found
-                .into_iter()
-                .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only))
-                .collect(),
+            // A point read's buffer is its key, at its exact size (slicing, or a buffer with
+            // room to spare, would add an allocation).
+            [(_, _, f)] => vec![self.key_value(keys.into_boxed_slice().into(), f, opts.keys_only)],
+            _ => {
+                let keys = Bytes::from(keys);
+                found
+                    .into_iter()
+                    .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only))
+                    .collect()
+            }
         };
         Ok(RangeResult {
             kvs,
@@ -523,7 +526,10 @@ impl<V: ValueStore> Store<V> {
             if ki.is_empty() {
                 emptied.push(k.clone());
             }
-            last = Some(k.clone());
+            if seen == max_keys {
+                // Where the next step resumes (cloned once per step, not per key).
+                last = Some(k.clone());
+            }
         }
         for k in emptied {
             self.index.remove(&k[..]);
@@ -688,7 +694,10 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             }
         };
         if lease != 0 {
-            store.leased.entry(lease).or_default().insert(key.clone());
+            let keys = store.leased.entry(lease).or_default();
+            if !keys.contains(&key[..]) {
+                keys.insert(key.clone());
+            }
         }
         store.history.push(Change {
             rev,

@@ -545,6 +545,45 @@ impl Members {
         self.published
     }
 
+    /// Why a committed configuration change cannot apply to these members, if it cannot
+    /// (etcd's `ValidateConfigurationChange`): checked when the entry is applied, the same on
+    /// every member, because the checks a member made when it proposed the change saw the
+    /// list as it was then (a change held behind another, or proposed by a follower whose
+    /// list lagged). A refused change leaves Raft's configuration and the list as they are.
+    fn refusal(&self, cc: &raft::eraftpb::ConfChange, urls: &[String]) -> Option<EtcdError> {
+        use raft::eraftpb::ConfChangeType;
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            t @ (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode) => {
+                let learner = t == ConfChangeType::AddLearnerNode;
+                match self.list.get(&id) {
+                    // Adding a voter that is a learner is a promotion.
+                    Some(m) if learner || !m.is_learner => return Some(EtcdError::MemberExist),
+                    Some(_) => {}
+                    None if learner && self.list.values().any(|m| m.is_learner) => {
+                        return Some(EtcdError::TooManyLearners)
+                    }
+                    None => {}
+                }
+                let taken = self
+                    .list
+                    .values()
+                    .any(|m| m.id != id && m.peer_ur_ls.iter().any(|u| urls.contains(u)));
+                taken.then_some(EtcdError::PeerUrlExist)
+            }
+            ConfChangeType::RemoveNode => match self.list.get(&id) {
+                None => Some(EtcdError::MemberNotFound),
+                Some(m)
+                    if !m.is_learner
+                        && !self.list.values().any(|v| !v.is_learner && v.id != id) =>
+                {
+                    Some(EtcdError::NotEnoughStartedMembers)
+                }
+                Some(_) => None,
+            },
+        }
+    }
+
     fn conf_change(&mut self, cc: &raft::eraftpb::ConfChange, urls: Vec<String>) {
         use raft::eraftpb::ConfChangeType;
         let id = cc.node_id;
@@ -574,6 +613,8 @@ pub(crate) enum Applied {
     Answer(u64, u64, shard::Answer),
     /// A configuration change, applied to the members already.
     Conf(raft::eraftpb::ConfChange),
+    /// A configuration change refused at apply (`Members::refusal`): nothing changed.
+    ConfRefused(EtcdError),
     /// A member's peer URLs changed (proposer, request id, member id, answer).
     Updated(u64, u64, u64, shard::Answer),
     /// A follower asks the leader to promote a learner (proposer, request id, learner).
@@ -602,6 +643,16 @@ pub(crate) fn apply_entry(
         EntryType::EntryNormal => {}
         EntryType::EntryConfChange => {
             let (cc, urls) = consensus::parse_conf_change(e)?;
+            if let Some(err) = members.refusal(&cc, &urls) {
+                tracing::warn!(
+                    index = e.index,
+                    member = %format!("{:x}", cc.node_id),
+                    change = ?cc.get_change_type(),
+                    error = %err,
+                    "raft: a committed configuration change refused"
+                );
+                return Ok(Applied::ConfRefused(err));
+            }
             members.conf_change(&cc, urls);
             state.set_members(members.list());
             return Ok(Applied::Conf(cc));
@@ -1432,8 +1483,11 @@ impl Node {
                     client,
                     since: Instant::now(),
                 });
-            } else if let Some((_, tx)) = client {
-                tx.send(Err(EtcdError::TooManyRequests)).await;
+            } else {
+                METRICS.proposals_failed.inc();
+                if let Some((_, tx)) = client {
+                    tx.send(Err(EtcdError::TooManyRequests)).await;
+                }
             }
             return;
         }
@@ -1470,7 +1524,11 @@ impl Node {
             let failed = if late {
                 METRICS.proposals_failed.inc();
                 Some(EtcdError::Timeout)
-            } else if !leading || self.raw.propose_conf_change(h.ctx, h.cc).is_err() {
+            } else if !leading {
+                // As the proposals pending when the leadership moved.
+                METRICS.proposals_failed.inc();
+                Some(EtcdError::LeaderChanged)
+            } else if self.raw.propose_conf_change(h.ctx, h.cc).is_err() {
                 Some(self.refused())
             } else {
                 None
@@ -1662,6 +1720,17 @@ impl Node {
                 std::process::exit(0);
             })
             .detach();
+        }
+    }
+
+    /// Answers this member's client of a configuration change refused when applied.
+    async fn conf_refused(&mut self, e: &Entry, err: EtcdError) {
+        if let Some((origin, rid, _)) = consensus::parse_proposal(&e.context) {
+            if origin == self.me {
+                if let Some((tx, _)) = self.pending.remove(&rid) {
+                    tx.send(Err(err)).await;
+                }
+            }
         }
     }
 
@@ -2180,6 +2249,7 @@ impl Node {
                     }
                 }
                 Applied::Conf(cc) => self.conf_changed(e, cc).await,
+                Applied::ConfRefused(err) => self.conf_refused(e, err).await,
                 Applied::PromoteRequest(origin, id, learner) => {
                     self.promote_for(origin, id, learner).await
                 }
@@ -2253,5 +2323,87 @@ impl Node {
             applied: self.applied,
             is_learner: self.raw.store().learners().contains(&self.me),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfChange, ConfChangeType};
+
+    fn members(list: &[(u64, &str, bool)]) -> Members {
+        Members {
+            me: 1,
+            list: list
+                .iter()
+                .map(|&(id, url, is_learner)| {
+                    let m = pb::Member {
+                        id,
+                        peer_ur_ls: vec![url.to_string()],
+                        is_learner,
+                        ..Default::default()
+                    };
+                    (id, m)
+                })
+                .collect(),
+            published: false,
+        }
+    }
+
+    fn cc(change_type: ConfChangeType, node_id: u64) -> ConfChange {
+        ConfChange {
+            change_type,
+            node_id,
+            ..Default::default()
+        }
+    }
+
+    /// What a member checks again when a configuration change is applied, as etcd's
+    /// `ValidateConfigurationChange`: the same answer on every member, from the list alone.
+    #[test]
+    fn committed_configuration_changes_are_checked_against_the_list_then() {
+        use ConfChangeType::*;
+        let m = members(&[
+            (1, "http://a", false),
+            (2, "http://b", false),
+            (3, "http://l", true),
+        ]);
+        let urls = |u: &str| vec![u.to_string()];
+        assert_eq!(
+            m.refusal(&cc(AddLearnerNode, 9), &urls("http://n")),
+            Some(EtcdError::TooManyLearners)
+        );
+        assert_eq!(m.refusal(&cc(AddNode, 9), &urls("http://n")), None);
+        assert_eq!(
+            m.refusal(&cc(AddNode, 9), &urls("http://b")),
+            Some(EtcdError::PeerUrlExist)
+        );
+        assert_eq!(
+            m.refusal(&cc(AddNode, 2), &urls("http://n")),
+            Some(EtcdError::MemberExist)
+        );
+        assert_eq!(
+            m.refusal(&cc(AddLearnerNode, 3), &urls("http://l")),
+            Some(EtcdError::MemberExist)
+        );
+        // A promotion: a voter added where a learner is, with its own URLs.
+        assert_eq!(m.refusal(&cc(AddNode, 3), &urls("http://l")), None);
+        assert_eq!(
+            m.refusal(&cc(RemoveNode, 9), &[]),
+            Some(EtcdError::MemberNotFound)
+        );
+        assert_eq!(m.refusal(&cc(RemoveNode, 2), &[]), None);
+        assert_eq!(m.refusal(&cc(RemoveNode, 3), &[]), None);
+        let alone = members(&[(1, "http://a", false), (3, "http://l", true)]);
+        assert_eq!(
+            alone.refusal(&cc(RemoveNode, 1), &[]),
+            Some(EtcdError::NotEnoughStartedMembers)
+        );
+        assert_eq!(alone.refusal(&cc(RemoveNode, 3), &[]), None);
+        let no_learner = members(&[(1, "http://a", false)]);
+        assert_eq!(
+            no_learner.refusal(&cc(AddLearnerNode, 9), &urls("http://n")),
+            None
+        );
     }
 }
