@@ -339,6 +339,7 @@ impl Sim {
             storage.start_from(c.meta.index, c.meta.term, c.meta.conf_state(), hs);
             storage.set_snapshot(c.meta.snapshot(c.seq));
             rebuild(&mut state, &mut members, &c.entries);
+            replica::adopt_members(&c.meta, &mut members, &mut state);
             conf = c.meta.conf_state();
             history = c.entries.clone();
         } else if let Some(Record::Start(meta)) = m.disk.first() {
@@ -540,7 +541,9 @@ impl Sim {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             hard_state: hs,
-            members: Vec::new(),
+            // As replica.rs's checkpoints: the members (a log that begins with a start record
+            // has them there, not in entries a rebuild would replay).
+            members: live.members.to_meta(),
         };
         let c = Checkpoint {
             entries: live.history[..applied as usize].to_vec(),
@@ -893,6 +896,7 @@ impl Sim {
                 m.base = c.seq;
                 let (mut state, mut members) = fresh(m.id);
                 rebuild(&mut state, &mut members, &c.entries);
+                replica::adopt_members(&c.meta, &mut members, &mut state);
                 if !self.faults.stale_install {
                     live.state = state;
                     live.members = members;

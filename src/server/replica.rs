@@ -303,7 +303,7 @@ fn storage_over(log: &Log) -> LogStorage {
 
 /// The members a checkpoint or a start record knows, taken by `members` and the state; returns
 /// Raft's configuration then.
-fn adopt_members(
+pub(crate) fn adopt_members(
     meta: &consensus::RaftMeta,
     members: &mut Members,
     state: &mut KvState,
@@ -528,7 +528,7 @@ impl Members {
     }
 
     /// The members as a checkpoint keeps them.
-    fn to_meta(&self) -> Vec<consensus::MemberMeta> {
+    pub(crate) fn to_meta(&self) -> Vec<consensus::MemberMeta> {
         self.list
             .values()
             .map(|m| consensus::MemberMeta {

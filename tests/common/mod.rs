@@ -29,12 +29,23 @@ pub fn etcd_tools_or_skip(test: &str) -> bool {
     present
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never handed out before by this test process
+/// (the kernel may give a port just released again: two members once got the same peer URL,
+/// hence the same member id).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port not handed out before in 1000 tries");
 }
 
 /// A server process, killed and reaped on drop.
