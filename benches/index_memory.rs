@@ -65,47 +65,35 @@ fn measure(name: &str, build: impl FnOnce() -> Store<NoValues>) {
     drop(s);
 }
 
+/// A store given puts of (key, lease), the change ring kept to one entry while it fills.
+fn filled(puts: impl Iterator<Item = (Bytes, i64)>) -> Store<NoValues> {
+    let value = [7u8; 256];
+    let mut s = Store::new(NoValues);
+    s.set_history_capacity(1);
+    for (k, lease) in puts {
+        s.write().put(&k, &value, lease);
+    }
+    s
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
     const N: u64 = 1_000_000;
-    let value = [7u8; 256];
     println!("| index | keys | revisions | heap bytes per revision |");
     println!("|---|---|---|---|");
     for size in [8usize, 16, 32] {
         measure(
             &format!("{N} keys of {size} B, one put each, random order"),
-            || {
-                let mut s = Store::new(NoValues);
-                s.set_history_capacity(1);
-                for i in shuffled(N) {
-                    s.write().put(&key(i, size), &value, 0);
-                }
-                s
-            },
+            || filled(shuffled(N).map(|i| (key(i, size), 0))),
         );
     }
     measure(
         &format!("{N} keys of 8 B, one put each, in key order"),
-        || {
-            let mut s = Store::new(NoValues);
-            s.set_history_capacity(1);
-            for i in 0..N {
-                s.write().put(&key(i, 8), &value, 0);
-            }
-            s
-        },
+        || filled((0..N).map(|i| (key(i, 8), 0))),
     );
     measure(
         &format!("{N} keys of 8 B, random order, a quarter with a lease"),
-        || {
-            let mut s = Store::new(NoValues);
-            s.set_history_capacity(1);
-            for i in shuffled(N) {
-                s.write()
-                    .put(&key(i, 8), &value, if i % 4 == 0 { 7 } else { 0 });
-            }
-            s
-        },
+        || filled(shuffled(N).map(|i| (key(i, 8), if i % 4 == 0 { 7 } else { 0 }))),
     );
     measure(
         &format!("{N} keys of 8 B, one put each, restored from a checkpoint"),
@@ -135,26 +123,16 @@ fn main() {
             s
         },
     );
-    measure("100000 keys of 8 B, 10 puts each", || {
-        let mut s = Store::new(NoValues);
-        s.set_history_capacity(1);
-        for _ in 0..10 {
-            for i in shuffled(100_000) {
-                s.write().put(&key(i, 8), &value, 0);
-            }
-        }
-        s
-    });
+    let ten_puts = || {
+        (0..10)
+            .flat_map(|_| shuffled(100_000))
+            .map(|i| (key(i, 8), 0))
+    };
+    measure("100000 keys of 8 B, 10 puts each", || filled(ten_puts()));
     measure(
         "100000 keys of 8 B, 10 puts each, compacted at the last revision",
         || {
-            let mut s = Store::new(NoValues);
-            s.set_history_capacity(1);
-            for _ in 0..10 {
-                for i in shuffled(100_000) {
-                    s.write().put(&key(i, 8), &value, 0);
-                }
-            }
+            let mut s = filled(ten_puts());
             let rev = s.rev();
             s.compact_now(rev).expect("compact");
             s

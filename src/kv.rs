@@ -417,9 +417,17 @@ impl KvState {
             .checkpoint_walk(after.map(|k| &k[..]), at_rev, max_keys, &mut keys)
             .map(|k| k.to_bytes());
         let values = self.store.values();
+        // The step's keys in one buffer their items slice (one allocation per step).
+        let buf = Bytes::from(
+            keys.iter()
+                .flat_map(|(k, _)| k.iter().copied())
+                .collect::<Vec<u8>>(),
+        );
+        let mut at = 0;
         let mut items = Vec::new();
         for (key, gens) in keys {
-            let key = key.to_bytes();
+            let key = buf.slice(at..at + key.len());
+            at += key.len();
             for (g, (ver, created, revs)) in gens.into_iter().enumerate() {
                 for e in revs {
                     items.push(crate::log::checkpoint::Item {

@@ -345,8 +345,7 @@ impl Sim {
         } else if let Some(Record::Start(meta)) = m.disk.first() {
             // As replica.rs's recovery: the members and configuration from the start record;
             // the entries before it (a single member's records in ferrocd) stand in as empty.
-            members.restore(&meta.members);
-            conf = meta.conf_state();
+            conf = replica::adopt_members(meta, &mut members, &mut state);
             history = (1..=meta.index)
                 .map(|index| Entry {
                     index,

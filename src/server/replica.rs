@@ -1475,34 +1475,38 @@ impl Node {
         cc: raft::eraftpb::ConfChange,
         client: Option<(u64, Reply)>,
     ) {
-        if self.raw.raft.has_pending_conf() || !self.held_confs.is_empty() {
-            if self.held_confs.len() < HELD_CONFS_MAX {
-                self.held_confs.push_back(HeldConf {
-                    ctx,
-                    cc,
-                    client,
-                    since: Instant::now(),
-                });
-            } else {
-                METRICS.proposals_failed.inc();
-                if let Some((_, tx)) = client {
-                    tx.send(Err(EtcdError::TooManyRequests)).await;
-                }
+        let h = HeldConf {
+            ctx,
+            cc,
+            client,
+            since: Instant::now(),
+        };
+        if !self.raw.raft.has_pending_conf() && self.held_confs.is_empty() {
+            self.propose_held(h).await;
+        } else if self.held_confs.len() < HELD_CONFS_MAX {
+            self.held_confs.push_back(h);
+        } else {
+            METRICS.proposals_failed.inc();
+            if let Some((_, tx)) = h.client {
+                tx.send(Err(EtcdError::TooManyRequests)).await;
             }
-            return;
         }
-        match self.raw.propose_conf_change(ctx, cc) {
-            Ok(()) => {
-                if let Some((id, tx)) = client {
-                    self.pending.insert(id, (tx, Instant::now()));
-                }
+    }
+
+    /// Proposes a configuration change now; its client waits for it to be applied (from when
+    /// it asked), or hears why Raft refused it.
+    async fn propose_held(&mut self, h: HeldConf) {
+        match (self.raw.propose_conf_change(h.ctx, h.cc), h.client) {
+            (Ok(()), Some((id, tx))) => {
+                self.pending.insert(id, (tx, h.since));
             }
-            Err(_) => {
+            (Err(_), client) => {
                 let e = self.refused();
                 if let Some((_, tx)) = client {
                     tx.send(Err(e)).await;
                 }
             }
+            (Ok(()), None) => {}
         }
     }
 
@@ -1521,24 +1525,19 @@ impl Node {
                 break;
             }
             let h = self.held_confs.pop_front().expect("just seen");
-            let failed = if late {
-                METRICS.proposals_failed.inc();
-                Some(EtcdError::Timeout)
-            } else if !leading {
-                // As the proposals pending when the leadership moved.
-                METRICS.proposals_failed.inc();
-                Some(EtcdError::LeaderChanged)
-            } else if self.raw.propose_conf_change(h.ctx, h.cc).is_err() {
-                Some(self.refused())
-            } else {
-                None
-            };
-            match (failed, h.client) {
-                (Some(e), Some((_, tx))) => tx.send(Err(e)).await,
-                (None, Some((id, tx))) => {
-                    self.pending.insert(id, (tx, h.since));
-                }
-                (_, None) => {}
+            if leading && !late {
+                self.propose_held(h).await;
+                continue;
+            }
+            METRICS.proposals_failed.inc();
+            if let Some((_, tx)) = h.client {
+                // Not leading: as the proposals pending when the leadership moved.
+                let e = if late {
+                    EtcdError::Timeout
+                } else {
+                    EtcdError::LeaderChanged
+                };
+                tx.send(Err(e)).await;
             }
         }
     }
@@ -1886,8 +1885,8 @@ impl Node {
             }
         }
         let now = Instant::now();
+        // (Held configuration changes time out in the loop's turn after this tick.)
         self.state.drop_resident_pages_now_and_then(now);
-        self.release_held_confs().await;
         let timeout = self.timeout;
         let expired: Vec<u64> = self
             .pending
