@@ -4,6 +4,13 @@ use ferrocd::config::{Config, HELP};
 use ferrocd::kv::{Identity, KvOptions, ETCD_API_VERSION};
 use ferrocd::server::{self, ClusterOptions, MemberInfo, ServerOptions};
 
+/// mimalloc rather than glibc's malloc: glibc gives each shard thread an arena that grows a
+/// page at a time with mprotect (taking the process's mmap lock while the other shards fault
+/// pages in), and its malloc/free took 7-9% of a put's server CPU; with mimalloc a put costs
+/// 3-9 us less server CPU (tuning/results/2026-11-26-allocator.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
