@@ -86,6 +86,12 @@ const TAG_UPDATE: u8 = 0x31;
 const TAG_PROMOTE: u8 = 0x32;
 /// The leader's refusal of a follower's MemberPromote (a reason code), for its client.
 const TAG_PROMOTE_REFUSED: u8 = 0x33;
+/// A follower's MemberAdd or MemberRemove (the answer's kind, then the configuration change
+/// as raft-rs encodes it), for the leader to propose. raft-rs passes a follower's
+/// configuration change on to the leader as it is, and the leader's raft-rs turns it into an
+/// empty entry while another change is not applied yet (its client then timed out, as on
+/// etcd); logged this way, the leader holds it until Raft takes it, as its own.
+const TAG_CONF: u8 = 0x34;
 
 /// The configuration change that promotes learner `id`.
 fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
@@ -619,6 +625,9 @@ pub(crate) enum Applied {
     Updated(u64, u64, u64, shard::Answer),
     /// A follower asks the leader to promote a learner (proposer, request id, learner).
     PromoteRequest(u64, u64, u64),
+    /// A follower asks the leader to propose a configuration change (proposer, request id,
+    /// the answer's kind, the change).
+    ConfRequest(u64, u64, u8, raft::eraftpb::ConfChange),
 }
 
 /// The proposal data that publishes this member's name and client URLs.
@@ -687,6 +696,16 @@ pub(crate) fn apply_entry(
     if payload.first() == Some(&TAG_PROMOTE) && payload.len() == 9 {
         let learner = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
         return Ok(Applied::PromoteRequest(origin, id, learner));
+    }
+    if payload.first() == Some(&TAG_CONF) && payload.len() >= 2 {
+        use protobuf::Message as _;
+        let cc = raft::eraftpb::ConfChange::parse_from_bytes(&payload[2..]).map_err(|err| {
+            format!(
+                "raft entry {}: bad configuration change request: {err}",
+                e.index
+            )
+        })?;
+        return Ok(Applied::ConfRequest(origin, id, payload[1], cc));
     }
     if payload.first() == Some(&TAG_PROMOTE_REFUSED) {
         let e = match payload.get(1) {
@@ -1458,10 +1477,17 @@ impl Node {
             }
             _ => unreachable!("not a membership request"),
         };
+        if !self.is_leader() {
+            // Through the log to the leader, which proposes it (TAG_CONF).
+            use protobuf::Message as _;
+            let mut payload = vec![TAG_CONF, kind];
+            payload.extend_from_slice(&cc.write_to_bytes().expect("a conf change encodes"));
+            self.propose(payload, Some(tx)).await;
+            return;
+        }
         let id = self.next_req;
         self.next_req += 1;
-        let mut ctx = consensus::proposal(self.me, id, &[kind]);
-        ctx.truncate(17);
+        let ctx = consensus::proposal(self.me, id, &[kind]);
         self.propose_conf(ctx, cc, Some((id, tx))).await;
     }
 
@@ -1634,8 +1660,7 @@ impl Node {
         match self.promotable(learner) {
             Ok(()) => {
                 let cc = promotion(learner, &self.members.list[&learner]);
-                let mut ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
-                ctx.truncate(17);
+                let ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
                 self.propose_conf(ctx, cc, None).await;
             }
             Err(e) => {
@@ -1650,6 +1675,17 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A follower's configuration change, applied: the leader proposes it (held while another
+    /// is pending), answered to the follower's client when applied; the others do nothing.
+    /// The checks were the follower's; `Members::refusal` checks it again at apply.
+    async fn conf_for(&mut self, origin: u64, id: u64, kind: u8, cc: raft::eraftpb::ConfChange) {
+        if !self.is_leader() {
+            return;
+        }
+        let ctx = consensus::proposal(origin, id, &[kind]);
+        self.propose_conf(ctx, cc, None).await;
     }
 
     /// The members' peer URLs, for the peer links' identity answers.
@@ -2251,6 +2287,9 @@ impl Node {
                 Applied::ConfRefused(err) => self.conf_refused(e, err).await,
                 Applied::PromoteRequest(origin, id, learner) => {
                     self.promote_for(origin, id, learner).await
+                }
+                Applied::ConfRequest(origin, id, kind, cc) => {
+                    self.conf_for(origin, id, kind, cc).await
                 }
                 Applied::Updated(origin, id, member, answer) => {
                     // The link to the member follows its new URLs.
