@@ -943,6 +943,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     let writer = std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || -> io::Result<Option<(checkpoint::Loaded, u64)>> {
+            background_priority();
             let mut w = checkpoint::Writer::create(&cdir, seq, &meta)?;
             for batch in rx {
                 let Some(items) = batch else {
@@ -1071,6 +1072,18 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         "checkpoint taken"
     );
     Ok(())
+}
+
+/// Lowers the calling thread's priority to nice 19 (Linux takes a thread id for it): a
+/// checkpoint's writer encodes and writes the whole live state, and at full priority it took
+/// a core from the shards (and from clients on the same machine) for the second it ran.
+fn background_priority() {
+    // SAFETY: gettid and setpriority act on this thread's scheduling only; no memory is
+    // involved.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot lower a thread's priority");
+    }
 }
 
 /// Defragment calls waiting for a checkpoint: before one began, and during the one under way.
