@@ -891,6 +891,17 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
     assert_eq!(out.stdout, "k3\nv3\n", "{out:?}");
 }
 
+/// Two clients of one endpoint, both connected (so that their requests go out together).
+async fn two_clients(url: String) -> (etcd_client::Client, etcd_client::Client) {
+    let a = etcd_client::Client::connect([url.clone()], None)
+        .await
+        .expect("connect");
+    let b = etcd_client::Client::connect([url], None)
+        .await
+        .expect("connect");
+    (a, b)
+}
+
 /// Membership changes asked of the leader at once: raft-rs takes one configuration change at
 /// a time and turns the others into empty entries (their clients would wait for the request
 /// timeout, as etcd's do); the Raft loop holds them until the one before is applied, and each
@@ -910,12 +921,7 @@ fn concurrent_membership_changes_go_through_in_turn() {
     let add_at_once = |learners: [bool; 2]| {
         let url = url.clone();
         rt().block_on(async move {
-            let mut a = etcd_client::Client::connect([url.clone()], None)
-                .await
-                .expect("connect");
-            let mut b = etcd_client::Client::connect([url], None)
-                .await
-                .expect("connect");
+            let (mut a, mut b) = two_clients(url).await;
             let opts = |learner: bool| {
                 let o = etcd_client::MemberAddOptions::new();
                 Some(if learner { o.with_is_learner() } else { o })
@@ -977,12 +983,7 @@ fn concurrent_membership_changes_go_through_in_turn() {
     let follower = (0..3).find(|&i| i != leader).expect("a follower");
     let url = c.members[follower].url();
     let removed = rt().block_on(async move {
-        let mut a = etcd_client::Client::connect([url.clone()], None)
-            .await
-            .expect("connect");
-        let mut b = etcd_client::Client::connect([url], None)
-            .await
-            .expect("connect");
+        let (mut a, mut b) = two_clients(url).await;
         let started = Instant::now();
         let (ra, rb) = tokio::join!(a.member_remove(voters[0]), b.member_remove(voters[1]));
         let results: Vec<Result<(), String>> = [ra, rb]
