@@ -955,6 +955,10 @@ fn concurrent_membership_changes_go_through_in_turn() {
         1,
         "{r:?}"
     );
+    let learner = r
+        .iter()
+        .find_map(|r| r.as_ref().ok().copied())
+        .expect("one added");
     let refused = r
         .iter()
         .find_map(|r| r.as_ref().err())
@@ -963,42 +967,112 @@ fn concurrent_membership_changes_go_through_in_turn() {
         refused.contains("etcdserver: too many learner members in cluster"),
         "{refused}"
     );
-    // Two voters (never started: three started voters of five stay a quorum): both added.
+    // Two voters (never started: three started voters of five stay a quorum): both added when
+    // both were checked before the first was applied; the second is refused as "unhealthy
+    // cluster" (as etcd refuses it) when it was checked after (the leader is not connected
+    // to a voter that never started), as happens on a loaded machine.
     let r = add_at_once([false, false]);
     assert!(
-        r.iter().all(|r| r.as_ref().is_ok_and(|id| *id != 0)),
+        r.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|id| *id != 0)
+            .then_some(())
+            .or_else(|| r
+                .as_ref()
+                .err()
+                .filter(|e| e.contains("etcdserver: unhealthy cluster"))
+                .map(drop))
+            .is_some()),
         "{r:?}"
     );
+    let voters: Vec<u64> = r.into_iter().filter_map(Result::ok).collect();
+    assert!(!voters.is_empty());
     let out = etcdctl(&c.endpoints(), &["member", "list"], "");
-    assert_eq!(out.stdout.lines().count(), 6, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 4 + voters.len(), "{out:?}");
     assert_eq!(
         out.stdout.matches(", true").count(),
         1,
         "one learner: {out:?}"
     );
-    // Both voters removed at once through a follower: raft-rs passes a follower's change on
-    // to the leader as it is, and the leader's raft-rs emptied the second while the first
-    // was pending (its client timed out, as on etcd); ferrocd logs it for the leader to hold.
-    let voters: Vec<u64> = r.into_iter().map(|r| r.expect("added")).collect();
+    // The voters and the learner removed at once through a follower: raft-rs passes a
+    // follower's change on to the leader as it is, and the leader's raft-rs emptied all but
+    // the first while one was pending (their clients timed out, as on etcd); ferrocd logs
+    // them for the leader to hold.
     let follower = (0..3).find(|&i| i != leader).expect("a follower");
     let url = c.members[follower].url();
+    let mut ids = voters.clone();
+    ids.push(learner);
+    let log_tail = |i: usize| -> String {
+        let log = c.members[i].log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
     let removed = rt().block_on(async move {
-        let (mut a, mut b) = two_clients(url).await;
+        let mut clients = Vec::new();
+        for _ in &ids {
+            clients.push(
+                etcd_client::Client::connect([url.clone()], None)
+                    .await
+                    .expect("connect"),
+            );
+        }
         let started = Instant::now();
-        let (ra, rb) = tokio::join!(a.member_remove(voters[0]), b.member_remove(voters[1]));
-        let results: Vec<Result<(), String>> = [ra, rb]
-            .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-            .collect();
+        let mut calls = tokio::task::JoinSet::new();
+        for (mut c, id) in clients.into_iter().zip(ids) {
+            calls.spawn(async move {
+                c.member_remove(id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        }
+        let results: Vec<Result<(), String>> = calls.join_all().await;
         eprintln!(
             "member removes at once through a follower: {results:?} in {:?}",
             started.elapsed()
         );
-        (results, started.elapsed())
+        results
     });
-    assert!(removed.0.iter().all(|r| r.is_ok()), "{removed:?}");
+    assert!(
+        removed.iter().all(|r| r.is_ok()),
+        "{removed:?}\nfollower:\n{}\nleader:\n{}",
+        log_tail(follower),
+        log_tail(leader)
+    );
     let out = etcdctl(&c.endpoints(), &["member", "list"], "");
-    assert_eq!(out.stdout.lines().count(), 4, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    // A learner added through the follower, then removed twice at once through it: the
+    // second is refused when applied, and its client hears it.
+    let url = c.members[follower].url();
+    let twice = rt().block_on(async move {
+        let (mut a, mut b) = two_clients(url).await;
+        let peer = vec![format!("http://127.0.0.1:{}", common::free_port())];
+        let added = a
+            .member_add(
+                peer,
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect("a learner added through a follower");
+        let id = added.member().expect("the member").id();
+        let (ra, rb) = tokio::join!(a.member_remove(id), b.member_remove(id));
+        [ra, rb].map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+    });
+    assert_eq!(
+        twice.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{twice:?}\nfollower:\n{}\nleader:\n{}",
+        log_tail(follower),
+        log_tail(leader)
+    );
+    assert!(
+        twice.iter().any(|r| r
+            .as_ref()
+            .is_err_and(|e| e.contains("etcdserver: member not found"))),
+        "{twice:?}"
+    );
+    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
 }
 
 /// A lease's deadline survives a leader change (through the leader's checkpoints in the log):

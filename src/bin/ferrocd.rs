@@ -7,7 +7,10 @@ use ferrocd::server::{self, ClusterOptions, MemberInfo, ServerOptions};
 /// mimalloc rather than glibc's malloc: glibc gives each shard thread an arena that grows a
 /// page at a time with mprotect (taking the process's mmap lock while the other shards fault
 /// pages in), and its malloc/free took 7-9% of a put's server CPU; with mimalloc a put costs
-/// 3-9 us less server CPU (tuning/results/2026-11-26-allocator.md).
+/// 1.4-5.3 us less server CPU and a txn-put about 7 us less (tuning/results/2026-11-26-allocator.md).
+/// Built without asking for transparent huge pages (`no_thp`): with them a restart zeroed
+/// 2 MiB pages as it built the index. A host whose THP mode is `always` may still give
+/// them (only `madvise` was measured).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

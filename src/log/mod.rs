@@ -381,16 +381,24 @@ fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
 }
 
 /// Whether the newest segment (mapped as `b`) holds nothing but zeros from `from` on: the
-/// bytes after its last record, up to a whole preallocated segment. Only the file's data
-/// ranges are read (its preallocated extents never written read as zeros: skipped without
-/// faulting their pages in, which took 7% of a restart's time), a page at a time.
+/// bytes after its last record, up to a whole preallocated segment. The first
+/// `TAIL_READ_WHOLE` bytes are read whole (where a torn batch begins); beyond them only the
+/// file's data ranges (its preallocated extents never written read as zeros: skipped
+/// without faulting their pages in, which took 7% of a restart's time), a page at a time.
+/// A file system whose `SEEK_DATA` missed unsynced pages would still show a torn batch's
+/// start here.
 fn tail_is_zero(path: &Path, b: &[u8], from: usize) -> bool {
     let from = from.min(b.len());
-    data_ranges(path, from, b.len())
-        .unwrap_or_else(|| vec![(from, b.len())])
-        .into_iter()
-        .all(|(start, end)| is_zero(&b[start..end]))
+    let whole = (from + TAIL_READ_WHOLE).min(b.len());
+    is_zero(&b[from..whole])
+        && data_ranges(path, whole, b.len())
+            .unwrap_or_else(|| vec![(whole, b.len())])
+            .into_iter()
+            .all(|(start, end)| is_zero(&b[start..end]))
 }
+
+/// The bytes after the last record that recovery always reads (see `tail_is_zero`).
+const TAIL_READ_WHOLE: usize = 1 << 20;
 
 fn is_zero(b: &[u8]) -> bool {
     const ZEROS: [u8; 4096] = [0; 4096];
@@ -497,7 +505,13 @@ mod tests {
     fn a_segments_tail_is_checked_where_the_file_holds_data() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = two_batches(dir.path());
+        let d = dir.path().to_path_buf();
+        // Segments of 4 MiB: more than the part after the last record read whole.
+        let path = run(async move {
+            let mut log = Log::open(&d, 4 << 20, 1).await.unwrap().log;
+            log.append(&payloads(2, 1)).await.unwrap();
+            log.segments[0].path().to_path_buf()
+        });
         // Read through a mapping, as recovery reads: reading the file would put every page in
         // the page cache, and the file system then counts the cached pages as data.
         let seg = Segment::open(&path).unwrap();
@@ -508,24 +522,30 @@ mod tests {
             .read_exact_at(&mut head, 0)
             .unwrap();
         let end = head.iter().rposition(|&x| x != 0).unwrap() + 1;
-        assert!(end < 4096 && len >= 1 << 20, "{end} {len}");
-        if let Some(r) = data_ranges(&path, end, len) {
-            // ext4 and tmpfs say where data is: not the whole preallocated megabyte.
-            let read: usize = r.iter().map(|(a, b)| b - a).sum();
-            assert!(read < len / 2, "{r:?}");
-            assert!(
-                r.iter().all(|&(a, b)| a >= end && a < b && b <= len),
-                "{r:?}"
-            );
+        assert!(end < 4096 && len >= 4 << 20, "{end} {len}");
+        let r = data_ranges(&path, end, len).unwrap_or_else(|| vec![(end, len)]);
+        assert!(
+            r.iter().all(|&(a, b)| a >= end && a < b && b <= len),
+            "{r:?}"
+        );
+        // ext4, xfs and tmpfs say where data is (not the whole preallocated part); others
+        // may report it all, and then all of it is read.
+        if r.iter().map(|(a, b)| b - a).sum::<usize>() >= len / 2 {
+            eprintln!("this file system reports all of a preallocated file as data: {r:?}");
         }
         assert!(tail_is_zero(&path, seg.bytes(), end));
         assert!(!tail_is_zero(&path, seg.bytes(), end - 1));
-        // One byte far into the preallocated part.
+        // One byte past the part read whole, not synced (as a torn batch's pages after a
+        // kill -9), then another one synced further on.
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[7], 900 << 10).unwrap();
-        f.sync_all().unwrap();
+        let (first, second) = (end + TAIL_READ_WHOLE + 5000, len - 3000);
+        f.write_all_at(&[7], first as u64).unwrap();
         assert!(!tail_is_zero(&path, seg.bytes(), end));
-        assert!(tail_is_zero(&path, seg.bytes(), (900 << 10) + 1));
+        assert!(tail_is_zero(&path, seg.bytes(), first + 1));
+        f.write_all_at(&[9], second as u64).unwrap();
+        f.sync_all().unwrap();
+        assert!(!tail_is_zero(&path, seg.bytes(), first + 1));
+        assert!(tail_is_zero(&path, seg.bytes(), second + 1));
     }
 
     #[test]

@@ -863,6 +863,7 @@ pub(crate) fn start(
         last_publish: None,
         abandoned: Vec::new(),
         held_confs: std::collections::VecDeque::new(),
+        asked: Vec::new(),
         moving: Vec::new(),
         token: cluster.token.clone(),
         directory,
@@ -944,6 +945,11 @@ struct Node {
     /// Configuration changes waiting for the one before to be applied (raft-rs would turn
     /// them into empty entries, and their clients would time out), in arrival order.
     held_confs: std::collections::VecDeque<HeldConf>,
+    /// Followers' requests (promotions, configuration changes) applied while a Ready was
+    /// handled, carried out after it: raft-rs takes no proposal between `ready()` and
+    /// `advance_append_async` (the Ready's last entry would no longer be the unstable log's:
+    /// raft-rs panics).
+    asked: Vec<Asked>,
     /// MoveLeader calls waiting for the leadership to reach their target.
     moving: Vec<(u64, Reply, Instant)>,
     /// `--initial-cluster-token`, for the ids of added members.
@@ -978,6 +984,13 @@ struct Node {
 
 /// A configuration change held until Raft takes one again: its proposal's context, and the
 /// client to answer (with its request id) when this member's own client asked.
+/// A follower's request the leader carries out (see `Node::asked`): (proposer, request id,
+/// then the learner to promote, or the answer's kind and the configuration change).
+enum Asked {
+    Promote(u64, u64, u64),
+    Conf(u64, u64, u8, raft::eraftpb::ConfChange),
+}
+
 struct HeldConf {
     ctx: Vec<u8>,
     cc: raft::eraftpb::ConfChange,
@@ -1265,6 +1278,7 @@ async fn run(
         while node.appends < APPENDS_IN_FLIGHT_MAX && node.raw.has_ready() {
             node.ready().await;
         }
+        node.carry_out_asked().await;
         node.release_held_confs().await;
         node.answer_reads().await;
         notifier.notify(node.state.store().rev());
@@ -1288,6 +1302,11 @@ fn is_linearizable_read(req: &Request) -> bool {
 impl Node {
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Whether this member leads the term entry `e` was logged in.
+    fn leads_term(&self, e: &raft::eraftpb::Entry) -> bool {
+        self.is_leader() && e.term == self.raw.raft.term
     }
 
     async fn job(&mut self, (mut req, tx): Job) {
@@ -1673,6 +1692,16 @@ impl Node {
                 if self.raw.propose(vec![], data).is_err() {
                     METRICS.proposals_failed.inc();
                 }
+            }
+        }
+    }
+
+    /// Carries out the followers' requests applied since the last call (outside any Ready).
+    async fn carry_out_asked(&mut self) {
+        for a in std::mem::take(&mut self.asked) {
+            match a {
+                Asked::Promote(origin, id, learner) => self.promote_for(origin, id, learner).await,
+                Asked::Conf(origin, id, kind, cc) => self.conf_for(origin, id, kind, cc).await,
             }
         }
     }
@@ -2285,11 +2314,15 @@ impl Node {
                 }
                 Applied::Conf(cc) => self.conf_changed(e, cc).await,
                 Applied::ConfRefused(err) => self.conf_refused(e, err).await,
-                Applied::PromoteRequest(origin, id, learner) => {
-                    self.promote_for(origin, id, learner).await
+                // A follower's request is carried out by the leader that logged it, once: a
+                // leader of a later term (or this member leading again after a restart, which
+                // applies entries again from its checkpoint) leaves it; its client heard
+                // "leader changed" when the leadership moved.
+                Applied::PromoteRequest(origin, id, learner) if self.leads_term(e) => {
+                    self.asked.push(Asked::Promote(origin, id, learner))
                 }
-                Applied::ConfRequest(origin, id, kind, cc) => {
-                    self.conf_for(origin, id, kind, cc).await
+                Applied::ConfRequest(origin, id, kind, cc) if self.leads_term(e) => {
+                    self.asked.push(Asked::Conf(origin, id, kind, cc))
                 }
                 Applied::Updated(origin, id, member, answer) => {
                     // The link to the member follows its new URLs.
