@@ -1790,10 +1790,16 @@ impl Node {
     /// Answers this member's client of a configuration change refused when applied.
     async fn conf_refused(&mut self, e: &Entry, err: EtcdError) {
         if let Some((origin, rid, _)) = consensus::parse_proposal(&e.context) {
-            if origin == self.me {
-                if let Some((tx, _)) = self.pending.remove(&rid) {
-                    tx.send(Err(err)).await;
-                }
+            self.answer_own(origin, rid, Err(err)).await;
+        }
+    }
+
+    /// Answers the client waiting on this member for request `id`, if `origin` is this member
+    /// (an applied entry's proposer) and the client still waits.
+    async fn answer_own(&mut self, origin: u64, id: u64, answer: shard::Answer) {
+        if origin == self.me {
+            if let Some((tx, _)) = self.pending.remove(&id) {
+                tx.send(answer).await;
             }
         }
     }
@@ -2307,11 +2313,7 @@ impl Node {
             };
             self.applied = e.index;
             match applied {
-                Applied::Answer(origin, id, answer) if origin == self.me => {
-                    if let Some((tx, _)) = self.pending.remove(&id) {
-                        tx.send(answer).await;
-                    }
-                }
+                Applied::Answer(origin, id, answer) => self.answer_own(origin, id, answer).await,
                 Applied::Conf(cc) => self.conf_changed(e, cc).await,
                 Applied::ConfRefused(err) => self.conf_refused(e, err).await,
                 // A follower's request is carried out by the leader that logged it, once: a
@@ -2330,11 +2332,7 @@ impl Node {
                         self.peers.add(member, m.peer_ur_ls.clone());
                     }
                     self.refresh_directory();
-                    if origin == self.me {
-                        if let Some((tx, _)) = self.pending.remove(&id) {
-                            tx.send(answer).await;
-                        }
-                    }
+                    self.answer_own(origin, id, answer).await;
                 }
                 _ => {}
             }
