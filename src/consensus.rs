@@ -508,6 +508,11 @@ impl LogStorage {
         self.wanted.replace(false)
     }
 
+    /// The same, without clearing it.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.wanted.get()
+    }
+
     /// Lets go of the mappings of released log segments (by ordinal).
     pub fn release_segments(&mut self, ordinals: &[usize]) {
         for &o in ordinals {

@@ -186,8 +186,8 @@ pub enum CheckpointOp {
 #[derive(Debug)]
 pub enum CheckpointAnswer {
     /// Not due, or not possible (a cluster member); else the record seq it covers, its
-    /// revision and its metadata.
-    Begun(Option<(u64, i64, Vec<u8>)>),
+    /// revision, its metadata, and the flag set when somebody waits for it.
+    Begun(Option<(u64, i64, Vec<u8>, Hurry)>),
     /// None: abandoned (a physical compaction cut in).
     Items(Option<(Vec<crate::log::checkpoint::Item>, Option<Bytes>)>),
     Installed(Vec<u32>),
@@ -195,6 +195,10 @@ pub enum CheckpointAnswer {
     Released(Vec<std::path::PathBuf>),
     Done,
 }
+
+/// Set while a checkpoint is under way when somebody waits for it (a Defragment call, a member
+/// that needs a snapshot): its writer then runs at normal priority (server/checkpoint_writer.rs).
+pub type Hurry = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 pub type Result<T> = std::result::Result<T, EtcdError>;
 

@@ -8,6 +8,7 @@
 
 pub(crate) mod access;
 mod authority;
+mod checkpoint_writer;
 mod conn;
 mod gateway;
 mod grpc;

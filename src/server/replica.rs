@@ -1935,11 +1935,11 @@ impl Node {
             hard_state: (hs.term, hs.vote, hs.commit),
             members: self.members.to_meta(),
         };
-        self.demands.begun();
+        let hurry = self.demands.begun(forced);
         self.state.checkpoint_started(self.log_written);
         let (rev, json) = self.state.checkpoint_begin(Some(meta.clone()));
         self.building = Some((meta, keep_from));
-        Ok(A::Begun(Some((seq, rev, json))))
+        Ok(A::Begun(Some((seq, rev, json, hurry))))
     }
 
     /// Time-outs, ReadIndex retries, lease checkpoints, and publishing this member's
@@ -1947,6 +1947,11 @@ impl Node {
     async fn on_tick(&mut self) {
         self.answer_moves().await;
         self.ticks += 1;
+        // A member waits for a snapshot while a checkpoint is under way: it is the next one's
+        // turn after this, and neither should crawl at nice 19.
+        if self.building.is_some() && self.raw.store().snapshot_wanted() {
+            self.demands.hurry();
+        }
         // The leader logs the deadlines of the leases renewed since its last checkpoint, twice
         // per election timeout, so that a new leader's deadlines are never earlier than the
         // old leader's by more than the election timeout it adds (see `Lessor::promote`).

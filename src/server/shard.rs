@@ -19,6 +19,7 @@ use std::rc::Rc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
+use super::checkpoint_writer::WriterThread;
 use super::metrics::METRICS;
 use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
@@ -934,36 +935,11 @@ async fn checkpoint_call(
 /// released.
 async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), String> {
     use kv::{CheckpointAnswer as A, CheckpointOp as Op};
-    let A::Begun(Some((seq, rev, meta))) = checkpoint_call(owner, Op::Begin).await? else {
+    let A::Begun(Some((seq, rev, meta, hurry))) = checkpoint_call(owner, Op::Begin).await? else {
         return Ok(());
     };
     let started = std::time::Instant::now();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<checkpoint::Item>>>(4);
-    let cdir = dir.to_path_buf();
-    let writer = std::thread::Builder::new()
-        .name("checkpoint".into())
-        .spawn(move || -> io::Result<Option<(checkpoint::Loaded, u64)>> {
-            background_priority();
-            let mut w = checkpoint::Writer::create(&cdir, seq, &meta)?;
-            for batch in rx {
-                let Some(items) = batch else {
-                    w.abandon();
-                    return Ok(None);
-                };
-                for it in &items {
-                    if let Err(e) = w.item(it) {
-                        w.abandon();
-                        return Err(e);
-                    }
-                }
-            }
-            let paths = w.finish()?;
-            let bytes = paths
-                .iter()
-                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-                .sum();
-            Ok(Some((checkpoint::load(seq, &paths)?, bytes)))
-        })
+    let (mut writer, tx) = WriterThread::start(dir.to_path_buf(), seq, meta, hurry)
         .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
     let mut after = None;
     let mut abandoned = false;
@@ -984,6 +960,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
                 Ok(()) => break,
                 Err(std::sync::mpsc::TrySendError::Full(b)) => {
                     batch = b;
+                    writer.ended().map_err(|e| e.to_string())?;
                     glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
@@ -995,13 +972,10 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         }
     }
     drop(tx);
-    while !writer.is_finished() {
+    while !writer.ended().map_err(|e| e.to_string())? {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let written = writer
-        .join()
-        .map_err(|_| "the checkpoint thread panicked".to_string())?
-        .map_err(|e| e.to_string())?;
+    let written = writer.result().map_err(|e| e.to_string())?;
     let Some((loaded, bytes)) = written.filter(|_| !abandoned) else {
         checkpoint_call(owner, Op::Abandon).await?;
         tracing::info!("checkpoint abandoned: a physical compaction cut in");
@@ -1069,28 +1043,20 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         revisions,
         bytes,
         ms = started.elapsed().as_millis() as u64,
+        nice = writer.nice,
+        hurried = writer.handed > 0,
         "checkpoint taken"
     );
     Ok(())
 }
 
-/// Lowers the calling thread's priority to nice 19 (Linux takes a thread id for it): a
-/// checkpoint's writer encodes and writes the whole live state, and at full priority it took
-/// a core from the shards (and from clients on the same machine) for the second it ran.
-fn background_priority() {
-    // SAFETY: gettid and setpriority act on this thread's scheduling only; no memory is
-    // involved.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    if r != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "cannot lower a thread's priority");
-    }
-}
-
-/// Defragment calls waiting for a checkpoint: before one began, and during the one under way.
+/// Defragment calls waiting for a checkpoint: before one began, and during the one under way;
+/// and the flag that hurries the one under way.
 #[derive(Default)]
 pub(crate) struct Demands {
     waiting: Vec<Reply>,
     in_flight: Vec<Reply>,
+    hurry: Option<kv::Hurry>,
 }
 
 /// One step of a checkpoint, between batches (the state holds every record of the log).
@@ -1111,10 +1077,10 @@ fn checkpoint_op(
             if !demands.forcing() && !state.checkpoint_due(log.stats().bytes) {
                 return Ok(A::Begun(None));
             }
-            demands.begun();
+            let hurry = demands.begun(false);
             state.checkpoint_started(log.stats().bytes);
             let (rev, meta) = state.checkpoint_begin(None);
-            A::Begun(Some((log.next_seq() - 1, rev, meta)))
+            A::Begun(Some((log.next_seq() - 1, rev, meta, hurry)))
         }
         Op::Abandon => {
             state.checkpoint_abandon();
@@ -1168,9 +1134,17 @@ pub(crate) fn checkpoint_released(
 }
 
 impl Demands {
-    /// A Defragment call waits for the next checkpoint.
+    /// A Defragment call waits for the next checkpoint (and so for the one under way).
     pub(crate) fn push(&mut self, tx: Reply) {
         self.waiting.push(tx);
+        self.hurry();
+    }
+
+    /// Somebody waits for the checkpoint under way, if one is: its writer leaves nice 19.
+    pub(crate) fn hurry(&mut self) {
+        if let Some(h) = &self.hurry {
+            h.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether a Defragment call waits (a checkpoint is due even if the log grew little).
@@ -1178,9 +1152,13 @@ impl Demands {
         !self.waiting.is_empty()
     }
 
-    /// A checkpoint begins: the calls waiting so far wait for it.
-    pub(crate) fn begun(&mut self) {
+    /// A checkpoint begins: the calls waiting so far wait for it. Its flag is set at once if
+    /// any does or the caller needs it (`wanted`: a snapshot for a member).
+    pub(crate) fn begun(&mut self, wanted: bool) -> kv::Hurry {
         self.in_flight.append(&mut self.waiting);
+        let h = kv::Hurry::new((wanted || !self.in_flight.is_empty()).into());
+        self.hurry = Some(h.clone());
+        h
     }
 
     /// The checkpoint under way was abandoned: its calls wait for the next.
@@ -1188,10 +1166,12 @@ impl Demands {
         let mut back = std::mem::take(&mut self.in_flight);
         back.append(&mut self.waiting);
         self.waiting = back;
+        self.hurry = None;
     }
 
     /// The calls the finished checkpoint answers.
     pub(crate) fn finished(&mut self) -> Vec<Reply> {
+        self.hurry = None;
         std::mem::take(&mut self.in_flight)
     }
 }
