@@ -1073,6 +1073,63 @@ fn concurrent_membership_changes_go_through_in_turn() {
     );
     let out = etcdctl(&c.endpoints(), &["member", "list"], "");
     assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    // Three voters (never started) added at once through the follower: each passes the
+    // follower's checks against three started voters, but all three would leave three of six
+    // started, no quorum. The leader checks each again as it proposes it: one is added, the
+    // others are refused, and their clients hear it through the log (not a time-out).
+    let url = c.members[follower].url();
+    let three = rt().block_on(async move {
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(
+                etcd_client::Client::connect([url.clone()], None)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for mut c in clients {
+            let peer = vec![format!("http://127.0.0.1:{}", common::free_port())];
+            calls.spawn(async move {
+                c.member_add(peer, None)
+                    .await
+                    .map(|r| r.member().map_or(0, |m| m.id()))
+                    .map_err(|e| e.to_string())
+            });
+        }
+        let results: Vec<Result<u64, String>> = calls.join_all().await;
+        eprintln!(
+            "three voters added at once through a follower: {results:?} in {:?}",
+            started.elapsed()
+        );
+        results
+    });
+    let added: Vec<u64> = three.iter().filter_map(|r| r.clone().ok()).collect();
+    assert_eq!(
+        added.len(),
+        1,
+        "{three:?}\nfollower:\n{}\nleader:\n{}",
+        log_tail(follower),
+        log_tail(leader)
+    );
+    assert!(
+        three.iter().filter_map(|r| r.as_ref().err()).all(|e| e
+            .contains("etcdserver: unhealthy cluster")
+            || e.contains("etcdserver: re-configuration failed due to not enough started members")),
+        "{three:?}"
+    );
+    // Three started voters of four: still a quorum.
+    let out = etcdctl(&c.endpoints(), &["put", "after-three", "v"], "");
+    assert_eq!(out.stdout, "OK\n", "{out:?}");
+    let out = etcdctl(
+        &c.members[leader].endpoint(),
+        &["member", "remove", &format!("{:x}", added[0])],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = etcdctl(&c.endpoints(), &["member", "list"], "");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
 }
 
 /// A lease's deadline survives a leader change (through the leader's checkpoints in the log):

@@ -84,14 +84,46 @@ const TAG_PUBLISH: u8 = 0x30;
 const TAG_UPDATE: u8 = 0x31;
 /// A follower's MemberPromote (learner id, u64 LE), for the leader to check and carry out.
 const TAG_PROMOTE: u8 = 0x32;
-/// The leader's refusal of a follower's MemberPromote (a reason code), for its client.
-const TAG_PROMOTE_REFUSED: u8 = 0x33;
+/// The leader's refusal of a follower's MemberPromote, MemberAdd or MemberRemove (a reason
+/// code, `refusal_code`), for its client.
+const TAG_REFUSED: u8 = 0x33;
 /// A follower's MemberAdd or MemberRemove (the answer's kind, then the configuration change
 /// as raft-rs encodes it), for the leader to propose. raft-rs passes a follower's
 /// configuration change on to the leader as it is, and the leader's raft-rs turns it into an
 /// empty entry while another change is not applied yet (its client then timed out, as on
 /// etcd); logged this way, the leader holds it until Raft takes it, as its own.
 const TAG_CONF: u8 = 0x34;
+
+/// The reason a leader logs when it refuses a follower's membership request (docs/log-format.md).
+fn refusal_code(e: &EtcdError) -> u8 {
+    match e {
+        EtcdError::MemberNotFound => 1,
+        EtcdError::MemberNotLearner => 2,
+        EtcdError::LearnerNotReady => 3,
+        EtcdError::TooManyRequests => 4,
+        EtcdError::Timeout => 5,
+        EtcdError::LeaderChanged => 6,
+        EtcdError::NoLeader => 7,
+        EtcdError::NotEnoughStartedMembers => 8,
+        EtcdError::Unhealthy => 9,
+        _ => 0,
+    }
+}
+
+/// The error a logged refusal's reason stands for (0 or unknown: the request timed out).
+fn refusal_error(code: u8) -> EtcdError {
+    match code {
+        1 => EtcdError::MemberNotFound,
+        2 => EtcdError::MemberNotLearner,
+        3 => EtcdError::LearnerNotReady,
+        4 => EtcdError::TooManyRequests,
+        6 => EtcdError::LeaderChanged,
+        7 => EtcdError::NoLeader,
+        8 => EtcdError::NotEnoughStartedMembers,
+        9 => EtcdError::Unhealthy,
+        _ => EtcdError::Timeout,
+    }
+}
 
 /// The configuration change that promotes learner `id`.
 fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
@@ -707,12 +739,8 @@ pub(crate) fn apply_entry(
         })?;
         return Ok(Applied::ConfRequest(origin, id, payload[1], cc));
     }
-    if payload.first() == Some(&TAG_PROMOTE_REFUSED) {
-        let e = match payload.get(1) {
-            Some(1) => EtcdError::MemberNotFound,
-            Some(2) => EtcdError::MemberNotLearner,
-            _ => EtcdError::LearnerNotReady,
-        };
+    if payload.first() == Some(&TAG_REFUSED) {
+        let e = refusal_error(payload.get(1).copied().unwrap_or(0));
         return Ok(Applied::Answer(origin, id, Err(e)));
     }
     if payload.first() == Some(&TAG_UPDATE) {
@@ -1532,26 +1560,47 @@ impl Node {
             self.held_confs.push_back(h);
         } else {
             METRICS.proposals_failed.inc();
-            if let Some((_, tx)) = h.client {
-                tx.send(Err(EtcdError::TooManyRequests)).await;
-            }
+            self.answer_held(h, EtcdError::TooManyRequests).await;
+        }
+    }
+
+    /// Answers a configuration change that will not be proposed: its client if this member's,
+    /// else the follower that logged it, through a logged refusal (forwarded to the leader if
+    /// this member no longer leads; lost only if there is none, and its client times out).
+    async fn answer_held(&mut self, h: HeldConf, e: EtcdError) {
+        if let Some((_, tx)) = h.client {
+            return tx.send(Err(e)).await;
+        }
+        if let Some((origin, id, _)) = consensus::parse_proposal(&bytes::Bytes::from(h.ctx)) {
+            self.log_refusal(origin, id, &e);
+        }
+    }
+
+    /// Logs the refusal of follower `origin`'s request `id`, for its client.
+    fn log_refusal(&mut self, origin: u64, id: u64, e: &EtcdError) {
+        let data = consensus::proposal(origin, id, &[TAG_REFUSED, refusal_code(e)]);
+        if self.raw.propose(vec![], data).is_err() {
+            METRICS.proposals_failed.inc();
         }
     }
 
     /// Proposes a configuration change now; its client waits for it to be applied (from when
     /// it asked), or hears why Raft refused it.
     async fn propose_held(&mut self, h: HeldConf) {
-        match (self.raw.propose_conf_change(h.ctx, h.cc), h.client) {
-            (Ok(()), Some((id, tx))) => {
-                self.pending.insert(id, (tx, h.since));
-            }
-            (Err(_), client) => {
-                let e = self.refused();
-                if let Some((_, tx)) = client {
-                    tx.send(Err(e)).await;
+        if let Err(e) = self.still_allowed(&h.cc) {
+            METRICS.proposals_failed.inc();
+            return self.answer_held(h, e).await;
+        }
+        match self.raw.propose_conf_change(h.ctx.clone(), h.cc.clone()) {
+            Ok(()) => {
+                if let Some((id, tx)) = h.client {
+                    self.pending.insert(id, (tx, h.since));
                 }
             }
-            (Ok(()), None) => {}
+            Err(_) => {
+                let e = self.refused();
+                self.answer_held(h, e).await;
+            }
         }
     }
 
@@ -1575,15 +1624,47 @@ impl Node {
                 continue;
             }
             METRICS.proposals_failed.inc();
-            if let Some((_, tx)) = h.client {
-                // Not leading: as the proposals pending when the leadership moved.
-                let e = if late {
-                    EtcdError::Timeout
-                } else {
-                    EtcdError::LeaderChanged
-                };
-                tx.send(Err(e)).await;
+            // Not leading: as the proposals pending when the leadership moved.
+            let e = if late {
+                EtcdError::Timeout
+            } else {
+                EtcdError::LeaderChanged
+            };
+            self.answer_held(h, e).await;
+        }
+    }
+
+    /// etcd's strict reconfiguration checks again, as the leader proposes a change (no other
+    /// is pending, so the list is up to date): a change checked when it was asked, then held
+    /// behind others (or asked of a follower), was checked against a list without them. Three
+    /// voters added at once to three members were all checked against three started voters
+    /// and would have left three of six started, no quorum; etcd lets only one of them through
+    /// (raft empties the others, whose clients time out).
+    fn still_allowed(&self, cc: &raft::eraftpb::ConfChange) -> Result<(), EtcdError> {
+        use raft::eraftpb::ConfChangeType;
+        let id = cc.node_id;
+        let learner = self.members.list.get(&id).map(|m| m.is_learner);
+        match cc.get_change_type() {
+            ConfChangeType::AddNode if learner == Some(true) => self.promotable(id),
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let voter = cc.get_change_type() == ConfChangeType::AddNode;
+                if learner.is_none() && voter && !self.ready_to_add_voter() {
+                    return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                if learner.is_none() && !self.voters_connected() {
+                    return Err(EtcdError::Unhealthy);
+                }
+                Ok(())
             }
+            ConfChangeType::RemoveNode if learner == Some(false) => {
+                if self.removal_keeps_quorum(id) {
+                    Ok(())
+                } else {
+                    Err(EtcdError::Unhealthy)
+                }
+            }
+            // Refused at apply if not a member (`Members::refusal`).
+            ConfChangeType::RemoveNode => Ok(()),
         }
     }
 
@@ -1674,7 +1755,8 @@ impl Node {
     /// (answered when applied); the other members do nothing.
     async fn promote_for(&mut self, origin: u64, id: u64, learner: u64) {
         if !self.is_leader() {
-            return;
+            // It led the term the request was logged in, and nobody else will carry it out.
+            return self.log_refusal(origin, id, &EtcdError::LeaderChanged);
         }
         match self.promotable(learner) {
             Ok(()) => {
@@ -1682,17 +1764,7 @@ impl Node {
                 let ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
                 self.propose_conf(ctx, cc, None).await;
             }
-            Err(e) => {
-                let code = match e {
-                    EtcdError::MemberNotFound => 1,
-                    EtcdError::MemberNotLearner => 2,
-                    _ => 3,
-                };
-                let data = consensus::proposal(origin, id, &[TAG_PROMOTE_REFUSED, code]);
-                if self.raw.propose(vec![], data).is_err() {
-                    METRICS.proposals_failed.inc();
-                }
-            }
+            Err(e) => self.log_refusal(origin, id, &e),
         }
     }
 
@@ -1711,7 +1783,8 @@ impl Node {
     /// The checks were the follower's; `Members::refusal` checks it again at apply.
     async fn conf_for(&mut self, origin: u64, id: u64, kind: u8, cc: raft::eraftpb::ConfChange) {
         if !self.is_leader() {
-            return;
+            // It led the term the request was logged in, and nobody else will carry it out.
+            return self.log_refusal(origin, id, &EtcdError::LeaderChanged);
         }
         let ctx = consensus::proposal(origin, id, &[kind]);
         self.propose_conf(ctx, cc, None).await;
@@ -2404,6 +2477,27 @@ impl Node {
 mod tests {
     use super::*;
     use raft::eraftpb::{ConfChange, ConfChangeType};
+
+    #[test]
+    fn a_logged_refusal_gives_its_client_the_same_error() {
+        use EtcdError as E;
+        for e in [
+            E::MemberNotFound,
+            E::MemberNotLearner,
+            E::LearnerNotReady,
+            E::TooManyRequests,
+            E::Timeout,
+            E::LeaderChanged,
+            E::NoLeader,
+            E::NotEnoughStartedMembers,
+            E::Unhealthy,
+        ] {
+            assert_eq!(refusal_error(refusal_code(&e)), e);
+        }
+        // An error without a code of its own (or a code from a newer binary) times out.
+        assert_eq!(refusal_error(refusal_code(&E::Stopped)), E::Timeout);
+        assert_eq!(refusal_error(200), E::Timeout);
+    }
 
     fn members(list: &[(u64, &str, bool)]) -> Members {
         Members {
