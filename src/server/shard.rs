@@ -126,6 +126,20 @@ impl Links {
         let notifier = Rc::new(Notifier::default());
         match self {
             Links::Owner(ends) => {
+                // The channels first: a shard waiting for a channel's other end to connect
+                // keeps its executor polling (glommio wakes connection waiters on every turn),
+                // and the other shards spun a core each for the whole recovery (62% of a
+                // restart's samples with two shards). They wait instead for the first
+                // revision note, sent once the state is ready.
+                let mut connected = Vec::with_capacity(ends.len());
+                for (req_rx, ans_tx, note_tx) in ends {
+                    let (req_rx, (ans_tx, note_tx)) = futures_lite::future::zip(
+                        req_rx.connect(),
+                        futures_lite::future::zip(ans_tx.connect(), note_tx.connect()),
+                    )
+                    .await;
+                    connected.push((req_rx, ans_tx, note_tx));
+                }
                 let wait = std::time::Duration::from_micros(opts.batch_wait_us);
                 let checkpointed_log = opts.log_dir.clone();
                 let auto_compaction = opts.auto_compaction;
@@ -181,15 +195,18 @@ impl Links {
                     auto_compaction,
                 ))
                 .detach();
-                for (req_rx, ans_tx, note_tx) in ends {
+                for (req_rx, ans_tx, note_tx) in connected {
                     let notes = notifier.subscribe();
                     let n = notifier.clone();
                     glommio::spawn_local(async move {
-                        let note_tx = note_tx.connect().await;
-                        // Waits while the shard has not read the previous note, then sends the
-                        // newest revision: the last note a shard reads is always the newest
-                        // (a note dropped when the channel was full could leave watchers
-                        // there one batch behind until the next write).
+                        // The first note tells the shard the state is ready. Then: waits while
+                        // the shard has not read the previous note, and sends the newest
+                        // revision: the last note a shard reads is always the newest (a note
+                        // dropped when the channel was full could leave watchers there one
+                        // batch behind until the next write).
+                        if note_tx.send(n.rev()).await.is_err() {
+                            return;
+                        }
                         while notes.recv().await.is_some() {
                             if note_tx.send(n.rev()).await.is_err() {
                                 break;
@@ -198,9 +215,8 @@ impl Links {
                     })
                     .detach();
                     let tx = tx.clone();
+                    let ans_tx = Rc::new(ans_tx);
                     glommio::spawn_local(async move {
-                        let req_rx = req_rx.connect().await;
-                        let ans_tx = Rc::new(ans_tx.connect().await);
                         while let Some((id, req)) = req_rx.recv().await {
                             if tx
                                 .send((req, Reply::Remote(ans_tx.clone(), id)))
@@ -216,9 +232,19 @@ impl Links {
                 Ok((Owner::Local(tx), notifier))
             }
             Links::Forwarder(req_tx, ans_rx, note_rx) => {
+                let (req_tx, (ans_rx, note_rx)) = futures_lite::future::zip(
+                    req_tx.connect(),
+                    futures_lite::future::zip(ans_rx.connect(), note_rx.connect()),
+                )
+                .await;
+                // The owner's first note: its state is ready (it sleeps here meanwhile).
+                let Some(rev) = note_rx.recv().await else {
+                    // The owner failed to start and reports why; the process ends with that.
+                    return std::future::pending().await;
+                };
+                notifier.notify(rev);
                 let n = notifier.clone();
                 glommio::spawn_local(async move {
-                    let note_rx = note_rx.connect().await;
                     while let Some(rev) = note_rx.recv().await {
                         n.notify(rev);
                     }
@@ -226,10 +252,8 @@ impl Links {
                 .detach();
                 let waiting: Rc<std::cell::RefCell<HashMap<u64, LocalSender<Answer>>>> =
                     Rc::default();
-                let req_tx = req_tx.connect().await;
                 let w = waiting.clone();
                 glommio::spawn_local(async move {
-                    let ans_rx = ans_rx.connect().await;
                     while let Some((id, answer)) = ans_rx.recv().await {
                         let waiter = w.borrow_mut().remove(&id);
                         if let Some(tx) = waiter {
