@@ -891,15 +891,24 @@ fn members_are_added_as_learners_promoted_and_removed_with_etcdctl() {
     assert_eq!(out.stdout, "k3\nv3\n", "{out:?}");
 }
 
-/// Two clients of one endpoint, both connected (so that their requests go out together).
+/// `n` clients of one endpoint, all connected (so that their requests go out together).
+async fn connected_clients(url: &str, n: usize) -> Vec<etcd_client::Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(
+            etcd_client::Client::connect([url], None)
+                .await
+                .expect("connect"),
+        );
+    }
+    clients
+}
+
+/// Two clients of one endpoint, both connected.
 async fn two_clients(url: String) -> (etcd_client::Client, etcd_client::Client) {
-    let a = etcd_client::Client::connect([url.clone()], None)
-        .await
-        .expect("connect");
-    let b = etcd_client::Client::connect([url], None)
-        .await
-        .expect("connect");
-    (a, b)
+    let mut c = connected_clients(&url, 2).await;
+    let b = c.pop().expect("two");
+    (c.pop().expect("two"), b)
 }
 
 /// Membership changes asked of the leader at once: raft-rs takes one configuration change at
@@ -1008,14 +1017,7 @@ fn concurrent_membership_changes_go_through_in_turn() {
         lines[lines.len().saturating_sub(30)..].join("\n")
     };
     let removed = rt().block_on(async move {
-        let mut clients = Vec::new();
-        for _ in &ids {
-            clients.push(
-                etcd_client::Client::connect([url.clone()], None)
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let clients = connected_clients(&url, ids.len()).await;
         let started = Instant::now();
         let mut calls = tokio::task::JoinSet::new();
         for (mut c, id) in clients.into_iter().zip(ids) {
@@ -1079,14 +1081,7 @@ fn concurrent_membership_changes_go_through_in_turn() {
     // others are refused, and their clients hear it through the log (not a time-out).
     let url = c.members[follower].url();
     let three = rt().block_on(async move {
-        let mut clients = Vec::new();
-        for _ in 0..3 {
-            clients.push(
-                etcd_client::Client::connect([url.clone()], None)
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let clients = connected_clients(&url, 3).await;
         let started = Instant::now();
         let mut calls = tokio::task::JoinSet::new();
         for mut c in clients {

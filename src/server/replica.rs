@@ -1437,12 +1437,6 @@ impl Node {
                 if exists(id).is_some() {
                     return tx.send(Err(EtcdError::MemberExist)).await;
                 }
-                if !r.is_learner && !self.ready_to_add_voter() {
-                    return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
-                }
-                if !self.voters_connected() {
-                    return tx.send(Err(EtcdError::Unhealthy)).await;
-                }
                 let cc = ConfChange {
                     change_type: if r.is_learner {
                         ConfChangeType::AddLearnerNode
@@ -1469,9 +1463,6 @@ impl Node {
                 if !m.is_learner && other_voters == 0 {
                     return tx.send(Err(EtcdError::NotEnoughStartedMembers)).await;
                 }
-                if !m.is_learner && !self.removal_keeps_quorum(r.id) {
-                    return tx.send(Err(EtcdError::Unhealthy)).await;
-                }
                 let cc = ConfChange {
                     change_type: ConfChangeType::RemoveNode,
                     node_id: r.id,
@@ -1493,9 +1484,6 @@ impl Node {
                     payload.extend_from_slice(&r.id.to_le_bytes());
                     self.propose(payload, Some(tx)).await;
                     return;
-                }
-                if let Err(e) = self.promotable(r.id) {
-                    return tx.send(Err(e)).await;
                 }
                 (promotion(r.id, &m), KIND_PROMOTE)
             }
@@ -1524,6 +1512,10 @@ impl Node {
             }
             _ => unreachable!("not a membership request"),
         };
+        // etcd's strict reconfiguration checks (the leader makes them again as it proposes).
+        if let Err(e) = self.still_allowed(&cc) {
+            return tx.send(Err(e)).await;
+        }
         if !self.is_leader() {
             // Through the log to the leader, which proposes it (TAG_CONF).
             use protobuf::Message as _;
