@@ -521,7 +521,10 @@ impl KvState {
             .collect();
         self.checkpoint_bytes = bytes;
         let mut items = l.items().peekable();
-        let mut keys = Vec::new();
+        // At most one key per revision (the usual checkpoint after a compaction holds one
+        // revision per key): no regrowing a vector of a million keys by doubling. Pages of the
+        // reserve that no key fills are never touched.
+        let mut keys = Vec::with_capacity(usize::try_from(l.count).unwrap_or(0));
         // Each key's generations and revisions are gathered in scratch vectors and then
         // copied at their exact sizes: most keys have one generation of one revision, and
         // vectors grown by push would keep room for four of each (about 260 bytes more per
