@@ -11,6 +11,9 @@ pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 pub const SHARD_QUEUE_DEPTH: usize = 1024;
 /// Most requests the owner shard takes into one apply batch (one log write, one fdatasync).
 pub const APPLY_BATCH_REQUESTS_MAX: usize = 4096;
+/// After this many apply batches in a row of a single request each, the owner shard makes a
+/// write durable with blocking system calls (`log::SyncMode::Blocking`) until a batch holds more.
+pub const ONE_CLIENT_BATCHES: usize = 8;
 /// Keys a compaction trims per step between apply batches (a few milliseconds of work).
 pub const COMPACT_KEYS_PER_STEP: usize = 10_000;
 /// Concurrent HTTP/2 streams per client connection (grpc-go's default in etcd is 2^32-1;

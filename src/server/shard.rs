@@ -24,7 +24,9 @@ use super::metrics::METRICS;
 use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
-use crate::limits::{APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, SHARD_QUEUE_DEPTH};
+use crate::limits::{
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, SHARD_QUEUE_DEPTH,
+};
 use crate::log::{checkpoint, Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
 
@@ -549,6 +551,8 @@ async fn apply_loop(
     let mut carried: Vec<Job> = Vec::new();
     let mut reported = (std::time::Instant::now(), LogStats::default());
     let mut demands = Demands::default();
+    // How many batches in a row held a single request.
+    let mut single_batches = 0usize;
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
         // holding up requests for long.
@@ -610,6 +614,20 @@ async fn apply_loop(
                 grow_now = Some((batch.split_off(at), checked));
             }
         }
+        // One request per batch, batch after batch: the shard serves one client at a time.
+        single_batches = if batch.len() == 1 {
+            single_batches + 1
+        } else {
+            0
+        };
+        // Serving one client, its write is made durable by blocking system calls, which
+        // return sooner than io_uring's fdatasync here (`log::SyncMode`); with more clients the
+        // shard serves the others while the fdatasync is in flight.
+        let sync = if single_batches > ONE_CLIENT_BATCHES {
+            crate::log::SyncMode::Blocking
+        } else {
+            crate::log::SyncMode::Ring
+        };
         run_batch(
             &mut state,
             log.as_mut(),
@@ -617,6 +635,7 @@ async fn apply_loop(
             &rx,
             &mut carried,
             &mut demands,
+            sync,
         )
         .await;
         notifier.notify(state.store().rev());
@@ -769,6 +788,7 @@ async fn run_batch(
     rx: &LocalReceiver<Job>,
     carried: &mut Vec<Job>,
     demands: &mut Demands,
+    sync: crate::log::SyncMode,
 ) {
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
@@ -822,7 +842,7 @@ async fn run_batch(
             let before = log.stats();
             let started = std::time::Instant::now();
             let appended = {
-                let append = log.append(&payloads);
+                let append = log.append_with(&payloads, sync);
                 futures_lite::pin!(append);
                 loop {
                     if carried.len() >= APPLY_BATCH_REQUESTS_MAX {
