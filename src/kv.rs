@@ -522,9 +522,13 @@ impl KvState {
         self.checkpoint_bytes = bytes;
         let mut items = l.items().peekable();
         // At most one key per revision (the usual checkpoint after a compaction holds one
-        // revision per key): no regrowing a vector of a million keys by doubling. Pages of the
-        // reserve that no key fills are never touched.
-        let mut keys = Vec::with_capacity(usize::try_from(l.count).unwrap_or(0));
+        // revision per key): no regrowing a vector of a million keys by doubling. Capped, since
+        // a checkpoint of many revisions per key would reserve far more than its keys need
+        // (address space a strict overcommit setting may refuse); beyond it the vector grows.
+        let reserve = usize::try_from(l.count)
+            .unwrap_or(0)
+            .min(crate::limits::RESTORE_KEYS_RESERVE_MAX);
+        let mut keys = Vec::with_capacity(reserve);
         // Each key's generations and revisions are gathered in scratch vectors and then
         // copied at their exact sizes: most keys have one generation of one revision, and
         // vectors grown by push would keep room for four of each (about 260 bytes more per

@@ -76,3 +76,7 @@ pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;
 /// cache): the server's RSS counts the log pages read within about this long, not every page
 /// ever read.
 pub const RESIDENT_PAGES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keys a checkpoint's restore reserves room for up front, at most (one per revision of the
+/// checkpoint up to this; address space touched only as keys fill it).
+pub const RESTORE_KEYS_RESERVE_MAX: usize = 2 << 20;

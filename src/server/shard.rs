@@ -993,23 +993,10 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         };
         let Some((items, next)) = step else {
             abandoned = true;
-            let _ = tx.send(None);
+            send_to_writer(&tx, &mut writer, None).await?;
             break;
         };
-        let mut batch = Some(items);
-        // The thread writes while the owner serves; wait (without blocking the shard) when
-        // it is behind.
-        loop {
-            match tx.try_send(batch.take()) {
-                Ok(()) => break,
-                Err(std::sync::mpsc::TrySendError::Full(b)) => {
-                    batch = b;
-                    writer.ended().map_err(|e| e.to_string())?;
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
-            }
-        }
+        send_to_writer(&tx, &mut writer, Some(items)).await?;
         match next {
             Some(k) => after = Some(k),
             None => break,
@@ -1092,6 +1079,27 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         "checkpoint taken"
     );
     Ok(())
+}
+
+/// Sends a batch (None: abandon) to a checkpoint's writer without blocking the shard: while
+/// the channel is full, the shard looks at the thread (one that handed its work back, hurried,
+/// receives nothing until it is replaced) and waits. A thread that stopped takes nothing.
+async fn send_to_writer(
+    tx: &std::sync::mpsc::SyncSender<Option<Vec<checkpoint::Item>>>,
+    writer: &mut WriterThread,
+    mut msg: Option<Vec<checkpoint::Item>>,
+) -> Result<(), String> {
+    use std::sync::mpsc::TrySendError;
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return Ok(()),
+            Err(TrySendError::Full(m)) => {
+                msg = m;
+                writer.ended().map_err(|e| e.to_string())?;
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
 }
 
 /// Defragment calls waiting for a checkpoint: before one began, and during the one under way;
