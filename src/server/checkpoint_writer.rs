@@ -32,11 +32,7 @@ enum Exit {
 }
 
 enum Start {
-    New {
-        dir: PathBuf,
-        seq: u64,
-        meta: Vec<u8>,
-    },
+    New { dir: PathBuf, meta: Vec<u8> },
     Resume(checkpoint::Writer),
 }
 
@@ -48,6 +44,8 @@ pub(crate) struct WriterThread {
     pub handed: u32,
     /// The nice value of the thread that finished the work.
     pub nice: i32,
+    /// The checkpoint's record seq.
+    seq: u64,
 }
 
 impl WriterThread {
@@ -61,13 +59,14 @@ impl WriterThread {
     ) -> io::Result<(WriterThread, SyncSender<Option<Vec<Item>>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let niced = !hurry.load(Ordering::Relaxed);
-        let running = spawn(Start::New { dir, seq, meta }, rx, niced.then_some(hurry))?;
+        let running = spawn(Start::New { dir, meta }, seq, rx, niced.then_some(hurry))?;
         Ok((
             WriterThread {
                 running: Some(running),
                 ended: None,
                 handed: 0,
                 nice: 0,
+                seq,
             },
             tx,
         ))
@@ -85,7 +84,7 @@ impl WriterThread {
         match exit {
             Ok(Exit::Handed(w, rx)) => {
                 self.handed += 1;
-                self.running = Some(spawn(Start::Resume(w), rx, None)?);
+                self.running = Some(spawn(Start::Resume(w), self.seq, rx, None)?);
                 Ok(false)
             }
             Ok(Exit::Done(w, nice)) => {
@@ -111,6 +110,7 @@ impl WriterThread {
 /// `hurry`: the thread runs at nice 19 and hands its work back once it is set.
 fn spawn(
     start: Start,
+    seq: u64,
     rx: Batches,
     hurry: Option<Hurry>,
 ) -> io::Result<JoinHandle<io::Result<Exit>>> {
@@ -121,7 +121,7 @@ fn spawn(
                 background_priority();
             }
             let mut w = match start {
-                Start::New { dir, seq, meta } => checkpoint::Writer::create(&dir, seq, &meta)?,
+                Start::New { dir, meta } => checkpoint::Writer::create(&dir, seq, &meta)?,
                 Start::Resume(w) => w,
             };
             loop {
@@ -147,18 +147,9 @@ fn spawn(
                 .iter()
                 .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
                 .sum();
-            let loaded = checkpoint::load(seq_of(&paths)?, &paths)?;
+            let loaded = checkpoint::load(seq, &paths)?;
             Ok(Exit::Done(Some((loaded, bytes)), nice()))
         })
-}
-
-/// The seq a finished checkpoint's first part is named by.
-fn seq_of(paths: &[PathBuf]) -> io::Result<u64> {
-    paths
-        .first()
-        .and_then(|p| p.file_name()?.to_str()?.get(..16))
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .ok_or_else(|| io::Error::other("a checkpoint part without its seq in its name"))
 }
 
 /// Lowers the calling thread's priority to nice 19 (Linux takes a thread id for it): a
