@@ -5,6 +5,7 @@
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,35 +13,36 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use super::balance::{Balance, Counted, Handed};
 use super::{grpc, http1, ShardCtx};
 use crate::limits::{
     H2_CONN_WINDOW_BYTES, H2_MAX_HEADER_LIST_BYTES, H2_STREAM_WINDOW_BYTES, MAX_CONCURRENT_STREAMS,
 };
+use glommio::channels::shared_channel::ConnectedReceiver;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes read before deciding the protocol.
 const SNIFF_BYTES: usize = 4;
 
+/// Accepts connections on `listener`; with a placement (the shard's, and the listener's index
+/// among the client addresses), each goes to the shard that should serve it.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     ctx: Rc<ShardCtx>,
-    tls: Option<std::sync::Arc<super::tls::ClientTls>>,
+    tls: Option<Arc<super::tls::ClientTls>>,
+    placement: Option<(Rc<Balance>, usize)>,
 ) {
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let ctx = ctx.clone();
-                let tls = tls.clone();
-                glommio::spawn_local(async move {
-                    let served = match tls {
-                        None => serve(stream, ctx).await,
-                        Some(tls) => serve_tls(stream, tls, ctx).await,
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "connection closed");
-                    }
-                })
-                .detach();
+        match listener.shared_accept().await {
+            Ok(accepted) => {
+                let (stream, counted) = match &placement {
+                    None => (accepted.bind_to_executor(), None),
+                    Some((balance, index)) => match balance.place(*index, accepted) {
+                        Some(mine) => (mine.bind_to_executor(), Some(balance.counted_here())),
+                        None => continue,
+                    },
+                };
+                spawn_serving(stream, ctx.clone(), tls.clone(), counted);
             }
             Err(e) => {
                 // Out of file descriptors and the like: log, back off a little, go on.
@@ -51,10 +53,44 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Serves the connections other shards hand to this one (`tls`: each client address's TLS
+/// settings, by index).
+pub(crate) async fn take_handed(
+    handed: ConnectedReceiver<Handed>,
+    ctx: Rc<ShardCtx>,
+    tls: Rc<[Option<Arc<super::tls::ClientTls>>]>,
+    balance: Rc<Balance>,
+) {
+    while let Some((index, accepted)) = handed.recv().await {
+        let tls = tls.get(index).cloned().flatten();
+        let counted = Some(balance.counted_here());
+        spawn_serving(accepted.bind_to_executor(), ctx.clone(), tls, counted);
+    }
+}
+
+fn spawn_serving(
+    stream: TcpStream,
+    ctx: Rc<ShardCtx>,
+    tls: Option<Arc<super::tls::ClientTls>>,
+    counted: Option<Counted>,
+) {
+    glommio::spawn_local(async move {
+        let served = match tls {
+            None => serve(stream, ctx).await,
+            Some(tls) => serve_tls(stream, tls, ctx).await,
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection closed");
+        }
+        drop(counted);
+    })
+    .detach();
+}
+
 /// A TLS connection: the handshake (bounded in time), then as plain TCP.
 async fn serve_tls(
     stream: TcpStream,
-    tls: std::sync::Arc<super::tls::ClientTls>,
+    tls: Arc<super::tls::ClientTls>,
     ctx: Rc<ShardCtx>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;

@@ -8,6 +8,7 @@
 
 pub(crate) mod access;
 mod authority;
+mod balance;
 mod checkpoint_writer;
 mod conn;
 mod gateway;
@@ -112,7 +113,8 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     let mut handles = Vec::with_capacity(shards);
     // Each shard reports whether its listeners are bound; `run` fails if any could not bind.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-    for (id, links) in shard::mesh(shards).into_iter().enumerate() {
+    let handovers = balance::mesh(shards);
+    for (id, (links, handover)) in shard::mesh(shards).into_iter().zip(handovers).enumerate() {
         let opts = opts.clone();
         let ready = ready_tx.clone();
         let placement = if shards <= cpus {
@@ -127,6 +129,9 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
         }
         let handle = builder.spawn(move || async move {
             metrics::set_shard(id);
+            // Before the state: the owner's recovery may take a while, and every shard's
+            // channel ends wait for the others'.
+            let (balance, handed) = handover.connect(id).await;
             let state_opts = shard::StateOptions {
                 kv: opts.kv.clone(),
                 log_dir: opts.log_dir.clone(),
@@ -166,6 +171,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                 auth: ctx.auth.clone(),
             });
             let mut listeners = Vec::new();
+            let mut client_tls = Vec::new();
             for (addr, tls) in &opts.client_addrs {
                 let acceptor = match (tls, &opts.tls) {
                     (true, Some(c)) => Some(c.clone()),
@@ -177,13 +183,14 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     (false, _) => None,
                 };
                 match glommio::net::TcpListener::bind(addr) {
-                    Ok(l) => listeners.push((l, acceptor)),
+                    Ok(l) => listeners.push((l, acceptor.clone())),
                     Err(e) => {
                         let msg = format!("cannot listen on client address {addr}: {e}");
                         let _ = ready.send(Err(std::io::Error::other(msg)));
                         return;
                     }
                 }
+                client_tls.push(acceptor);
             }
             // The metrics URLs are served by the first shard alone.
             let mut metrics_listeners = Vec::new();
@@ -198,14 +205,22 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                 }
             }
             let _ = ready.send(Ok(()));
-            let accepts: Vec<_> =
-                listeners
-                    .into_iter()
-                    .map(|(l, tls)| glommio::spawn_local(conn::accept_loop(l, ctx.clone(), tls)))
-                    .chain(metrics_listeners.into_iter().map(|l| {
-                        glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone(), None))
-                    }))
-                    .collect();
+            let client_tls: Rc<[_]> = client_tls.into();
+            for rx in handed {
+                let take = conn::take_handed(rx, ctx.clone(), client_tls.clone(), balance.clone());
+                glommio::spawn_local(take).detach();
+            }
+            let accepts: Vec<_> = listeners
+                .into_iter()
+                .enumerate()
+                .map(|(i, (l, tls))| {
+                    let placement = Some((balance.clone(), i));
+                    glommio::spawn_local(conn::accept_loop(l, ctx.clone(), tls, placement))
+                })
+                .chain(metrics_listeners.into_iter().map(|l| {
+                    glommio::spawn_local(conn::accept_loop(l, metrics_ctx.clone(), None, None))
+                }))
+                .collect();
             for a in accepts {
                 a.await;
             }

@@ -133,7 +133,7 @@ fn range_kvs(r: &pb::ResponseOp) -> &[mvccpb::KeyValue] {
 struct Follow<'a> {
     ctx: &'a ShardCtx,
     spec: WatchSpec,
-    wake: glommio::channels::local_channel::LocalReceiver<()>,
+    wake: super::shard::Subscription,
 }
 
 impl<'a> Follow<'a> {

@@ -213,7 +213,7 @@ impl<S: Sink> WatchStream<'_, S> {
     async fn run(
         &mut self,
         reader: &mut impl Source,
-        wake: &glommio::channels::local_channel::LocalReceiver<()>,
+        wake: &super::shard::Subscription,
     ) -> Result<(), End> {
         // Whether the client may still send requests.
         let mut reading = true;
