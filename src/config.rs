@@ -132,6 +132,8 @@ struct Raw {
     batch_wait_us: Option<u64>,
     /// ferrocd's own: microseconds an idle executor polls before it sleeps.
     spin_before_park_us: Option<u64>,
+    /// ferrocd's own: which shard serves a client connection.
+    connection_placement: Option<String>,
     /// ferrocd's own: append messages in flight to one follower.
     max_inflight_msgs: Option<usize>,
     /// ferrocd's own: the log grows at least this much between checkpoints.
@@ -223,6 +225,19 @@ impl TlsInfo {
     }
 }
 
+/// Which shard serves a client connection (`--connection-placement`; src/server/balance.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConnectionPlacement {
+    /// The shard that holds the state while it is not busy; then the fewest connections.
+    #[default]
+    OwnerFirst,
+    /// The fewest connections, ties to the lowest shard.
+    Spread,
+    /// The fewest connections among the shards that do not hold the state (with one shard,
+    /// that one): every request crosses between shards.
+    Others,
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -247,6 +262,8 @@ pub struct Config {
     pub batch_wait_us: u64,
     /// Microseconds an idle executor keeps polling before it sleeps (0: sleeps at once).
     pub spin_before_park_us: u64,
+    /// `--connection-placement`.
+    pub connection_placement: ConnectionPlacement,
     /// `--max-inflight-msgs`: append messages in flight to one follower (pipelining).
     pub max_inflight_msgs: usize,
     /// Seconds between progress notifications to watchers that asked for them.
@@ -317,6 +334,10 @@ the YAML file given with --config-file. When --config-file is given, other flags
                                      batch to the log (default 0: flush at once; at most 10000)
   --spin-before-park-us N            an idle executor polls for N us before it sleeps (default
                                      0: sleeps at once; at most 10000)
+  --connection-placement P           which shard serves a client connection: owner-first (default:
+                                     the shard holding the state while it is not busy, then the
+                                     fewest connections), spread (the fewest connections) or
+                                     others (the fewest among the shards not holding the state)
   --experimental-watch-progress-notify-interval DURATION
                                      progress notifications to watchers that ask for them
                                      (default 10m; whole seconds, at least 1s)
@@ -569,6 +590,16 @@ impl Config {
             shards,
             batch_wait_us: raw.batch_wait_us.unwrap_or(0).min(10_000),
             spin_before_park_us: raw.spin_before_park_us.unwrap_or(0).min(10_000),
+            connection_placement: match raw.connection_placement.as_deref() {
+                None | Some("owner-first") => ConnectionPlacement::OwnerFirst,
+                Some("spread") => ConnectionPlacement::Spread,
+                Some("others") => ConnectionPlacement::Others,
+                Some(other) => {
+                    return err(format!(
+                        "connection-placement must be owner-first, spread or others, not {other:?}"
+                    ))
+                }
+            },
             max_inflight_msgs: match raw.max_inflight_msgs {
                 None => crate::limits::RAFT_INFLIGHT_MSGS,
                 Some(n) if (1..=65_536).contains(&n) => n,
@@ -962,6 +993,13 @@ mod tests {
         let c = args(&["--spin-before-park-us", "999999"]).unwrap();
         assert_eq!(c.spin_before_park_us, 10_000);
         assert!(args(&["--spin-before-park-us", "soon"]).is_err());
+        let c = args(&[]).unwrap();
+        assert_eq!(c.connection_placement, ConnectionPlacement::OwnerFirst);
+        let c = args(&["--connection-placement", "others"]).unwrap();
+        assert_eq!(c.connection_placement, ConnectionPlacement::Others);
+        let c = args(&["--connection-placement=spread"]).unwrap();
+        assert_eq!(c.connection_placement, ConnectionPlacement::Spread);
+        assert!(args(&["--connection-placement", "everywhere"]).is_err());
     }
 
     #[test]

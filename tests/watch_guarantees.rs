@@ -288,6 +288,14 @@ fn watch_guarantees_hold_under_concurrent_writes_on_ferrocd() {
     scenario(&Server::ferrocd(&[]), true);
 }
 
+/// The same with every connection on a shard that does not hold the state: watchers there are
+/// woken by the owner's revision notes.
+#[test]
+fn watch_guarantees_hold_on_a_forwarding_shard() {
+    let flags = ["--shards", "2", "--connection-placement", "others"];
+    scenario(&Server::ferrocd(&flags), true);
+}
+
 /// etcd 3.4.23 sends the answer to a progress request on its control stream, which can
 /// overtake events still queued for the client (etcd-io/etcd#15220, fixed after 3.4.23): the
 /// reference run checks every guarantee but bookmarkable, and prints whether that one held.

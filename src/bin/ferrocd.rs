@@ -93,6 +93,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         segment_bytes: cfg.log_segment_bytes,
         batch_wait_us: cfg.batch_wait_us,
         spin_before_park_us: cfg.spin_before_park_us,
+        connection_placement: cfg.connection_placement,
         auto_compaction: cfg.auto_compaction,
         watch_progress_notify_secs: cfg.watch_progress_notify_secs,
         cluster: cluster(&cfg)?,

@@ -25,6 +25,8 @@ use glommio::channels::shared_channel::{
 };
 use glommio::net::AcceptedTcpStream;
 
+use crate::config::ConnectionPlacement;
+
 /// A connection handed to another shard: the index of the client address that accepted it
 /// (its TLS settings), and the socket.
 pub(crate) type Handed = (usize, AcceptedTcpStream);
@@ -48,10 +50,11 @@ pub(crate) struct Ends {
     from: Vec<SharedReceiver<Handed>>,
     counts: Arc<[AtomicUsize]>,
     owner_busy: Arc<AtomicU32>,
+    mode: ConnectionPlacement,
 }
 
 /// Every shard's ends, in shard order.
-pub(crate) fn mesh(shards: usize) -> Vec<Ends> {
+pub(crate) fn mesh(shards: usize, mode: ConnectionPlacement) -> Vec<Ends> {
     let counts: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(0)).collect();
     let owner_busy = Arc::new(AtomicU32::new(0));
     let mut ends: Vec<Ends> = (0..shards)
@@ -60,6 +63,7 @@ pub(crate) fn mesh(shards: usize) -> Vec<Ends> {
             from: Vec::new(),
             counts: counts.clone(),
             owner_busy: owner_busy.clone(),
+            mode,
         })
         .collect();
     for src in 0..shards {
@@ -78,6 +82,7 @@ pub(crate) struct Balance {
     to: Vec<Option<ConnectedSender<Handed>>>,
     counts: Arc<[AtomicUsize]>,
     owner_busy: Arc<AtomicU32>,
+    mode: ConnectionPlacement,
 }
 
 impl Ends {
@@ -116,8 +121,9 @@ impl Ends {
             to,
             counts: self.counts,
             owner_busy: self.owner_busy,
+            mode: self.mode,
         });
-        if me == 0 && several {
+        if me == 0 && several && self.mode == ConnectionPlacement::OwnerFirst {
             glommio::spawn_local(measure_busy(balance.owner_busy.clone())).detach();
         }
         (balance, from)
@@ -144,7 +150,7 @@ impl Balance {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
-        let target = choose(&counts, self.owner_busy.load(Ordering::Relaxed));
+        let target = choose(self.mode, &counts, self.owner_busy.load(Ordering::Relaxed));
         self.counts[target].fetch_add(1, Ordering::Relaxed);
         target
     }
@@ -190,16 +196,20 @@ impl Balance {
     }
 }
 
-/// The shard for the next connection, given every shard's connections and how busy the owner
-/// is (per mille): the owner while it is not busy; else the fewest connections, ties to the
-/// lowest shard.
-fn choose(counts: &[usize], owner_busy: u32) -> usize {
-    if owner_busy < OWNER_BUSY_PERMILLE {
-        return 0;
-    }
+/// The shard for the next connection, given the placement, every shard's connections and how
+/// busy the owner is (per mille): owner-first takes the owner while it is not busy; else, and
+/// with spread, the fewest connections, ties to the lowest shard; others, the same among the
+/// shards after the owner.
+fn choose(mode: ConnectionPlacement, counts: &[usize], owner_busy: u32) -> usize {
+    let skip = match mode {
+        ConnectionPlacement::OwnerFirst if owner_busy < OWNER_BUSY_PERMILLE => return 0,
+        ConnectionPlacement::OwnerFirst | ConnectionPlacement::Spread => 0,
+        ConnectionPlacement::Others => usize::from(counts.len() > 1),
+    };
     counts
         .iter()
         .enumerate()
+        .skip(skip)
         .min_by_key(|(i, c)| (**c, *i))
         .map_or(0, |(i, _)| i)
 }
@@ -233,24 +243,36 @@ fn thread_cpu() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::{choose, thread_cpu, OWNER_BUSY_PERMILLE};
+    use crate::config::ConnectionPlacement::{Others, OwnerFirst, Spread};
 
     #[test]
     fn the_owner_takes_connections_until_it_is_busy() {
         let idle = OWNER_BUSY_PERMILLE - 1;
-        assert_eq!(choose(&[0, 0], idle), 0);
-        assert_eq!(choose(&[7, 0], idle), 0);
-        assert_eq!(choose(&[7, 0, 0, 0], 0), 0);
+        assert_eq!(choose(OwnerFirst, &[0, 0], idle), 0);
+        assert_eq!(choose(OwnerFirst, &[7, 0], idle), 0);
+        assert_eq!(choose(OwnerFirst, &[7, 0, 0, 0], 0), 0);
     }
 
     #[test]
     fn a_busy_owner_gets_its_share_and_ties_go_to_the_lowest_shard() {
         let busy = OWNER_BUSY_PERMILLE;
-        assert_eq!(choose(&[0, 0], busy), 0);
-        assert_eq!(choose(&[1, 0], busy), 1);
-        assert_eq!(choose(&[1, 1], busy), 0);
-        assert_eq!(choose(&[2, 1, 1], 1000), 1);
-        assert_eq!(choose(&[3, 4, 2, 2], busy), 2);
-        assert_eq!(choose(&[], busy), 0);
+        assert_eq!(choose(OwnerFirst, &[0, 0], busy), 0);
+        assert_eq!(choose(OwnerFirst, &[1, 0], busy), 1);
+        assert_eq!(choose(OwnerFirst, &[1, 1], busy), 0);
+        assert_eq!(choose(OwnerFirst, &[2, 1, 1], 1000), 1);
+        assert_eq!(choose(OwnerFirst, &[3, 4, 2, 2], busy), 2);
+        assert_eq!(choose(OwnerFirst, &[], busy), 0);
+    }
+
+    #[test]
+    fn spread_ignores_the_load_and_others_spare_the_owner() {
+        assert_eq!(choose(Spread, &[0, 0], 0), 0);
+        assert_eq!(choose(Spread, &[1, 0], 0), 1);
+        assert_eq!(choose(Spread, &[1, 1, 1], 0), 0);
+        assert_eq!(choose(Others, &[0, 0], 0), 1);
+        assert_eq!(choose(Others, &[0, 5], 1000), 1);
+        assert_eq!(choose(Others, &[0, 2, 1], 0), 2);
+        assert_eq!(choose(Others, &[3], 0), 0);
     }
 
     #[test]

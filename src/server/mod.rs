@@ -69,6 +69,8 @@ pub struct ServerOptions {
     pub batch_wait_us: u64,
     /// `--spin-before-park-us`.
     pub spin_before_park_us: u64,
+    /// `--connection-placement`.
+    pub connection_placement: crate::config::ConnectionPlacement,
     /// `--experimental-watch-progress-notify-interval`, in seconds.
     pub watch_progress_notify_secs: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -113,7 +115,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     let mut handles = Vec::with_capacity(shards);
     // Each shard reports whether its listeners are bound; `run` fails if any could not bind.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-    let handovers = balance::mesh(shards);
+    let handovers = balance::mesh(shards, opts.connection_placement);
     for (id, (links, handover)) in shard::mesh(shards).into_iter().zip(handovers).enumerate() {
         let opts = opts.clone();
         let ready = ready_tx.clone();
