@@ -264,8 +264,10 @@ fn etcdctl_sees_ferrocd_as_etcd_and_ferroctl_prints_what_etcdctl_prints() {
 
     // ferroctl against a fresh ferrocd prints what etcdctl printed against etcd. Skipped:
     // --count-only (etcdctl 3.4 has no such flag and prints its usage; ferroctl has the 3.5
-    // flag) and `version` (each tool prints its own).
-    let ferrocd = Server::ferrocd_with_peer_port(peer_port, &[]);
+    // flag) and `version` (each tool prints its own). This server serves every connection on
+    // the shard that does not hold the state (etcdctl's above ran on the owner).
+    let placement = ["--shards", "2", "--connection-placement", "others"];
+    let ferrocd = Server::ferrocd_with_peer_port(peer_port, &placement);
     let got = run_script_ferroctl(&ferrocd);
     let want: Vec<Output> = want.iter().map(without_retry_logs).collect();
     let r = report(&want, &got, |cmd| {

@@ -176,6 +176,9 @@ impl Balance {
             return Some(accepted);
         }
         let Some(tx) = &self.to[target] else {
+            // Every other shard has a sender; kept here all the same, counted here.
+            self.counts[target].fetch_sub(1, Ordering::Relaxed);
+            self.counts[self.me].fetch_add(1, Ordering::Relaxed);
             return Some(accepted);
         };
         match tx.try_send((listener, accepted)) {
@@ -214,7 +217,9 @@ fn choose(mode: ConnectionPlacement, counts: &[usize], owner_busy: u32) -> usize
         .map_or(0, |(i, _)| i)
 }
 
-/// The owner's share of time on a CPU over each window, stored for every shard to read.
+/// The owner's share of time on a CPU over each window, stored for every shard to read. (Time
+/// spent spinning with `--spin-before-park-us` counts as busy; a blocking fdatasync, which the
+/// owner makes only while it serves one client, does not.)
 async fn measure_busy(owner_busy: Arc<AtomicU32>) {
     let mut last = (Instant::now(), thread_cpu());
     loop {

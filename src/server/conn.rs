@@ -62,7 +62,8 @@ pub(crate) async fn take_handed(
     balance: Rc<Balance>,
 ) {
     while let Some((index, accepted)) = handed.recv().await {
-        let tls = tls.get(index).cloned().flatten();
+        // Every shard has the same client addresses in the same order.
+        let tls = tls.get(index).cloned().expect("a client address's index");
         let counted = Some(balance.counted_here());
         spawn_serving(accepted.bind_to_executor(), ctx.clone(), tls, counted);
     }

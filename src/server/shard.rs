@@ -89,15 +89,7 @@ pub(crate) enum Links {
     /// Shard 0: the revision every shard reads, and per other shard one receiver of
     /// requests, one sender of answers, one sender of revision notes and that shard's count
     /// of subscribers (notes go only to a shard with some).
-    Owner(
-        Arc<AtomicI64>,
-        Vec<(
-            SharedReceiver<ToOwner>,
-            SharedSender<FromOwner>,
-            SharedSender<RevNote>,
-            Arc<AtomicUsize>,
-        )>,
-    ),
+    Owner(Arc<AtomicI64>, Vec<OwnerEnds>),
     /// Another shard: the owner's revision, its request sender, answer receiver,
     /// revision-note receiver and count of subscribers.
     Forwarder(
@@ -109,6 +101,15 @@ pub(crate) enum Links {
     ),
 }
 
+/// The owner's ends toward one other shard: its requests, their answers, revision notes, and
+/// that shard's count of subscribers.
+type OwnerEnds = (
+    SharedReceiver<ToOwner>,
+    SharedSender<FromOwner>,
+    SharedSender<RevNote>,
+    Arc<AtomicUsize>,
+);
+
 /// The channels between every shard and the owner, created before the shards start: the
 /// ends of every shard, in shard order.
 pub(crate) fn mesh(shards: usize) -> Vec<Links> {
@@ -118,7 +119,8 @@ pub(crate) fn mesh(shards: usize) -> Vec<Links> {
     for _ in 1..shards {
         let (req_tx, req_rx) = shared_channel::new_bounded(SHARD_QUEUE_DEPTH);
         let (ans_tx, ans_rx) = shared_channel::new_bounded(SHARD_QUEUE_DEPTH);
-        // One note in flight is enough: a shard reads the newest revision when it wakes.
+        // One note in flight is enough: a shard reads the newest revision (the shared atomic)
+        // when it wakes.
         let (note_tx, note_rx) = shared_channel::new_bounded(1);
         let listening = Arc::new(AtomicUsize::new(0));
         owner_ends.push((req_rx, ans_tx, note_tx, listening.clone()));
@@ -217,11 +219,11 @@ impl Links {
                     let notes = notifier.subscribe();
                     let n = notifier.clone();
                     glommio::spawn_local(async move {
-                        // The first note tells the shard the state is ready. Then, while the
-                        // shard has subscribers: waits while it has not read the previous
-                        // note, and sends the newest revision: the last note a shard reads is
-                        // always the newest (a note dropped when the channel was full could
-                        // leave watchers there one batch behind until the next write).
+                        // The first note tells the shard the state is ready. Then, after each
+                        // batch while the shard has subscribers: waits while it has not read
+                        // the previous note, and sends one. A note only wakes: the shard's
+                        // subscribers read the revision from the shared atomic, so a skipped
+                        // or stale note hides nothing (see `Notifier`).
                         if note_tx.send(n.rev()).await.is_err() {
                             return;
                         }
@@ -1454,5 +1456,51 @@ impl Owner {
             }
         }
         rx.recv().await.unwrap_or(Err(EtcdError::Stopped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Notifier;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_shard_without_subscribers_reads_the_owners_revision_without_a_note() {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async {
+            let rev = Arc::new(AtomicI64::new(0));
+            let owner = Notifier::shared(rev.clone(), Arc::default());
+            let listening = Arc::new(AtomicUsize::new(0));
+            let other = Notifier::shared(rev, listening.clone());
+            // A batch on the owner while the other shard has nobody listening: no note goes
+            // there (its note task reads the count), yet a later subscriber sees the revision.
+            owner.notify(7);
+            assert_eq!(listening.load(Ordering::SeqCst), 0);
+            let sub = other.subscribe();
+            assert_eq!(listening.load(Ordering::SeqCst), 1);
+            assert_eq!(other.rev(), 7);
+            // A note wakes the subscriber once; one for a revision already woken for does not.
+            other.notify(7);
+            assert_eq!(
+                futures_lite::future::poll_once(sub.recv()).await,
+                Some(Some(()))
+            );
+            other.notify(7);
+            assert_eq!(futures_lite::future::poll_once(sub.recv()).await, None);
+            owner.notify(9);
+            other.notify(9);
+            assert_eq!(other.rev(), 9);
+            assert_eq!(
+                futures_lite::future::poll_once(sub.recv()).await,
+                Some(Some(()))
+            );
+            drop(sub);
+            assert_eq!(
+                listening.load(Ordering::SeqCst),
+                0,
+                "counted while it lives"
+            );
+        });
     }
 }
