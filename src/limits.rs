@@ -68,6 +68,10 @@ pub const RAFT_ENTRIES_WHOLE: u64 = 10_000;
 
 /// Keys a checkpoint's walk takes per step between batches (the loop pauses that long).
 pub const CHECKPOINT_KEYS_PER_STEP: usize = 2_000;
+/// After each checkpoint step on the owner, the checkpointer waits this many times the step's
+/// time (unless somebody waits for the checkpoint): the walk takes at most about 1 / (1 + this)
+/// of the owner's time.
+pub const CHECKPOINT_PACE: u32 = 3;
 
 /// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.
 pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;
