@@ -22,8 +22,32 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
 
-    // member list: three started members, with the names and URLs each published.
-    let out = etcdctl(&c.endpoints(), &["member", "list", "-w", "json"], "");
+    // member list: three started members, with the names and URLs each published. A member
+    // publishes them through the log once it knows a leader, as etcd's do (a proposal dropped
+    // during the election is retried a second later): until then it is listed without them,
+    // so the list is read again, for at most 10 s, until every member has published.
+    let published = |stdout: &str| {
+        serde_json::from_str::<serde_json::Value>(stdout)
+            .ok()
+            .and_then(|v| {
+                v["members"].as_array().map(|ms| {
+                    ms.len() == 3
+                        && ms.iter().all(|m| {
+                            m["clientURLs"].as_array().map(Vec::len) == Some(1)
+                                && m["name"].as_str().is_some_and(|n| !n.is_empty())
+                        })
+                })
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = etcdctl(&c.endpoints(), &["member", "list", "-w", "json"], "");
+        if published(&out.stdout) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(out.code, 0, "{out:?}");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let mut names: Vec<String> = v["members"]
