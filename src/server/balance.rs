@@ -163,39 +163,33 @@ impl Balance {
         }
     }
 
-    /// Places a connection accepted here: returns it if this shard serves it, or hands it to
-    /// the shard that should (None); counted on the shard that serves it. A full or closed
-    /// queue keeps it here.
+    /// Places a connection accepted here: returns it with its count if this shard serves it,
+    /// or hands it to the shard that should (None; counted there). A full or closed queue
+    /// keeps it here.
     pub(crate) fn place(
         &self,
         listener: usize,
         accepted: AcceptedTcpStream,
-    ) -> Option<AcceptedTcpStream> {
+    ) -> Option<(AcceptedTcpStream, Counted)> {
         let target = self.pick();
-        if target == self.me {
-            return Some(accepted);
-        }
-        let Some(tx) = &self.to[target] else {
-            // Every other shard has a sender; kept here all the same, counted here.
+        let kept = match &self.to[target] {
+            // This shard's own index has no sender.
+            None => accepted,
+            Some(tx) => match tx.try_send((listener, accepted)) {
+                Ok(()) => return None,
+                Err(
+                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel((_, a)))
+                    | glommio::GlommioError::Closed(glommio::ResourceType::Channel((_, a))),
+                ) => a,
+                // try_send fails with the item back; nothing else is possible.
+                Err(_) => unreachable!("a channel's try_send failed otherwise"),
+            },
+        };
+        if target != self.me {
             self.counts[target].fetch_sub(1, Ordering::Relaxed);
             self.counts[self.me].fetch_add(1, Ordering::Relaxed);
-            return Some(accepted);
-        };
-        match tx.try_send((listener, accepted)) {
-            Ok(()) => None,
-            Err(e) => {
-                self.counts[target].fetch_sub(1, Ordering::Relaxed);
-                self.counts[self.me].fetch_add(1, Ordering::Relaxed);
-                match e {
-                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel((_, a)))
-                    | glommio::GlommioError::Closed(glommio::ResourceType::Channel((_, a))) => {
-                        Some(a)
-                    }
-                    // try_send fails with the item back; nothing else is possible.
-                    _ => unreachable!("a channel's try_send failed otherwise"),
-                }
-            }
         }
+        Some((kept, self.counted_here()))
     }
 }
 

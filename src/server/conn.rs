@@ -38,7 +38,7 @@ pub(crate) async fn accept_loop(
                 let (stream, counted) = match &placement {
                     None => (accepted.bind_to_executor(), None),
                     Some((balance, index)) => match balance.place(*index, accepted) {
-                        Some(mine) => (mine.bind_to_executor(), Some(balance.counted_here())),
+                        Some((mine, counted)) => (mine.bind_to_executor(), Some(counted)),
                         None => continue,
                     },
                 };

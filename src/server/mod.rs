@@ -185,7 +185,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     (false, _) => None,
                 };
                 match glommio::net::TcpListener::bind(addr) {
-                    Ok(l) => listeners.push((l, acceptor.clone())),
+                    Ok(l) => listeners.push(l),
                     Err(e) => {
                         let msg = format!("cannot listen on client address {addr}: {e}");
                         let _ = ready.send(Err(std::io::Error::other(msg)));
@@ -215,8 +215,8 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
             let accepts: Vec<_> = listeners
                 .into_iter()
                 .enumerate()
-                .map(|(i, (l, tls))| {
-                    let placement = Some((balance.clone(), i));
+                .map(|(i, l)| {
+                    let (tls, placement) = (client_tls[i].clone(), Some((balance.clone(), i)));
                     glommio::spawn_local(conn::accept_loop(l, ctx.clone(), tls, placement))
                 })
                 .chain(metrics_listeners.into_iter().map(|l| {

@@ -36,8 +36,9 @@ pub(crate) type Answer = Result<Response, EtcdError>;
 type ToOwner = (u64, Request);
 type FromOwner = (u64, Answer);
 pub(crate) type Job = (Request, Reply);
-/// The owner's revision, sent to the other shards after each batch that changed it.
-type RevNote = i64;
+/// A wake-up the owner sends another shard after a batch that moved the revision (which the
+/// shard reads from the shared atomic).
+type RevNote = ();
 
 /// Where an answer goes: a caller on the owner shard, or a request id on another shard's
 /// answer channel (answered by the apply loop itself: no task or channel per request).
@@ -217,21 +218,20 @@ impl Links {
                 .detach();
                 for (req_rx, ans_tx, note_tx, listening) in connected {
                     let notes = notifier.subscribe();
-                    let n = notifier.clone();
                     glommio::spawn_local(async move {
                         // The first note tells the shard the state is ready. Then, after each
                         // batch while the shard has subscribers: waits while it has not read
                         // the previous note, and sends one. A note only wakes: the shard's
                         // subscribers read the revision from the shared atomic, so a skipped
-                        // or stale note hides nothing (see `Notifier`).
-                        if note_tx.send(n.rev()).await.is_err() {
+                        // note hides nothing (see `Notifier`).
+                        if note_tx.send(()).await.is_err() {
                             return;
                         }
                         while notes.recv().await.is_some() {
                             if listening.load(Ordering::SeqCst) == 0 {
                                 continue;
                             }
-                            if note_tx.send(n.rev()).await.is_err() {
+                            if note_tx.send(()).await.is_err() {
                                 break;
                             }
                         }
@@ -262,15 +262,15 @@ impl Links {
                 )
                 .await;
                 // The owner's first note: its state is ready (it sleeps here meanwhile).
-                let Some(rev) = note_rx.recv().await else {
+                let Some(()) = note_rx.recv().await else {
                     // The owner failed to start and reports why; the process ends with that.
                     return std::future::pending().await;
                 };
-                notifier.notify(rev);
+                notifier.notify(notifier.rev());
                 let n = notifier.clone();
                 glommio::spawn_local(async move {
-                    while let Some(rev) = note_rx.recv().await {
-                        n.notify(rev);
+                    while let Some(()) = note_rx.recv().await {
+                        n.notify(n.rev());
                     }
                 })
                 .detach();
