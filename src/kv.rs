@@ -34,9 +34,9 @@ pub enum Request {
     LeaseRevoke(pb::LeaseRevokeRequest),
     /// Revokes leases whose deadline passed. Sent empty by the owner's ticker;
     /// [`KvState::prepare`] fills in the expired leases, and only a non-empty one is logged.
-    LeaseExpire(Vec<i64>),
-    /// A cluster leader's lease deadlines: (lease id, milliseconds left), logged so that a
-    /// new leader keeps them ([`KvState::take_lease_checkpoint`]).
+    LeaseExpire(Expiry),
+    /// A cluster leader's lease deadlines: (lease id, milliseconds left). Logs written before
+    /// keepalives were logged on the leader have them; nothing writes them now.
     LeaseCheckpoint(Vec<(i64, i64)>),
     LeaseKeepAlive(pb::LeaseKeepAliveRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
@@ -262,6 +262,11 @@ pub struct KvState {
     live_at_checkpoint: u64,
     /// When the mappings' resident pages were last let go of.
     pages_dropped: std::cell::Cell<Instant>,
+    /// The time leases are measured by when a simulation sets it ([`KvState::set_clock`]);
+    /// the system's clock otherwise.
+    clock: Option<Instant>,
+    /// The index of the cluster log entry being applied ([`KvState::apply_logged`]).
+    log_index: Option<u64>,
 }
 
 /// What a checkpoint holds besides the keys (JSON in its first record).
@@ -277,6 +282,19 @@ pub struct CheckpointMeta {
     /// A cluster member's Raft state at the checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<crate::consensus::RaftMeta>,
+    /// (lease id, log index of its last logged keepalive) in a cluster (see [`Expiry::seen`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_renewals: Vec<(i64, u64)>,
+}
+
+/// Leases to revoke for having lapsed ([`Request::LeaseExpire`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    pub ids: Vec<i64>,
+    /// A cluster leader's applied index when it decided: a lease renewed by a keepalive
+    /// logged after it is spared (the leader decided without that renewal, whose client was
+    /// told the lease lives on). None for a single member's, and in logs written before.
+    pub seen: Option<u64>,
 }
 
 /// Raft's view of the member ([`KvState::set_raft`]).
@@ -313,7 +331,19 @@ impl KvState {
             log_at_checkpoint: 0,
             live_at_checkpoint: 0,
             pages_dropped: std::cell::Cell::new(Instant::now()),
+            clock: None,
+            log_index: None,
         }
+    }
+
+    /// Lease deadlines are measured by `now` from here on, not by the system's clock (the
+    /// seeded simulation's time).
+    pub fn set_clock(&mut self, now: Instant) {
+        self.clock = Some(now);
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.unwrap_or_else(Instant::now)
     }
 
     /// Makes a new log segment's values readable (segments arrive in the log's order).
@@ -398,6 +428,7 @@ impl KvState {
             alarms: self.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
             auth: self.auth.clone(),
             raft,
+            lease_renewals: self.leases.renewals(),
         };
         let json = serde_json::to_vec(&meta).expect("the checkpoint metadata serialises");
         (meta.revision, json)
@@ -580,9 +611,12 @@ impl KvState {
         self.store.restore_keys(keys);
         self.store
             .restore_revisions(meta.revision, meta.compact_revision);
-        let now = Instant::now();
+        let now = self.now();
         for (id, ttl) in meta.leases {
             let _ = self.leases.grant(id, ttl, now);
+        }
+        for (id, index) in meta.lease_renewals {
+            self.leases.mark_renewed(id, index);
         }
         self.alarms = meta
             .alarms
@@ -612,17 +646,10 @@ impl KvState {
         self.members = Some(members);
     }
 
-    /// The leases renewed since the last checkpoint, as the request that logs their deadlines
-    /// (None when there is none).
-    pub fn take_lease_checkpoint(&mut self) -> Option<Request> {
-        let c = self.leases.take_checkpoint(Instant::now());
-        (!c.is_empty()).then_some(Request::LeaseCheckpoint(c))
-    }
-
     /// This member decides lease expiry (the leader; a single member always does).
     pub fn set_lease_authority(&mut self, authority: bool, extend: std::time::Duration) {
         if authority && !self.lease_authority {
-            self.leases.promote(Instant::now(), extend);
+            self.leases.promote(self.now(), extend);
         }
         self.lease_authority = authority;
     }
@@ -687,10 +714,10 @@ impl KvState {
         match req {
             Request::Authed(a) => self.prepare(&mut a.req),
             Request::LeaseGrant(r) if r.id == 0 => r.id = self.leases.assign_id(),
-            Request::LeaseExpire(ids) if ids.is_empty() => {
-                *ids = self
+            Request::LeaseExpire(x) if x.ids.is_empty() => {
+                x.ids = self
                     .leases
-                    .expired(Instant::now(), crate::limits::LEASE_REVOKES_PER_CHECK);
+                    .expired(self.now(), crate::limits::LEASE_REVOKES_PER_CHECK);
             }
             _ => {}
         }
@@ -742,6 +769,16 @@ impl KvState {
             | Request::Checkpoint(_)
             | Request::Defragment(_) => Ok(()),
         }
+    }
+
+    /// Executes the request of entry `index` of a cluster's log: a grant or keepalive renews
+    /// the lease on every member alike, and an expiry spares the leases renewed after the
+    /// leader decided it (see [`Expiry::seen`]).
+    pub fn apply_logged(&mut self, req: Request, index: u64) -> Result<Response> {
+        self.log_index = Some(index);
+        let answer = self.execute(req);
+        self.log_index = None;
+        answer
     }
 
     /// Executes one request. Expected failures come back as etcd errors.
@@ -810,7 +847,10 @@ impl KvState {
             Request::MemberList(_) => Response::MemberList(self.member_list()),
             Request::Alarm(r) => Response::Alarm(self.alarm(&r)),
             Request::LeaseGrant(r) => {
-                let ttl = self.leases.grant(r.id, r.ttl, Instant::now())?;
+                let ttl = self.leases.grant(r.id, r.ttl, self.now())?;
+                if let Some(index) = self.log_index {
+                    self.leases.mark_renewed(r.id, index);
+                }
                 let mut resp = pb::LeaseGrantResponse {
                     header: None,
                     id: r.id,
@@ -826,16 +866,23 @@ impl KvState {
                 self.fill(&mut resp.header);
                 Response::LeaseRevoke(resp)
             }
-            Request::LeaseExpire(ids) => {
+            Request::LeaseExpire(x) => {
                 // Each lease is revoked in a revision of its own, as etcd's one revoke per
-                // Raft entry does; one that was revoked meanwhile is skipped.
-                let n = ids.iter().filter(|&&id| self.revoke(id).is_ok()).count();
+                // Raft entry does; one that was revoked meanwhile is skipped, and so is one
+                // renewed after the leader decided.
+                let spared = |id: i64, l: &Lessor| x.seen.is_some_and(|s| l.renewed_after(id, s));
+                let mut n = 0;
+                for &id in &x.ids {
+                    if !spared(id, &self.leases) && self.revoke(id).is_ok() {
+                        n += 1;
+                    }
+                }
                 Response::LeaseExpire(n)
             }
             Request::LeaseCheckpoint(c) => {
                 // The leader knows its deadlines better than its own checkpoint of them.
                 if !self.lease_authority {
-                    let now = Instant::now();
+                    let now = self.now();
                     for &(id, left_ms) in &c {
                         self.leases.checkpoint(id, left_ms, now);
                     }
@@ -844,11 +891,11 @@ impl KvState {
             }
             Request::LeaseKeepAlive(r) => {
                 // An unknown or expired lease gets TTL 0 on the stream, not an error.
-                let now = Instant::now();
-                let renewed = if self.lease_authority {
-                    self.leases.renew(r.id, now)
-                } else {
-                    self.leases.renew_existing(r.id, now)
+                let now = self.now();
+                // A single member's, in memory; a cluster's, logged, on every member alike.
+                let renewed = match self.log_index {
+                    Some(index) => self.leases.renew_logged(r.id, now, index),
+                    None => self.leases.renew(r.id, now),
                 };
                 let ttl = renewed.unwrap_or(0);
                 let mut resp = pb::LeaseKeepAliveResponse {
@@ -860,7 +907,7 @@ impl KvState {
                 Response::LeaseKeepAlive(resp)
             }
             Request::LeaseTimeToLive(r) => {
-                let mut resp = match self.leases.time_to_live(r.id, Instant::now()) {
+                let mut resp = match self.leases.time_to_live(r.id, self.now()) {
                     Some((granted, left)) => pb::LeaseTimeToLiveResponse {
                         header: None,
                         id: r.id,
@@ -1232,7 +1279,7 @@ pub fn is_write(req: &Request) -> bool {
         | Request::LeaseGrant(_)
         | Request::LeaseRevoke(_) => true,
         Request::Txn(t) => !txn_is_read_only(t),
-        Request::LeaseExpire(ids) => !ids.is_empty(),
+        Request::LeaseExpire(x) => !x.ids.is_empty(),
         Request::LeaseCheckpoint(_) => true,
         // Raising or disarming an alarm is logged: alarms survive a restart, as etcd's (kept
         // in its backend) do. Listing them is not a write.
@@ -1267,9 +1314,21 @@ pub fn encode_write(req: &Request) -> Vec<u8> {
         Request::Compact(r) => (4, r.encode_to_vec()),
         Request::LeaseGrant(r) => (5, r.encode_to_vec()),
         Request::LeaseRevoke(r) => (6, r.encode_to_vec()),
-        Request::LeaseExpire(ids) => (7, ids.iter().flat_map(|id| id.to_le_bytes()).collect()),
+        Request::LeaseExpire(Expiry { ids, seen: None }) => {
+            (7, ids.iter().flat_map(|id| id.to_le_bytes()).collect())
+        }
+        Request::LeaseExpire(Expiry {
+            ids,
+            seen: Some(seen),
+        }) => (
+            14,
+            std::iter::once(*seen)
+                .flat_map(u64::to_le_bytes)
+                .chain(ids.iter().flat_map(|id| id.to_le_bytes()))
+                .collect(),
+        ),
         Request::Alarm(r) => (8, r.encode_to_vec()),
-        // Only a follower logs a keepalive (so that the leader, which decides expiry, sees it).
+        // Only a cluster logs keepalives (so that every member knows the deadlines).
         Request::LeaseKeepAlive(r) => (10, r.encode_to_vec()),
         Request::LeaseCheckpoint(c) => (
             11,
@@ -1306,18 +1365,21 @@ pub fn decode_write(payload: Bytes) -> std::result::Result<Request, String> {
         4 => Request::Compact(pb::CompactionRequest::decode(body).map_err(e)?),
         5 => Request::LeaseGrant(pb::LeaseGrantRequest::decode(body).map_err(e)?),
         6 => Request::LeaseRevoke(pb::LeaseRevokeRequest::decode(body).map_err(e)?),
-        7 => {
-            if body.len() % 8 != 0 {
+        7 | 14 => {
+            if body.len() % 8 != 0 || (tag == 14 && body.is_empty()) {
                 return Err(format!(
-                    "undecodable log payload (tag 7): {} bytes",
+                    "undecodable log payload (tag {tag}): {} bytes",
                     body.len()
                 ));
             }
-            Request::LeaseExpire(
-                body.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            )
+            let mut words = body
+                .chunks_exact(8)
+                .map(|c| <[u8; 8]>::try_from(c).expect("8 bytes"));
+            let seen = (tag == 14).then(|| u64::from_le_bytes(words.next().expect("not empty")));
+            Request::LeaseExpire(Expiry {
+                seen,
+                ids: words.map(i64::from_le_bytes).collect(),
+            })
         }
         8 => Request::Alarm(pb::AlarmRequest::decode(body).map_err(e)?),
         10 => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest::decode(body).map_err(e)?),
@@ -1963,6 +2025,53 @@ fn apply_txn<V: ValueStore>(
 mod tests {
     use super::*;
 
+    fn expire(ids: &[i64], seen: u64) -> Request {
+        Request::LeaseExpire(Expiry {
+            ids: ids.to_vec(),
+            seen: Some(seen),
+        })
+    }
+
+    /// A cluster's expiry spares a lease renewed by a keepalive logged after the leader's
+    /// applied index, on a member that applied the keepalive and on one restored from a
+    /// checkpoint taken after it alike.
+    #[test]
+    fn an_expiry_spares_a_lease_renewed_after_the_leader_decided() {
+        let mut s = KvState::in_memory(1, 2);
+        let grant = |id| Request::LeaseGrant(pb::LeaseGrantRequest { ttl: 10, id });
+        let keepalive = |id| Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest { id });
+        s.apply_logged(grant(5), 3).unwrap();
+        s.apply_logged(grant(6), 4).unwrap();
+        let Ok(Response::LeaseKeepAlive(r)) = s.apply_logged(keepalive(5), 9) else {
+            panic!("a logged keepalive of a lease that exists renews it")
+        };
+        assert_eq!(r.ttl, 10);
+        let (rev, meta) = s.checkpoint_begin(None);
+        let (items, next) = s.checkpoint_step(None, rev, 100).expect("walked");
+        assert!(items.is_empty() && next.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let w = crate::log::checkpoint::Writer::create(dir.path(), 1, &meta).unwrap();
+        let loaded = crate::log::checkpoint::load(1, &w.finish().unwrap()).unwrap();
+        let mut r = KvState::in_memory(1, 3);
+        r.restore_checkpoint(loaded, 0).unwrap();
+        for m in [&mut s, &mut r] {
+            // Decided having applied index 8: lease 5's renewal at 9 is spared, 6 is not.
+            let revoked = m.apply_logged(expire(&[5, 6], 8), 10);
+            assert!(
+                matches!(revoked, Ok(Response::LeaseExpire(1))),
+                "{revoked:?}"
+            );
+            assert_eq!(m.leases.ids(), [5]);
+            // Decided having seen it: revoked.
+            let revoked = m.apply_logged(expire(&[5], 9), 11);
+            assert!(
+                matches!(revoked, Ok(Response::LeaseExpire(1))),
+                "{revoked:?}"
+            );
+            assert!(m.leases.ids().is_empty());
+        }
+    }
+
     #[test]
     fn a_write_checked_at_an_older_auth_revision_is_refused_and_changes_nothing() {
         let mut s = KvState::in_memory(1, 2);
@@ -2023,7 +2132,20 @@ mod tests {
                 5,
                 Request::LeaseGrant(pb::LeaseGrantRequest { ttl: 10, id: 9 }),
             ),
-            (7, Request::LeaseExpire(vec![1, -2, i64::MAX])),
+            (
+                7,
+                Request::LeaseExpire(Expiry {
+                    ids: vec![1, -2, i64::MAX],
+                    seen: None,
+                }),
+            ),
+            (
+                14,
+                Request::LeaseExpire(Expiry {
+                    ids: vec![1, -2, i64::MAX],
+                    seen: Some(u64::MAX - 3),
+                }),
+            ),
             (
                 8,
                 Request::Alarm(alarm(pb::alarm_request::AlarmAction::Activate)),

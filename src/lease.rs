@@ -2,11 +2,13 @@
 //!
 //! Granting and revoking go through the log like any write, so the set of leases and the keys
 //! attached to them (kept by the MVCC store) are rebuilt by replay. Expiry deadlines are kept
-//! in memory: after a restart every lease gets its full TTL again, as etcd does. In a cluster
-//! the leader logs checkpoints of its deadlines, so a new leader keeps them (plus an election
-//! timeout) instead of resetting them. The leader (or single member) checks deadlines
-//! periodically and logs a revoke of the expired ones, so expiry is a logged event as well and
-//! a replay never depends on the clock.
+//! in memory: after a restart every lease gets its full TTL again, as etcd does. A single
+//! member renews a lease in memory. In a cluster every keepalive is logged and renews the lease
+//! on every member as it is applied, so a new leader knows each deadline (and adds an election
+//! timeout) instead of resetting them; an expiry names the leader's applied index when it
+//! decided, and spares a lease renewed by an entry after it (which the leader had not seen).
+//! The leader (or single member) checks deadlines periodically and logs a revoke of the
+//! expired ones, so expiry is a logged event as well and a replay never depends on the clock.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,15 +27,14 @@ struct Lease {
     /// Granted TTL in seconds (after the minimum is applied).
     ttl: i64,
     expiry: Instant,
+    /// The log index of the last logged keepalive (or grant) in a cluster; 0 if none.
+    renewed_at: u64,
 }
 
 /// The leases of the store.
 #[derive(Debug)]
 pub struct Lessor {
     leases: HashMap<i64, Lease>,
-    /// Leases renewed since the last checkpoint (a cluster's leader logs their remaining TTL,
-    /// see [`Lessor::take_checkpoint`]).
-    renewed: std::collections::HashSet<i64>,
     min_ttl: i64,
     /// etcd's idutil.Generator: member id in the top 16 bits, then milliseconds and a count.
     id_prefix: u64,
@@ -47,7 +48,6 @@ impl Lessor {
             .map_or(0, |d| d.as_millis() as u64);
         Lessor {
             leases: HashMap::new(),
-            renewed: Default::default(),
             min_ttl: MIN_LEASE_TTL_SECONDS,
             id_prefix: member_id << 48,
             id_suffix: (millis & ((1 << 40) - 1)) << 8,
@@ -87,6 +87,7 @@ impl Lessor {
             Lease {
                 ttl,
                 expiry: now + secs(ttl),
+                renewed_at: 0,
             },
         );
         Ok(ttl)
@@ -94,7 +95,6 @@ impl Lessor {
 
     /// Forgets lease `id` (the caller deletes its keys).
     pub fn revoke(&mut self, id: i64) -> Result<(), EtcdError> {
-        self.renewed.remove(&id);
         self.leases
             .remove(&id)
             .map(drop)
@@ -107,55 +107,64 @@ impl Lessor {
         match self.leases.get_mut(&id) {
             Some(l) if l.expiry > now => {
                 l.expiry = now + secs(l.ttl);
-                self.renewed.insert(id);
                 Ok(l.ttl)
             }
             _ => Err(EtcdError::LeaseNotFound),
         }
     }
 
-    /// A keepalive applied on a member that does not decide expiry (a follower): the lease
-    /// lives its whole TTL again from `now` if it exists at all (the leader decides whether it
-    /// had expired, and revokes it through the log if so).
-    pub fn renew_existing(&mut self, id: i64, now: Instant) -> Result<i64, EtcdError> {
+    /// A keepalive (or grant) applied from entry `index` of a cluster's log: the lease lives
+    /// its whole TTL again from `now` if it exists at all, on every member alike (whether it
+    /// had lapsed is the leader's to decide, and an expiry decided before `index` was applied
+    /// spares it: [`Lessor::renewed_after`]). Old logs have keepalives of followers only.
+    pub fn renew_logged(&mut self, id: i64, now: Instant, index: u64) -> Result<i64, EtcdError> {
         let l = self.leases.get_mut(&id).ok_or(EtcdError::LeaseNotFound)?;
         l.expiry = now + secs(l.ttl);
+        l.renewed_at = index;
         Ok(l.ttl)
     }
 
+    /// Whether lease `id` was renewed by a logged keepalive after log index `seen`.
+    pub fn renewed_after(&self, id: i64, seen: u64) -> bool {
+        self.leases.get(&id).is_some_and(|l| l.renewed_at > seen)
+    }
+
+    /// (lease, index of its last logged renewal) for the leases renewed through a cluster's
+    /// log: a checkpoint keeps them, so that a member restored from it decides an expiry as the
+    /// others do.
+    pub fn renewals(&self) -> Vec<(i64, u64)> {
+        let mut v: Vec<(i64, u64)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.renewed_at > 0)
+            .map(|(&id, l)| (id, l.renewed_at))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Lease `id` was last renewed through the log at `index` (its grant; or a checkpoint's
+    /// [`Lessor::renewals`], restored).
+    pub fn mark_renewed(&mut self, id: i64, index: u64) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.renewed_at = index;
+        }
+    }
+
     /// A member became leader: each lease keeps the deadline this member knows (from its
-    /// grant, logged keepalives and the old leader's checkpoints), plus `extend`, and never
-    /// less than `extend` from now. With checkpoints at least once per `extend`, that deadline
-    /// is at most `extend` earlier than the old leader's, so no lease expires before its time
-    /// and none lives more than about two `extend` longer (etcd without checkpoints gives each
-    /// lease its whole TTL again).
+    /// grant and the logged keepalives, each applied no earlier than its client sent it),
+    /// plus `extend`, and never less than `extend` from now. So no lease expires sooner than
+    /// its TTL after a keepalive that was acknowledged, and none lives more than about
+    /// `extend` longer (etcd 3.4 gives each lease its whole TTL again).
     pub fn promote(&mut self, now: Instant, extend: std::time::Duration) {
         for l in self.leases.values_mut() {
             l.expiry = l.expiry.max(now) + extend;
         }
-        self.renewed.clear();
     }
 
-    /// The leases renewed since the last call, with the milliseconds each has left: the
-    /// leader logs them so that the other members know the deadlines.
-    pub fn take_checkpoint(&mut self, now: Instant) -> Vec<(i64, i64)> {
-        let mut out: Vec<(i64, i64)> = self
-            .renewed
-            .drain()
-            .filter_map(|id| {
-                let l = self.leases.get(&id)?;
-                Some((
-                    id,
-                    l.expiry.saturating_duration_since(now).as_millis() as i64,
-                ))
-            })
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    /// A checkpoint applied: lease `id` has `left_ms` left from `now` (unknown ids are
-    /// skipped: revoked meanwhile).
+    /// A lease checkpoint applied (logs written before keepalives were logged on the leader
+    /// have them): lease `id` has `left_ms` left from `now` (unknown ids are skipped: revoked
+    /// meanwhile).
     pub fn checkpoint(&mut self, id: i64, left_ms: i64, now: Instant) {
         if let Some(l) = self.leases.get_mut(&id) {
             l.expiry = now + Duration::from_millis(left_ms.max(0) as u64);
@@ -206,7 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checkpoints_carry_deadlines_to_a_new_leader() {
+    fn logged_keepalives_carry_deadlines_to_a_new_leader() {
         let t0 = Instant::now();
         let mut leader = Lessor::new(1);
         let mut follower = Lessor::new(2);
@@ -214,15 +223,21 @@ mod tests {
             l.grant(7, 10, t0).unwrap();
             l.grant(8, 10, t0).unwrap();
         }
-        // Lease 7 is renewed at the leader 4 s later; 8 is not.
+        // A keepalive of lease 7 logged at index 40, applied at 4 s; 8 is not renewed.
         let t4 = t0 + Duration::from_secs(4);
-        leader.renew(7, t4).unwrap();
-        let c = leader.take_checkpoint(t4);
-        assert_eq!(c, [(7, 10_000)]);
-        assert!(leader.take_checkpoint(t4).is_empty(), "drained");
-        for (id, ms) in c {
-            follower.checkpoint(id, ms, t4);
+        for l in [&mut leader, &mut follower] {
+            assert_eq!(l.renew_logged(7, t4, 40), Ok(10));
         }
+        assert_eq!(
+            follower.renew_logged(9, t4, 41),
+            Err(EtcdError::LeaseNotFound)
+        );
+        assert!(follower.renewed_after(7, 39) && !follower.renewed_after(7, 40));
+        assert!(
+            !follower.renewed_after(8, 0),
+            "never renewed through the log"
+        );
+        assert_eq!(follower.renewals(), [(7, 40)]);
         // The follower becomes leader at 5 s, adding a 1 s election timeout.
         let t5 = t0 + Duration::from_secs(5);
         follower.promote(t5, Duration::from_secs(1));
@@ -243,10 +258,13 @@ mod tests {
             follower.expired(t20 + Duration::from_millis(1500), 10),
             [7, 8]
         );
-        // A revoked lease leaves the checkpoint set.
-        leader.renew(8, t4).unwrap();
-        leader.revoke(8).unwrap();
-        assert!(leader.take_checkpoint(t4).is_empty());
+        // A checkpoint's renewals restored on a member that rebuilt its leases from a grant.
+        let mut restored = Lessor::new(3);
+        restored.grant(7, 10, t20).unwrap();
+        for (id, index) in follower.renewals() {
+            restored.mark_renewed(id, index);
+        }
+        assert!(restored.renewed_after(7, 39) && !restored.renewed_after(7, 40));
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! checkpoints and snapshots carry), replayed after crashes by `replica::replay`. A watcher on each member (resuming at its last
 //! revision + 1 after the member's crashes) must have seen exactly the writes of the
 //! committed entries (`watch_check`: ordered, unique, atomic, reliable, bookmarkable).
+//! Clients hold leases: they grant one and renew it through members drawn at random (now and
+//! then late, near its deadline), logged as replica.rs logs them; the leader, on the
+//! simulation's clock (`KvState::set_clock`), checks deadlines and logs expiries as replica.rs
+//! does. No lease may be revoked sooner than its TTL after a grant or keepalive acknowledged
+//! with that TTL was sent, and once the clients stop, every lease must expire on every member.
 //!
 //! The loop is the simulation's own and follows replica.rs's steps (messages of a Ready out at
 //! once, committed entries applied, entries and hard state handed to the disk, the messages
@@ -88,6 +93,15 @@ pub struct Faults {
     /// that grew: Raft's log starts there, the entries before are not in it) instead of the
     /// bootstrap entries from index 1.
     pub start_record: bool,
+    /// Clients keep leases alive through members drawn at random (`LeaseClient`); the leader
+    /// checks deadlines and logs the expiry of the lapsed ones, as replica.rs's loop.
+    pub leases: bool,
+    /// The bug: the leader renews a lease in memory and answers at once (an acknowledged
+    /// renewal a new leader never hears of), as ferrocd did before keepalives were logged.
+    pub unlogged_keepalives: bool,
+    /// Another: the leader's expiry does not name its applied index, so it also revokes a
+    /// lease renewed by a keepalive logged after the leader decided.
+    pub blind_expiry: bool,
 }
 
 /// Where Raft starts with `Faults::start_record`.
@@ -107,6 +121,9 @@ impl Faults {
             lossy_watch: false,
             membership: true,
             start_record: false,
+            leases: true,
+            unlogged_keepalives: false,
+            blind_expiry: false,
         }
     }
 }
@@ -120,6 +137,16 @@ const KEYS: u64 = 4;
 const DISK_QUEUE: usize = 8;
 /// Entries kept before a checkpoint (`--experimental-snapshot-catchup-entries`).
 const CATCHUP_ENTRIES: u64 = 20;
+/// Simulated milliseconds per step: an election timeout is 500 ms, the shortest lease TTL
+/// (2 s) 400 steps.
+const STEP_MS: u64 = 5;
+/// Lease clients in a run.
+const LEASE_CLIENTS: usize = 3;
+/// Steps a lease client waits for an answer before asking again.
+const LEASE_ASK_STEPS: u64 = 100;
+/// Request ids of lease clients and of the leader's own proposals start here (clients' puts
+/// and reads take the ids below).
+const LEASE_REQ_BASE: u64 = 1 << 40;
 
 /// Records made durable by one completed write, and the messages waiting for them; a
 /// snapshot to install once they are durable.
@@ -158,6 +185,8 @@ struct Live {
     history: Vec<Entry>,
     /// Snapshots received, by (index, term), until Raft installs one.
     staged: BTreeMap<(u64, u64), Checkpoint>,
+    /// Lease requests waiting to be applied: request id -> lease client.
+    lease_pending: BTreeMap<u64, usize>,
 }
 
 struct Member {
@@ -192,6 +221,20 @@ impl Member {
 /// The peer URLs a simulated member has (configuration changes carry them).
 fn urls(id: u64) -> Vec<String> {
     vec![format!("http://sim-{id}")]
+}
+
+/// A client holding a lease (`Faults::leases`): it grants one, renews it every third of its
+/// TTL through a member drawn at random (as a client that reconnects), and stops with the
+/// faults; a lease found gone (a keepalive answered with TTL 0) is granted again under a new
+/// ID. What the members acknowledged is in `Sim::lease_acks`.
+struct LeaseClient {
+    id: i64,
+    ttl: i64,
+    granted: bool,
+    /// The request waiting for its answer: (request id, step sent, a keepalive).
+    asked: Option<(u64, u64, bool)>,
+    /// The step of the next request.
+    next: u64,
 }
 
 #[derive(Default)]
@@ -239,6 +282,16 @@ pub struct Sim {
     pub events: Vec<String>,
     /// Terms in which some member saw a leader (elections that succeeded).
     terms_led: std::collections::BTreeSet<u64>,
+    /// Step 0's instant: a step is `STEP_MS` of the members' lease clocks.
+    base: std::time::Instant,
+    lease_clients: Vec<LeaseClient>,
+    next_lease_req: u64,
+    /// Grants and keepalives acknowledged with a TTL: lease -> (step sent, TTL in seconds).
+    lease_acks: BTreeMap<i64, Vec<(u64, i64)>>,
+    /// Expiries the leader logged: request id -> the step it decided at.
+    expiry_decided: BTreeMap<u64, u64>,
+    /// Leases the committed expiries revoked (counted at the end).
+    revoked: usize,
 }
 
 fn config(id: u64, applied: u64) -> raft::Config {
@@ -314,7 +367,26 @@ impl Sim {
             dropped: Vec::new(),
             events: Vec::new(),
             terms_led: Default::default(),
+            base: std::time::Instant::now(),
+            lease_clients: Vec::new(),
+            next_lease_req: LEASE_REQ_BASE,
+            lease_acks: BTreeMap::new(),
+            expiry_decided: BTreeMap::new(),
+            revoked: 0,
         };
+        if faults.leases {
+            for c in 0..LEASE_CLIENTS {
+                let ttl = 2 + sim.rng.below(2) as i64;
+                let next = sim.rng.below(faults.steps / 4);
+                sim.lease_clients.push(LeaseClient {
+                    id: 1_000 * (c as i64 + 1),
+                    ttl,
+                    granted: false,
+                    asked: None,
+                    next,
+                });
+            }
+        }
         for i in 0..sim.members.len() {
             sim.start(i);
         }
@@ -325,7 +397,7 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let m = &mut self.members[i];
         let mut storage = LogStorage::default();
-        let (mut state, mut members) = fresh(m.id);
+        let (mut state, mut members) = fresh(m.id, self.base, self.now);
         let mut conf = Default::default();
         let mut history = Vec::new();
         if let Some(c) = &m.checkpoint {
@@ -377,6 +449,7 @@ impl Sim {
             role: (0, StateRole::Follower, 0),
             history,
             staged: BTreeMap::new(),
+            lease_pending: BTreeMap::new(),
         });
         let t = self.now;
         self.events
@@ -748,6 +821,12 @@ impl Sim {
     /// One step of simulated time.
     fn step(&mut self) {
         self.now += 1;
+        let at = clock(self.base, self.now);
+        for m in &mut self.members {
+            if let Some(live) = &mut m.live {
+                live.state.set_clock(at);
+            }
+        }
         let faulty = self.now < self.faults.steps;
         let active = self.in_cluster();
         if faulty {
@@ -782,6 +861,9 @@ impl Sim {
                 self.isolated.clear();
                 let t = self.now;
                 self.events.push(format!("{t}: network healed"));
+            }
+            for c in 0..self.lease_clients.len() {
+                self.lease_client(c);
             }
             if self.rng.chance(400) {
                 let i = active[self.rng.below(active.len() as u64) as usize];
@@ -849,6 +931,7 @@ impl Sim {
             self.ready(i);
             self.answer_reads(i);
             self.watch(i);
+            self.lease_duties(i);
         }
         self.draw_timeouts();
         // Clients that waited too long give up.
@@ -893,7 +976,7 @@ impl Sim {
                 c.seq = first;
                 m.disk.drain(..(c.seq - m.base) as usize);
                 m.base = c.seq;
-                let (mut state, mut members) = fresh(m.id);
+                let (mut state, mut members) = fresh(m.id, self.base, self.now);
                 rebuild(&mut state, &mut members, &c.entries);
                 replica::adopt_members(&c.meta, &mut members, &mut state);
                 if !self.faults.stale_install {
@@ -936,11 +1019,14 @@ impl Sim {
                 install = Some(c);
             }
             let mut answered = Vec::new();
+            let mut lease_answered = Vec::new();
             for e in rd.take_committed_entries() {
                 match replica::apply_entry(&mut live.state, &mut live.members, &e) {
                     Ok(Applied::Answer(origin, id, answer)) if origin == me => {
                         if let Some(o) = live.pending.remove(&id) {
                             answered.push((o, answer.is_ok()));
+                        } else if let Some(c) = live.lease_pending.remove(&id) {
+                            lease_answered.push((c, id, answer));
                         }
                     }
                     Ok(Applied::Conf(cc)) => match live.raw.apply_conf_change(&cc) {
@@ -998,7 +1084,194 @@ impl Sim {
                 };
                 self.finish(o, ok.then_some(OpKind::Put(v)));
             }
+            for (c, id, answer) in lease_answered {
+                self.lease_answer(c, id, answer);
+            }
         }
+    }
+
+    /// Lease client `c` asks a member drawn at random for a grant or a keepalive, when due.
+    fn lease_client(&mut self, c: usize) {
+        let now = self.now;
+        let lc = &mut self.lease_clients[c];
+        if now < lc.next {
+            return;
+        }
+        if let Some((_, sent, _)) = lc.asked {
+            if now - sent < LEASE_ASK_STEPS {
+                return;
+            }
+            // No answer (its member crashed, or the request was lost): ask again.
+            lc.asked = None;
+        }
+        let up: Vec<usize> = self
+            .in_cluster()
+            .into_iter()
+            .filter(|&i| self.members[i].live.is_some())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        let id = self.next_lease_req;
+        self.next_lease_req += 1;
+        let lc = &mut self.lease_clients[c];
+        let keepalive = lc.granted;
+        lc.asked = Some((id, now, keepalive));
+        let req = if keepalive {
+            Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest { id: lc.id })
+        } else {
+            Request::LeaseGrant(pb::LeaseGrantRequest {
+                ttl: lc.ttl,
+                id: lc.id,
+            })
+        };
+        let me = self.members[i].id;
+        let live = self.members[i].live.as_mut().expect("up");
+        // Every member logs a keepalive, as replica.rs (the bug: a leader answers at once).
+        if keepalive && self.faults.unlogged_keepalives && live.raw.raft.state == StateRole::Leader
+        {
+            let answer = live.state.execute(req);
+            return self.lease_answer(c, id, answer);
+        }
+        let data = consensus::proposal(me, id, &kv::encode_write(&req));
+        if live.raw.propose(vec![], data).is_ok() {
+            live.lease_pending.insert(id, c);
+        } else {
+            self.lease_answer(c, id, Err(crate::error::EtcdError::NoLeader));
+        }
+    }
+
+    /// Lease client `c` hears the answer to its request `id`: a grant or renewal acknowledged
+    /// with a TTL is recorded (the promise the expiry check holds the cluster to); a lease
+    /// gone is granted again under a new ID.
+    fn lease_answer(&mut self, c: usize, id: u64, answer: kv::Result<Response>) {
+        let now = self.now;
+        let lc = &mut self.lease_clients[c];
+        let Some((asked, sent, _)) = lc.asked else {
+            return;
+        };
+        if asked != id {
+            return;
+        }
+        lc.asked = None;
+        // Every third of the TTL, give or take a fifth; one time in eight the client stalls
+        // and renews near the deadline (before or after it: the race with the leader's
+        // expiry check).
+        let renew_in = |ttl: i64, rng: &mut Rng| {
+            let whole = ttl as u64 * 1_000 / STEP_MS;
+            if rng.chance(125) {
+                return whole - whole / 10 + rng.below(whole / 5);
+            }
+            let steps = whole / 3;
+            steps - steps / 5 + rng.below(steps / 5 * 2)
+        };
+        let ttl = match answer {
+            Ok(Response::LeaseGrant(r)) => r.ttl,
+            Ok(Response::LeaseKeepAlive(r)) => r.ttl,
+            _ => {
+                // Refused (no leader, or a grant of an ID taken by a grant whose answer was
+                // lost): ask again soon, a grant under a new ID.
+                if !lc.granted {
+                    lc.id += 1;
+                }
+                lc.next = now + 20;
+                return;
+            }
+        };
+        if ttl > 0 {
+            lc.granted = true;
+            lc.next = now + renew_in(ttl, &mut self.rng);
+            self.lease_acks.entry(lc.id).or_default().push((sent, ttl));
+        } else {
+            // Expired: a new lease.
+            lc.granted = false;
+            lc.id += 1;
+            lc.next = now + 1;
+            let (t, c) = (self.now, c);
+            self.events
+                .push(format!("{t}: lease client {c} finds its lease gone"));
+        }
+    }
+
+    /// What replica.rs's leader does for leases: it decides expiry (and takes the deadlines
+    /// it knows, plus an election timeout, when it becomes leader), and checks for lapsed
+    /// leases every `LEASE_CHECK_INTERVAL_MS`, logging their expiry with its applied index.
+    fn lease_duties(&mut self, i: usize) {
+        let extend = std::time::Duration::from_millis(ELECTION_TICKS as u64 * TICK_STEPS * STEP_MS);
+        let check_every = crate::limits::LEASE_CHECK_INTERVAL_MS / STEP_MS;
+        let now = self.now;
+        let me = self.members[i].id;
+        let Some(live) = &mut self.members[i].live else {
+            return;
+        };
+        let leader = live.raw.raft.state == StateRole::Leader;
+        live.state.set_lease_authority(leader, extend);
+        if !leader {
+            return;
+        }
+        if now % check_every != 0 {
+            return;
+        }
+        let mut req = Request::LeaseExpire(Default::default());
+        live.state.prepare(&mut req);
+        let Request::LeaseExpire(x) = &mut req else {
+            unreachable!("prepared")
+        };
+        if x.ids.is_empty() {
+            return;
+        }
+        x.seen = (!self.faults.blind_expiry).then_some(live.applied);
+        let id = self.next_lease_req;
+        self.next_lease_req += 1;
+        let data = consensus::proposal(me, id, &kv::encode_write(&req));
+        if live.raw.propose(vec![], data).is_ok() {
+            self.expiry_decided.insert(id, now);
+        }
+    }
+
+    /// Every lease an expiry revoked had lapsed when the leader decided it: no grant or
+    /// keepalive acknowledged with a TTL had been sent less than that TTL before. The
+    /// committed entries are applied again to see which leases each expiry revoked.
+    fn check_leases(&self, history: &[Entry]) -> Result<usize, String> {
+        let (mut state, mut members) = fresh(0, self.base, self.now);
+        let mut revoked_total = 0;
+        for e in history {
+            let expiry = consensus::parse_proposal(&e.data).and_then(|(_, id, payload)| {
+                match kv::decode_write(payload) {
+                    Ok(Request::LeaseExpire(_)) => Some(id),
+                    _ => None,
+                }
+            });
+            let before = if expiry.is_some() {
+                lease_ids(&mut state)
+            } else {
+                Vec::new()
+            };
+            replica::apply_entry(&mut state, &mut members, e)
+                .map_err(|err| format!("a committed entry does not apply: {err}"))?;
+            let Some(id) = expiry else { continue };
+            let after = lease_ids(&mut state);
+            let decided = *self
+                .expiry_decided
+                .get(&id)
+                .ok_or_else(|| format!("entry {}: an expiry nobody decided", e.index))?;
+            for lease in before.into_iter().filter(|l| !after.contains(l)) {
+                revoked_total += 1;
+                for &(sent, ttl) in self.lease_acks.get(&lease).into_iter().flatten() {
+                    let lapses = sent + ttl as u64 * 1_000 / STEP_MS;
+                    if lapses > decided {
+                        return Err(format!(
+                            "lease {lease} revoked by an expiry decided at step {decided} \
+                             (entry {}), but a request sent at step {sent} was acknowledged \
+                             with a TTL of {ttl} s (lapsing at step {lapses})",
+                            e.index
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(revoked_total)
     }
 
     /// The watcher on member `i` pulls what it has not seen (a few revisions at a time, as a
@@ -1132,15 +1405,20 @@ impl Sim {
             let keys: Vec<Option<String>> = (0..KEYS)
                 .map(|k| read(&mut live.state, &format!("k{k}")))
                 .collect();
-            views.push((live.state.store().rev(), keys));
+            views.push((live.state.store().rev(), keys, lease_ids(&mut live.state)));
         }
         if views.iter().any(|v| *v != views[0]) {
             return Err(format!("members differ at the end: {views:?}"));
+        }
+        // The clients stopped renewing with the faults: every lease has expired since.
+        if !views[0].2.is_empty() {
+            return Err(format!("leases never expired: {:?}", views[0].2));
         }
         // Every member's watcher saw the writes the committed entries hold, by revision.
         let end = views[0].0;
         let first = active[0];
         let history = &self.members[first].live.as_ref().expect("live").history;
+        self.revoked = self.check_leases(history)?;
         let want = watch_check::expected(&committed_writes(history));
         for m in self.members.iter().filter(|m| !removed.contains(&m.id)) {
             if m.watcher.next <= end {
@@ -1157,8 +1435,9 @@ impl Sim {
 
     /// How many ops the history holds, how many of them were acknowledged puts, how many
     /// crashes and partitions there were, how many terms had a leader, checkpoints, snapshots
-    /// installed, and members added, promoted and removed.
-    pub fn counts(&self) -> [usize; 10] {
+    /// installed, members added, promoted and removed, lease grants and keepalives
+    /// acknowledged, and leases expired.
+    pub fn counts(&self) -> [usize; 12] {
         let acked = self
             .ops
             .iter()
@@ -1176,6 +1455,8 @@ impl Sim {
             count("joins as a learner"),
             count("is promoted"),
             count(" removed"),
+            self.lease_acks.values().map(Vec::len).sum(),
+            self.revoked,
         ]
     }
 }
@@ -1234,8 +1515,8 @@ fn event(e: &crate::proto::mvccpb::Event) -> Ev {
     }
 }
 
-/// A new member's state and member list.
-fn fresh(id: u64) -> (KvState, Members) {
+/// A new member's state and member list, its lease clock at step `now`.
+fn fresh(id: u64, base: std::time::Instant, now: u64) -> (KvState, Members) {
     let identity = kv::Identity {
         cluster_id: 1,
         member_id: id,
@@ -1243,7 +1524,21 @@ fn fresh(id: u64) -> (KvState, Members) {
         peer_urls: vec![],
         client_urls: vec![],
     };
-    (KvState::in_memory(1, id), Members::new(&identity))
+    let mut state = KvState::in_memory(1, id);
+    state.set_clock(clock(base, now));
+    (state, Members::new(&identity))
+}
+
+fn clock(base: std::time::Instant, step: u64) -> std::time::Instant {
+    base + std::time::Duration::from_millis(step * STEP_MS)
+}
+
+/// The IDs of the leases `state` holds.
+fn lease_ids(state: &mut KvState) -> Vec<i64> {
+    match state.execute(Request::LeaseLeases(Default::default())) {
+        Ok(Response::LeaseLeases(r)) => r.leases.iter().map(|l| l.id).collect(),
+        other => panic!("leases answered {other:?}"),
+    }
 }
 
 /// The state a checkpoint holds: its entries applied again.
@@ -1285,7 +1580,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 10];
+        let mut totals = [0usize; 12];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -1303,13 +1598,14 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed] =
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired] =
             totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
              crashes, {cuts} partitions, {terms} terms with a leader, {checkpoints} \
              checkpoints, {installs} snapshots installed, {joined} learners added, {promoted} \
-             promoted, {removed} voters removed",
+             promoted, {removed} voters removed, {lease_acks} lease grants and keepalives \
+             acknowledged, {expired} leases expired",
             seeds.len(),
             faults.members
         );
@@ -1323,6 +1619,12 @@ mod tests {
             checkpoints > n && installs > n / 2,
             "too few snapshots: {totals:?}"
         );
+        if faults.leases {
+            assert!(
+                lease_acks > 10 * n && expired >= LEASE_CLIENTS * n,
+                "too few lease renewals or expiries: {totals:?}"
+            );
+        }
         // Every run carries the whole membership plan out.
         if faults.membership {
             assert!(
@@ -1384,6 +1686,36 @@ mod tests {
         };
         let caught = (1..=10).find(|&seed| Sim::new(seed, faults).run().is_err());
         assert!(caught.is_some(), "a lossy watch went unnoticed in 10 seeds");
+    }
+
+    #[test]
+    fn a_renewal_acknowledged_but_not_logged_is_caught() {
+        let faults = Faults {
+            unlogged_keepalives: true,
+            ..Faults::standard(3)
+        };
+        let caught =
+            (1..=60).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
+        eprintln!("an unlogged renewal caught first at {caught:?}");
+        assert!(
+            caught.is_some(),
+            "renewals answered by the leader without logging went unnoticed in 60 seeds"
+        );
+    }
+
+    #[test]
+    fn an_expiry_that_revokes_a_later_renewal_is_caught() {
+        let faults = Faults {
+            blind_expiry: true,
+            ..Faults::standard(3)
+        };
+        let caught =
+            (1..=60).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
+        eprintln!("a blind expiry caught first at {caught:?}");
+        assert!(
+            caught.is_some(),
+            "expiries blind to later renewals went unnoticed in 60 seeds"
+        );
     }
 
     #[test]

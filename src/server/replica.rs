@@ -764,7 +764,11 @@ pub(crate) fn apply_entry(
         ));
     }
     let req = kv::decode_write(payload).map_err(|err| format!("raft entry {}: {err}", e.index))?;
-    Ok(Applied::Answer(origin, id, state.execute(req)))
+    Ok(Applied::Answer(
+        origin,
+        id,
+        state.apply_logged(req, e.index),
+    ))
 }
 
 /// A slog drain that hands raft-rs's messages (elections, leader changes) to tracing.
@@ -895,9 +899,7 @@ pub(crate) fn start(
         moving: Vec::new(),
         token: cluster.token.clone(),
         directory,
-        ticks: 0,
         trimmed_at: applied,
-        checkpoint_ticks: (election_ticks as u64 / 2).max(1),
         durable_next,
         durable_hs,
         log_written: 0,
@@ -984,11 +986,8 @@ struct Node {
     token: String,
     /// Members' peer URLs for the peer links' identity answers.
     directory: peer::Directory,
-    ticks: u64,
     /// The applied index at the last trim of whole entries.
     trimmed_at: u64,
-    /// Ticks between lease checkpoints (half an election timeout).
-    checkpoint_ticks: u64,
     /// The log's next record seq after the last durable append, and the hard state durable
     /// then.
     durable_next: u64,
@@ -1383,8 +1382,11 @@ impl Node {
                 self.demands.push(tx);
                 return;
             }
-            // A follower logs keepalives, so that the leader (which decides expiry) sees them.
-            Request::LeaseKeepAlive(_) if !self.is_leader() => {
+            // Every keepalive is logged and renews the lease on every member as it is applied,
+            // so that a new leader knows each deadline a client was told of (a leader that
+            // renewed in memory and answered at once could lose a renewal its client counts
+            // on: the seeded simulation finds that in a few seeds).
+            Request::LeaseKeepAlive(_) => {
                 let payload = kv::encode_write(&req);
                 self.propose(payload, Some(tx)).await;
                 return;
@@ -1392,6 +1394,9 @@ impl Node {
             _ => {}
         }
         self.state.prepare(&mut req);
+        if let Request::LeaseExpire(x) = &mut req {
+            x.seen = Some(self.applied);
+        }
         if let Err(e) = self.state.precheck(&req) {
             for raise in self.state.take_raised() {
                 self.propose(kv::encode_write(&raise), None).await;
@@ -2011,19 +2016,10 @@ impl Node {
     /// attributes.
     async fn on_tick(&mut self) {
         self.answer_moves().await;
-        self.ticks += 1;
         // A member waits for a snapshot while a checkpoint is under way: it is the next one's
         // turn after this, and neither should crawl at nice 19.
         if self.building.is_some() && self.raw.store().snapshot_wanted() {
             self.demands.hurry();
-        }
-        // The leader logs the deadlines of the leases renewed since its last checkpoint, twice
-        // per election timeout, so that a new leader's deadlines are never earlier than the
-        // old leader's by more than the election timeout it adds (see `Lessor::promote`).
-        if self.ticks % self.checkpoint_ticks == 0 && self.is_leader() {
-            if let Some(c) = self.state.take_lease_checkpoint() {
-                self.propose(kv::encode_write(&c), None).await;
-            }
         }
         let now = Instant::now();
         // (Held configuration changes time out in the loop's turn after this tick.)

@@ -426,7 +426,8 @@ async fn lease_ticker(owner: Owner) {
     let every = std::time::Duration::from_millis(crate::limits::LEASE_CHECK_INTERVAL_MS);
     loop {
         glommio::timer::sleep(every).await;
-        if let Err(EtcdError::Stopped) = owner.call(Request::LeaseExpire(Vec::new())).await {
+        if let Err(EtcdError::Stopped) = owner.call(Request::LeaseExpire(Default::default())).await
+        {
             return;
         }
     }
