@@ -38,6 +38,7 @@ run() {
   run "$total" --workload range --clients 100 --conns 10
   run "$total" --workload range-serializable --clients 100 --conns 10
   run "$total" --workload mixed --read-ratio 0.9 --clients 100 --conns 10
+  run "$total" --workload lease-keepalive --clients 100 --conns 10
 } | tee -a "$out.tmp"
 echo >> "$out.tmp"
 echo '```' >> "$out.tmp"; cat "$work/raw.txt" >> "$out.tmp"; echo '```' >> "$out.tmp"
