@@ -243,7 +243,8 @@ pub struct KvState {
     /// Raft's view, on a member of a cluster.
     raft: Option<RaftInfo>,
     members: Option<Vec<pb::Member>>,
-    /// Whether this member decides lease expiry (a follower renews any existing lease).
+    /// Whether this member decides lease expiry (the leader; it then also applies old logs'
+    /// lease checkpoints as its own deadlines know better).
     lease_authority: bool,
     auth: AuthState,
     /// The value store's number of each log segment, by the log's ordinal, and of each part

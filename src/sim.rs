@@ -140,6 +140,8 @@ const CATCHUP_ENTRIES: u64 = 20;
 /// Simulated milliseconds per step: an election timeout is 500 ms, the shortest lease TTL
 /// (2 s) 400 steps.
 const STEP_MS: u64 = 5;
+/// Steps a link must have been up for a configuration change to count it (replica.rs: 5 s).
+const HEALTHY_AFTER_STEPS: u64 = 200;
 /// Lease clients in a run.
 const LEASE_CLIENTS: usize = 3;
 /// Steps a lease client waits for an answer before asking again.
@@ -200,6 +202,8 @@ struct Member {
     /// A client watching every key through this member since revision 1; it keeps its place
     /// across the member's crashes and resumes at its last revision + 1.
     watcher: Watcher,
+    /// The step it last started at (its links are up since then at the earliest).
+    started_at: u64,
 }
 
 impl Member {
@@ -214,6 +218,7 @@ impl Member {
                 next: 1,
                 resps: Vec::new(),
             },
+            started_at: 0,
         }
     }
 }
@@ -273,8 +278,9 @@ pub struct Sim {
     /// snapshot message carries (ferrocd sends its files on a connection of their own).
     net: BTreeMap<(u64, u64), (Message, Option<Checkpoint>)>,
     sent: u64,
-    /// Members cut off from every other.
+    /// Members cut off from every other, and the step that last changed.
     isolated: Vec<u64>,
+    cut_changed: u64,
     ops: Vec<Running>,
     /// Ops finished or abandoned (index into `ops`) and left out of the history.
     dropped: Vec<bool>,
@@ -292,6 +298,10 @@ pub struct Sim {
     expiry_decided: BTreeMap<u64, u64>,
     /// Leases the committed expiries revoked (counted at the end).
     revoked: usize,
+    /// How many leases each expiry entry revoked, by index, on the first member that applied
+    /// it (with that member); the first disagreement.
+    expiry_outcomes: BTreeMap<u64, (u64, usize)>,
+    diverged: Option<String>,
 }
 
 fn config(id: u64, applied: u64) -> raft::Config {
@@ -363,6 +373,7 @@ impl Sim {
             net: BTreeMap::new(),
             sent: 0,
             isolated: Vec::new(),
+            cut_changed: 0,
             ops: Vec::new(),
             dropped: Vec::new(),
             events: Vec::new(),
@@ -373,6 +384,8 @@ impl Sim {
             lease_acks: BTreeMap::new(),
             expiry_decided: BTreeMap::new(),
             revoked: 0,
+            expiry_outcomes: BTreeMap::new(),
+            diverged: None,
         };
         if faults.leases {
             for c in 0..LEASE_CLIENTS {
@@ -396,6 +409,7 @@ impl Sim {
     /// Starts member `i` from its disk, as a restart does.
     fn start(&mut self, i: usize) {
         let m = &mut self.members[i];
+        m.started_at = self.now;
         let mut storage = LogStorage::default();
         let (mut state, mut members) = fresh(m.id, self.base, self.now);
         let mut conf = Default::default();
@@ -691,9 +705,8 @@ impl Sim {
                     self.plan = Plan::Removing(victim, t);
                     None
                 } else {
-                    // etcd promotes a learner in sync only; wait a while for it to catch up.
-                    (t - since >= 300 && retry(since, t))
-                        .then_some((raft::eraftpb::ConfChangeType::AddNode, id))
+                    // Refused (`Members::promotable`) until the learner has caught up.
+                    retry(since, t).then_some((raft::eraftpb::ConfChangeType::AddNode, id))
                 }
             }
             Plan::Removing(id, since) => {
@@ -719,10 +732,49 @@ impl Sim {
                 context: consensus::member_context(&urls(id), learner).into(),
                 ..Default::default()
             };
+            // replica.rs's leader checks a change as etcd's strict reconfiguration does before
+            // it proposes it: against its member list, its links and Raft's progress.
+            if let Err(e) = self.reconfig_allowed(l, &cc) {
+                self.events
+                    .push(format!("{t}: m{id} {kind:?} refused: {e}"));
+                return;
+            }
             if let Some(live) = self.members[l].live.as_mut() {
                 let _ = live.raw.propose_conf_change(Vec::new(), cc);
             }
         }
+    }
+
+    /// `Members::still_allowed` on member `l` (the leader), with the simulated network as its
+    /// links: up since both ends last started and the partitions last changed, unless cut or
+    /// the other end is down.
+    fn reconfig_allowed(
+        &self,
+        l: usize,
+        cc: &raft::eraftpb::ConfChange,
+    ) -> Result<(), crate::error::EtcdError> {
+        let leader = &self.members[l];
+        let live = leader.live.as_ref().expect("a leader is live");
+        let link_up = |id: u64| {
+            let other = self.index_of(id).map(|i| &self.members[i])?;
+            if other.live.is_none() || self.cut(leader.id, id) {
+                return None;
+            }
+            let since = leader
+                .started_at
+                .max(other.started_at)
+                .max(self.cut_changed);
+            Some(clock(self.base, since))
+        };
+        let matched = |id: u64| live.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+        let r = replica::Reconfig {
+            now: clock(self.base, self.now),
+            link_up: &link_up,
+            matched: &matched,
+            last_index: live.raw.raft.raft_log.last_index(),
+            healthy_after: std::time::Duration::from_millis(HEALTHY_AFTER_STEPS * STEP_MS),
+        };
+        live.members.still_allowed(cc, &r)
     }
 
     fn index_of(&self, id: u64) -> Option<usize> {
@@ -843,6 +895,7 @@ impl Sim {
                 let v = self.victim();
                 let id = self.members[v].id;
                 self.isolated.push(id);
+                self.cut_changed = self.now;
                 let t = self.now;
                 self.events.push(format!("{t}: m{id} cut off"));
             } else if self.isolated.len() == 1
@@ -854,11 +907,13 @@ impl Sim {
                 let id = self.members[v].id;
                 if !self.isolated.contains(&id) {
                     self.isolated.push(id);
+                    self.cut_changed = self.now;
                     let t = self.now;
                     self.events.push(format!("{t}: m{id} cut off"));
                 }
             } else if !self.isolated.is_empty() && self.rng.chance(3) {
                 self.isolated.clear();
+                self.cut_changed = self.now;
                 let t = self.now;
                 self.events.push(format!("{t}: network healed"));
             }
@@ -875,6 +930,7 @@ impl Sim {
             }
         } else if self.now == self.faults.steps {
             self.isolated.clear();
+            self.cut_changed = self.now;
         }
         for &i in &active {
             let restart = self.members[i].live.is_none() && (!faulty || self.rng.chance(20));
@@ -1020,13 +1076,19 @@ impl Sim {
             }
             let mut answered = Vec::new();
             let mut lease_answered = Vec::new();
+            let mut expiries = Vec::new();
             for e in rd.take_committed_entries() {
                 match replica::apply_entry(&mut live.state, &mut live.members, &e) {
-                    Ok(Applied::Answer(origin, id, answer)) if origin == me => {
-                        if let Some(o) = live.pending.remove(&id) {
-                            answered.push((o, answer.is_ok()));
-                        } else if let Some(c) = live.lease_pending.remove(&id) {
-                            lease_answered.push((c, id, answer));
+                    Ok(Applied::Answer(origin, id, answer)) => {
+                        if let Ok(Response::LeaseExpire(n)) = &answer {
+                            expiries.push((e.index, *n));
+                        }
+                        if origin == me {
+                            if let Some(o) = live.pending.remove(&id) {
+                                answered.push((o, answer.is_ok()));
+                            } else if let Some(c) = live.lease_pending.remove(&id) {
+                                lease_answered.push((c, id, answer));
+                            }
                         }
                     }
                     Ok(Applied::Conf(cc)) => match live.raw.apply_conf_change(&cc) {
@@ -1086,6 +1148,16 @@ impl Sim {
             }
             for (c, id, answer) in lease_answered {
                 self.lease_answer(c, id, answer);
+            }
+            // Every member revokes as many leases for an expiry as the others did.
+            for (index, n) in expiries {
+                let first = *self.expiry_outcomes.entry(index).or_insert((me, n));
+                if first.1 != n && self.diverged.is_none() {
+                    self.diverged = Some(format!(
+                        "entry {index}: an expiry revoked {} leases on m{} but {n} on m{me}",
+                        first.1, first.0
+                    ));
+                }
             }
         }
     }
@@ -1410,6 +1482,9 @@ impl Sim {
         if views.iter().any(|v| *v != views[0]) {
             return Err(format!("members differ at the end: {views:?}"));
         }
+        if let Some(e) = self.diverged.take() {
+            return Err(e);
+        }
         // The clients stopped renewing with the faults: every lease has expired since.
         if !views[0].2.is_empty() {
             return Err(format!("leases never expired: {:?}", views[0].2));
@@ -1436,8 +1511,8 @@ impl Sim {
     /// How many ops the history holds, how many of them were acknowledged puts, how many
     /// crashes and partitions there were, how many terms had a leader, checkpoints, snapshots
     /// installed, members added, promoted and removed, lease grants and keepalives
-    /// acknowledged, and leases expired.
-    pub fn counts(&self) -> [usize; 12] {
+    /// acknowledged, leases expired, and configuration changes the leader's checks held back.
+    pub fn counts(&self) -> [usize; 13] {
         let acked = self
             .ops
             .iter()
@@ -1457,6 +1532,7 @@ impl Sim {
             count(" removed"),
             self.lease_acks.values().map(Vec::len).sum(),
             self.revoked,
+            count(" refused: "),
         ]
     }
 }
@@ -1580,7 +1656,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 12];
+        let mut totals = [0usize; 13];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -1598,14 +1674,15 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired] =
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired, held_back] =
             totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
              crashes, {cuts} partitions, {terms} terms with a leader, {checkpoints} \
              checkpoints, {installs} snapshots installed, {joined} learners added, {promoted} \
              promoted, {removed} voters removed, {lease_acks} lease grants and keepalives \
-             acknowledged, {expired} leases expired",
+             acknowledged, {expired} leases expired, {held_back} configuration changes held \
+             back by the strict reconfiguration checks",
             seeds.len(),
             faults.members
         );

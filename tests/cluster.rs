@@ -1203,6 +1203,48 @@ fn lease_deadlines_survive_a_leader_change() {
     );
 }
 
+/// A keepalive stream on a follower goes on across a kill -9 of the leader: the keepalive sent
+/// while there is no leader is asked again until a new leader takes it (as etcd's LeaseRenew
+/// waits for a leader) instead of being answered "leader changed", which ended the stream.
+#[test]
+fn a_keepalive_stream_outlives_a_leader_change() {
+    if !common::etcd_tools_or_skip("a_keepalive_stream_outlives_a_leader_change") {
+        return;
+    }
+    let fast = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+    let mut c = Cluster::ferrocd(3, &fast);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let follower = (leader + 1) % 3;
+    let rt = rt();
+    let url = c.members[follower].url();
+    let (mut keeper, mut stream) = rt.block_on(async {
+        let mut client = etcd_client::Client::connect([url], None)
+            .await
+            .expect("connect");
+        let id = client.lease_grant(10, None).await.expect("grant").id();
+        // Opening the stream sends one keepalive and reads its answer.
+        client
+            .lease_keep_alive(id)
+            .await
+            .expect("a keepalive stream")
+    });
+    c.members[leader].kill9();
+    let started = Instant::now();
+    rt.block_on(async {
+        keeper.keep_alive().await.expect("sent");
+        let answer = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("answered within 10 s")
+            .expect("the stream goes on")
+            .expect("an answer");
+        assert_eq!(answer.ttl(), 10, "renewed: {answer:?}");
+    });
+    eprintln!(
+        "keepalive answered {:?} after the leader's kill",
+        started.elapsed()
+    );
+}
+
 /// The leader freezes (SIGSTOP: to the others it is cut off) under writes and comes back
 /// (SIGCONT): a new leader takes over, the old one steps down and catches up, and a watch on a
 /// follower from the first revision sees every acknowledged put, in order, once.

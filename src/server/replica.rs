@@ -525,6 +525,28 @@ async fn joined_identity(
     )))
 }
 
+/// What etcd's strict reconfiguration checks need besides the member list: the asking
+/// member's links and Raft's view of the members' logs (replica.rs gives its peer links and
+/// raft-rs's progress; the seeded simulation its own network's).
+pub(crate) struct Reconfig<'a> {
+    pub(crate) now: Instant,
+    /// Since when this member's link to member `id` is up (None: down).
+    pub(crate) link_up: &'a dyn Fn(u64) -> Option<Instant>,
+    /// How much of the log member `id` holds, as the leader knows it.
+    pub(crate) matched: &'a dyn Fn(u64) -> u64,
+    /// The leader's last index.
+    pub(crate) last_index: u64,
+    /// How long a link must have been up to count (etcd's 5 s).
+    pub(crate) healthy_after: Duration,
+}
+
+impl Reconfig<'_> {
+    fn healthy(&self, id: u64) -> bool {
+        (self.link_up)(id)
+            .is_some_and(|t| self.now.saturating_duration_since(t) >= self.healthy_after)
+    }
+}
+
 /// The cluster's members with what they published.
 pub(crate) struct Members {
     me: u64,
@@ -581,6 +603,97 @@ impl Members {
 
     fn published(&self) -> bool {
         self.published
+    }
+
+    /// etcd's strict reconfiguration checks, as a member asked makes them and again as the
+    /// leader proposes a change (no other is pending then, so the list is up to date): a
+    /// change checked when it was asked, then held behind others (or asked of a follower), was
+    /// checked against a list without them. Three voters added at once to three members were
+    /// all checked against three started voters and would have left three of six started, no
+    /// quorum; etcd lets only one of them through (raft empties the others, whose clients time
+    /// out).
+    pub(crate) fn still_allowed(
+        &self,
+        cc: &raft::eraftpb::ConfChange,
+        r: &Reconfig<'_>,
+    ) -> Result<(), EtcdError> {
+        use raft::eraftpb::ConfChangeType;
+        let id = cc.node_id;
+        let learner = self.list.get(&id).map(|m| m.is_learner);
+        match cc.get_change_type() {
+            ConfChangeType::AddNode if learner == Some(true) => self.promotable(id, r),
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let voter = cc.get_change_type() == ConfChangeType::AddNode;
+                if learner.is_none() && voter && !self.ready_to_add_voter() {
+                    return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                if learner.is_none() && !self.voters_connected(r) {
+                    return Err(EtcdError::Unhealthy);
+                }
+                Ok(())
+            }
+            ConfChangeType::RemoveNode if learner == Some(false) => {
+                if self.removal_keeps_quorum(id, r) {
+                    Ok(())
+                } else {
+                    Err(EtcdError::Unhealthy)
+                }
+            }
+            // Refused at apply if not a member (`Members::refusal`).
+            ConfChangeType::RemoveNode => Ok(()),
+        }
+    }
+
+    /// etcd's strict reconfiguration check for removing voter `id`: a member whose link is
+    /// down may go; otherwise the voters this member has been connected to for
+    /// `healthy_after` (itself included), less the one removed, must stay a quorum.
+    fn removal_keeps_quorum(&self, id: u64, r: &Reconfig<'_>) -> bool {
+        if id != self.me && (r.link_up)(id).is_none() {
+            return true;
+        }
+        let voters: Vec<u64> = self
+            .list
+            .values()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let active = voters
+            .iter()
+            .filter(|&&v| v == self.me || r.healthy(v))
+            .count();
+        active.saturating_sub(1) > (voters.len() - 1) / 2
+    }
+
+    /// etcd's strict reconfiguration check for adding any member: this member has been
+    /// connected to every voter for `healthy_after`.
+    fn voters_connected(&self, r: &Reconfig<'_>) -> bool {
+        self.list
+            .values()
+            .filter(|m| !m.is_learner && m.id != self.me)
+            .all(|m| r.healthy(m.id))
+    }
+
+    /// etcd's strict reconfiguration check for adding a voter: the started voters (those that
+    /// published their name) stay a quorum of the voters with the new one; a cluster of one
+    /// may always add a second.
+    fn ready_to_add_voter(&self) -> bool {
+        let voters: Vec<&pb::Member> = self.list.values().filter(|m| !m.is_learner).collect();
+        let members = voters.len() + 1;
+        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+        (started == 1 && members == 2) || started > members / 2
+    }
+
+    /// Whether the leader may promote `id` now (etcd: a learner, at 90% of the leader's log).
+    pub(crate) fn promotable(&self, id: u64, r: &Reconfig<'_>) -> Result<(), EtcdError> {
+        match self.list.get(&id) {
+            None => return Err(EtcdError::MemberNotFound),
+            Some(m) if !m.is_learner => return Err(EtcdError::MemberNotLearner),
+            Some(_) => {}
+        }
+        if ((r.matched)(id) as f64) < (r.last_index as f64) * 0.9 {
+            return Err(EtcdError::LearnerNotReady);
+        }
+        Ok(())
     }
 
     /// Why a committed configuration change cannot apply to these members, if it cannot
@@ -1631,94 +1744,28 @@ impl Node {
         }
     }
 
-    /// etcd's strict reconfiguration checks again, as the leader proposes a change (no other
-    /// is pending, so the list is up to date): a change checked when it was asked, then held
-    /// behind others (or asked of a follower), was checked against a list without them. Three
-    /// voters added at once to three members were all checked against three started voters
-    /// and would have left three of six started, no quorum; etcd lets only one of them through
-    /// (raft empties the others, whose clients time out).
+    /// etcd's strict reconfiguration checks, against this member's links and Raft's view
+    /// (`Members::still_allowed`).
     fn still_allowed(&self, cc: &raft::eraftpb::ConfChange) -> Result<(), EtcdError> {
-        use raft::eraftpb::ConfChangeType;
-        let id = cc.node_id;
-        let learner = self.members.list.get(&id).map(|m| m.is_learner);
-        match cc.get_change_type() {
-            ConfChangeType::AddNode if learner == Some(true) => self.promotable(id),
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let voter = cc.get_change_type() == ConfChangeType::AddNode;
-                if learner.is_none() && voter && !self.ready_to_add_voter() {
-                    return Err(EtcdError::NotEnoughStartedMembers);
-                }
-                if learner.is_none() && !self.voters_connected() {
-                    return Err(EtcdError::Unhealthy);
-                }
-                Ok(())
-            }
-            ConfChangeType::RemoveNode if learner == Some(false) => {
-                if self.removal_keeps_quorum(id) {
-                    Ok(())
-                } else {
-                    Err(EtcdError::Unhealthy)
-                }
-            }
-            // Refused at apply if not a member (`Members::refusal`).
-            ConfChangeType::RemoveNode => Ok(()),
-        }
+        self.with_reconfig(|m, r| m.still_allowed(cc, r))
     }
 
-    /// etcd's strict reconfiguration check for removing voter `id`: a member whose link is
-    /// down may go; otherwise the voters this member has been connected to for
-    /// `HEALTH_INTERVAL` (itself included), less the one removed, must stay a quorum.
-    fn removal_keeps_quorum(&self, id: u64) -> bool {
-        if id != self.me && self.peers.active_since(id).is_none() {
-            return true;
-        }
-        let voters: Vec<u64> = self
-            .members
-            .list
-            .values()
-            .filter(|m| !m.is_learner)
-            .map(|m| m.id)
-            .collect();
-        let active = voters
-            .iter()
-            .filter(|&&v| {
-                v == self.me
-                    || self
-                        .peers
-                        .active_since(v)
-                        .is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
-            })
-            .count();
-        active.saturating_sub(1) > (voters.len() - 1) / 2
+    /// Whether the leader may promote `id` now (`Members::promotable`).
+    fn promotable(&self, id: u64) -> Result<(), EtcdError> {
+        self.with_reconfig(|m, r| m.promotable(id, r))
     }
 
-    /// etcd's strict reconfiguration check for adding any member: this member has been
-    /// connected to every voter for `HEALTH_INTERVAL`.
-    fn voters_connected(&self) -> bool {
-        self.members
-            .list
-            .values()
-            .filter(|m| !m.is_learner && m.id != self.me)
-            .all(|m| {
-                self.peers
-                    .active_since(m.id)
-                    .is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
-            })
-    }
-
-    /// etcd's strict reconfiguration check for adding a voter: the started voters (those that
-    /// published their name) stay a quorum of the voters with the new one; a cluster of one
-    /// may always add a second.
-    fn ready_to_add_voter(&self) -> bool {
-        let voters: Vec<&pb::Member> = self
-            .members
-            .list
-            .values()
-            .filter(|m| !m.is_learner)
-            .collect();
-        let members = voters.len() + 1;
-        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
-        (started == 1 && members == 2) || started > members / 2
+    fn with_reconfig<T>(&self, f: impl FnOnce(&Members, &Reconfig<'_>) -> T) -> T {
+        let link_up = |id: u64| self.peers.active_since(id);
+        let matched = |id: u64| self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+        let r = Reconfig {
+            now: Instant::now(),
+            link_up: &link_up,
+            matched: &matched,
+            last_index: self.raw.raft.raft_log.last_index(),
+            healthy_after: HEALTH_INTERVAL,
+        };
+        f(&self.members, &r)
     }
 
     /// Why raft-rs dropped a proposal (counted as failed): no leader to take it, or too much
@@ -1730,21 +1777,6 @@ impl Node {
         } else {
             EtcdError::TooManyRequests
         }
-    }
-
-    /// Whether the leader may promote `id` now (etcd: a learner, at 90% of the leader's log).
-    fn promotable(&self, id: u64) -> Result<(), EtcdError> {
-        match self.members.list.get(&id) {
-            None => return Err(EtcdError::MemberNotFound),
-            Some(m) if !m.is_learner => return Err(EtcdError::MemberNotLearner),
-            Some(_) => {}
-        }
-        let last = self.raw.raft.raft_log.last_index();
-        let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
-        if (matched as f64) < (last as f64) * 0.9 {
-            return Err(EtcdError::LearnerNotReady);
-        }
-        Ok(())
     }
 
     /// A promotion a follower logged, applied: the leader checks it and proposes the
@@ -2012,8 +2044,7 @@ impl Node {
         Ok(A::Begun(Some((seq, rev, json, hurry))))
     }
 
-    /// Time-outs, ReadIndex retries, lease checkpoints, and publishing this member's
-    /// attributes.
+    /// Time-outs, ReadIndex retries, and publishing this member's attributes.
     async fn on_tick(&mut self) {
         self.answer_moves().await;
         // A member waits for a snapshot while a checkpoint is under way: it is the next one's

@@ -26,7 +26,7 @@ use super::grpc::{decode_msg, frame};
 use super::metrics::METRICS;
 use super::stream::{client_gone, Gone, Sink, Source};
 use super::ShardCtx;
-use crate::error::Status;
+use crate::error::{EtcdError, Status};
 use crate::kv::{self, Pulled, WatchPull, WatchSpec};
 use crate::limits::{
     WATCHERS_PER_STREAM_MAX, WATCH_GROUP_MIN_WATCHERS, WATCH_PULL_BYTES_MAX, WATCH_PULL_EVENTS_MAX,
@@ -185,11 +185,9 @@ pub(crate) async fn serve_keep_alive(
         while let Some(msg) = reader.next().await {
             let req: pb::LeaseKeepAliveRequest = decode_msg(msg?)?;
             access::may_keep_alive(ctx, cred).map_err(|e| End::Status(e.into()))?;
-            let resp = match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
-                Ok(kv::Response::LeaseKeepAlive(r)) => r,
-                Ok(other) => panic!("a keepalive answered with {other:?}"),
-                Err(e) => return Err(End::Status(e.into())),
-            };
+            let resp = keep_alive(ctx, req)
+                .await
+                .map_err(|e| End::Status(e.into()))?;
             out.send(frame(&resp)).await?;
         }
         Ok(())
@@ -198,6 +196,26 @@ pub(crate) async fn serve_keep_alive(
         futures_lite::future::or(serve, async { Err(leader_lost(ctx, require_leader).await) })
             .await;
     finish(out, end).await;
+}
+
+/// One keepalive through the owner. In a cluster it is logged: while the cluster has no
+/// leader or changes it, it is asked again every 50 ms for up to `KEEPALIVE_RETRY`, as etcd's
+/// LeaseRenew waits for a leader, so that a leader change does not end the stream.
+async fn keep_alive(
+    ctx: &ShardCtx,
+    req: pb::LeaseKeepAliveRequest,
+) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
+    let until = Instant::now() + crate::limits::KEEPALIVE_RETRY;
+    loop {
+        match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
+            Ok(kv::Response::LeaseKeepAlive(r)) => return Ok(r),
+            Ok(other) => panic!("a keepalive answered with {other:?}"),
+            Err(EtcdError::LeaderChanged | EtcdError::NoLeader) if Instant::now() < until => {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Ends the stream with its status.
