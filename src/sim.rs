@@ -12,7 +12,13 @@
 //! learner (it catches up from entries or a snapshot), promoted, and then a voter, the leader
 //! as likely as any, is removed: configuration changes proposed through the leader, applied
 //! by every member (raft-rs's `apply_conf_change`, the storage's configuration, which
-//! checkpoints and snapshots carry), replayed after crashes by `replica::replay`. A watcher on each member (resuming at its last
+//! checkpoints and snapshots carry), replayed after crashes by `replica::replay`. Each change
+//! passes replica.rs's own admission: etcd's strict reconfiguration checks
+//! (`Members::still_allowed`, on the simulated links) when asked and again when proposed, and
+//! its queue of changes held behind the one Raft has (`HeldConfs`); members publish their
+//! names through the log as replica.rs's do. Then three new voters are asked at once, their
+//! processes started later: each new voter applied must leave the started voters a majority.
+//! A watcher on each member (resuming at its last
 //! revision + 1 after the member's crashes) must have seen exactly the writes of the
 //! committed entries (`watch_check`: ordered, unique, atomic, reliable, bookmarkable).
 //! Clients hold leases: they grant one and renew it through members drawn at random (now and
@@ -38,7 +44,7 @@ use crate::consensus::{self, LogStorage, Record};
 use crate::kv::{self, KvState, Request, Response};
 use crate::linearizability::{self, Op, OpKind};
 use crate::proto::etcdserverpb as pb;
-use crate::server::replica::{self, Applied, Members};
+use crate::server::replica::{self, Applied, ConfTurn, HeldConf, HeldConfs, Members};
 use crate::watch_check::{self, Acked, Ev, Resp};
 
 /// xorshift64*: small, fast, and the same everywhere.
@@ -102,6 +108,14 @@ pub struct Faults {
     /// Another: the leader's expiry does not name its applied index, so it also revokes a
     /// lease renewed by a keepalive logged after the leader decided.
     pub blind_expiry: bool,
+    /// After the membership plan, three new voters are asked at once (their processes start
+    /// later, as an operator's would): the strict reconfiguration checks must keep the
+    /// started voters a majority (`Members::still_allowed`, checked when asked and again as
+    /// each is proposed).
+    pub voters_at_once: bool,
+    /// The bug: configuration changes checked when asked only, not again when proposed (as
+    /// replica.rs once did: three voters asked at once were all let in).
+    pub checked_when_asked_only: bool,
 }
 
 /// Where Raft starts with `Faults::start_record`.
@@ -124,6 +138,8 @@ impl Faults {
             leases: true,
             unlogged_keepalives: false,
             blind_expiry: false,
+            voters_at_once: true,
+            checked_when_asked_only: false,
         }
     }
 }
@@ -189,6 +205,8 @@ struct Live {
     staged: BTreeMap<(u64, u64), Checkpoint>,
     /// Lease requests waiting to be applied: request id -> lease client.
     lease_pending: BTreeMap<u64, usize>,
+    /// Configuration changes asked of this member as leader, held behind the one Raft has.
+    held_confs: HeldConfs<()>,
 }
 
 struct Member {
@@ -263,8 +281,16 @@ enum Plan {
     Adding(u64, u64),
     Promoting(u64, u64),
     Removing(u64, u64),
+    /// Three new voters are asked at this step (`Faults::voters_at_once`).
+    Voters(u64),
+    /// (the first of the three, step asked): asked again until all are voters; each starts
+    /// `VOTER_STARTS_AFTER` steps after it was asked.
+    Growing(u64, u64),
     Done,
 }
+
+/// Steps between asking for a new voter and starting its process.
+const VOTER_STARTS_AFTER: u64 = 200;
 
 pub struct Sim {
     rng: Rng,
@@ -299,9 +325,10 @@ pub struct Sim {
     /// Leases the committed expiries revoked (counted at the end).
     revoked: usize,
     /// How many leases each expiry entry revoked, by index, on the first member that applied
-    /// it (with that member); the first disagreement.
+    /// it (with that member).
+    /// The first check that failed while the run went on (reported at its end).
     expiry_outcomes: BTreeMap<u64, (u64, usize)>,
-    diverged: Option<String>,
+    broken: Option<String>,
 }
 
 fn config(id: u64, applied: u64) -> raft::Config {
@@ -385,7 +412,7 @@ impl Sim {
             expiry_decided: BTreeMap::new(),
             revoked: 0,
             expiry_outcomes: BTreeMap::new(),
-            diverged: None,
+            broken: None,
         };
         if faults.leases {
             for c in 0..LEASE_CLIENTS {
@@ -464,6 +491,7 @@ impl Sim {
             history,
             staged: BTreeMap::new(),
             lease_pending: BTreeMap::new(),
+            held_confs: HeldConfs::new(),
         });
         let t = self.now;
         self.events
@@ -716,32 +744,153 @@ impl Sim {
                     if let Some(i) = self.index_of(id) {
                         self.halt(i);
                     }
-                    self.plan = Plan::Done;
+                    self.plan = if self.faults.voters_at_once {
+                        Plan::Voters(t + 100)
+                    } else {
+                        Plan::Done
+                    };
                     None
                 } else {
                     retry(since, t).then_some((raft::eraftpb::ConfChangeType::RemoveNode, id))
                 }
             }
-            Plan::Wait(_) | Plan::Done => None,
+            Plan::Voters(at) if t >= at => {
+                let first = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+                for id in first..first + 3 {
+                    self.members.push(Member::new(id, Vec::new()));
+                }
+                self.events.push(format!(
+                    "{t}: m{first}, m{}, m{} asked as voters at once",
+                    first + 1,
+                    first + 2
+                ));
+                self.plan = Plan::Growing(first, t);
+                let ask: Vec<u64> = (first..first + 3).collect();
+                for id in ask {
+                    self.ask_conf(l, raft::eraftpb::ConfChangeType::AddNode, id);
+                }
+                None
+            }
+            Plan::Growing(first, since) => {
+                if t == since + VOTER_STARTS_AFTER {
+                    for id in first..first + 3 {
+                        if let Some(i) = self.index_of(id) {
+                            self.start(i);
+                        }
+                    }
+                }
+                let missing: Vec<u64> = (first..first + 3)
+                    .filter(|id| !conf.voters.contains(id))
+                    .collect();
+                if missing.is_empty() {
+                    self.events.push(format!(
+                        "{t}: m{first}, m{}, m{} join as voters",
+                        first + 1,
+                        first + 2
+                    ));
+                    self.plan = Plan::Done;
+                } else if retry(since, t) && t > since {
+                    for id in missing {
+                        self.ask_conf(l, raft::eraftpb::ConfChangeType::AddNode, id);
+                    }
+                }
+                None
+            }
+            Plan::Wait(_) | Plan::Voters(_) | Plan::Done => None,
         };
         if let Some((kind, id)) = change {
-            let learner = kind == raft::eraftpb::ConfChangeType::AddLearnerNode;
-            let cc = raft::eraftpb::ConfChange {
-                change_type: kind,
-                node_id: id,
-                context: consensus::member_context(&urls(id), learner).into(),
-                ..Default::default()
-            };
-            // replica.rs's leader checks a change as etcd's strict reconfiguration does before
-            // it proposes it: against its member list, its links and Raft's progress.
-            if let Err(e) = self.reconfig_allowed(l, &cc) {
-                self.events
-                    .push(format!("{t}: m{id} {kind:?} refused: {e}"));
+            self.ask_conf(l, kind, id);
+        }
+    }
+
+    /// Asks leader `l` for a configuration change, as a client's MemberAdd, MemberPromote or
+    /// MemberRemove: checked at once (`Members::still_allowed`), then proposed, or held while
+    /// Raft has one not applied yet.
+    fn ask_conf(&mut self, l: usize, kind: raft::eraftpb::ConfChangeType, id: u64) {
+        let t = self.now;
+        let learner = kind == raft::eraftpb::ConfChangeType::AddLearnerNode;
+        let cc = raft::eraftpb::ConfChange {
+            change_type: kind,
+            node_id: id,
+            context: consensus::member_context(&urls(id), learner).into(),
+            ..Default::default()
+        };
+        if let Err(e) = self.reconfig_allowed(l, &cc) {
+            self.events
+                .push(format!("{t}: m{id} {kind:?} refused: {e}"));
+            return;
+        }
+        // As replica.rs's leader: held while Raft has one not applied yet.
+        let held = HeldConf {
+            ctx: Vec::new(),
+            cc,
+            client: (),
+            since: clock(self.base, t),
+        };
+        let live = self.members[l].live.as_mut().expect("a leader is live");
+        let pending = live.raw.raft.has_pending_conf();
+        if let Some(turn) = live.held_confs.ask(held, pending) {
+            self.conf_turn(l, turn);
+        }
+    }
+
+    /// Member `i` publishes its name through the log until it sees it applied, as replica.rs's
+    /// members do (etcd's "started" member).
+    fn publish(&mut self, i: usize) {
+        if self.now % 100 != 0 {
+            return;
+        }
+        let m = &mut self.members[i];
+        let Some(live) = &mut m.live else { return };
+        if live.members.published() || live.raw.raft.leader_id == 0 {
+            return;
+        }
+        let payload = replica::publish_payload(&identity(m.id));
+        let data = consensus::proposal(m.id, replica::PUBLISH_ID, &payload);
+        let _ = live.raw.propose(vec![], data);
+    }
+
+    /// Member `i` carries out the configuration changes it holds that Raft takes now (or
+    /// gives them up), as replica.rs's loop does after each turn.
+    fn release_held_confs(&mut self, i: usize) {
+        let now = clock(self.base, self.now);
+        let timeout = std::time::Duration::from_millis(OP_TIMEOUT_STEPS * STEP_MS);
+        loop {
+            let Some(live) = self.members[i].live.as_mut() else {
                 return;
+            };
+            let leading = live.raw.raft.state == StateRole::Leader;
+            let pending = live.raw.raft.has_pending_conf();
+            let Some(turn) = live.held_confs.next(leading, pending, now, timeout) else {
+                return;
+            };
+            self.conf_turn(i, turn);
+        }
+    }
+
+    /// A held configuration change's turn on member `l`: replica.rs's leader checks it as
+    /// etcd's strict reconfiguration does (against its member list, its links and Raft's
+    /// progress) and proposes it, or gives it up.
+    fn conf_turn(&mut self, l: usize, turn: ConfTurn<()>) {
+        let t = self.now;
+        let (h, refused) = match turn {
+            ConfTurn::Propose(h) if self.faults.checked_when_asked_only => (h, None),
+            ConfTurn::Propose(h) => {
+                let refused = self.reconfig_allowed(l, &h.cc).err();
+                (h, refused)
             }
-            if let Some(live) = self.members[l].live.as_mut() {
-                let _ = live.raw.propose_conf_change(Vec::new(), cc);
-            }
+            ConfTurn::Refuse(h, e) => (h, Some(e)),
+        };
+        let (id, kind) = (h.cc.node_id, h.cc.get_change_type());
+        if let Some(e) = refused {
+            self.events
+                .push(format!("{t}: m{id} {kind:?} refused: {e}"));
+            return;
+        }
+        let live = self.members[l].live.as_mut().expect("a leader is live");
+        if live.raw.propose_conf_change(h.ctx, h.cc).is_err() {
+            self.events
+                .push(format!("{t}: m{id} {kind:?} dropped by Raft"));
         }
     }
 
@@ -988,6 +1137,8 @@ impl Sim {
             self.answer_reads(i);
             self.watch(i);
             self.lease_duties(i);
+            self.release_held_confs(i);
+            self.publish(i);
         }
         self.draw_timeouts();
         // Clients that waited too long give up.
@@ -1091,10 +1242,33 @@ impl Sim {
                             }
                         }
                     }
-                    Ok(Applied::Conf(cc)) => match live.raw.apply_conf_change(&cc) {
-                        Ok(cs) => live.raw.mut_store().set_conf_state(cs),
-                        Err(err) => panic!("m{me}: raft refused a committed conf change: {err}"),
-                    },
+                    Ok(Applied::Conf(cc)) => {
+                        let promoted = live.raw.store().conf_state().learners.contains(&cc.node_id);
+                        match live.raw.apply_conf_change(&cc) {
+                            Ok(cs) => live.raw.mut_store().set_conf_state(cs),
+                            Err(err) => {
+                                panic!("m{me}: raft refused a committed conf change: {err}")
+                            }
+                        }
+                        // etcd's rule for a new voter: the started voters stay a majority.
+                        let added = cc.get_change_type() == raft::eraftpb::ConfChangeType::AddNode;
+                        if added && !promoted && e.index > self.faults.members {
+                            let voters = &live.raw.store().conf_state().voters;
+                            let started = voters
+                                .iter()
+                                .filter(|&&v| live.members.is_started(v))
+                                .count();
+                            if started * 2 <= voters.len() && self.broken.is_none() {
+                                self.broken = Some(format!(
+                                    "entry {}: m{} added as a voter with {started} of {} \
+                                     voters started",
+                                    e.index,
+                                    cc.node_id,
+                                    voters.len()
+                                ));
+                            }
+                        }
+                    }
                     Ok(_) => {}
                     Err(err) => panic!("m{me}: a committed entry does not apply: {err}"),
                 }
@@ -1152,8 +1326,8 @@ impl Sim {
             // Every member revokes as many leases for an expiry as the others did.
             for (index, n) in expiries {
                 let first = *self.expiry_outcomes.entry(index).or_insert((me, n));
-                if first.1 != n && self.diverged.is_none() {
-                    self.diverged = Some(format!(
+                if first.1 != n && self.broken.is_none() {
+                    self.broken = Some(format!(
                         "entry {index}: an expiry revoked {} leases on m{} but {n} on m{me}",
                         first.1, first.0
                     ));
@@ -1482,7 +1656,7 @@ impl Sim {
         if views.iter().any(|v| *v != views[0]) {
             return Err(format!("members differ at the end: {views:?}"));
         }
-        if let Some(e) = self.diverged.take() {
+        if let Some(e) = self.broken.take() {
             return Err(e);
         }
         // The clients stopped renewing with the faults: every lease has expired since.
@@ -1511,8 +1685,9 @@ impl Sim {
     /// How many ops the history holds, how many of them were acknowledged puts, how many
     /// crashes and partitions there were, how many terms had a leader, checkpoints, snapshots
     /// installed, members added, promoted and removed, lease grants and keepalives
-    /// acknowledged, leases expired, and configuration changes the leader's checks held back.
-    pub fn counts(&self) -> [usize; 13] {
+    /// acknowledged, leases expired, configuration changes the leader's checks held back, and
+    /// runs whose three voters asked at once all joined.
+    pub fn counts(&self) -> [usize; 14] {
         let acked = self
             .ops
             .iter()
@@ -1533,6 +1708,7 @@ impl Sim {
             self.lease_acks.values().map(Vec::len).sum(),
             self.revoked,
             count(" refused: "),
+            count(" join as voters"),
         ]
     }
 }
@@ -1591,18 +1767,22 @@ fn event(e: &crate::proto::mvccpb::Event) -> Ev {
     }
 }
 
-/// A new member's state and member list, its lease clock at step `now`.
-fn fresh(id: u64, base: std::time::Instant, now: u64) -> (KvState, Members) {
-    let identity = kv::Identity {
+/// A simulated member's name and URLs.
+fn identity(id: u64) -> kv::Identity {
+    kv::Identity {
         cluster_id: 1,
         member_id: id,
         name: format!("m{id}"),
         peer_urls: vec![],
         client_urls: vec![],
-    };
+    }
+}
+
+/// A new member's state and member list, its lease clock at step `now`.
+fn fresh(id: u64, base: std::time::Instant, now: u64) -> (KvState, Members) {
     let mut state = KvState::in_memory(1, id);
     state.set_clock(clock(base, now));
-    (state, Members::new(&identity))
+    (state, Members::new(&identity(id)))
 }
 
 fn clock(base: std::time::Instant, step: u64) -> std::time::Instant {
@@ -1656,7 +1836,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 13];
+        let mut totals = [0usize; 14];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -1674,7 +1854,7 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired, held_back] =
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired, held_back, grown] =
             totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
@@ -1682,7 +1862,8 @@ mod tests {
              checkpoints, {installs} snapshots installed, {joined} learners added, {promoted} \
              promoted, {removed} voters removed, {lease_acks} lease grants and keepalives \
              acknowledged, {expired} leases expired, {held_back} configuration changes held \
-             back by the strict reconfiguration checks",
+             back by the strict reconfiguration checks, {grown} runs with three voters \
+             asked at once all joined",
             seeds.len(),
             faults.members
         );
@@ -1708,6 +1889,9 @@ mod tests {
                 joined == n && promoted == n && removed == n,
                 "membership changes not all carried out: {totals:?}"
             );
+            if faults.voters_at_once {
+                assert_eq!(grown, n, "voters asked at once not all joined: {totals:?}");
+            }
         }
     }
 
@@ -1792,6 +1976,21 @@ mod tests {
         assert!(
             caught.is_some(),
             "expiries blind to later renewals went unnoticed in 60 seeds"
+        );
+    }
+
+    #[test]
+    fn voters_let_in_on_the_checks_made_when_asked_are_caught() {
+        let faults = Faults {
+            checked_when_asked_only: true,
+            ..Faults::standard(3)
+        };
+        let caught =
+            (1..=20).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
+        eprintln!("voters let in unchecked caught first at {caught:?}");
+        assert!(
+            caught.is_some(),
+            "configuration changes not checked again when proposed went unnoticed in 20 seeds"
         );
     }
 

@@ -135,7 +135,7 @@ fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
     }
 }
 /// The request id of a publishing proposal ([`request_id_base`] never gives it).
-const PUBLISH_ID: u64 = 0;
+pub(crate) const PUBLISH_ID: u64 = 0;
 /// What a configuration change answers (the last byte of its entry's context).
 const KIND_ADD: u8 = 1;
 const KIND_REMOVE: u8 = 2;
@@ -601,8 +601,13 @@ impl Members {
             .collect()
     }
 
-    fn published(&self) -> bool {
+    pub(crate) fn published(&self) -> bool {
         self.published
+    }
+
+    /// Whether member `id` has published its name (etcd's "started").
+    pub(crate) fn is_started(&self, id: u64) -> bool {
+        self.list.get(&id).is_some_and(|m| !m.name.is_empty())
     }
 
     /// etcd's strict reconfiguration checks, as a member asked makes them and again as the
@@ -679,7 +684,7 @@ impl Members {
     fn ready_to_add_voter(&self) -> bool {
         let voters: Vec<&pb::Member> = self.list.values().filter(|m| !m.is_learner).collect();
         let members = voters.len() + 1;
-        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+        let started = voters.iter().filter(|m| self.is_started(m.id)).count();
         (started == 1 && members == 2) || started > members / 2
     }
 
@@ -776,7 +781,7 @@ pub(crate) enum Applied {
 }
 
 /// The proposal data that publishes this member's name and client URLs.
-fn publish_payload(id: &kv::Identity) -> Vec<u8> {
+pub(crate) fn publish_payload(id: &kv::Identity) -> Vec<u8> {
     let mut out = vec![TAG_PUBLISH];
     let body = serde_json::json!({
         "id": id.member_id,
@@ -1007,7 +1012,7 @@ pub(crate) fn start(
         leader: 0,
         last_publish: None,
         abandoned: Vec::new(),
-        held_confs: std::collections::VecDeque::new(),
+        held_confs: HeldConfs::new(),
         asked: Vec::new(),
         moving: Vec::new(),
         token: cluster.token.clone(),
@@ -1087,7 +1092,7 @@ struct Node {
     abandoned: Vec<Reply>,
     /// Configuration changes waiting for the one before to be applied (raft-rs would turn
     /// them into empty entries, and their clients would time out), in arrival order.
-    held_confs: std::collections::VecDeque<HeldConf>,
+    held_confs: HeldConfs<Option<(u64, Reply)>>,
     /// Followers' requests (promotions, configuration changes) applied while a Ready was
     /// handled, carried out after it: raft-rs takes no proposal between `ready()` and
     /// `advance_append_async` (the Ready's last entry would no longer be the unstable log's:
@@ -1131,15 +1136,76 @@ enum Asked {
     Conf(u64, u64, u8, raft::eraftpb::ConfChange),
 }
 
-struct HeldConf {
-    ctx: Vec<u8>,
-    cc: raft::eraftpb::ConfChange,
-    client: Option<(u64, Reply)>,
-    since: Instant,
+pub(crate) struct HeldConf<C> {
+    pub(crate) ctx: Vec<u8>,
+    pub(crate) cc: raft::eraftpb::ConfChange,
+    pub(crate) client: C,
+    pub(crate) since: Instant,
 }
 
 /// At most this many configuration changes wait for the one before (more are refused).
 const HELD_CONFS_MAX: usize = 64;
+
+/// Configuration changes waiting for the one before to be applied (raft-rs would turn them
+/// into empty entries, and their clients would time out), in arrival order; `C` is how the
+/// asker is answered. The Raft loop and the seeded simulation keep one each.
+pub(crate) struct HeldConfs<C> {
+    queue: std::collections::VecDeque<HeldConf<C>>,
+}
+
+/// What the leader does with a configuration change now.
+pub(crate) enum ConfTurn<C> {
+    Propose(HeldConf<C>),
+    Refuse(HeldConf<C>, EtcdError),
+}
+
+impl<C> HeldConfs<C> {
+    pub(crate) fn new() -> HeldConfs<C> {
+        HeldConfs {
+            queue: Default::default(),
+        }
+    }
+
+    /// A change asked of the leader (`pending`: Raft has one not applied yet): proposed now
+    /// if Raft takes it and none waits before it, else held; refused when too many wait.
+    pub(crate) fn ask(&mut self, h: HeldConf<C>, pending: bool) -> Option<ConfTurn<C>> {
+        if !pending && self.queue.is_empty() {
+            Some(ConfTurn::Propose(h))
+        } else if self.queue.len() < HELD_CONFS_MAX {
+            self.queue.push_back(h);
+            None
+        } else {
+            Some(ConfTurn::Refuse(h, EtcdError::TooManyRequests))
+        }
+    }
+
+    /// The next held change to carry out, called again until None: the oldest, proposed if
+    /// this member leads and Raft takes a change (`pending` is read again after each
+    /// proposal: one at a time), refused if this member no longer leads ("leader changed", as
+    /// the proposals pending when the leadership moved) or it waited longer than `timeout`.
+    pub(crate) fn next(
+        &mut self,
+        leading: bool,
+        pending: bool,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<ConfTurn<C>> {
+        let late = now.saturating_duration_since(self.queue.front()?.since) > timeout;
+        if leading && !late && pending {
+            return None;
+        }
+        let h = self.queue.pop_front()?;
+        Some(match (leading, late) {
+            (true, false) => ConfTurn::Propose(h),
+            (_, true) => ConfTurn::Refuse(h, EtcdError::Timeout),
+            (false, false) => ConfTurn::Refuse(h, EtcdError::LeaderChanged),
+        })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
 
 /// A Release of a checkpoint, answered when the log before it is let go of.
 struct Releasing {
@@ -1664,20 +1730,26 @@ impl Node {
             client,
             since: Instant::now(),
         };
-        if !self.raw.raft.has_pending_conf() && self.held_confs.is_empty() {
-            self.propose_held(h).await;
-        } else if self.held_confs.len() < HELD_CONFS_MAX {
-            self.held_confs.push_back(h);
-        } else {
-            METRICS.proposals_failed.inc();
-            self.answer_held(h, EtcdError::TooManyRequests).await;
+        let pending = self.raw.raft.has_pending_conf();
+        if let Some(turn) = self.held_confs.ask(h, pending) {
+            self.conf_turn(turn).await;
+        }
+    }
+
+    async fn conf_turn(&mut self, turn: ConfTurn<Option<(u64, Reply)>>) {
+        match turn {
+            ConfTurn::Propose(h) => self.propose_held(h).await,
+            ConfTurn::Refuse(h, e) => {
+                METRICS.proposals_failed.inc();
+                self.answer_held(h, e).await;
+            }
         }
     }
 
     /// Answers a configuration change that will not be proposed: its client if this member's,
     /// else the follower that logged it, through a logged refusal (forwarded to the leader if
     /// this member no longer leads; lost only if there is none, and its client times out).
-    async fn answer_held(&mut self, h: HeldConf, e: EtcdError) {
+    async fn answer_held(&mut self, h: HeldConf<Option<(u64, Reply)>>, e: EtcdError) {
         if let Some((_, tx)) = h.client {
             return tx.send(Err(e)).await;
         }
@@ -1696,7 +1768,7 @@ impl Node {
 
     /// Proposes a configuration change now; its client waits for it to be applied (from when
     /// it asked), or hears why Raft refused it.
-    async fn propose_held(&mut self, h: HeldConf) {
+    async fn propose_held(&mut self, h: HeldConf<Option<(u64, Reply)>>) {
         if let Err(e) = self.still_allowed(&h.cc) {
             METRICS.proposals_failed.inc();
             return self.answer_held(h, e).await;
@@ -1723,24 +1795,12 @@ impl Node {
         }
         let now = Instant::now();
         let leading = self.is_leader();
-        while let Some(h) = self.held_confs.front() {
-            let late = now - h.since > self.timeout;
-            if leading && !late && self.raw.raft.has_pending_conf() {
+        loop {
+            let pending = self.raw.raft.has_pending_conf();
+            let Some(turn) = self.held_confs.next(leading, pending, now, self.timeout) else {
                 break;
-            }
-            let h = self.held_confs.pop_front().expect("just seen");
-            if leading && !late {
-                self.propose_held(h).await;
-                continue;
-            }
-            METRICS.proposals_failed.inc();
-            // Not leading: as the proposals pending when the leadership moved.
-            let e = if late {
-                EtcdError::Timeout
-            } else {
-                EtcdError::LeaderChanged
             };
-            self.answer_held(h, e).await;
+            self.conf_turn(turn).await;
         }
     }
 
