@@ -1925,18 +1925,22 @@ mod tests {
         assert_ne!(run(7).0, run(8).0);
     }
 
+    /// Runs seeds 1..=`seeds` with a deliberate bug until one fails (the checks catch it),
+    /// and prints the first failure.
+    fn caught(what: &str, faults: Faults, seeds: u64) {
+        let caught =
+            (1..=seeds).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
+        eprintln!("{what} caught first at {caught:?}");
+        assert!(caught.is_some(), "{what} went unnoticed in {seeds} seeds");
+    }
+
     #[test]
     fn a_snapshot_installed_without_its_state_is_caught() {
         let faults = Faults {
             stale_install: true,
             ..Faults::standard(3)
         };
-        let caught = (1..=40).find(|&seed| Sim::new(seed, faults).run().is_err());
-        eprintln!("a stale install caught first at seed {caught:?}");
-        assert!(
-            caught.is_some(),
-            "a stale install went unnoticed in 40 seeds"
-        );
+        caught("a snapshot installed without its state", faults, 40);
     }
 
     #[test]
@@ -1945,8 +1949,7 @@ mod tests {
             lossy_watch: true,
             ..Faults::standard(3)
         };
-        let caught = (1..=10).find(|&seed| Sim::new(seed, faults).run().is_err());
-        assert!(caught.is_some(), "a lossy watch went unnoticed in 10 seeds");
+        caught("a lossy watch", faults, 10);
     }
 
     #[test]
@@ -1955,12 +1958,10 @@ mod tests {
             unlogged_keepalives: true,
             ..Faults::standard(3)
         };
-        let caught =
-            (1..=60).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
-        eprintln!("an unlogged renewal caught first at {caught:?}");
-        assert!(
-            caught.is_some(),
-            "renewals answered by the leader without logging went unnoticed in 60 seeds"
+        caught(
+            "renewals answered by the leader without logging",
+            faults,
+            60,
         );
     }
 
@@ -1970,13 +1971,7 @@ mod tests {
             blind_expiry: true,
             ..Faults::standard(3)
         };
-        let caught =
-            (1..=60).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
-        eprintln!("a blind expiry caught first at {caught:?}");
-        assert!(
-            caught.is_some(),
-            "expiries blind to later renewals went unnoticed in 60 seeds"
-        );
+        caught("expiries blind to later renewals", faults, 60);
     }
 
     #[test]
@@ -1985,12 +1980,10 @@ mod tests {
             checked_when_asked_only: true,
             ..Faults::standard(3)
         };
-        let caught =
-            (1..=20).find_map(|seed| Sim::new(seed, faults).run().err().map(|e| (seed, e)));
-        eprintln!("voters let in unchecked caught first at {caught:?}");
-        assert!(
-            caught.is_some(),
-            "configuration changes not checked again when proposed went unnoticed in 20 seeds"
+        caught(
+            "configuration changes not checked again when proposed",
+            faults,
+            20,
         );
     }
 
@@ -2001,11 +1994,6 @@ mod tests {
             partition_per_mille: 10,
             ..Faults::standard(3)
         };
-        let caught = (1..=40).find(|&seed| Sim::new(seed, faults).run().is_err());
-        eprintln!("stale reads caught first at seed {caught:?}");
-        assert!(
-            caught.is_some(),
-            "reads answered without a read index went unnoticed in 40 seeds"
-        );
+        caught("reads answered without a read index", faults, 40);
     }
 }
