@@ -16,7 +16,9 @@
 //! passes replica.rs's own admission: etcd's strict reconfiguration checks
 //! (`Members::still_allowed`, on the simulated links) when asked and again when proposed, and
 //! its queue of changes held behind the one Raft has (`HeldConfs`); members publish their
-//! names through the log as replica.rs's do. Then three new voters are asked at once, their
+//! names through the log as replica.rs's do, and a change is asked of a member drawn at
+//! random: a follower logs it, and the leader of that term carries it out or logs a refusal
+//! (`Members::carry_out`). Then three new voters are asked at once, their
 //! processes started later: each new voter applied must leave the started voters a majority.
 //! A watcher on each member (resuming at its last
 //! revision + 1 after the member's crashes) must have seen exactly the writes of the
@@ -207,6 +209,8 @@ struct Live {
     lease_pending: BTreeMap<u64, usize>,
     /// Configuration changes asked of this member as leader, held behind the one Raft has.
     held_confs: HeldConfs<()>,
+    /// Followers' requests applied while this member led their term, to carry out.
+    asked: Vec<replica::Asked>,
 }
 
 struct Member {
@@ -321,7 +325,7 @@ pub struct Sim {
     /// Step 0's instant: a step is `STEP_MS` of the members' lease clocks.
     base: std::time::Instant,
     lease_clients: Vec<LeaseClient>,
-    next_lease_req: u64,
+    next_req: u64,
     /// Grants and keepalives acknowledged with a TTL: lease -> (step sent, TTL in seconds).
     lease_acks: BTreeMap<i64, Vec<(u64, i64)>>,
     /// Expiries the leader logged: request id -> the step it decided at.
@@ -411,7 +415,7 @@ impl Sim {
             terms_led: Default::default(),
             base: std::time::Instant::now(),
             lease_clients: Vec::new(),
-            next_lease_req: LEASE_REQ_BASE,
+            next_req: LEASE_REQ_BASE,
             lease_acks: BTreeMap::new(),
             expiry_decided: BTreeMap::new(),
             revoked: 0,
@@ -496,6 +500,7 @@ impl Sim {
             staged: BTreeMap::new(),
             lease_pending: BTreeMap::new(),
             held_confs: HeldConfs::new(),
+            asked: Vec::new(),
         });
         let t = self.now;
         self.events
@@ -785,7 +790,7 @@ impl Sim {
                 self.plan = Plan::Growing(first, t);
                 let ask: Vec<u64> = (first..first + 3).collect();
                 for id in ask {
-                    self.ask_conf(l, raft::eraftpb::ConfChangeType::AddNode, id);
+                    self.ask_any(l, raft::eraftpb::ConfChangeType::AddNode, id);
                 }
                 None
             }
@@ -802,7 +807,7 @@ impl Sim {
                     self.plan = Plan::Done;
                 } else if retry(since, t) && t > since {
                     for id in missing {
-                        self.ask_conf(l, raft::eraftpb::ConfChangeType::AddNode, id);
+                        self.ask_any(l, raft::eraftpb::ConfChangeType::AddNode, id);
                     }
                 }
                 None
@@ -810,7 +815,100 @@ impl Sim {
             Plan::Wait(_) | Plan::Voters(_) | Plan::Done => None,
         };
         if let Some((kind, id)) = change {
-            self.ask_conf(l, kind, id);
+            self.ask_any(l, kind, id);
+        }
+    }
+
+    /// A client's MemberAdd, MemberPromote or MemberRemove through a member drawn at random:
+    /// the leader (`l`) carries it out itself (`ask_conf`); a follower logs it for the leader,
+    /// as replica.rs's do: a promotion unchecked (only the leader knows how far the learner
+    /// is), another change once its own strict checks pass.
+    fn ask_any(&mut self, l: usize, kind: raft::eraftpb::ConfChangeType, id: u64) {
+        let up: Vec<usize> = self
+            .in_cluster()
+            .into_iter()
+            .filter(|&i| self.members[i].live.is_some())
+            .collect();
+        let a = up[self.rng.below(up.len() as u64) as usize];
+        if a == l {
+            return self.ask_conf(l, kind, id);
+        }
+        let t = self.now;
+        let (me, learner) = {
+            let live = self.members[a].live.as_ref().expect("up");
+            let learner = live.raw.store().conf_state().learners.contains(&id);
+            (self.members[a].id, learner)
+        };
+        use raft::eraftpb::ConfChangeType;
+        let payload = if kind == ConfChangeType::AddNode && learner {
+            replica::promote_request(id)
+        } else {
+            let cc = raft::eraftpb::ConfChange {
+                change_type: kind,
+                node_id: id,
+                context: consensus::member_context(
+                    &urls(id),
+                    kind == ConfChangeType::AddLearnerNode,
+                )
+                .into(),
+                ..Default::default()
+            };
+            if let Err(e) = self.reconfig_allowed(a, &cc) {
+                self.events
+                    .push(format!("{t}: m{id} {kind:?} refused by m{me}: {e}"));
+                return;
+            }
+            let answers = if kind == ConfChangeType::RemoveNode {
+                replica::KIND_REMOVE
+            } else {
+                replica::KIND_ADD
+            };
+            replica::conf_request(answers, &cc)
+        };
+        let req = self.next_req;
+        self.next_req += 1;
+        let live = self.members[a].live.as_mut().expect("up");
+        if live
+            .raw
+            .propose(vec![], consensus::proposal(me, req, &payload))
+            .is_ok()
+        {
+            self.events
+                .push(format!("{t}: m{id} {kind:?} asked of m{me}, a follower"));
+        }
+    }
+
+    /// Member `i` carries out the followers' requests it applied as the leader of the term
+    /// they were logged in (`Members::carry_out`, as replica.rs's loop after each turn).
+    fn carry_out_asked(&mut self, i: usize) {
+        let Some(live) = self.members[i].live.as_mut() else {
+            return;
+        };
+        let asked = std::mem::take(&mut live.asked);
+        let leading = live.raw.raft.state == StateRole::Leader;
+        for a in asked {
+            let t = self.now;
+            match self.reconfig(i, |m, r| m.carry_out(a, leading, r)) {
+                replica::Carried::Propose(ctx, cc) => {
+                    let held = HeldConf {
+                        ctx,
+                        cc,
+                        client: (),
+                        since: clock(self.base, t),
+                    };
+                    let live = self.members[i].live.as_mut().expect("live");
+                    let pending = live.raw.raft.has_pending_conf();
+                    if let Some(turn) = live.held_confs.ask(held, pending) {
+                        self.conf_turn(i, turn);
+                    }
+                }
+                replica::Carried::Refuse(origin, id, e) => {
+                    self.events
+                        .push(format!("{t}: m{origin}'s request refused: {e}"));
+                    let live = self.members[i].live.as_mut().expect("live");
+                    let _ = live.raw.propose(vec![], replica::refusal(origin, id, &e));
+                }
+            }
         }
     }
 
@@ -913,8 +1011,13 @@ impl Sim {
         l: usize,
         cc: &raft::eraftpb::ConfChange,
     ) -> Result<(), crate::error::EtcdError> {
+        self.reconfig(l, |m, r| m.still_allowed(cc, r))
+    }
+
+    /// `f` with member `l`'s list and what the strict reconfiguration checks need of it.
+    fn reconfig<T>(&self, l: usize, f: impl FnOnce(&Members, &replica::Reconfig<'_>) -> T) -> T {
         let leader = &self.members[l];
-        let live = leader.live.as_ref().expect("a leader is live");
+        let live = leader.live.as_ref().expect("a live member");
         let link_up = |id: u64| {
             let other = self.index_of(id).map(|i| &self.members[i])?;
             if other.live.is_none() || self.cut(leader.id, id) {
@@ -934,7 +1037,7 @@ impl Sim {
             last_index: live.raw.raft.raft_log.last_index(),
             healthy_after: std::time::Duration::from_millis(HEALTHY_AFTER_STEPS * STEP_MS),
         };
-        live.members.still_allowed(cc, &r)
+        f(&live.members, &r)
     }
 
     fn index_of(&self, id: u64) -> Option<usize> {
@@ -1149,6 +1252,7 @@ impl Sim {
             self.answer_reads(i);
             self.watch(i);
             self.lease_duties(i);
+            self.carry_out_asked(i);
             self.release_held_confs(i);
             self.publish(i);
         }
@@ -1281,6 +1385,20 @@ impl Sim {
                             }
                         }
                     }
+                    // As replica.rs: carried out by the leader of the term it was logged in.
+                    Ok(Applied::PromoteRequest(origin, id, learner))
+                        if live.raw.raft.state == StateRole::Leader
+                            && e.term == live.raw.raft.term =>
+                    {
+                        live.asked
+                            .push(replica::Asked::Promote(origin, id, learner));
+                    }
+                    Ok(Applied::ConfRequest(origin, id, kind, cc))
+                        if live.raw.raft.state == StateRole::Leader
+                            && e.term == live.raw.raft.term =>
+                    {
+                        live.asked.push(replica::Asked::Conf(origin, id, kind, cc));
+                    }
                     Ok(_) => {}
                     Err(err) => panic!("m{me}: a committed entry does not apply: {err}"),
                 }
@@ -1371,8 +1489,8 @@ impl Sim {
             return;
         }
         let i = up[self.rng.below(up.len() as u64) as usize];
-        let id = self.next_lease_req;
-        self.next_lease_req += 1;
+        let id = self.next_req;
+        self.next_req += 1;
         let lc = &mut self.lease_clients[c];
         let keepalive = lc.granted;
         lc.asked = Some((id, now, keepalive));
@@ -1480,8 +1598,8 @@ impl Sim {
             return;
         }
         x.seen = (!self.faults.blind_expiry).then_some(live.applied);
-        let id = self.next_lease_req;
-        self.next_lease_req += 1;
+        let id = self.next_req;
+        self.next_req += 1;
         let data = consensus::proposal(me, id, &kv::encode_write(&req));
         if live.raw.propose(vec![], data).is_ok() {
             self.expiry_decided.insert(id, now);
@@ -1701,8 +1819,8 @@ impl Sim {
     /// crashes and partitions there were, how many terms had a leader, checkpoints, snapshots
     /// installed, members added, promoted and removed, lease grants and keepalives
     /// acknowledged, leases expired, configuration changes the leader's checks held back, and
-    /// runs whose three voters asked at once all joined.
-    pub fn counts(&self) -> [usize; 14] {
+    /// runs whose three voters asked at once all joined, and changes asked of followers.
+    pub fn counts(&self) -> [usize; 15] {
         let acked = self
             .ops
             .iter()
@@ -1724,6 +1842,7 @@ impl Sim {
             self.revoked,
             count(" refused: "),
             count(" join as voters"),
+            count(", a follower"),
         ]
     }
 }
@@ -1851,7 +1970,7 @@ mod tests {
     }
 
     fn run_seeds(faults: Faults, seeds: &[u64]) {
-        let mut totals = [0usize; 14];
+        let mut totals = [0usize; 15];
         for &seed in seeds {
             let mut sim = Sim::new(seed, faults);
             if let Err(e) = sim.run() {
@@ -1869,7 +1988,7 @@ mod tests {
                 *t += c;
             }
         }
-        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired, held_back, grown] =
+        let [ops, acked, crashes, cuts, terms, checkpoints, installs, joined, promoted, removed, lease_acks, expired, held_back, grown, via_followers] =
             totals;
         eprintln!(
             "{} seeds of {} members: {ops} client ops, {acked} acknowledged puts, {crashes} \
@@ -1878,7 +1997,7 @@ mod tests {
              promoted, {removed} voters removed, {lease_acks} lease grants and keepalives \
              acknowledged, {expired} leases expired, {held_back} configuration changes held \
              back by the strict reconfiguration checks, {grown} runs with three voters \
-             asked at once all joined",
+             asked at once all joined, {via_followers} changes asked of followers",
             seeds.len(),
             faults.members
         );

@@ -125,6 +125,27 @@ fn refusal_error(code: u8) -> EtcdError {
     }
 }
 
+/// A follower's MemberPromote, logged for the leader (which alone knows how far the learner
+/// is).
+pub(crate) fn promote_request(learner: u64) -> Vec<u8> {
+    let mut payload = vec![TAG_PROMOTE];
+    payload.extend_from_slice(&learner.to_le_bytes());
+    payload
+}
+
+/// A follower's configuration change (`kind`: what it answers), logged for the leader.
+pub(crate) fn conf_request(kind: u8, cc: &raft::eraftpb::ConfChange) -> Vec<u8> {
+    use protobuf::Message as _;
+    let mut payload = vec![TAG_CONF, kind];
+    payload.extend_from_slice(&cc.write_to_bytes().expect("a conf change encodes"));
+    payload
+}
+
+/// The leader's refusal of follower `origin`'s request `id`, logged for its client.
+pub(crate) fn refusal(origin: u64, id: u64, e: &EtcdError) -> Vec<u8> {
+    consensus::proposal(origin, id, &[TAG_REFUSED, refusal_code(e)])
+}
+
 /// The configuration change that promotes learner `id`.
 fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
     raft::eraftpb::ConfChange {
@@ -137,8 +158,8 @@ fn promotion(id: u64, m: &pb::Member) -> raft::eraftpb::ConfChange {
 /// The request id of a publishing proposal ([`request_id_base`] never gives it).
 pub(crate) const PUBLISH_ID: u64 = 0;
 /// What a configuration change answers (the last byte of its entry's context).
-const KIND_ADD: u8 = 1;
-const KIND_REMOVE: u8 = 2;
+pub(crate) const KIND_ADD: u8 = 1;
+pub(crate) const KIND_REMOVE: u8 = 2;
 const KIND_PROMOTE: u8 = 3;
 
 /// The id of a member added to the cluster, as etcd computes it: SHA-1 over the sorted peer
@@ -688,6 +709,33 @@ impl Members {
         (started == 1 && members == 2) || started > members / 2
     }
 
+    /// A follower's request applied on the member that led the term it was logged in
+    /// (`leading`: it still does): the configuration change to propose, answered to the
+    /// follower's client when applied (a promotion checked here first: only the leader knows
+    /// how far the learner is; other changes were checked by the follower, and again as they
+    /// are proposed), or the refusal to log ("leader changed" if it no longer leads: nobody
+    /// else will carry it out).
+    pub(crate) fn carry_out(&self, asked: Asked, leading: bool, r: &Reconfig<'_>) -> Carried {
+        let (origin, id) = match &asked {
+            Asked::Promote(origin, id, _) | Asked::Conf(origin, id, _, _) => (*origin, *id),
+        };
+        if !leading {
+            return Carried::Refuse(origin, id, EtcdError::LeaderChanged);
+        }
+        match asked {
+            Asked::Promote(_, _, learner) => match self.promotable(learner, r) {
+                Ok(()) => Carried::Propose(
+                    consensus::proposal(origin, id, &[KIND_PROMOTE]),
+                    promotion(learner, &self.list[&learner]),
+                ),
+                Err(e) => Carried::Refuse(origin, id, e),
+            },
+            Asked::Conf(_, _, kind, cc) => {
+                Carried::Propose(consensus::proposal(origin, id, &[kind]), cc)
+            }
+        }
+    }
+
     /// Whether the leader may promote `id` now (etcd: a learner, at 90% of the leader's log).
     pub(crate) fn promotable(&self, id: u64, r: &Reconfig<'_>) -> Result<(), EtcdError> {
         match self.list.get(&id) {
@@ -1131,9 +1179,17 @@ struct Node {
 /// client to answer (with its request id) when this member's own client asked.
 /// A follower's request the leader carries out (see `Node::asked`): (proposer, request id,
 /// then the learner to promote, or the answer's kind and the configuration change).
-enum Asked {
+pub(crate) enum Asked {
     Promote(u64, u64, u64),
     Conf(u64, u64, u8, raft::eraftpb::ConfChange),
+}
+
+/// What the leader that logged a follower's request does with it ([`Members::carry_out`]).
+pub(crate) enum Carried {
+    /// Propose it (held behind a pending change as any other).
+    Propose(Vec<u8>, raft::eraftpb::ConfChange),
+    /// Log a refusal for the follower's client: (origin, request id, why).
+    Refuse(u64, u64, EtcdError),
 }
 
 pub(crate) struct HeldConf<C> {
@@ -1664,9 +1720,7 @@ impl Node {
                 // Only the leader knows how far the learner is (etcd forwards the call to it):
                 // a follower logs the request; the leader answers it through the log.
                 if !self.is_leader() {
-                    let mut payload = vec![TAG_PROMOTE];
-                    payload.extend_from_slice(&r.id.to_le_bytes());
-                    self.propose(payload, Some(tx)).await;
+                    self.propose(promote_request(r.id), Some(tx)).await;
                     return;
                 }
                 (promotion(r.id, &m), KIND_PROMOTE)
@@ -1702,10 +1756,7 @@ impl Node {
         }
         if !self.is_leader() {
             // Through the log to the leader, which proposes it (TAG_CONF).
-            use protobuf::Message as _;
-            let mut payload = vec![TAG_CONF, kind];
-            payload.extend_from_slice(&cc.write_to_bytes().expect("a conf change encodes"));
-            self.propose(payload, Some(tx)).await;
+            self.propose(conf_request(kind, &cc), Some(tx)).await;
             return;
         }
         let id = self.next_req;
@@ -1760,8 +1811,7 @@ impl Node {
 
     /// Logs the refusal of follower `origin`'s request `id`, for its client.
     fn log_refusal(&mut self, origin: u64, id: u64, e: &EtcdError) {
-        let data = consensus::proposal(origin, id, &[TAG_REFUSED, refusal_code(e)]);
-        if self.raw.propose(vec![], data).is_err() {
+        if self.raw.propose(vec![], refusal(origin, id, e)).is_err() {
             METRICS.proposals_failed.inc();
         }
     }
@@ -1810,11 +1860,6 @@ impl Node {
         self.with_reconfig(|m, r| m.still_allowed(cc, r))
     }
 
-    /// Whether the leader may promote `id` now (`Members::promotable`).
-    fn promotable(&self, id: u64) -> Result<(), EtcdError> {
-        self.with_reconfig(|m, r| m.promotable(id, r))
-    }
-
     fn with_reconfig<T>(&self, f: impl FnOnce(&Members, &Reconfig<'_>) -> T) -> T {
         let link_up = |id: u64| self.peers.active_since(id);
         let matched = |id: u64| self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
@@ -1839,44 +1884,16 @@ impl Node {
         }
     }
 
-    /// A promotion a follower logged, applied: the leader checks it and proposes the
-    /// configuration change (answered to the follower's client when applied) or a refusal
-    /// (answered when applied); the other members do nothing.
-    async fn promote_for(&mut self, origin: u64, id: u64, learner: u64) {
-        if !self.is_leader() {
-            // It led the term the request was logged in, and nobody else will carry it out.
-            return self.log_refusal(origin, id, &EtcdError::LeaderChanged);
-        }
-        match self.promotable(learner) {
-            Ok(()) => {
-                let cc = promotion(learner, &self.members.list[&learner]);
-                let ctx = consensus::proposal(origin, id, &[KIND_PROMOTE]);
-                self.propose_conf(ctx, cc, None).await;
-            }
-            Err(e) => self.log_refusal(origin, id, &e),
-        }
-    }
-
-    /// Carries out the followers' requests applied since the last call (outside any Ready).
+    /// Carries out the followers' requests applied since the last call (outside any Ready):
+    /// `Members::carry_out`.
     async fn carry_out_asked(&mut self) {
+        let leading = self.is_leader();
         for a in std::mem::take(&mut self.asked) {
-            match a {
-                Asked::Promote(origin, id, learner) => self.promote_for(origin, id, learner).await,
-                Asked::Conf(origin, id, kind, cc) => self.conf_for(origin, id, kind, cc).await,
+            match self.with_reconfig(|m, r| m.carry_out(a, leading, r)) {
+                Carried::Propose(ctx, cc) => self.propose_conf(ctx, cc, None).await,
+                Carried::Refuse(origin, id, e) => self.log_refusal(origin, id, &e),
             }
         }
-    }
-
-    /// A follower's configuration change, applied: the leader proposes it (held while another
-    /// is pending), answered to the follower's client when applied; the others do nothing.
-    /// The checks were the follower's; `Members::refusal` checks it again at apply.
-    async fn conf_for(&mut self, origin: u64, id: u64, kind: u8, cc: raft::eraftpb::ConfChange) {
-        if !self.is_leader() {
-            // It led the term the request was logged in, and nobody else will carry it out.
-            return self.log_refusal(origin, id, &EtcdError::LeaderChanged);
-        }
-        let ctx = consensus::proposal(origin, id, &[kind]);
-        self.propose_conf(ctx, cc, None).await;
     }
 
     /// The members' peer URLs, for the peer links' identity answers.
