@@ -1175,8 +1175,6 @@ struct Node {
     notifier: Rc<Notifier>,
 }
 
-/// A configuration change held until Raft takes one again: its proposal's context, and the
-/// client to answer (with its request id) when this member's own client asked.
 /// A follower's request the leader carries out (see `Node::asked`): (proposer, request id,
 /// then the learner to promote, or the answer's kind and the configuration change).
 pub(crate) enum Asked {
@@ -1192,6 +1190,9 @@ pub(crate) enum Carried {
     Refuse(u64, u64, EtcdError),
 }
 
+/// A configuration change held until Raft takes one again: its proposal's context, the client
+/// to answer (in the Raft loop: with its request id, when this member's own client asked), and
+/// since when it waits.
 pub(crate) struct HeldConf<C> {
     pub(crate) ctx: Vec<u8>,
     pub(crate) cc: raft::eraftpb::ConfChange,
