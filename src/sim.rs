@@ -824,12 +824,7 @@ impl Sim {
     /// as replica.rs's do: a promotion unchecked (only the leader knows how far the learner
     /// is), another change once its own strict checks pass.
     fn ask_any(&mut self, l: usize, kind: raft::eraftpb::ConfChangeType, id: u64) {
-        let up: Vec<usize> = self
-            .in_cluster()
-            .into_iter()
-            .filter(|&i| self.members[i].live.is_some())
-            .collect();
-        let a = up[self.rng.below(up.len() as u64) as usize];
+        let Some(a) = self.any_up() else { return };
         if a == l {
             return self.ask_conf(l, kind, id);
         }
@@ -889,19 +884,7 @@ impl Sim {
         for a in asked {
             let t = self.now;
             match self.reconfig(i, |m, r| m.carry_out(a, leading, r)) {
-                replica::Carried::Propose(ctx, cc) => {
-                    let held = HeldConf {
-                        ctx,
-                        cc,
-                        client: (),
-                        since: clock(self.base, t),
-                    };
-                    let live = self.members[i].live.as_mut().expect("live");
-                    let pending = live.raw.raft.has_pending_conf();
-                    if let Some(turn) = live.held_confs.ask(held, pending) {
-                        self.conf_turn(i, turn);
-                    }
-                }
+                replica::Carried::Propose(ctx, cc) => self.hold(i, ctx, cc),
                 replica::Carried::Refuse(origin, id, e) => {
                     self.events
                         .push(format!("{t}: m{origin}'s request refused: {e}"));
@@ -929,12 +912,17 @@ impl Sim {
                 .push(format!("{t}: m{id} {kind:?} refused: {e}"));
             return;
         }
-        // As replica.rs's leader: held while Raft has one not applied yet.
+        self.hold(l, Vec::new(), cc);
+    }
+
+    /// Leader `l` proposes a configuration change now, or holds it while Raft has one not
+    /// applied yet (`HeldConfs`, as replica.rs's leader).
+    fn hold(&mut self, l: usize, ctx: Vec<u8>, cc: raft::eraftpb::ConfChange) {
         let held = HeldConf {
-            ctx: Vec::new(),
+            ctx,
             cc,
             client: (),
-            since: clock(self.base, t),
+            since: clock(self.base, self.now),
         };
         let live = self.members[l].live.as_mut().expect("a leader is live");
         let pending = live.raw.raft.has_pending_conf();
@@ -1124,6 +1112,16 @@ impl Sim {
                 members[self.rng.below(members.len() as u64) as usize]
             }
         }
+    }
+
+    /// A running member of the cluster drawn at random (a client's choice of endpoint).
+    fn any_up(&mut self) -> Option<usize> {
+        let up: Vec<usize> = self
+            .in_cluster()
+            .into_iter()
+            .filter(|&i| self.members[i].live.is_some())
+            .collect();
+        (!up.is_empty()).then(|| up[self.rng.below(up.len() as u64) as usize])
     }
 
     /// The members not removed (positions).
@@ -1386,18 +1384,11 @@ impl Sim {
                         }
                     }
                     // As replica.rs: carried out by the leader of the term it was logged in.
-                    Ok(Applied::PromoteRequest(origin, id, learner))
+                    Ok(Applied::Asked(a))
                         if live.raw.raft.state == StateRole::Leader
                             && e.term == live.raw.raft.term =>
                     {
-                        live.asked
-                            .push(replica::Asked::Promote(origin, id, learner));
-                    }
-                    Ok(Applied::ConfRequest(origin, id, kind, cc))
-                        if live.raw.raft.state == StateRole::Leader
-                            && e.term == live.raw.raft.term =>
-                    {
-                        live.asked.push(replica::Asked::Conf(origin, id, kind, cc));
+                        live.asked.push(a);
                     }
                     Ok(_) => {}
                     Err(err) => panic!("m{me}: a committed entry does not apply: {err}"),
@@ -1480,15 +1471,7 @@ impl Sim {
             // No answer (its member crashed, or the request was lost): ask again.
             lc.asked = None;
         }
-        let up: Vec<usize> = self
-            .in_cluster()
-            .into_iter()
-            .filter(|&i| self.members[i].live.is_some())
-            .collect();
-        if up.is_empty() {
-            return;
-        }
-        let i = up[self.rng.below(up.len() as u64) as usize];
+        let Some(i) = self.any_up() else { return };
         let id = self.next_req;
         self.next_req += 1;
         let lc = &mut self.lease_clients[c];

@@ -821,11 +821,9 @@ pub(crate) enum Applied {
     ConfRefused(EtcdError),
     /// A member's peer URLs changed (proposer, request id, member id, answer).
     Updated(u64, u64, u64, shard::Answer),
-    /// A follower asks the leader to promote a learner (proposer, request id, learner).
-    PromoteRequest(u64, u64, u64),
-    /// A follower asks the leader to propose a configuration change (proposer, request id,
-    /// the answer's kind, the change).
-    ConfRequest(u64, u64, u8, raft::eraftpb::ConfChange),
+    /// A follower asks the leader to promote a learner or to propose a configuration change
+    /// (carried out by the leader of the entry's term: [`Members::carry_out`]).
+    Asked(Asked),
 }
 
 /// The proposal data that publishes this member's name and client URLs.
@@ -893,7 +891,7 @@ pub(crate) fn apply_entry(
     }
     if payload.first() == Some(&TAG_PROMOTE) && payload.len() == 9 {
         let learner = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
-        return Ok(Applied::PromoteRequest(origin, id, learner));
+        return Ok(Applied::Asked(Asked::Promote(origin, id, learner)));
     }
     if payload.first() == Some(&TAG_CONF) && payload.len() >= 2 {
         use protobuf::Message as _;
@@ -903,7 +901,7 @@ pub(crate) fn apply_entry(
                 e.index
             )
         })?;
-        return Ok(Applied::ConfRequest(origin, id, payload[1], cc));
+        return Ok(Applied::Asked(Asked::Conf(origin, id, payload[1], cc)));
     }
     if payload.first() == Some(&TAG_REFUSED) {
         let e = refusal_error(payload.get(1).copied().unwrap_or(0));
@@ -2495,12 +2493,7 @@ impl Node {
                 // leader of a later term (or this member leading again after a restart, which
                 // applies entries again from its checkpoint) leaves it; its client heard
                 // "leader changed" when the leadership moved.
-                Applied::PromoteRequest(origin, id, learner) if self.leads_term(e) => {
-                    self.asked.push(Asked::Promote(origin, id, learner))
-                }
-                Applied::ConfRequest(origin, id, kind, cc) if self.leads_term(e) => {
-                    self.asked.push(Asked::Conf(origin, id, kind, cc))
-                }
+                Applied::Asked(a) if self.leads_term(e) => self.asked.push(a),
                 Applied::Updated(origin, id, member, answer) => {
                     // The link to the member follows its new URLs.
                     if let Some(m) = self.members.list.get(&member) {
