@@ -328,7 +328,8 @@ the YAML file given with --config-file. When --config-file is given, other flags
   --max-request-bytes N              largest client request accepted (default 1572864)
   --max-txn-ops N                    most operations in one txn (default 128)
   --log-level LEVEL                  debug, info, warn or error (default info)
-  --shards N                         executors, one per core (default: the available cores)
+  --shards N                         executors, one per core (default: the cores the process
+                                     may run on; shard i is pinned to the i-th of them)
   --max-inflight-msgs N              append messages in flight to one follower (default 512)
   --batch-wait-us N                  wait up to N us for more requests before flushing a small
                                      batch to the log (default 0: flush at once; at most 10000)

@@ -105,13 +105,35 @@ pub(crate) struct ShardCtx {
     pub auth: std::sync::Arc<crate::auth::AuthShared>,
 }
 
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container's cpuset
+/// sets it), in ascending order: shard `i` is pinned to the `i`-th, so a server given CPUs
+/// 4-5 runs on 4 and 5, not on 0 and 1.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    let cpus: Vec<usize> = if got == 0 {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..n).collect();
+    }
+    cpus
+}
+
 /// Starts every shard and blocks until they stop. They run until the process is killed:
 /// nothing is acknowledged before it is durable, so SIGTERM's (or SIGKILL's) default action
 /// is a correct shutdown.
 pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     metrics::METRICS.set_extensive(opts.metrics_extensive);
     let shards = opts.shards.max(1);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(shards);
     // Each shard reports whether its listeners are bound; `run` fails if any could not bind.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
@@ -119,8 +141,8 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     for (id, (links, handover)) in shard::mesh(shards).into_iter().zip(handovers).enumerate() {
         let opts = opts.clone();
         let ready = ready_tx.clone();
-        let placement = if shards <= cpus {
-            Placement::Fixed(id)
+        let placement = if shards <= cpus.len() {
+            Placement::Fixed(cpus[id])
         } else {
             Placement::Unbound
         };

@@ -213,6 +213,9 @@ async fn keep_alive(
             Err(EtcdError::LeaderChanged | EtcdError::NoLeader) if Instant::now() < until => {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
+            // etcd's LeaseRenew: "no leader" when none was found in time, "request timed out"
+            // when leaders came and went but none answered.
+            Err(EtcdError::LeaderChanged) => return Err(EtcdError::Timeout),
             Err(e) => return Err(e),
         }
     }

@@ -89,13 +89,37 @@ impl Server {
         Self::start("etcd", ETCD, free_port(), extra)
     }
 
+    /// ferrocd started through `taskset -c CPUS` (its affinity mask set before it starts).
+    pub fn ferrocd_on_cpus(cpus: &str, extra: &[&str]) -> Server {
+        let ferrocd = env!("CARGO_BIN_EXE_ferrocd");
+        Self::start_with(
+            "ferrocd",
+            "taskset",
+            &["-c", cpus, ferrocd],
+            free_port(),
+            extra,
+        )
+    }
+
     fn start(kind: &'static str, bin: &str, peer_port: u16, extra: &[&str]) -> Server {
+        Self::start_with(kind, bin, &[], peer_port, extra)
+    }
+
+    /// `bin` with `prefix`, then the flags.
+    fn start_with(
+        kind: &'static str,
+        bin: &str,
+        prefix: &[&str],
+        peer_port: u16,
+        extra: &[&str],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let data = dir.path().join("data");
-        let mut args = vec![
+        let mut args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        args.extend([
             "--name".to_string(),
             "t".to_string(),
             "--data-dir".to_string(),
@@ -110,7 +134,7 @@ impl Server {
             peer.clone(),
             "--initial-cluster".to_string(),
             format!("t={peer}"),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Self::launch(kind, bin, args, client_port, peer_port, dir);
         s.wait_healthy();
