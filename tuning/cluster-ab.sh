@@ -12,15 +12,17 @@ cd "$(dirname "$0")/.."
 a_bin=$1 b_bin=$2 a_name=${3:-a} b_name=${4:-b} total=${5:-50000} workloads=${6:-lease-keepalive}
 clients=${CLIENTS:-100} conns=${CONNS:-10}
 source tuning/lib.sh
-start "$a_name" "$a_bin"; a_ep=$ENDPOINTS; a_pid=$PIDS
-start "$b_name" "$b_bin"; b_ep=$ENDPOINTS; b_pid=$PIDS
+# FERROCD_CPUS: as in tuning/cluster.sh (one CPU per member by default), for both builds.
+ferrocd_cpus=${FERROCD_CPUS-$(for i in 0 1 2; do echo -n "$((i % $(nproc))) "; done)}
+CPUS=$ferrocd_cpus start "$a_name" "$a_bin"; a_ep=$ENDPOINTS; a_pid=$PIDS
+CPUS=$ferrocd_cpus start "$b_name" "$b_bin"; b_ep=$ENDPOINTS; b_pid=$PIDS
 start etcd etcd; e_ep=$ENDPOINTS; e_pid=$PIDS
 row() { # first-ep first-pid first-name second-ep second-pid second-name workload
   target/release/loadgen compare --a "$1" --a-pid "$2" --a-name "$3" --b "$4" --b-pid "$5" \
     --b-name "$6" --total "$total" --workload "$7" --clients "$clients" --conns "$conns" \
     2>/dev/null | grep '^|' | tail -n1
 }
-echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD); $(nproc) cores, shared; nine servers and loadgen on the same machine; $clients clients over $conns connections, $total requests per run"
+echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD); $(nproc) cores, shared; nine servers and loadgen on the same machine; ferrocd members' CPUs: ${ferrocd_cpus:-not pinned}; $clients clients over $conns connections, $total requests per run"
 echo
 echo "| first | workload | first req/s | second req/s | ratio | p50 ms | p99 ms | CPU us/req |"
 echo "|---|---|---|---|---|---|---|---|"

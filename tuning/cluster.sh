@@ -9,7 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-50000}
 source tuning/lib.sh
-start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
+# Each ferrocd member gets one CPU (member i: CPU i mod the cores), as thread-per-core servers
+# sharing a machine are deployed: left to itself every member pins its Raft shard to the first
+# CPU it may use, so all three would share one core while the loadgen has the other
+# (tuning/results/2026-11-27-cluster-placement.md). FERROCD_CPUS="" starts them unpinned, or
+# gives other lists. etcd's members are left to Go's scheduler: pinned the same way they
+# were slower.
+ferrocd_cpus=${FERROCD_CPUS-$(for i in 0 1 2; do echo -n "$((i % $(nproc))) "; done)}
+CPUS=$ferrocd_cpus start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
 start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
 
 out="tuning/results/$(date -u +%Y-%m-%d)-cluster.md"
@@ -21,6 +28,7 @@ out="tuning/results/$(date -u +%Y-%m-%d)-cluster.md"
   echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
   echo "- machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, shared and noisy; six servers and loadgen on the same machine"
   echo "- each cluster: 3 members on loopback, fresh data dirs on the same disk, default heartbeat/election; clients spread over all members' endpoints"
+  echo "- ferrocd members' CPUs (taskset, member 0 1 2): ${ferrocd_cpus:-not pinned}; etcd's: not pinned"
   echo "- loadgen alternates ferrocd, etcd, twice; best run of each shown; CPU is the sum over the three members"
   echo "- $total requests per run; 8 B keys in a space of 100k, 256 B values; closed loop"
   echo

@@ -11,15 +11,20 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 
 # start KIND BIN [FLAGS...]: three members named KIND0..KIND2 with data dirs under $work;
 # sets ENDPOINTS (host:port,...), PIDS (comma-separated) and INITIAL (--initial-cluster).
+# With CPUS set (one taskset CPU list per member, space-separated, e.g. "0 1 0"), member i
+# starts under `taskset -c` its list.
 start() {
   local kind=$1 bin=$2 cp pp initial="" eps="" ps=""
   shift 2
-  local -a cports pports
+  local -a cports pports cpus pin=()
+  read -r -a cpus <<<"${CPUS:-}"
+
   for i in 0 1 2; do cports[$i]=$(port); pports[$i]=$(port); done
   for i in 0 1 2; do initial+="${initial:+,}$kind$i=http://127.0.0.1:${pports[$i]}"; done
   for i in 0 1 2; do
     cp=${cports[$i]}; pp=${pports[$i]}
-    "$bin" --name "$kind$i" --data-dir "$work/$kind$i" \
+    pin=(); [ -n "${cpus[$i]:-}" ] && pin=(taskset -c "${cpus[$i]}")
+    "${pin[@]}" "$bin" --name "$kind$i" --data-dir "$work/$kind$i" \
       --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
       --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
       --initial-cluster "$initial" --initial-cluster-token "$kind-bench" "$@" 2>"$work/$kind$i.log" &
