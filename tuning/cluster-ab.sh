@@ -13,10 +13,10 @@ a_bin=$1 b_bin=$2 a_name=${3:-a} b_name=${4:-b} total=${5:-50000} workloads=${6:
 clients=${CLIENTS:-100} conns=${CONNS:-10}
 source tuning/lib.sh
 # FERROCD_CPUS: as in tuning/cluster.sh (one CPU per member by default), for both builds.
-ferrocd_cpus=${FERROCD_CPUS-$(for i in 0 1 2; do echo -n "$((i % $(nproc))) "; done)}
-CPUS=$ferrocd_cpus start "$a_name" "$a_bin"; a_ep=$ENDPOINTS; a_pid=$PIDS
-CPUS=$ferrocd_cpus start "$b_name" "$b_bin"; b_ep=$ENDPOINTS; b_pid=$PIDS
-start etcd etcd; e_ep=$ENDPOINTS; e_pid=$PIDS
+ferrocd_cpus=${FERROCD_CPUS-$(one_cpu_each)}
+START_CPUS=$ferrocd_cpus start "$a_name" "$a_bin"; a_ep=$ENDPOINTS; a_pid=$PIDS
+START_CPUS=$ferrocd_cpus start "$b_name" "$b_bin"; b_ep=$ENDPOINTS; b_pid=$PIDS
+START_CPUS= start etcd etcd; e_ep=$ENDPOINTS; e_pid=$PIDS
 row() { # first-ep first-pid first-name second-ep second-pid second-name workload
   target/release/loadgen compare --a "$1" --a-pid "$2" --a-name "$3" --b "$4" --b-pid "$5" \
     --b-name "$6" --total "$total" --workload "$7" --clients "$clients" --conns "$conns" \

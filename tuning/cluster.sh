@@ -9,15 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-50000}
 source tuning/lib.sh
-# Each ferrocd member gets one CPU (member i: CPU i mod the cores), as thread-per-core servers
-# sharing a machine are deployed: left to itself every member pins its Raft shard to the first
-# CPU it may use, so all three would share one core while the loadgen has the other
-# (tuning/results/2026-11-27-cluster-placement.md). FERROCD_CPUS="" starts them unpinned, or
-# gives other lists. etcd's members are left to Go's scheduler: pinned the same way they
-# were slower.
-ferrocd_cpus=${FERROCD_CPUS-$(for i in 0 1 2; do echo -n "$((i % $(nproc))) "; done)}
-CPUS=$ferrocd_cpus start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
-start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
+# Each ferrocd member gets one CPU (member i: the (i mod count)-th CPU this script may use), as
+# thread-per-core servers sharing a machine are deployed: left to itself every member pins its
+# Raft shard to the first CPU it may use, so all three would share one core while the loadgen
+# has the other (tuning/results/2026-11-27-cluster-placement.md). FERROCD_CPUS="" starts them
+# unpinned, or gives other lists. etcd's members are left to Go's scheduler: pinned the same
+# way they were slower.
+ferrocd_cpus=${FERROCD_CPUS-$(one_cpu_each)}
+START_CPUS=$ferrocd_cpus start ferrocd target/release/ferrocd; fe=$ENDPOINTS; fpids=$PIDS
+START_CPUS= start etcd etcd; ee=$ENDPOINTS; epids=$PIDS
 
 out="tuning/results/$(date -u +%Y-%m-%d)-cluster.md"
 # A second run on the same day gets its own file.

@@ -7,17 +7,22 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# The CPUs this script may run on, one per line (its affinity mask, not 0..nproc-1).
+allowed_cpus() { python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)), sep="\n")'; }
+# One CPU per member of three: member i on the (i mod count)-th allowed CPU.
+one_cpu_each() { local -a a; mapfile -t a < <(allowed_cpus); echo "${a[0]} ${a[1 % ${#a[@]}]} ${a[2 % ${#a[@]}]}"; }
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # start KIND BIN [FLAGS...]: three members named KIND0..KIND2 with data dirs under $work;
 # sets ENDPOINTS (host:port,...), PIDS (comma-separated) and INITIAL (--initial-cluster).
-# With CPUS set (one taskset CPU list per member, space-separated, e.g. "0 1 0"), member i
-# starts under `taskset -c` its list.
+# With START_CPUS set (one taskset CPU list per member, space-separated, e.g. "0 1 0"), member
+# i starts under `taskset -c` its list. Fails if a member is gone once the others answer.
 start() {
-  local kind=$1 bin=$2 cp pp initial="" eps="" ps=""
+  local kind=$1 bin=$2 cp pp initial="" eps="" ps="" p
   shift 2
-  local -a cports pports cpus pin=()
-  read -r -a cpus <<<"${CPUS:-}"
+  local -a cports pports cpus pin=() started=()
+  read -r -a cpus <<<"${START_CPUS:-}"
 
   for i in 0 1 2; do cports[$i]=$(port); pports[$i]=$(port); done
   for i in 0 1 2; do initial+="${initial:+,}$kind$i=http://127.0.0.1:${pports[$i]}"; done
@@ -28,10 +33,13 @@ start() {
       --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
       --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
       --initial-cluster "$initial" --initial-cluster-token "$kind-bench" "$@" 2>"$work/$kind$i.log" &
-    pids+=($!); ps+="${ps:+,}$!"; eps+="${eps:+,}127.0.0.1:$cp"
+    pids+=($!); started+=($!); ps+="${ps:+,}$!"; eps+="${eps:+,}127.0.0.1:$cp"
   done
   for i in 0 1 2; do
     for _ in $(seq 200); do curl -sf "http://127.0.0.1:${cports[$i]}/health" >/dev/null && break; sleep 0.1; done
+  done
+  for p in "${started[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "start $kind: member pid $p exited (logs under $work)" >&2; exit 1; }
   done
   ENDPOINTS=$eps; PIDS=$ps; INITIAL=$initial
 }
