@@ -85,6 +85,7 @@ pub const RESIDENT_PAGES_INTERVAL: std::time::Duration = std::time::Duration::fr
 /// checkpoint up to this; address space touched only as keys fill it).
 pub const RESTORE_KEYS_RESERVE_MAX: usize = 2 << 20;
 
-/// How long a cluster member asks a keepalive again while there is no leader or it changes
-/// (etcd's LeaseRenew waits up to its request timeout, 5 s plus two election timeouts).
+/// How long a cluster member asks a keepalive again while there is no leader or it changes,
+/// before two election timeouts are added (etcd's LeaseRenew waits up to its request
+/// timeout, 5 s plus two election timeouts).
 pub const KEEPALIVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);

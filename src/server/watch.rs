@@ -199,13 +199,14 @@ pub(crate) async fn serve_keep_alive(
 }
 
 /// One keepalive through the owner. In a cluster it is logged: while the cluster has no
-/// leader or changes it, it is asked again every 50 ms for up to `KEEPALIVE_RETRY`, as etcd's
-/// LeaseRenew waits for a leader, so that a leader change does not end the stream.
+/// leader or changes it, it is asked again every 50 ms for up to `KEEPALIVE_RETRY` plus two
+/// election timeouts (etcd's request timeout, which its LeaseRenew waits for a leader), so
+/// that a leader change does not end the stream.
 async fn keep_alive(
     ctx: &ShardCtx,
     req: pb::LeaseKeepAliveRequest,
 ) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
-    let until = Instant::now() + crate::limits::KEEPALIVE_RETRY;
+    let until = Instant::now() + crate::limits::KEEPALIVE_RETRY + 2 * ctx.election;
     loop {
         match ctx.owner.call(kv::Request::LeaseKeepAlive(req)).await {
             Ok(kv::Response::LeaseKeepAlive(r)) => return Ok(r),
