@@ -73,6 +73,7 @@ fn shards_stay_on_the_cpus_the_server_was_given() {
     // One shard per CPU given: pinned there (it answered /health before this: it serves).
     let s = Server::ferrocd_on_cpus(&cpu.to_string(), &[]);
     assert_eq!(threads_only_on(s.pid(), cpu), 1, "one CPU given: one shard");
+    drop(s);
     // More shards than CPUs: none pinned, each on the process's mask.
     let s = Server::ferrocd_on_cpus(&cpu.to_string(), &["--shards", "2"]);
     assert_eq!(threads_only_on(s.pid(), cpu), 2, "--shards 2");

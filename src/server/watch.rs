@@ -200,8 +200,8 @@ pub(crate) async fn serve_keep_alive(
 
 /// One keepalive through the owner. In a cluster it is logged: while the cluster has no
 /// leader or changes it, it is asked again every 50 ms for up to `KEEPALIVE_RETRY` plus two
-/// election timeouts (etcd's request timeout, which its LeaseRenew waits for a leader), so
-/// that a leader change does not end the stream.
+/// election timeouts (etcd's request timeout: as long as its LeaseRenew waits for a leader),
+/// so that a leader change does not end the stream.
 async fn keep_alive(
     ctx: &ShardCtx,
     req: pb::LeaseKeepAliveRequest,
