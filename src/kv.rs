@@ -447,38 +447,42 @@ impl KvState {
         if !self.checkpointing {
             return None;
         }
-        let mut keys = Vec::new();
+        // The step's keys in one buffer their items slice (one allocation per step, none per
+        // key); a key's revisions come one after another.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut revs = Vec::new();
+        let mut key_at = 0..0;
         let next = self
             .store
-            .checkpoint_walk(after.map(|k| &k[..]), at_rev, max_keys, &mut keys)
+            .checkpoint_walk(
+                after.map(|k| &k[..]),
+                at_rev,
+                max_keys,
+                |k, generation, ver, created, e| {
+                    if buf[key_at.clone()] != k[..] || revs.is_empty() {
+                        key_at = buf.len()..buf.len() + k.len();
+                        buf.extend_from_slice(k);
+                    }
+                    revs.push((key_at.clone(), generation, ver, created, e));
+                },
+            )
             .map(|k| k.to_bytes());
         let values = self.store.values();
-        // The step's keys in one buffer their items slice (one allocation per step).
-        let buf = Bytes::from(
-            keys.iter()
-                .flat_map(|(k, _)| k.iter().copied())
-                .collect::<Vec<u8>>(),
-        );
-        let mut at = 0;
-        let mut items = Vec::new();
-        for (key, gens) in keys {
-            let key = buf.slice(at..at + key.len());
-            at += key.len();
-            for (g, (ver, created, revs)) in gens.into_iter().enumerate() {
-                for e in revs {
-                    items.push(crate::log::checkpoint::Item {
-                        key: key.clone(),
-                        generation: g as u32,
-                        ver,
-                        created,
-                        rev: e.rev,
-                        lease: e.lease,
-                        value: (e.value != crate::mvcc::ValueRef::NONE)
-                            .then(|| values.get(e.value)),
-                    });
-                }
-            }
-        }
+        let buf = Bytes::from(buf);
+        let items = revs
+            .into_iter()
+            .map(
+                |(at, generation, ver, created, e)| crate::log::checkpoint::Item {
+                    key: buf.slice(at),
+                    generation,
+                    ver,
+                    created,
+                    rev: e.rev,
+                    lease: e.lease,
+                    value: (e.value != crate::mvcc::ValueRef::NONE).then(|| values.get(e.value)),
+                },
+            )
+            .collect();
         if next.is_none() {
             self.checkpointing = false;
         }

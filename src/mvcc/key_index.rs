@@ -187,23 +187,39 @@ impl KeyIndex {
     /// empty when the key had no revision at or before `at_rev` (a checkpoint at `at_rev`
     /// taken while later writes go on).
     pub fn as_of(&self, at_rev: i64) -> Vec<GenerationAt> {
+        let mut out: Vec<GenerationAt> = Vec::new();
+        self.each_as_of(at_rev, |ordinal, ver, created, e| {
+            if out.len() == ordinal as usize {
+                out.push((ver, created, Vec::new()));
+            }
+            out[ordinal as usize].2.push(e);
+        });
+        out
+    }
+
+    /// [`KeyIndex::as_of`] without building it: `f(ordinal, ver, created, entry)` for each of
+    /// its revisions in order, `ordinal` numbering the generations `as_of` returns (a checkpoint
+    /// walk calls this for every key: no allocation per key).
+    pub fn each_as_of(&self, at_rev: i64, mut f: impl FnMut(u32, i64, Revision, RevEntry)) {
         let gens = match &self.0 {
             Repr::One(one) if one.main <= at_rev => {
-                return vec![(one.ver.get() as i64, one.created(), vec![one.entry()])]
+                return f(0, one.ver.get() as i64, one.created(), one.entry());
             }
-            Repr::One(_) => return Vec::new(),
+            Repr::One(_) => return,
             Repr::Gens(gens) => gens,
         };
-        let mut out = Vec::new();
+        let mut ordinal = 0;
         for g in gens {
             let keep = g.revs.partition_point(|e| e.rev.main <= at_rev);
             if keep == 0 {
                 continue;
             }
             let later = (g.revs.len() - keep) as i64;
-            out.push((g.ver - later, g.created, g.revs[..keep].to_vec()));
+            for &e in &g.revs[..keep] {
+                f(ordinal, g.ver - later, g.created, e);
+            }
+            ordinal += 1;
         }
-        out
     }
 
     /// A key with one generation of one revision, as a checkpoint holds it (no vectors built

@@ -544,28 +544,32 @@ impl<V: ValueStore> Store<V> {
     }
 
     /// Up to `max_keys` keys after `after` as they were at `at_rev` (a checkpoint's walk,
-    /// made in steps while writes go on); returns the last key visited when more remain.
+    /// made in steps while writes go on): `f(key, ordinal, ver, created, entry)` for each
+    /// revision, as [`KeyIndex::each_as_of`] gives them; returns the last key visited when more
+    /// remain.
     pub fn checkpoint_walk(
         &self,
         after: Option<&[u8]>,
         at_rev: i64,
         max_keys: usize,
-        out: &mut Vec<(Key, Vec<super::key_index::GenerationAt>)>,
+        mut f: impl FnMut(&Key, u32, i64, Revision, RevEntry),
     ) -> Option<Key> {
         let lower = match after {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
+        let mut last: Option<&Key> = None;
         for (seen, (k, ki)) in self
             .index
             .range::<[u8], _>((lower, Bound::Unbounded))
             .enumerate()
         {
             if seen == max_keys {
-                return out.last().map(|(k, _)| k.clone());
+                return last.cloned();
             }
-            // A key created after `at_rev` comes with no generation (the cursor moves on).
-            out.push((k.clone(), ki.as_of(at_rev)));
+            // A key created after `at_rev` gives nothing (the cursor moves on).
+            ki.each_as_of(at_rev, |g, ver, created, e| f(k, g, ver, created, e));
+            last = Some(k);
         }
         None
     }
