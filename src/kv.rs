@@ -447,11 +447,14 @@ impl KvState {
         if !self.checkpointing {
             return None;
         }
-        // The step's keys in one buffer their items slice (one allocation per step, none per
-        // key); a key's revisions come one after another.
+        // The step's keys in one buffer their items slice (nothing allocated per key; the
+        // buffers grow by doubling); a key's revisions come one after another, so a key is
+        // new when it is another entry of the index than the last (by address: comparing
+        // bytes would cost a long key's length for each of its revisions).
         let mut buf: Vec<u8> = Vec::new();
-        let mut revs = Vec::new();
+        let mut revs = Vec::with_capacity(max_keys.min(crate::limits::CHECKPOINT_KEYS_PER_STEP));
         let mut key_at = 0..0;
+        let mut last: *const crate::mvcc::Key = std::ptr::null();
         let next = self
             .store
             .checkpoint_walk(
@@ -459,7 +462,8 @@ impl KvState {
                 at_rev,
                 max_keys,
                 |k, generation, ver, created, e| {
-                    if buf[key_at.clone()] != k[..] || revs.is_empty() {
+                    if !std::ptr::eq(k, last) {
+                        last = k;
                         key_at = buf.len()..buf.len() + k.len();
                         buf.extend_from_slice(k);
                     }
