@@ -448,28 +448,21 @@ impl KvState {
             return None;
         }
         // The step's keys in one buffer their items slice (nothing allocated per key; the
-        // buffers grow by doubling); a key's revisions come one after another, so a key is
-        // new when it is another entry of the index than the last (by address: comparing
-        // bytes would cost a long key's length for each of its revisions).
+        // buffers grow by doubling). A key created after `at_rev` gives nothing.
         let mut buf: Vec<u8> = Vec::new();
         let mut revs = Vec::with_capacity(max_keys.min(crate::limits::CHECKPOINT_KEYS_PER_STEP));
-        let mut key_at = 0..0;
-        let mut last: *const crate::mvcc::Key = std::ptr::null();
         let next = self
             .store
-            .checkpoint_walk(
-                after.map(|k| &k[..]),
-                at_rev,
-                max_keys,
-                |k, generation, ver, created, e| {
-                    if !std::ptr::eq(k, last) {
-                        last = k;
-                        key_at = buf.len()..buf.len() + k.len();
-                        buf.extend_from_slice(k);
-                    }
-                    revs.push((key_at.clone(), generation, ver, created, e));
-                },
-            )
+            .checkpoint_walk(after.map(|k| &k[..]), max_keys, |k, ki| {
+                let at = buf.len()..buf.len() + k.len();
+                let before = revs.len();
+                ki.each_as_of(at_rev, |generation, ver, created, e| {
+                    revs.push((at.clone(), generation, ver, created, e))
+                });
+                if revs.len() > before {
+                    buf.extend_from_slice(k);
+                }
+            })
             .map(|k| k.to_bytes());
         let values = self.store.values();
         let buf = Bytes::from(buf);

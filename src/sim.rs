@@ -820,21 +820,18 @@ impl Sim {
     }
 
     /// A client's MemberAdd, MemberPromote or MemberRemove through a member drawn at random:
-    /// the leader (`l`) carries it out itself (`ask_conf`); a follower logs it for the leader,
-    /// as replica.rs's do: a promotion unchecked (only the leader knows how far the learner
-    /// is), another change once its own strict checks pass.
+    /// the leader (`l`) holds it behind a pending change once its strict checks pass; a
+    /// follower logs it for the leader, as replica.rs's do: a promotion unchecked (only the
+    /// leader knows how far the learner is), another change once its own checks pass.
     fn ask_any(&mut self, l: usize, kind: raft::eraftpb::ConfChangeType, id: u64) {
-        let Some(a) = self.any_up() else { return };
-        if a == l {
-            return self.ask_conf(l, kind, id);
-        }
-        let t = self.now;
-        let (me, learner) = {
-            let live = self.members[a].live.as_ref().expect("up");
-            let learner = live.raw.store().conf_state().learners.contains(&id);
-            (self.members[a].id, learner)
-        };
         use raft::eraftpb::ConfChangeType;
+        let Some(a) = self.any_up() else { return };
+        let t = self.now;
+        let me = self.members[a].id;
+        let learner = a != l && {
+            let live = self.members[a].live.as_ref().expect("up");
+            live.raw.store().conf_state().learners.contains(&id)
+        };
         let payload = if kind == ConfChangeType::AddNode && learner {
             replica::promote_request(id)
         } else {
@@ -849,9 +846,17 @@ impl Sim {
                 ..Default::default()
             };
             if let Err(e) = self.reconfig_allowed(a, &cc) {
+                let by = if a == l {
+                    String::new()
+                } else {
+                    format!(" by m{me}")
+                };
                 self.events
-                    .push(format!("{t}: m{id} {kind:?} refused by m{me}: {e}"));
+                    .push(format!("{t}: m{id} {kind:?} refused{by}: {e}"));
                 return;
+            }
+            if a == l {
+                return self.hold(l, Vec::new(), cc);
             }
             let answers = if kind == ConfChangeType::RemoveNode {
                 replica::KIND_REMOVE
@@ -893,26 +898,6 @@ impl Sim {
                 }
             }
         }
-    }
-
-    /// Asks leader `l` for a configuration change, as a client's MemberAdd, MemberPromote or
-    /// MemberRemove: checked at once (`Members::still_allowed`), then proposed, or held while
-    /// Raft has one not applied yet.
-    fn ask_conf(&mut self, l: usize, kind: raft::eraftpb::ConfChangeType, id: u64) {
-        let t = self.now;
-        let learner = kind == raft::eraftpb::ConfChangeType::AddLearnerNode;
-        let cc = raft::eraftpb::ConfChange {
-            change_type: kind,
-            node_id: id,
-            context: consensus::member_context(&urls(id), learner).into(),
-            ..Default::default()
-        };
-        if let Err(e) = self.reconfig_allowed(l, &cc) {
-            self.events
-                .push(format!("{t}: m{id} {kind:?} refused: {e}"));
-            return;
-        }
-        self.hold(l, Vec::new(), cc);
     }
 
     /// Leader `l` proposes a configuration change now, or holds it while Raft has one not

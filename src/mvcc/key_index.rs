@@ -185,7 +185,9 @@ impl KeyIndex {
 
     /// The key's generations as they were at `at_rev` (later revisions left out), oldest first;
     /// empty when the key had no revision at or before `at_rev` (a checkpoint at `at_rev`
-    /// taken while later writes go on).
+    /// taken while later writes go on). (Checkpoints use [`KeyIndex::each_as_of`]; this form
+    /// is for tests.)
+    #[cfg(test)]
     pub fn as_of(&self, at_rev: i64) -> Vec<GenerationAt> {
         let mut out: Vec<GenerationAt> = Vec::new();
         self.each_as_of(at_rev, |ordinal, ver, created, e| {

@@ -543,16 +543,13 @@ impl<V: ValueStore> Store<V> {
         }
     }
 
-    /// Up to `max_keys` keys after `after` as they were at `at_rev` (a checkpoint's walk,
-    /// made in steps while writes go on): `f(key, ordinal, ver, created, entry)` for each
-    /// revision, as [`KeyIndex::each_as_of`] gives them; returns the last key visited when more
-    /// remain.
+    /// Up to `max_keys` keys after `after`, in order, each with its index (a checkpoint's
+    /// walk, made in steps while writes go on): returns the last key visited when more remain.
     pub fn checkpoint_walk(
         &self,
         after: Option<&[u8]>,
-        at_rev: i64,
         max_keys: usize,
-        mut f: impl FnMut(&Key, u32, i64, Revision, RevEntry),
+        mut f: impl FnMut(&Key, &KeyIndex),
     ) -> Option<Key> {
         let lower = match after {
             Some(k) => Bound::Excluded(k),
@@ -567,8 +564,7 @@ impl<V: ValueStore> Store<V> {
             if seen == max_keys {
                 return last.cloned();
             }
-            // A key created after `at_rev` gives nothing (the cursor moves on).
-            ki.each_as_of(at_rev, |g, ver, created, e| f(k, g, ver, created, e));
+            f(k, ki);
             last = Some(k);
         }
         None
