@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod record;
 mod segment;
 pub mod values;
+mod zero;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use glommio::io::BufferedFile;
 
 use record::{Kind, Scan, ALIGN_BYTES, HEADER_BYTES};
 use segment::Segment;
+use zero::ZeroAhead;
 
 /// Default size of a segment file.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
@@ -65,6 +67,8 @@ pub struct Log {
     file: BufferedFile,
     /// Where the next batch goes in the last segment.
     write_off: u64,
+    /// The last segment's zeroing ahead of `write_off` (see [`zero`]).
+    zero: ZeroAhead,
     next_seq: u64,
     stats: LogStats,
     /// Segments this process has opened or created, and how many of the oldest it released
@@ -206,6 +210,10 @@ impl Log {
                 (f, 0)
             }
         };
+        let mut zero = ZeroAhead::new(segment_bytes, write_off);
+        if let Some(seg) = segments.last() {
+            zero.start_if_due(seg.path(), write_off, seg.len());
+        }
         Ok(Recovered {
             log: Log {
                 _lock: lock,
@@ -214,6 +222,7 @@ impl Log {
                 segments,
                 file,
                 write_off,
+                zero,
                 next_seq,
                 stats: LogStats::default(),
                 opened: 0,
@@ -297,9 +306,11 @@ impl Log {
         if self.write_off + buf.len() as u64 > self.segments.last().expect("a segment").len() {
             self.roll(buf.len() as u64).await?;
         }
-        let seg = self.segments.last().expect("a segment");
         let at = self.write_off;
         let len = buf.len();
+        // Never into a range a zeroing job still writes.
+        self.zero.settle(at + len as u64, false).await?;
+        let seg = self.segments.last().expect("a segment");
         let micros = match how {
             SyncMode::Ring => {
                 let written = self
@@ -345,6 +356,8 @@ impl Log {
         self.stats.bytes += len as u64;
         self.write_off += len as u64;
         self.next_seq = commit_seq + 1;
+        self.zero
+            .start_if_due(seg.path(), self.write_off, seg.len());
         let base = at as usize;
         Ok(offsets
             .iter()
@@ -365,12 +378,16 @@ impl Log {
     /// Starts a new segment, at least `need` bytes long.
     async fn roll(&mut self, need: u64) -> io::Result<()> {
         let size = self.segment_bytes.max(need.next_multiple_of(1 << 20));
+        // The old segment's zeroing is over before it is left (its failure is the log's).
+        self.zero.settle(0, true).await?;
         let (seg, file) = Segment::create(&self.dir, self.next_seq, size).await?;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         if let Some(last) = self.segments.last_mut() {
             last.written = self.write_off;
         }
+        self.zero = ZeroAhead::new(self.segment_bytes, 0);
+        self.zero.start_if_due(seg.path(), 0, seg.len());
         self.segments.push(seg);
         self.opened += 1;
         self.write_off = 0;
@@ -587,6 +604,93 @@ mod tests {
         f.sync_all().unwrap();
         assert!(!tail_is_zero(&path, seg.bytes(), first + 1));
         assert!(tail_is_zero(&path, seg.bytes(), second + 1));
+    }
+
+    /// Batches land on blocks written with zeros ahead of them: once the zeroing caught up,
+    /// the file system reports the range past the last record as data (it reported a
+    /// preallocated, unwritten extent as a hole), and it reads as zeros, so a reopened log goes
+    /// on in the same segment.
+    #[test]
+    fn the_segment_is_zeroed_ahead_of_the_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            // 4 MiB segments: 256 KiB per job, the first a 64 KiB past the start.
+            let mut log = Log::open(&path, 4 << 20, 1).await.unwrap().log;
+            for i in 0..40u8 {
+                log.append(&[vec![i; 20 << 10]]).await.unwrap();
+            }
+            // The job in flight, and the one it may leave due, are over.
+            log.zero.settle(0, true).await.unwrap();
+            let seg = log.segments.last().unwrap();
+            log.zero.start_if_due(seg.path(), log.write_off, seg.len());
+            log.zero.settle(0, true).await.unwrap();
+            let (off, ahead) = (log.write_off, log.zero.next());
+            assert!(
+                ahead >= off + (256 << 10),
+                "zeroed to {ahead}, appends at {off}"
+            );
+            let data = data_ranges(seg.path(), 0, seg.len() as usize).expect("SEEK_DATA");
+            let whole = data.iter().any(|&(s, e)| s == 0 && e as u64 >= ahead);
+            if !whole {
+                panic!("data ranges {data:?}: not one range from 0 to the zeroed end {ahead}");
+            }
+            assert!(tail_is_zero(seg.path(), seg.bytes(), off as usize));
+            let path2 = seg.path().to_path_buf();
+            drop(log);
+            let rec = Log::open(&path, 4 << 20, 1).await.unwrap();
+            assert_eq!(rec.payloads.len(), 40);
+            assert_eq!(
+                rec.log.segments.len(),
+                1,
+                "appends go on in the same segment"
+            );
+            assert_eq!(rec.log.segments[0].path(), path2);
+        });
+    }
+
+    /// Zeroing jobs run beside batches of every size, across many rollovers: a batch that
+    /// would reach into a job's range waits for it, so no record is ever overwritten with
+    /// zeros (reopened, every record is back, byte for byte), and a log dropped while a job
+    /// runs stops it before it could write where a reopened log appends.
+    #[test]
+    fn zeroing_never_lands_on_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut expect: Vec<Vec<u8>> = Vec::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for round in 0..3 {
+                // 1 MiB segments: 64 KiB per job, the first 16 KiB past the start.
+                let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+                for _ in 0..150 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let n = 1 + (x % 3) as usize;
+                    let batch: Vec<Vec<u8>> = (0..n)
+                        .map(|k| {
+                            let len = 1 + ((x >> (8 * k)) % (24 << 10)) as usize;
+                            vec![(expect.len() + k) as u8 | 1; len]
+                        })
+                        .collect();
+                    let how = if x % 5 == 0 {
+                        SyncMode::Blocking
+                    } else {
+                        SyncMode::Ring
+                    };
+                    log.append_with(&batch, how).await.unwrap();
+                    expect.extend(batch);
+                }
+                assert!(log.segments.len() > 2, "round {round}: rolled over");
+                drop(log);
+                let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
+                assert_eq!(rec.payloads.len(), expect.len(), "round {round}");
+                for (i, (got, want)) in rec.payloads.iter().zip(&expect).enumerate() {
+                    assert!(got[..] == want[..], "round {round}: record {i} differs");
+                }
+            }
+        });
     }
 
     #[test]
