@@ -6,9 +6,10 @@
 //! extents. The first write into one converts it to written, a metadata change, so every
 //! batch's fdatasync also wrote the inode (ext4 without a journal: a second synchronous write
 //! per batch; with one: a journal commit). Measured on this project's 2-core VM (ext4, no
-//! journal), a 16 KiB write and fdatasync 3,000 times: 236-238 us into a fallocated file
-//! against 155-164 us into one written with zeros, 84-88 against 69-71 us of CPU
-//! (`cargo bench --bench fdatasync`, tuning/results/2026-11-27-zero-ahead.md). PostgreSQL
+//! journal), 16 KiB (a batch at 100 clients) written and fdatasynced 3,000 times: 232-260 us
+//! per fdatasync into a fallocated file against 171-179 us into one written with zeros
+//! (`cargo bench --bench fdatasync`); at put c=100 the server's fdatasyncs took 0.34-0.36 ms
+//! against 0.46-0.53 ms (tuning/results/2026-11-27-zero-ahead.md). PostgreSQL
 //! zero-fills its WAL segments for the same reason.
 //!
 //! Safety: a job zeroes `[start, end)` with `start` at or past the log's write offset when it
