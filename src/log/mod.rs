@@ -621,10 +621,10 @@ mod tests {
                 log.append(&[vec![i; 20 << 10]]).await.unwrap();
             }
             // The job in flight, and the one it may leave due, are over.
-            log.zero.settle(0, true).await.unwrap();
+            log.zero.wait_over().await.unwrap();
             let seg = log.segments.last().unwrap();
             log.zero.start_if_due(seg.path(), log.write_off, seg.len());
-            log.zero.settle(0, true).await.unwrap();
+            log.zero.wait_over().await.unwrap();
             let (off, ahead) = (log.write_off, log.zero.next());
             assert!(
                 ahead >= off + (256 << 10),
@@ -646,6 +646,39 @@ mod tests {
                 "appends go on in the same segment"
             );
             assert_eq!(rec.log.segments[0].path(), path2);
+        });
+    }
+
+    /// A zeroing job waits for glommio's one blocking thread, which others use too: appends
+    /// that reach a job still waiting for it cancel it and go on, rather than wait behind
+    /// whatever holds the thread (here a task that lets go only once the appends are done, or
+    /// after 30 s).
+    #[test]
+    fn appends_do_not_wait_behind_a_busy_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            // 1 MiB segments: 64 KiB per job; 40 batches of 8 KiB run through several, in
+            // the one segment (creating one also waits for the blocking thread: a rename).
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (holding, hold) = std::sync::mpsc::channel::<()>();
+            let holder = glommio::spawn_local(glommio::executor().spawn_blocking(move || {
+                holding.send(()).unwrap();
+                held.recv_timeout(std::time::Duration::from_secs(30))
+                    .is_ok()
+            }));
+            while hold.try_recv().is_err() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            for i in 0..40u8 {
+                log.append(&[vec![i | 1; 8 << 10]]).await.unwrap();
+            }
+            release.send(()).unwrap();
+            assert!(holder.await, "the appends waited for the blocking thread");
+            drop(log);
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
+            assert_eq!(rec.payloads.len(), 40);
         });
     }
 
