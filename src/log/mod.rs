@@ -42,6 +42,9 @@ pub struct LogStats {
     pub fsync_micros_last: u64,
     /// Bytes written (records and their headers).
     pub bytes: u64,
+    /// Batches written onto blocks zeroed ahead of them (the rest converted preallocated
+    /// extents, which their fdatasync had to make durable too).
+    pub batches_on_zeros: u64,
 }
 
 /// How a batch's write and fdatasync are made.
@@ -58,6 +61,9 @@ pub enum SyncMode {
 }
 
 pub struct Log {
+    /// The last segment's zeroing ahead of `write_off` (see [`zero`]). First: fields drop in
+    /// order, and a running job must be stopped before the directory's lock is let go.
+    zero: ZeroAhead,
     /// Holds the directory's exclusive lock for as long as the log is open.
     _lock: std::fs::File,
     dir: PathBuf,
@@ -67,8 +73,6 @@ pub struct Log {
     file: BufferedFile,
     /// Where the next batch goes in the last segment.
     write_off: u64,
-    /// The last segment's zeroing ahead of `write_off` (see [`zero`]).
-    zero: ZeroAhead,
     next_seq: u64,
     stats: LogStats,
     /// Segments this process has opened or created, and how many of the oldest it released
@@ -310,6 +314,9 @@ impl Log {
         let len = buf.len();
         // Never into a range a zeroing job still writes.
         self.zero.settle(at + len as u64, false).await?;
+        if self.zero.covers(at, at + len as u64) {
+            self.stats.batches_on_zeros += 1;
+        }
         let seg = self.segments.last().expect("a segment");
         let micros = match how {
             SyncMode::Ring => {
@@ -606,25 +613,25 @@ mod tests {
         assert!(tail_is_zero(&path, seg.bytes(), second + 1));
     }
 
-    /// Batches land on blocks written with zeros ahead of them: once the zeroing caught up,
-    /// the file system reports the range past the last record as data (it reported a
-    /// preallocated, unwritten extent as a hole), and it reads as zeros, so a reopened log goes
-    /// on in the same segment.
+    /// Batches land on blocks written with zeros ahead of them: given the time (each job
+    /// waited for before the next batch), every batch past the first job's start is written
+    /// onto zeroed blocks; the file system reports the range past the last record as data (a
+    /// preallocated, unwritten extent is a hole to it), and it reads as zeros, so a reopened
+    /// log goes on in the same segment.
     #[test]
     fn the_segment_is_zeroed_ahead_of_the_appends() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         run(async move {
-            // 4 MiB segments: 256 KiB per job, the first a 64 KiB past the start.
+            // 4 MiB segments: 256 KiB per job, the first 64 KiB past the start; batches of
+            // about 20.6 KiB, so the first four are written before it.
             let mut log = Log::open(&path, 4 << 20, 1).await.unwrap().log;
             for i in 0..40u8 {
                 log.append(&[vec![i; 20 << 10]]).await.unwrap();
+                log.zero.wait_over().await.unwrap();
             }
-            // The job in flight, and the one it may leave due, are over.
-            log.zero.wait_over().await.unwrap();
+            assert_eq!(log.stats().batches_on_zeros, 36);
             let seg = log.segments.last().unwrap();
-            log.zero.start_if_due(seg.path(), log.write_off, seg.len());
-            log.zero.wait_over().await.unwrap();
             let (off, ahead) = (log.write_off, log.zero.next());
             assert!(
                 ahead >= off + (256 << 10),
@@ -646,6 +653,40 @@ mod tests {
                 "appends go on in the same segment"
             );
             assert_eq!(rec.log.segments[0].path(), path2);
+        });
+    }
+
+    /// A log dropped while a zeroing job writes stops it before the drop returns: bytes
+    /// written into the job's range right after (as a log opened again could append there)
+    /// stay as written.
+    #[test]
+    fn a_dropped_log_stops_its_zeroing() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            // 64 MiB segments: the job at open zeroes [1 MiB, 5 MiB) in 16 pieces.
+            let log = Log::open(&path, 64 << 20, 1).await.unwrap().log;
+            let seg = log.segments[0].path().to_path_buf();
+            for _ in 0..10_000 {
+                if log.zero.begun() {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+            }
+            assert!(log.zero.begun(), "the job began");
+            drop(log);
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&seg)
+                .unwrap();
+            f.write_all_at(&vec![0xab; 4 << 20], 1 << 20).unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+            let mut back = vec![0; 4 << 20];
+            f.read_exact_at(&mut back, 1 << 20).unwrap();
+            let zeros = back.iter().filter(|&&b| b == 0).count();
+            assert_eq!(zeros, 0, "bytes zeroed after the log was dropped");
         });
     }
 

@@ -42,6 +42,9 @@ pub(super) struct ZeroAhead {
     /// `next`, so a job has at least a chunk of appends' time to finish before they reach it.
     chunk: u64,
     job: Option<Job>,
+    /// The contiguous range that completed jobs zeroed last (batches inside it were written
+    /// onto zeroed blocks).
+    zeroed: (u64, u64),
 }
 
 struct Job {
@@ -112,6 +115,15 @@ impl JobState {
     }
 }
 
+/// Marks a job over when dropped.
+struct Over<'a>(&'a JobState);
+
+impl Drop for Over<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// Bytes per job for segments of `segment_bytes`: a sixteenth of a segment, 64 KiB to 4 MiB.
 pub(super) fn chunk_for(segment_bytes: u64) -> u64 {
     (segment_bytes / 16).clamp(64 << 10, 4 << 20) / 4096 * 4096
@@ -127,6 +139,7 @@ impl ZeroAhead {
             next: (write_off + chunk / 4).next_multiple_of(4096),
             chunk,
             job: None,
+            zeroed: (0, 0),
         }
     }
 
@@ -136,42 +149,70 @@ impl ZeroAhead {
         self.next
     }
 
-    /// Waits for the job in flight if a write ending at `end` would reach into its range, or
-    /// if `all`; otherwise only collects it if it is over. Its failure is the log's failure.
-    /// A job that must be waited for but has not begun is canceled instead: the blocking
-    /// thread it waits for is glommio's one per shard, which bcrypt hashes and checkpoint
-    /// loads share, and appends must not wait behind them (the range stays unwritten
-    /// extents: slower fdatasyncs there, as before zeroing).
+    /// Makes way for a write ending at `end` (or for leaving the segment, if `all`): a job
+    /// whose range the write would reach is stopped, at once if it has not begun (it then
+    /// never writes), else after the piece it is writing, and waited for; the next job starts
+    /// a quarter chunk past the write. Otherwise a job that is over is collected. A job's
+    /// failure is the log's failure. Appends thus wait for at most one piece: never behind the
+    /// other work of glommio's blocking thread (one per shard, shared with bcrypt hashes and
+    /// checkpoint loads), nor for the rest of a job that fell behind.
     pub(super) async fn settle(&mut self, end: u64, all: bool) -> io::Result<()> {
         let Some(job) = self.job.as_mut() else {
             return Ok(());
         };
-        let result = if all || end > job.start {
-            if job.state.cancel_if_queued() {
+        if all || end > job.start {
+            if !job.state.cancel_if_queued() {
+                job.state.cancel.store(true, Ordering::Relaxed);
+                let result = (&mut job.done).await;
                 self.job = None;
-                return Ok(());
+                result?;
             }
-            (&mut job.done).await
-        } else {
-            match futures_lite::future::poll_once(&mut job.done).await {
-                Some(r) => r,
-                None => return Ok(()),
-            }
+            // What the job zeroed before it stopped is not known: not counted as zeroed.
+            self.job = None;
+            self.next = self.next.max((end + self.chunk / 4).next_multiple_of(4096));
+            return Ok(());
+        }
+        let Some(result) = futures_lite::future::poll_once(&mut job.done).await else {
+            return Ok(());
         };
         let job = self.job.take().expect("a job");
         result?;
-        self.next = self.next.max(job.end);
+        self.completed(job.start, job.end);
         Ok(())
+    }
+
+    /// Whether `[start, end)` lies in the range completed jobs zeroed.
+    pub(super) fn covers(&self, start: u64, end: u64) -> bool {
+        self.zeroed.0 <= start && end <= self.zeroed.1
+    }
+
+    /// Whether the job in flight began writing.
+    #[cfg(test)]
+    pub(super) fn begun(&self) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|j| *j.state.lock() != Phase::Queued)
     }
 
     /// Waits for the job in flight, if any, whether or not it has begun.
     #[cfg(test)]
     pub(super) async fn wait_over(&mut self) -> io::Result<()> {
-        if let Some(mut job) = self.job.take() {
+        if let Some(job) = self.job.as_mut() {
             (&mut job.done).await?;
-            self.next = self.next.max(job.end);
+            let job = self.job.take().expect("a job");
+            self.completed(job.start, job.end);
         }
         Ok(())
+    }
+
+    /// A job zeroed `[start, end)`.
+    fn completed(&mut self, start: u64, end: u64) {
+        self.next = self.next.max(end);
+        self.zeroed = if self.zeroed.1 == start {
+            (self.zeroed.0, end)
+        } else {
+            (start, end)
+        };
     }
 
     /// Starts a job if none runs and the appends, now at `write_off`, came within two chunks
@@ -192,9 +233,9 @@ impl ZeroAhead {
             if !shared.begin() {
                 return Ok(());
             }
-            let r = zero(&path, start, end, &shared.cancel);
-            shared.finish();
-            r
+            // Over even if `zero` panicked: a log dropped meanwhile waits for this.
+            let _over = Over(&shared);
+            zero(&path, start, end, &shared.cancel)
         });
         // glommio hands a blocking job to its thread when its future is first polled: a task
         // of its own does that at the executor's next turn.

@@ -801,6 +801,7 @@ fn report(before: &LogStats, now: &LogStats) {
         records_per_fdatasync = format!("{:.1}", records as f64 / batches as f64),
         fdatasync_avg_us = (now.fsync_micros_total - before.fsync_micros_total) / batches,
         fdatasync_max_us_since_start = now.fsync_micros_max,
+        batches_on_zeroed_blocks = now.batches_on_zeros - before.batches_on_zeros,
         "log group commit"
     );
 }
