@@ -7,12 +7,14 @@
 #
 # usage: tuning/ab.sh A_BIN B_BIN [A_NAME B_NAME [TOTAL [WORKLOADS]]]
 #   e.g. tuning/ab.sh /tmp/ferrocd-old target/release/ferrocd old new 100000 "put range"
-#   CLIENTS and CONNS (environment) change the 100 clients over 10 connections.
+#   CLIENTS and CONNS (environment) change the 100 clients over 10 connections; RATE (requests
+#   per second) runs an open loop at that rate instead of a closed one.
 # Prints one markdown table (both orders, every workload) on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a_bin=$1 b_bin=$2 a_name=${3:-a} b_name=${4:-b} total=${5:-100000} workloads=${6:-put range}
 clients=${CLIENTS:-100} conns=${CONNS:-10}
+rate=(); [ -n "${RATE:-}" ] && rate=(--rate "$RATE")
 source tuning/lib.sh
 
 echo "| order | workload | $a_name req/s | $b_name req/s | $a_name p50 ms | $b_name p50 ms | $a_name p99 ms | $b_name p99 ms | $a_name CPU us/req | $b_name CPU us/req |"
@@ -27,13 +29,13 @@ for order in ab ba; do
       first=(--a "$b_ep" --a-pid "$b_pid" --a-name "$b_name" --b "$a_ep" --b-pid "$a_pid" --b-name "$a_name")
     fi
     row=$(target/release/loadgen compare "${first[@]}" --total "$total" --workload "$w" \
-      --clients "$clients" --conns "$conns" 2>/dev/null | grep '^|' | tail -n1) || row=""
+      --clients "$clients" --conns "$conns" "${rate[@]}" 2>/dev/null | grep '^|' | tail -n1) || row=""
     # | workload | first req/s | second req/s | ratio | p50 p50 | p99 p99 | CPU CPU |
     IFS='|' read -r _ _ r1 r2 _ m1 m2 q1 q2 c1 c2 _ <<<"$row"
     if [ "$order" = ab ]; then
-      echo "| $a_name first | $w c=$clients | $r1 | $r2 | $m1 | $m2 | $q1 | $q2 | $c1 | $c2 |"
+      echo "| $a_name first | $w c=$clients${RATE:+ at $RATE/s} | $r1 | $r2 | $m1 | $m2 | $q1 | $q2 | $c1 | $c2 |"
     else
-      echo "| $b_name first | $w c=$clients | $r2 | $r1 | $m2 | $m1 | $q2 | $q1 | $c2 | $c1 |"
+      echo "| $b_name first | $w c=$clients${RATE:+ at $RATE/s} | $r2 | $r1 | $m2 | $m1 | $q2 | $q1 | $c2 | $c1 |"
     fi
     kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
     rm -rf "$work"/a0 "$work"/b0
