@@ -624,7 +624,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         run(async move {
             // 4 MiB segments: 256 KiB per job, the first 64 KiB past the start; batches of
-            // about 20.6 KiB, so the first four are written before it.
+            // 20,560 bytes, so three are written before it and the fourth across its start.
             let mut log = Log::open(&path, 4 << 20, 1).await.unwrap().log;
             for i in 0..40u8 {
                 log.append(&[vec![i; 20 << 10]]).await.unwrap();
@@ -658,23 +658,24 @@ mod tests {
 
     /// A log dropped while a zeroing job writes stops it before the drop returns: bytes
     /// written into the job's range right after (as a log opened again could append there)
-    /// stay as written.
+    /// stay as written. The job is slowed (20 ms per piece, 16 pieces) to be caught writing.
     #[test]
     fn a_dropped_log_stops_its_zeroing() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         run(async move {
+            std::fs::write(path.join("SLOW_ZEROING"), b"").unwrap();
             // 64 MiB segments: the job at open zeroes [1 MiB, 5 MiB) in 16 pieces.
-            let log = Log::open(&path, 64 << 20, 1).await.unwrap().log;
+            let log = Log::open(&path.join("log"), 64 << 20, 1).await.unwrap().log;
             let seg = log.segments[0].path().to_path_buf();
             for _ in 0..10_000 {
-                if log.zero.begun() {
+                if log.zero.writing() {
                     break;
                 }
                 glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
             }
-            assert!(log.zero.begun(), "the job began");
+            assert!(log.zero.writing(), "the job is writing");
             drop(log);
             let f = std::fs::OpenOptions::new()
                 .read(true)
@@ -682,7 +683,8 @@ mod tests {
                 .open(&seg)
                 .unwrap();
             f.write_all_at(&vec![0xab; 4 << 20], 1 << 20).unwrap();
-            glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+            // Longer than the rest of the job would take.
+            glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
             let mut back = vec![0; 4 << 20];
             f.read_exact_at(&mut back, 1 << 20).unwrap();
             let zeros = back.iter().filter(|&&b| b == 0).count();

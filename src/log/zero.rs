@@ -186,12 +186,12 @@ impl ZeroAhead {
         self.zeroed.0 <= start && end <= self.zeroed.1
     }
 
-    /// Whether the job in flight began writing.
+    /// Whether the job in flight is writing.
     #[cfg(test)]
-    pub(super) fn begun(&self) -> bool {
+    pub(super) fn writing(&self) -> bool {
         self.job
             .as_ref()
-            .is_some_and(|j| *j.state.lock() != Phase::Queued)
+            .is_some_and(|j| *j.state.lock() == Phase::Running)
     }
 
     /// Waits for the job in flight, if any, whether or not it has begun.
@@ -235,7 +235,12 @@ impl ZeroAhead {
             }
             // Over even if `zero` panicked: a log dropped meanwhile waits for this.
             let _over = Over(&shared);
-            zero(&path, start, end, &shared.cancel)
+            // A panic would end glommio's blocking thread (it does not catch one) and with
+            // it every wait for this job: it becomes the job's error instead.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                zero(&path, start, end, &shared.cancel)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("zeroing ahead: the job panicked")))
         });
         // glommio hands a blocking job to its thread when its future is first polled: a task
         // of its own does that at the executor's next turn.
@@ -286,8 +291,26 @@ fn zero(path: &PathBuf, start: u64, end: u64, cancel: &AtomicBool) -> io::Result
             .map_err(|e| fail("write failed on", e))?;
         write_back(&f, at, n).map_err(|e| fail("write-back failed on", e))?;
         at += n;
+        #[cfg(test)]
+        slow_for_tests(path);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Ok(());
     }
     f.sync_data().map_err(|e| fail("fdatasync failed on", e))
+}
+
+/// Tests make a job slow (20 ms per piece) with a file `SLOW_ZEROING` beside the log's
+/// directory, to catch it while it writes.
+#[cfg(test)]
+fn slow_for_tests(path: &std::path::Path) {
+    let marker = path
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("SLOW_ZEROING"));
+    if marker.is_some_and(|m| m.exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Starts and waits for the write-back of `[at, at + n)` (`sync_file_range`; a file system
