@@ -214,10 +214,10 @@ impl Log {
                 (f, 0)
             }
         };
-        let mut zero = ZeroAhead::new(segment_bytes, write_off);
-        if let Some(seg) = segments.last() {
-            zero.start_if_due(seg.path(), write_off, seg.len());
-        }
+        let seg = segments
+            .last()
+            .expect("a segment: the last one found or a new one");
+        let zero = ZeroAhead::start(segment_bytes, seg.path(), write_off, seg.len());
         Ok(Recovered {
             log: Log {
                 _lock: lock,
@@ -393,8 +393,7 @@ impl Log {
         if let Some(last) = self.segments.last_mut() {
             last.written = self.write_off;
         }
-        self.zero = ZeroAhead::new(self.segment_bytes, 0);
-        self.zero.start_if_due(seg.path(), 0, seg.len());
+        self.zero = ZeroAhead::start(self.segment_bytes, seg.path(), 0, seg.len());
         self.segments.push(seg);
         self.opened += 1;
         self.write_off = 0;

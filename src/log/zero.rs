@@ -25,7 +25,7 @@
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -130,17 +130,21 @@ pub(super) fn chunk_for(segment_bytes: u64) -> u64 {
 }
 
 impl ZeroAhead {
-    /// For a segment whose appends go on at `write_off`: zeroing starts a quarter of a chunk
-    /// past it (rounded up to a page), so the batches right after a new segment or a restart
-    /// do not wait for the first job; they write into the preallocated extents as before.
-    pub(super) fn new(segment_bytes: u64, write_off: u64) -> ZeroAhead {
+    /// The zeroing of the segment at `path` (`len` bytes, in a log of `segment_bytes`
+    /// segments) whose appends go on at `write_off`, its first job started: zeroing starts a
+    /// quarter of a chunk past `write_off` (rounded up to a page), so the batches right after
+    /// a new segment or a restart do not wait for it; they write into the preallocated extents
+    /// as before.
+    pub(super) fn start(segment_bytes: u64, path: &Path, write_off: u64, len: u64) -> ZeroAhead {
         let chunk = chunk_for(segment_bytes);
-        ZeroAhead {
+        let mut z = ZeroAhead {
             next: (write_off + chunk / 4).next_multiple_of(4096),
             chunk,
             job: None,
             zeroed: (0, 0),
-        }
+        };
+        z.start_if_due(path, write_off, len);
+        z
     }
 
     /// Where the next job starts (the end of the zeroed range once every job is over).
@@ -217,7 +221,7 @@ impl ZeroAhead {
 
     /// Starts a job if none runs and the appends, now at `write_off`, came within two chunks
     /// of the zeroed range's end, in a segment of `len` bytes at `path`.
-    pub(super) fn start_if_due(&mut self, path: &std::path::Path, write_off: u64, len: u64) {
+    pub(super) fn start_if_due(&mut self, path: &Path, write_off: u64, len: u64) {
         if self.job.is_some() || self.next >= write_off + 2 * self.chunk {
             return;
         }
@@ -269,13 +273,8 @@ impl Drop for ZeroAhead {
 }
 
 /// Writes zeros over `[start, end)` of `path`, a piece at a time, then fdatasyncs.
-fn zero(path: &PathBuf, start: u64, end: u64, cancel: &AtomicBool) -> io::Result<()> {
-    let fail = |what: &str, e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("zeroing ahead: {what} {}: {e}", path.display()),
-        )
-    };
+fn zero(path: &Path, start: u64, end: u64, cancel: &AtomicBool) -> io::Result<()> {
+    let fail = |what: &str, e: io::Error| super::err(path, &format!("zeroing ahead: {what}"), e);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -303,7 +302,7 @@ fn zero(path: &PathBuf, start: u64, end: u64, cancel: &AtomicBool) -> io::Result
 /// Tests make a job slow (20 ms per piece) with a file `SLOW_ZEROING` beside the log's
 /// directory, to catch it while it writes.
 #[cfg(test)]
-fn slow_for_tests(path: &std::path::Path) {
+fn slow_for_tests(path: &Path) {
     let marker = path
         .parent()
         .and_then(|d| d.parent())
