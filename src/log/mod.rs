@@ -1,6 +1,7 @@
 //! The append-only log: fixed-size, preallocated segments under `<data-dir>/member/log/`,
-//! named by the sequence number of their first record, written through glommio's io_uring
-//! file API and read through a read-only shared mapping of each segment.
+//! named by the sequence number of their first record, created through glommio's io_uring
+//! file API, appended to by `pwrite` with each batch's fdatasync on the log's own thread
+//! ([`sync`]), and read through a read-only shared mapping of each segment.
 //!
 //! Group commit: [`Log::append`] takes every record of one loop turn, frames them as one batch
 //! closed by a commit record (see [`record`] and docs/log-format.md), writes the batch with one
@@ -14,6 +15,7 @@
 pub mod checkpoint;
 pub mod record;
 mod segment;
+mod sync;
 pub mod values;
 mod zero;
 
@@ -21,11 +23,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use glommio::io::BufferedFile;
 
 use record::{Kind, Scan, ALIGN_BYTES, HEADER_BYTES};
 use segment::Segment;
+use sync::Syncer;
 use zero::ZeroAhead;
 
 /// Default size of a segment file.
@@ -50,13 +54,15 @@ pub struct LogStats {
 /// How a batch's write and fdatasync are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
-    /// Through io_uring: the shard goes on serving while they are in flight.
-    Ring,
-    /// As blocking system calls on the calling thread, which serves nothing meanwhile.
-    /// io_uring runs an fdatasync on a kernel worker thread and wakes the shard when it is
-    /// done: on the 2-core VM this was measured on, a small durable write took 325-378 us p50
-    /// that way against 174-188 us by system calls (`cargo bench --bench fdatasync`). For a
-    /// shard serving one client at a time, blocking is the cheaper wait.
+    /// The write as a system call (a copy into the page cache), the fdatasync on the log's
+    /// own thread ([`sync`]): the shard goes on serving while it runs.
+    Background,
+    /// Both as blocking system calls on the calling thread, which serves nothing meanwhile.
+    /// Handing the fdatasync to another thread and being woken when it is done costs a
+    /// wake-up each way: on the 2-core VM this was measured on, a small durable write took
+    /// 325-378 us p50 through io_uring's worker against 174-188 us by system calls (`cargo
+    /// bench --bench fdatasync`). For a shard serving one client at a time, blocking is the
+    /// cheaper wait.
     Blocking,
 }
 
@@ -64,13 +70,17 @@ pub struct Log {
     /// The last segment's zeroing ahead of `write_off` (see [`zero`]). First: fields drop in
     /// order, and a running job must be stopped before the directory's lock is let go.
     zero: ZeroAhead,
+    /// The thread that runs each batch's fdatasync; its drop waits for a running one, so it
+    /// too comes before the lock.
+    sync: Syncer,
     /// Holds the directory's exclusive lock for as long as the log is open.
     _lock: std::fs::File,
     dir: PathBuf,
     segment_bytes: u64,
     /// Oldest first; the last one takes the appends.
     segments: Vec<Segment>,
-    file: BufferedFile,
+    /// The last segment, open for the appends' writes and fdatasyncs.
+    file: Arc<std::fs::File>,
     /// Where the next batch goes in the last segment.
     write_off: u64,
     next_seq: u64,
@@ -192,15 +202,10 @@ impl Log {
         let segment_bytes = segment_bytes.max(1 << 20);
         let (file, write_off) = match segments.last() {
             // Keep appending to the last segment only if nothing but zeros follows its records.
-            Some(seg) if !torn && tail_end < seg.len() => {
-                let f = glommio::io::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .buffered_open(seg.path())
-                    .await
-                    .map_err(|e| err(seg.path(), "cannot open", e))?;
-                (f, tail_end.next_multiple_of(ALIGN_BYTES as u64))
-            }
+            Some(seg) if !torn && tail_end < seg.len() => (
+                open_for_appends(seg.path())?,
+                tail_end.next_multiple_of(ALIGN_BYTES as u64),
+            ),
             _ => {
                 if torn {
                     tracing::warn!(
@@ -209,7 +214,8 @@ impl Log {
                         "log: cut a torn, unacknowledged batch at the tail; new records go to a new segment"
                     );
                 }
-                let (seg, f) = Segment::create(dir, next_seq, segment_bytes).await?;
+                let seg = Segment::create(dir, next_seq, segment_bytes).await?;
+                let f = open_for_appends(seg.path())?;
                 segments.push(seg);
                 (f, 0)
             }
@@ -218,8 +224,11 @@ impl Log {
             .last()
             .expect("a segment: the last one found or a new one");
         let zero = ZeroAhead::start(segment_bytes, seg.path(), write_off, seg.len());
+        let sync =
+            Syncer::start(dir).map_err(|e| err(dir, "cannot start the fdatasync thread for", e))?;
         Ok(Recovered {
             log: Log {
+                sync,
                 _lock: lock,
                 dir: dir.to_path_buf(),
                 segment_bytes,
@@ -282,7 +291,7 @@ impl Log {
     /// Appends `payloads` as one batch and makes it durable; returns each payload as it is in
     /// the log's mapping.
     pub async fn append(&mut self, payloads: &[Vec<u8>]) -> io::Result<Vec<Bytes>> {
-        self.append_with(payloads, SyncMode::Ring).await
+        self.append_with(payloads, SyncMode::Background).await
     }
 
     /// [`Log::append`], with the write and fdatasync made as `how` says.
@@ -318,43 +327,25 @@ impl Log {
             self.stats.batches_on_zeros += 1;
         }
         let seg = self.segments.last().expect("a segment");
+        {
+            use std::os::unix::fs::FileExt;
+            // Onto blocks zeroed ahead (nearly always): a copy into the page cache, nothing to
+            // allocate. io_uring would run it on a worker thread anyway (ext4's buffered
+            // writes), after the end of the shard's scheduler turn ([`sync`]).
+            self.file
+                .write_all_at(&buf, at)
+                .map_err(|e| err(seg.path(), "write failed on", e))?;
+        }
         let micros = match how {
-            SyncMode::Ring => {
-                let written = self
-                    .file
-                    .write_at(buf, at)
-                    .await
-                    .map_err(|e| err(seg.path(), "write failed on", e))?;
-                if written != len {
-                    return Err(err(
-                        seg.path(),
-                        "short write on",
-                        format!("{written} of {len} bytes"),
-                    ));
-                }
-                let start = Instant::now();
-                self.file
-                    .fdatasync()
-                    .await
-                    .map_err(|e| err(seg.path(), "fdatasync failed on", e))?;
-                start.elapsed().as_micros() as u64
-            }
+            SyncMode::Background => self.sync.fdatasync(&self.file).await,
             SyncMode::Blocking => {
-                use std::os::unix::fs::FileExt;
-                use std::os::unix::io::{AsRawFd, FromRawFd};
-                // SAFETY: the descriptor is the segment file's, open for as long as
-                // `self.file` lives (all of this call); ManuallyDrop never closes it.
-                let f = std::mem::ManuallyDrop::new(unsafe {
-                    std::fs::File::from_raw_fd(self.file.as_raw_fd())
-                });
-                f.write_all_at(&buf, at)
-                    .map_err(|e| err(seg.path(), "write failed on", e))?;
-                let start = Instant::now();
-                f.sync_data()
-                    .map_err(|e| err(seg.path(), "fdatasync failed on", e))?;
-                start.elapsed().as_micros() as u64
+                let started = Instant::now();
+                self.file
+                    .sync_data()
+                    .map(|()| started.elapsed().as_micros() as u64)
             }
-        };
+        }
+        .map_err(|e| err(seg.path(), "fdatasync failed on", e))?;
         self.stats.batches += 1;
         self.stats.records += payloads.len() as u64;
         self.stats.fsync_micros_total += micros;
@@ -387,9 +378,8 @@ impl Log {
         let size = self.segment_bytes.max(need.next_multiple_of(1 << 20));
         // The old segment's zeroing is over before it is left (its failure is the log's).
         self.zero.settle(0, true).await?;
-        let (seg, file) = Segment::create(&self.dir, self.next_seq, size).await?;
-        let old = std::mem::replace(&mut self.file, file);
-        let _ = old.close().await;
+        let seg = Segment::create(&self.dir, self.next_seq, size).await?;
+        self.file = open_for_appends(seg.path())?;
         if let Some(last) = self.segments.last_mut() {
             last.written = self.write_off;
         }
@@ -420,6 +410,14 @@ impl Log {
 }
 
 const LOCK_FILE: &str = "LOCK";
+
+fn open_for_appends(path: &Path) -> io::Result<Arc<std::fs::File>> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map(Arc::new)
+        .map_err(|e| err(path, "cannot open", e))
+}
 
 /// Takes an exclusive lock on the log directory: two processes appending to one log would
 /// interleave their records. The lock goes with the process (even on kill -9).
@@ -655,6 +653,45 @@ mod tests {
         });
     }
 
+    /// A batch's fdatasync runs on the log's own thread: the executor that appends goes on
+    /// running its other tasks meanwhile (each fdatasync is slowed to 100 ms for this, through
+    /// a marker file; a ticker counts 1 ms timer turns), and the batch is read back after a
+    /// reopen. Appends by blocking calls would leave the ticker at a standstill.
+    #[test]
+    fn the_executor_serves_while_a_batch_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            std::fs::write(path.join("SLOW_SYNC"), b"").unwrap();
+            let mut log = Log::open(&path.join("log"), 4 << 20, 1).await.unwrap().log;
+            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let ticker = glommio::spawn_local({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        ticks.set(ticks.get() + 1);
+                    }
+                }
+            });
+            // Let the ticker start.
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            let (before, started) = (ticks.get(), Instant::now());
+            let at = log
+                .append(&[b"one".to_vec(), b"two".to_vec()])
+                .await
+                .unwrap();
+            let (during, took) = (ticks.get() - before, started.elapsed());
+            drop(ticker.cancel());
+            assert!(took >= std::time::Duration::from_millis(100), "{took:?}");
+            assert!(during >= 20, "{during} ticks in {took:?}");
+            assert_eq!(&at[1][..], b"two");
+            drop(log);
+            let rec = Log::open(&path.join("log"), 4 << 20, 1).await.unwrap();
+            assert_eq!(rec.payloads, vec![&b"one"[..], &b"two"[..]]);
+        });
+    }
+
     /// A log dropped while a zeroing job writes stops it before the drop returns: bytes
     /// written into the job's range right after (as a log opened again could append there)
     /// stay as written. The job is slowed (20 ms per piece, 16 pieces) to be caught writing.
@@ -752,7 +789,7 @@ mod tests {
                     let how = if x % 5 == 0 {
                         SyncMode::Blocking
                     } else {
-                        SyncMode::Ring
+                        SyncMode::Background
                     };
                     log.append_with(&batch, how).await.unwrap();
                     expect.extend(batch);

@@ -45,11 +45,7 @@ impl Segment {
     /// Creates, preallocates and maps a new segment, durably: the file is created under a
     /// temporary name, preallocated and synced, renamed, and the directory synced, so a crash
     /// leaves either no segment or a whole zero-filled one.
-    pub async fn create(
-        dir: &Path,
-        first_seq: u64,
-        bytes: u64,
-    ) -> io::Result<(Segment, BufferedFile)> {
+    pub async fn create(dir: &Path, first_seq: u64, bytes: u64) -> io::Result<Segment> {
         let path = dir.join(format!("{first_seq:016x}.log"));
         let tmp = dir.join(format!("{first_seq:016x}.tmp"));
         let mut file = BufferedFile::create(&tmp)
@@ -68,12 +64,12 @@ impl Segment {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| err(dir, "cannot sync directory", e))?;
-        let seg = Segment {
+        let _ = file.close().await;
+        Ok(Segment {
             map: map(&path)?,
             path,
             written: 0,
-        };
-        Ok((seg, file))
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -698,7 +698,7 @@ async fn apply_loop(
         let sync = if single_batches > ONE_CLIENT_BATCHES {
             crate::log::SyncMode::Blocking
         } else {
-            crate::log::SyncMode::Ring
+            crate::log::SyncMode::Background
         };
         run_batch(
             &mut state,
