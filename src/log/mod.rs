@@ -26,6 +26,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use glommio::io::BufferedFile;
 
 use record::{Kind, Scan, ALIGN_BYTES, HEADER_BYTES};
 use segment::Segment;
@@ -54,6 +55,10 @@ pub struct LogStats {
 /// How a batch's write and fdatasync are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
+    /// Both through glommio's io_uring: submitted at the end of the shard's scheduler turn,
+    /// run by io_uring's worker thread. Cheapest for small batches, which come when few
+    /// clients write: the turns are short then (see [`sync`] for larger ones).
+    Ring,
     /// The write as a system call (a copy into the page cache), the fdatasync on the log's
     /// own thread ([`sync`]): the shard goes on serving while it runs.
     Background,
@@ -79,8 +84,10 @@ pub struct Log {
     segment_bytes: u64,
     /// Oldest first; the last one takes the appends.
     segments: Vec<Segment>,
-    /// The last segment, open for the appends' writes and fdatasyncs.
+    /// The last segment, open for the appends' writes and fdatasyncs by system calls...
     file: Arc<std::fs::File>,
+    /// ... and through io_uring.
+    ring: BufferedFile,
     /// Where the next batch goes in the last segment.
     write_off: u64,
     next_seq: u64,
@@ -223,6 +230,7 @@ impl Log {
         let seg = segments
             .last()
             .expect("a segment: the last one found or a new one");
+        let ring = open_ring(seg.path()).await?;
         let zero = ZeroAhead::start(segment_bytes, seg.path(), write_off, seg.len());
         let sync =
             Syncer::start(dir).map_err(|e| err(dir, "cannot start the fdatasync thread for", e))?;
@@ -234,6 +242,7 @@ impl Log {
                 segment_bytes,
                 segments,
                 file,
+                ring,
                 write_off,
                 zero,
                 next_seq,
@@ -327,7 +336,20 @@ impl Log {
             self.stats.batches_on_zeros += 1;
         }
         let seg = self.segments.last().expect("a segment");
-        {
+        if how == SyncMode::Ring {
+            let written = self
+                .ring
+                .write_at(buf, at)
+                .await
+                .map_err(|e| err(seg.path(), "write failed on", e))?;
+            if written != len {
+                return Err(err(
+                    seg.path(),
+                    "short write on",
+                    format!("{written} of {len} bytes"),
+                ));
+            }
+        } else {
             use std::os::unix::fs::FileExt;
             // Onto blocks zeroed ahead (nearly always): a copy into the page cache, nothing to
             // allocate. io_uring would run it on a worker thread anyway (ext4's buffered
@@ -337,6 +359,14 @@ impl Log {
                 .map_err(|e| err(seg.path(), "write failed on", e))?;
         }
         let micros = match how {
+            SyncMode::Ring => {
+                let started = Instant::now();
+                self.ring
+                    .fdatasync()
+                    .await
+                    .map(|()| started.elapsed().as_micros() as u64)
+                    .map_err(io::Error::from)
+            }
             SyncMode::Background => self.sync.fdatasync(&self.file).await,
             SyncMode::Blocking => {
                 let started = Instant::now();
@@ -380,6 +410,8 @@ impl Log {
         self.zero.settle(0, true).await?;
         let seg = Segment::create(&self.dir, self.next_seq, size).await?;
         self.file = open_for_appends(seg.path())?;
+        let old = std::mem::replace(&mut self.ring, open_ring(seg.path()).await?);
+        let _ = old.close().await;
         if let Some(last) = self.segments.last_mut() {
             last.written = self.write_off;
         }
@@ -410,6 +442,14 @@ impl Log {
 }
 
 const LOCK_FILE: &str = "LOCK";
+
+async fn open_ring(path: &Path) -> io::Result<BufferedFile> {
+    glommio::io::OpenOptions::new()
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| err(path, "cannot open", e))
+}
 
 fn open_for_appends(path: &Path) -> io::Result<Arc<std::fs::File>> {
     std::fs::OpenOptions::new()
@@ -761,7 +801,8 @@ mod tests {
         });
     }
 
-    /// Zeroing jobs run beside batches of every size, across many rollovers: a batch that
+    /// Zeroing jobs run beside batches of every size, written in every mode, across many
+    /// rollovers: a batch that
     /// would reach into a job's range waits for it, so no record is ever overwritten with
     /// zeros (reopened, every record is back, byte for byte), and a log dropped while a job
     /// runs stops it before it could write where a reopened log appends.
@@ -786,10 +827,10 @@ mod tests {
                             vec![(expect.len() + k) as u8 | 1; len]
                         })
                         .collect();
-                    let how = if x % 5 == 0 {
-                        SyncMode::Blocking
-                    } else {
-                        SyncMode::Background
+                    let how = match x % 5 {
+                        0 => SyncMode::Blocking,
+                        1 | 2 => SyncMode::Ring,
+                        _ => SyncMode::Background,
                     };
                     log.append_with(&batch, how).await.unwrap();
                     expect.extend(batch);

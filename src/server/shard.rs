@@ -27,7 +27,8 @@ use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, SHARD_QUEUE_DEPTH,
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, RING_BATCH_RECORDS_BELOW,
+    SHARD_QUEUE_DEPTH,
 };
 use crate::log::{checkpoint, Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
@@ -694,9 +695,13 @@ async fn apply_loop(
         };
         // Serving one client, its write is made durable by blocking system calls, which
         // return sooner than io_uring's fdatasync here (`log::SyncMode`); with more clients the
-        // shard serves the others while the fdatasync is in flight.
+        // shard serves the others while the fdatasync is in flight: small batches through
+        // io_uring, large ones (many clients) with the fdatasync on the log's own thread,
+        // handed to it at once rather than at the end of the scheduler's turn.
         let sync = if single_batches > ONE_CLIENT_BATCHES {
             crate::log::SyncMode::Blocking
+        } else if batch.len() < RING_BATCH_RECORDS_BELOW {
+            crate::log::SyncMode::Ring
         } else {
             crate::log::SyncMode::Background
         };
