@@ -1,7 +1,8 @@
 //! The append-only log: fixed-size, preallocated segments under `<data-dir>/member/log/`,
 //! named by the sequence number of their first record, created through glommio's io_uring
-//! file API, appended to by `pwrite` with each batch's fdatasync on the log's own thread
-//! ([`sync`]), and read through a read-only shared mapping of each segment.
+//! file API, appended to as the caller's [`SyncMode`] says (a `pwrite` with the fdatasync on
+//! the log's own thread, [`sync`]; both through io_uring; or both as blocking system calls),
+//! and read through a read-only shared mapping of each segment.
 //!
 //! Group commit: [`Log::append`] takes every record of one loop turn, frames them as one batch
 //! closed by a commit record (see [`record`] and docs/log-format.md), writes the batch with one
@@ -43,7 +44,9 @@ pub struct LogStats {
     pub records: u64,
     pub fsync_micros_total: u64,
     pub fsync_micros_max: u64,
-    /// The last batch's fdatasync, in microseconds.
+    /// The last batch's fdatasync, in microseconds. Through io_uring this is from its
+    /// submission to its completion seen by the task (glommio's turn included); on the
+    /// log's thread or by a blocking call, the system call alone.
     pub fsync_micros_last: u64,
     /// Bytes written (records and their headers).
     pub bytes: u64,
@@ -409,8 +412,9 @@ impl Log {
         // The old segment's zeroing is over before it is left (its failure is the log's).
         self.zero.settle(0, true).await?;
         let seg = Segment::create(&self.dir, self.next_seq, size).await?;
-        self.file = open_for_appends(seg.path())?;
-        let old = std::mem::replace(&mut self.ring, open_ring(seg.path()).await?);
+        let (file, ring) = (open_for_appends(seg.path())?, open_ring(seg.path()).await?);
+        self.file = file;
+        let old = std::mem::replace(&mut self.ring, ring);
         let _ = old.close().await;
         if let Some(last) = self.segments.last_mut() {
             last.written = self.write_off;
