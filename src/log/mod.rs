@@ -22,9 +22,8 @@ mod zero;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::io::BufferedFile;
@@ -806,10 +805,9 @@ mod tests {
     }
 
     /// Zeroing jobs run beside batches of every size, written in every mode, across many
-    /// rollovers: a batch that
-    /// would reach into a job's range waits for it, so no record is ever overwritten with
-    /// zeros (reopened, every record is back, byte for byte), and a log dropped while a job
-    /// runs stops it before it could write where a reopened log appends.
+    /// rollovers: a batch that would reach into a job's range waits for it, so no record is
+    /// ever overwritten with zeros (reopened, every record is back, byte for byte), and a log
+    /// dropped while a job runs stops it before it could write where a reopened log appends.
     #[test]
     fn zeroing_never_lands_on_records() {
         let dir = tempfile::tempdir().unwrap();
