@@ -73,6 +73,19 @@ pub enum SyncMode {
     Blocking,
 }
 
+impl SyncMode {
+    /// The mode for a batch of `n` records (or requests) when not serving one client: small
+    /// batches through io_uring, large ones with the fdatasync on the log's thread
+    /// (`limits::RING_BATCH_REQUESTS_BELOW`).
+    pub fn for_batch(n: usize) -> SyncMode {
+        if n < crate::limits::RING_BATCH_REQUESTS_BELOW {
+            SyncMode::Ring
+        } else {
+            SyncMode::Background
+        }
+    }
+}
+
 pub struct Log {
     /// The last segment's zeroing ahead of `write_off` (see [`zero`]). First: fields drop in
     /// order, and a running job must be stopped before the directory's lock is let go.

@@ -33,7 +33,7 @@ use crate::error::EtcdError;
 use crate::kv::{self, KvState, RaftInfo, Request, Response};
 use crate::limits::{
     APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_ENTRIES_WHOLE, RAFT_EVENTS_DEPTH,
-    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX, RING_BATCH_REQUESTS_BELOW,
+    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX,
 };
 use crate::log::Log;
 use crate::proto::etcdserverpb as pb;
@@ -1389,12 +1389,7 @@ async fn append_run(
     if !all.is_empty() {
         let before = log.stats();
         let started = Instant::now();
-        // As the single member's apply loop: small groups through io_uring.
-        let how = if all.len() < RING_BATCH_REQUESTS_BELOW {
-            crate::log::SyncMode::Ring
-        } else {
-            crate::log::SyncMode::Background
-        };
+        let how = crate::log::SyncMode::for_batch(all.len());
         written = match log.append_with(&all, how).await {
             Ok(w) => w,
             Err(e) => stop("log write failed", &e),

@@ -27,8 +27,7 @@ use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, RING_BATCH_REQUESTS_BELOW,
-    SHARD_QUEUE_DEPTH,
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, SHARD_QUEUE_DEPTH,
 };
 use crate::log::{checkpoint, Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
@@ -700,10 +699,8 @@ async fn apply_loop(
         // handed to it at once rather than at the end of the scheduler's turn.
         let sync = if single_batches > ONE_CLIENT_BATCHES {
             crate::log::SyncMode::Blocking
-        } else if batch.len() < RING_BATCH_REQUESTS_BELOW {
-            crate::log::SyncMode::Ring
         } else {
-            crate::log::SyncMode::Background
+            crate::log::SyncMode::for_batch(batch.len())
         };
         run_batch(
             &mut state,
