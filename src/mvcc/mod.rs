@@ -5,6 +5,7 @@
 //! value store is a trait so that the durable log can serve values from its mapping while the
 //! index stays in memory.
 
+pub mod index;
 pub mod key;
 pub mod key_index;
 pub mod store;

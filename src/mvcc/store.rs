@@ -5,11 +5,12 @@
 //! that changes anything takes the next main revision, and its changes take sub revisions 0, 1,
 //! ... in order. Reads inside a write transaction see the transaction's own earlier changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
 
+use super::index::Index;
 use super::key::Key;
 use super::key_index::{KeyIndex, RevEntry, ValueRef};
 use super::{MvccError, Revision};
@@ -206,7 +207,7 @@ impl History {
 pub const HISTORY_CHANGES_DEFAULT: usize = 100_000;
 
 pub struct Store<V: ValueStore = MemValues> {
-    index: BTreeMap<Key, KeyIndex>,
+    index: Index<KeyIndex>,
     history: History,
     /// Keys attached to each lease (a key is attached to the lease of its live revision).
     leased: HashMap<i64, BTreeSet<Key>>,
@@ -231,7 +232,7 @@ impl Default for Store<MemValues> {
 impl<V: ValueStore> Store<V> {
     pub fn new(values: V) -> Self {
         Store {
-            index: BTreeMap::new(),
+            index: Index::default(),
             history: History {
                 changes: VecDeque::new(),
                 capacity: HISTORY_CHANGES_DEFAULT,
@@ -456,12 +457,9 @@ impl<V: ValueStore> Store<V> {
                 if to <= from {
                     return;
                 }
-                self.index
-                    .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+                self.index.range(Bound::Included(from), Bound::Excluded(to))
             }
-            KeySpan::From(from) => self
-                .index
-                .range::<[u8], _>((Bound::Included(from), Bound::Unbounded)),
+            KeySpan::From(from) => self.index.range(Bound::Included(from), Bound::Unbounded),
         };
         for (k, ki) in range {
             f(k, ki);
@@ -514,7 +512,7 @@ impl<V: ValueStore> Store<V> {
         let mut emptied = Vec::new();
         let mut last = None;
         let mut seen = 0;
-        for (k, ki) in self.index.range_mut::<[u8], _>((lower, Bound::Unbounded)) {
+        for (k, ki) in self.index.range_mut(lower, Bound::Unbounded) {
             if seen == max_keys {
                 break;
             }
@@ -556,11 +554,7 @@ impl<V: ValueStore> Store<V> {
             None => Bound::Unbounded,
         };
         let mut last: Option<&Key> = None;
-        for (seen, (k, ki)) in self
-            .index
-            .range::<[u8], _>((lower, Bound::Unbounded))
-            .enumerate()
-        {
+        for (seen, (k, ki)) in self.index.range(lower, Bound::Unbounded).enumerate() {
             if seen == max_keys {
                 return last.cloned();
             }
@@ -750,12 +744,12 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             KeySpan::Range(from, to) => {
                 if from < to {
                     index
-                        .range_mut::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+                        .range_mut(Bound::Included(from), Bound::Excluded(to))
                         .for_each(|(k, ki)| tombstone(k, ki));
                 }
             }
             KeySpan::From(from) => index
-                .range_mut::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+                .range_mut(Bound::Included(from), Bound::Unbounded)
                 .for_each(|(k, ki)| tombstone(k, ki)),
         }
         self.store.revisions += deleted as u64;
