@@ -87,7 +87,7 @@ fn ordered_map(c: &mut Criterion) {
         let mut index = Index::default();
         let mut btree = BTreeMap::new();
         for i in keys() {
-            index.insert(key(i), [i; 5] as History);
+            index.insert(&key(i), [i; 5] as History);
             btree.insert(key(i), [i; 5] as History);
         }
         let probes: Vec<Key> = (0..1u64 << 20).map(|i| key((i * 7919) % KEYS)).collect();
@@ -108,7 +108,7 @@ fn ordered_map(c: &mut Criterion) {
             b.iter(|| {
                 n = (n + 1) % probes.len();
                 let k = key(KEYS + n as u64);
-                index.insert(k.clone(), [0; 5]);
+                index.insert(&k, [0; 5]);
                 index.remove(&k)
             })
         });

@@ -5,10 +5,10 @@
 # checkpoint (Defragment, kill -9) and reads again. Reports VmRSS, RssAnon (heap) and RssFile
 # (log pages mapped; they are unmapped at each new segment, after a checkpoint, after recovery, and every 10 s) at each step. Writes tuning/results/<date>-<HHMM>-rss.md.
 #
-# usage: tuning/rss.sh [KEYS] [VAL]   (defaults 1000000 and 1024)
+# usage: tuning/rss.sh [KEYS] [VAL]   (defaults 1000000 and 1024; BIN=path runs another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keys=${1:-1000000} val=${2:-1024}
+keys=${1:-1000000} val=${2:-1024} bin=${BIN:-target/release/ferrocd}
 source tuning/lib.sh
 
 mem() { # PID -> "rss anon file" in MiB
@@ -33,11 +33,12 @@ out="tuning/results/$(date -u +%Y-%m-%d-%H%M)-rss.md"
   echo "# Memory of one member with $keys keys of $val B values"
   echo
   stamp
+  echo "- server: $bin"
   echo "- fill: loadgen put, one per key in key order, 100 clients over 10 connections, 8 B keys; reads: loadgen range (linearizable) of every key once, 50 clients"
   echo
   echo "| step | VmRSS MiB | RssAnon MiB | RssFile MiB | data dir MiB |"
   echo "|---|---|---|---|---|"
-  start_one rss target/release/ferrocd
+  start_one rss "$bin"
   pid=$PIDS
   row "started, empty" "$pid"
   target/release/loadgen run --endpoints "$ENDPOINTS" --workload put --key-space "$keys" \
@@ -49,7 +50,7 @@ out="tuning/results/$(date -u +%Y-%m-%d-%H%M)-rss.md"
   etcdctl --endpoints "$ENDPOINTS" --command-timeout 600s defrag >/dev/null
   row "after Defragment (a checkpoint)" "$pid"
   kill -9 "$pid"; wait "$pid" 2>/dev/null || true
-  start_one rss target/release/ferrocd
+  start_one rss "$bin"
   pid=$PIDS
   row "restarted (checkpoint restored)" "$pid"
   read_all

@@ -22,8 +22,15 @@ use std::slice;
 
 use super::key::Key;
 
-/// The most entries in one leaf, searched by bisection of its keys (24 bytes each: 768 bytes).
+/// The most entries in one leaf, searched by bisection.
 pub const LEAF: usize = 32;
+/// The most key bytes in a leaf of more than one key (its key ends are `u32`s; a single key
+/// may be longer, up to `u32::MAX`). Small in tests, so that their keys fill leaves by bytes
+/// too.
+#[cfg(not(test))]
+const LEAF_BYTES: usize = 1 << 31;
+#[cfg(test)]
+const LEAF_BYTES: usize = 256;
 /// Entries a full leaf grows by (a doubling would leave up to half of it unused).
 const GROW: usize = 4;
 /// A leaf holding fewer entries than this after a removal is merged with a neighbour when the
@@ -31,115 +38,222 @@ const GROW: usize = 4;
 const SPARSE: usize = LEAF / 4;
 const MERGED: usize = LEAF * 3 / 4;
 
-/// Sorted keys and their values, in two arrays of the same length and capacity: a search
-/// reads only keys (a few adjacent cache lines), then the one value found.
+/// Sorted keys and their values. The keys' bytes lie end to end in one buffer (no slot of
+/// 24 bytes and no allocation per key: a key costs its length and a 4-byte end), so a search
+/// reads a few adjacent cache lines, then the one value found.
 struct Leaf<V> {
-    keys: Vec<Key>,
+    /// Where each key ends in `bytes` (each starts where the one before ends; the first at 0).
+    ends: Vec<u32>,
+    bytes: Vec<u8>,
     values: Vec<V>,
 }
 
+/// A leaf's keys from one of them on.
+struct Keys<'a> {
+    ends: slice::Iter<'a, u32>,
+    bytes: &'a [u8],
+    start: usize,
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let end = *self.ends.next()? as usize;
+        let key = &self.bytes[self.start..end];
+        self.start = end;
+        Some(key)
+    }
+}
+
+type Entries<'a, V> = Zip<Keys<'a>, slice::Iter<'a, V>>;
+type EntriesMut<'a, V> = Zip<Keys<'a>, slice::IterMut<'a, V>>;
+
+/// Room for one more element, grown by [`GROW`] at most.
+fn make_room<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(GROW.min(LEAF.saturating_sub(v.len())).max(1));
+    }
+}
+
+/// Gives back what `v` no longer uses beyond `spare` elements.
+fn trim<T>(v: &mut Vec<T>, spare: usize) {
+    if v.capacity() - v.len() > 2 * spare {
+        v.shrink_to(v.len() + spare);
+    }
+}
+
+/// Asks for every cache line of `bytes` at once: a bisection's reads depend on each other, so
+/// without this a leaf not in cache costs one memory latency per step instead of about one.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = bytes.as_ptr().cast::<i8>();
+        for line in (0..bytes.len()).step_by(64) {
+            // SAFETY: a prefetch is only a hint and never faults; the address is inside
+            // `bytes`.
+            unsafe { _mm_prefetch(start.add(line), _MM_HINT_T0) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 impl<V> Leaf<V> {
-    fn with_capacity(n: usize) -> Self {
+    fn new() -> Self {
         Leaf {
-            keys: Vec::with_capacity(n),
-            values: Vec::with_capacity(n),
+            ends: Vec::new(),
+            bytes: Vec::new(),
+            values: Vec::new(),
         }
     }
 
     fn len(&self) -> usize {
-        self.keys.len()
+        self.ends.len()
     }
 
-    fn position(&self, key: &[u8]) -> Result<usize, usize> {
-        prefetch(&self.keys);
-        self.keys.binary_search_by(|k| k[..].cmp(key))
-    }
-
-    fn reserve_exact(&mut self, n: usize) {
-        self.keys.reserve_exact(n);
-        self.values.reserve_exact(n);
-    }
-
-    /// Room for one more entry, grown by [`GROW`] entries at most.
-    fn make_room(&mut self) {
-        if self.keys.len() == self.keys.capacity() {
-            self.reserve_exact(GROW.min(LEAF.saturating_sub(self.len())).max(1));
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize
         }
     }
 
-    fn insert(&mut self, at: usize, key: Key, value: V) {
-        self.make_room();
-        self.keys.insert(at, key);
+    fn key(&self, i: usize) -> &[u8] {
+        &self.bytes[self.start(i)..self.ends[i] as usize]
+    }
+
+    fn last_key(&self) -> Option<&[u8]> {
+        self.len().checked_sub(1).map(|i| self.key(i))
+    }
+
+    /// True when `extra` more key bytes do not fit (by count or by bytes).
+    fn full(&self, extra: usize) -> bool {
+        self.len() >= LEAF || (self.len() > 0 && self.bytes.len() + extra > LEAF_BYTES)
+    }
+
+    fn position(&self, key: &[u8]) -> Result<usize, usize> {
+        prefetch(&self.bytes);
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    fn insert(&mut self, at: usize, key: &[u8], value: V) {
+        let start = self.start(at);
+        let n = key.len();
+        if self.bytes.capacity() - self.bytes.len() < n {
+            // Room for this key and about GROW more of the leaf's average length.
+            let average = self.bytes.len() / self.len().max(1);
+            self.bytes.reserve_exact(n + GROW * average);
+        }
+        let old = self.bytes.len();
+        self.bytes.resize(old + n, 0);
+        self.bytes.copy_within(start..old, start + n);
+        self.bytes[start..start + n].copy_from_slice(key);
+        make_room(&mut self.ends);
+        let end = u32::try_from(start + n).expect("a leaf's bytes fit in u32 (LEAF_BYTES)");
+        self.ends.insert(at, end);
+        for e in &mut self.ends[at + 1..] {
+            *e += n as u32;
+        }
+        make_room(&mut self.values);
         self.values.insert(at, value);
     }
 
-    fn push(&mut self, key: Key, value: V) {
-        self.make_room();
-        self.keys.push(key);
-        self.values.push(value);
+    fn push(&mut self, key: &[u8], value: V) {
+        self.insert(self.len(), key, value);
     }
 
     fn remove(&mut self, at: usize) -> V {
-        self.keys.remove(at);
+        let (start, end) = (self.start(at), self.ends[at] as usize);
+        self.bytes.drain(start..end);
+        self.ends.remove(at);
+        for e in &mut self.ends[at..] {
+            *e -= (end - start) as u32;
+        }
         let value = self.values.remove(at);
         self.trim();
         value
     }
 
-    /// Gives back what the leaf no longer uses beyond [`GROW`] spare entries.
+    /// Gives back what the leaf no longer uses beyond about [`GROW`] spare entries.
     fn trim(&mut self) {
-        if self.keys.capacity() - self.len() > 2 * GROW {
-            self.keys.shrink_to(self.len() + GROW);
-            self.values.shrink_to(self.len() + GROW);
-        }
+        trim(&mut self.ends, GROW);
+        trim(&mut self.values, GROW);
+        let average = self.bytes.len() / self.len().max(1);
+        trim(&mut self.bytes, GROW * average);
     }
 
     fn split_off(&mut self, at: usize) -> Leaf<V> {
-        let right = Leaf {
-            keys: self.keys.split_off(at),
+        let start = self.start(at);
+        let mut right = Leaf {
+            ends: self.ends.split_off(at),
+            bytes: self.bytes.split_off(start),
             values: self.values.split_off(at),
         };
+        for e in &mut right.ends {
+            *e -= start as u32;
+        }
         self.trim();
         right
     }
 
     fn append(&mut self, other: &mut Leaf<V>) {
-        self.reserve_exact(other.len());
-        self.keys.append(&mut other.keys);
+        let base = self.bytes.len() as u32;
+        self.ends.reserve_exact(other.len());
+        self.ends.extend(other.ends.drain(..).map(|e| e + base));
+        self.bytes.reserve_exact(other.bytes.len());
+        self.bytes.append(&mut other.bytes);
+        self.values.reserve_exact(other.values.len());
         self.values.append(&mut other.values);
     }
 
+    fn keys(&self, from: usize) -> Keys<'_> {
+        Keys {
+            ends: self.ends[from..].iter(),
+            bytes: &self.bytes,
+            start: self.start(from),
+        }
+    }
+
     fn entries(&self, from: usize) -> Entries<'_, V> {
-        self.keys[from..].iter().zip(self.values[from..].iter())
+        self.keys(from).zip(self.values[from..].iter())
     }
 
     fn entries_mut(&mut self, from: usize) -> EntriesMut<'_, V> {
-        self.keys[from..].iter().zip(self.values[from..].iter_mut())
+        let keys = Keys {
+            ends: self.ends[from..].iter(),
+            bytes: &self.bytes,
+            start: if from == 0 {
+                0
+            } else {
+                self.ends[from - 1] as usize
+            },
+        };
+        keys.zip(self.values[from..].iter_mut())
     }
-}
 
-/// Asks for every cache line of `keys` at once: a bisection's reads depend on each other, so
-/// without this a leaf not in cache costs one memory latency per step (five for 32 keys)
-/// instead of about one.
-#[inline]
-fn prefetch(keys: &[Key]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = std::mem::size_of_val(keys);
-        let start = keys.as_ptr().cast::<i8>();
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch is only a hint and never faults; the address is inside
-            // `keys`.
-            unsafe { _mm_prefetch(start.add(line), _MM_HINT_T0) };
+    fn nothing<'a>() -> Entries<'a, V> {
+        Keys {
+            ends: [].iter(),
+            bytes: &[],
+            start: 0,
         }
+        .zip([].iter())
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = keys;
 }
-
-type Entries<'a, V> = Zip<slice::Iter<'a, Key>, slice::Iter<'a, V>>;
-type EntriesMut<'a, V> = Zip<slice::Iter<'a, Key>, slice::IterMut<'a, V>>;
 
 pub struct Index<V> {
     leaves: BTreeMap<Key, Leaf<V>>,
@@ -192,10 +306,10 @@ impl<V> Index<V> {
         self.len == 0
     }
 
-    pub fn get_key_value(&self, key: &[u8]) -> Option<(&Key, &V)> {
+    pub fn get_key_value(&self, key: &[u8]) -> Option<(&[u8], &V)> {
         let (_, leaf) = leaf_of(&self.leaves, key)?;
         let i = leaf.position(key).ok()?;
-        Some((&leaf.keys[i], &leaf.values[i]))
+        Some((leaf.key(i), &leaf.values[i]))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {
@@ -208,46 +322,50 @@ impl<V> Index<V> {
         Some(&mut leaf.values[i])
     }
 
-    /// Inserts `key`, returning the value it replaces.
-    pub fn insert(&mut self, key: Key, value: V) -> Option<V> {
+    /// Inserts `key` (its bytes are copied), returning the value it replaces.
+    pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
         if self.leaves.is_empty() {
-            self.leaves.insert(Key::new(&[]), Leaf::with_capacity(0));
+            self.leaves.insert(Key::new(&[]), Leaf::new());
         }
-        let (fence, leaf) =
-            leaf_of_mut(&mut self.leaves, &key).expect("the first leaf's fence is below every key");
-        let at = match leaf.position(&key) {
-            Ok(i) => return Some(std::mem::replace(&mut leaf.values[i], value)),
-            Err(at) => at,
-        };
-        self.len += 1;
-        if leaf.len() < LEAF {
-            leaf.insert(at, key, value);
-        } else if at == LEAF {
-            // Past the end of a full leaf (keys written in order): the key opens a leaf of
-            // its own and this one stays full.
-            let mut next = Leaf::with_capacity(GROW);
-            let fence = key.clone();
-            next.push(key, value);
-            self.leaves.insert(fence, next);
-        } else if at == 0 {
-            // Before the start (keys written in reverse order): the key takes this leaf's
-            // fence in a leaf of its own, and the full leaf moves to a fence of its first key.
-            let fence = fence.clone();
-            let full = self.leaves.remove(&fence).expect("found above");
-            let mut first = Leaf::with_capacity(GROW);
-            first.push(key, value);
-            self.leaves.insert(full.keys[0].clone(), full);
-            self.leaves.insert(fence, first);
-        } else {
-            let mut right = leaf.split_off(LEAF / 2);
-            if at <= LEAF / 2 {
+        loop {
+            let (fence, leaf) = leaf_of_mut(&mut self.leaves, key)
+                .expect("the first leaf's fence is below every key");
+            let at = match leaf.position(key) {
+                Ok(i) => return Some(std::mem::replace(&mut leaf.values[i], value)),
+                Err(at) => at,
+            };
+            if !leaf.full(key.len()) {
                 leaf.insert(at, key, value);
-            } else {
-                right.insert(at - LEAF / 2, key, value);
+                self.len += 1;
+                return None;
             }
-            self.leaves.insert(right.keys[0].clone(), right);
+            if at == leaf.len() {
+                // Past the end of a full leaf (keys written in order): the key opens a leaf
+                // of its own and this one stays full.
+                let mut next = Leaf::new();
+                next.push(key, value);
+                self.leaves.insert(Key::new(key), next);
+                self.len += 1;
+                return None;
+            }
+            if at == 0 {
+                // Before the start (keys written in reverse order): the key takes this leaf's
+                // fence in a leaf of its own, and the full leaf moves to a fence of its first
+                // key.
+                let fence = fence.clone();
+                let full = self.leaves.remove(&fence).expect("found above");
+                let mut first = Leaf::new();
+                first.push(key, value);
+                self.leaves.insert(Key::new(full.key(0)), full);
+                self.leaves.insert(fence, first);
+                self.len += 1;
+                return None;
+            }
+            // In the middle: the leaf splits in two, and the key goes into one of the halves
+            // (again: by bytes, one half may still be full).
+            let right = leaf.split_off(leaf.len() / 2);
+            self.leaves.insert(Key::new(right.key(0)), right);
         }
-        None
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
@@ -262,34 +380,35 @@ impl<V> Index<V> {
     }
 
     /// Merges the sparse leaf at `fence` into its left neighbour, or its right neighbour into
-    /// it, when the two fit in [`MERGED`]; drops it when empty (unless it is the first).
+    /// it, when the two fit in [`MERGED`] entries and half of [`LEAF_BYTES`]; drops it when
+    /// empty (unless it is the first).
     fn merge(&mut self, fence: Key) {
-        let len = self.leaves[&fence].len();
+        let this = &self.leaves[&fence];
+        let (len, bytes) = (this.len(), this.bytes.len());
+        let fits = |l: &Leaf<V>| l.len() + len <= MERGED && l.bytes.len() + bytes <= LEAF_BYTES / 2;
         let prev = self
             .leaves
             .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&fence[..])))
             .next_back()
-            .map(|(k, l)| (k.clone(), l.len()));
-        if let Some((prev, prev_len)) = prev {
-            if prev_len + len <= MERGED {
-                let mut this = self.leaves.remove(&fence).expect("merging it");
-                let into = self.leaves.get_mut(&prev).expect("its left neighbour");
-                into.append(&mut this);
-                return;
-            }
+            .filter(|(_, l)| fits(l))
+            .map(|(k, _)| k.clone());
+        if let Some(prev) = prev {
+            let mut this = self.leaves.remove(&fence).expect("merging it");
+            let into = self.leaves.get_mut(&prev).expect("its left neighbour");
+            into.append(&mut this);
+            return;
         }
         let next = self
             .leaves
             .range::<[u8], _>((Bound::Excluded(&fence[..]), Bound::Unbounded))
             .next()
-            .map(|(k, l)| (k.clone(), l.len()));
-        if let Some((next, next_len)) = next {
-            if next_len + len <= MERGED {
-                let mut that = self.leaves.remove(&next).expect("merging it");
-                let into = self.leaves.get_mut(&fence).expect("merging into it");
-                into.append(&mut that);
-                return;
-            }
+            .filter(|(_, l)| fits(l))
+            .map(|(k, _)| k.clone());
+        if let Some(next) = next {
+            let mut that = self.leaves.remove(&next).expect("merging it");
+            let into = self.leaves.get_mut(&fence).expect("merging into it");
+            into.append(&mut that);
+            return;
         }
         if len == 0 && !fence.is_empty() {
             self.leaves.remove(&fence);
@@ -303,12 +422,12 @@ impl<V> Index<V> {
         upper: Bound<&'k [u8]>,
     ) -> Range<'a, 'k, V> {
         let (entries, leaves) = match lower {
-            Bound::Unbounded => (Leaf::empty(), self.leaves.range::<[u8], _>(..)),
+            Bound::Unbounded => (Leaf::nothing(), self.leaves.range::<[u8], _>(..)),
             Bound::Included(key) | Bound::Excluded(key) => {
                 // The leaf holding `key`, from where `key` is or would be; then the leaves
                 // after it (fenced above `key`).
                 let first = leaf_of(&self.leaves, key)
-                    .map_or_else(Leaf::empty, |(_, leaf)| leaf.entries(skip(leaf, lower)));
+                    .map_or_else(Leaf::nothing, |(_, leaf)| leaf.entries(skip(leaf, lower)));
                 let rest = self
                     .leaves
                     .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded));
@@ -348,7 +467,12 @@ impl<V> Index<V> {
                 let from = skip(leaf, lower);
                 leaf.entries_mut(from)
             }
-            None => [].iter().zip([].iter_mut()),
+            None => Keys {
+                ends: [].iter(),
+                bytes: &[],
+                start: 0,
+            }
+            .zip([].iter_mut()),
         };
         RangeMut {
             leaves,
@@ -360,12 +484,6 @@ impl<V> Index<V> {
 
     pub fn iter(&self) -> Range<'_, 'static, V> {
         self.range(Bound::Unbounded, Bound::Unbounded)
-    }
-}
-
-impl<V> Leaf<V> {
-    fn empty<'a>() -> Entries<'a, V> {
-        [].iter().zip([].iter())
     }
 }
 
@@ -386,7 +504,7 @@ pub struct Range<'a, 'k, V> {
 }
 
 impl<'a, V> Iterator for Range<'a, '_, V> {
-    type Item = (&'a Key, &'a V);
+    type Item = (&'a [u8], &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
@@ -411,7 +529,7 @@ pub struct RangeMut<'a, 'k, V> {
 }
 
 impl<'a, V> Iterator for RangeMut<'a, '_, V> {
-    type Item = (&'a Key, &'a mut V);
+    type Item = (&'a [u8], &'a mut V);
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
@@ -428,27 +546,24 @@ impl<'a, V> Iterator for RangeMut<'a, '_, V> {
     }
 }
 
-impl<V> Extend<(Key, V)> for Index<V> {
+impl<K: AsRef<[u8]>, V> Extend<(K, V)> for Index<V> {
     /// Keys in increasing order after the last one (a checkpoint's restore) are appended
     /// without a search, [`MERGED`] to a leaf; any other key is inserted.
-    fn extend<I: IntoIterator<Item = (Key, V)>>(&mut self, iter: I) {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         for (key, value) in iter {
+            let key = key.as_ref();
             let last = self.leaves.last_key_value().map(|(_, leaf)| leaf);
             // Only the first leaf can be empty, and then it is the only one.
-            if last.is_some_and(|leaf| leaf.keys.last().is_some_and(|k| *k >= key)) {
+            if last.is_some_and(|leaf| leaf.last_key().is_some_and(|k| k >= key)) {
                 self.insert(key, value);
                 continue;
             }
-            let leaf = match last.map(Leaf::len) {
-                Some(n) if n < MERGED => self.leaves.last_entry().expect("seen").into_mut(),
-                Some(_) => self
-                    .leaves
-                    .entry(key.clone())
-                    .or_insert_with(|| Leaf::with_capacity(MERGED)),
-                None => self
-                    .leaves
-                    .entry(Key::new(&[]))
-                    .or_insert_with(|| Leaf::with_capacity(MERGED)),
+            let roomy =
+                |l: &Leaf<V>| l.len() < MERGED && l.bytes.len() + key.len() <= LEAF_BYTES / 2;
+            let leaf = match last.map(roomy) {
+                Some(true) => self.leaves.last_entry().expect("seen").into_mut(),
+                Some(false) => self.leaves.entry(Key::new(key)).or_insert_with(Leaf::new),
+                None => self.leaves.entry(Key::new(&[])).or_insert_with(Leaf::new),
             };
             leaf.push(key, value);
             self.len += 1;
@@ -456,8 +571,8 @@ impl<V> Extend<(Key, V)> for Index<V> {
     }
 }
 
-impl<V> FromIterator<(Key, V)> for Index<V> {
-    fn from_iter<I: IntoIterator<Item = (Key, V)>>(iter: I) -> Self {
+impl<K: AsRef<[u8]>, V> FromIterator<(K, V)> for Index<V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut index = Index::default();
         index.extend(iter);
         index
@@ -477,24 +592,38 @@ mod tests {
             assert!(first.is_empty(), "the first fence is the empty key");
         }
         let mut count = 0;
-        let mut prev: Option<&Key> = None;
+        let mut prev: Option<&[u8]> = None;
         let mut first = true;
         while let Some((fence, leaf)) = fences.next() {
-            assert!(leaf.len() <= LEAF, "a leaf of {}", leaf.len());
-            assert!(first || leaf.len() != 0, "an empty leaf after the first");
-            assert_eq!(leaf.keys.len(), leaf.values.len());
-            assert_eq!(leaf.keys.capacity(), leaf.values.capacity());
-            let spare = leaf.keys.capacity() - leaf.len();
-            assert!(spare <= 2 * GROW.max(MERGED), "{spare} spare entries");
-            for k in &leaf.keys {
-                assert!(k >= fence, "a key below its fence");
+            let n = leaf.len();
+            assert!(n <= LEAF, "a leaf of {n}");
+            assert!(
+                n <= 1 || leaf.bytes.len() <= LEAF_BYTES,
+                "a leaf of {} bytes",
+                leaf.bytes.len()
+            );
+            assert!(first || n != 0, "an empty leaf after the first");
+            assert_eq!(leaf.values.len(), n);
+            assert_eq!(
+                leaf.ends.last().map_or(0, |e| *e as usize),
+                leaf.bytes.len()
+            );
+            assert!(
+                leaf.ends.windows(2).all(|w| w[0] <= w[1]),
+                "ends out of order"
+            );
+            for spare in [leaf.ends.capacity() - n, leaf.values.capacity() - n] {
+                assert!(spare <= 2 * GROW.max(MERGED), "{spare} spare entries");
+            }
+            for k in leaf.keys(0) {
+                assert!(k >= &fence[..], "a key below its fence");
                 assert!(prev.is_none_or(|p| p < k), "keys out of order");
                 prev = Some(k);
             }
-            if let (Some((next, _)), Some(last)) = (fences.peek(), leaf.keys.last()) {
-                assert!(last < *next, "a key at or above the next fence");
+            if let (Some((next, _)), Some(last)) = (fences.peek(), leaf.last_key()) {
+                assert!(last < &next[..], "a key at or above the next fence");
             }
-            count += leaf.len();
+            count += n;
             first = false;
         }
         assert_eq!(count, ix.len());
@@ -577,7 +706,7 @@ mod tests {
                 match op {
                     Op::Insert(k, v) => {
                         let k = key(k);
-                        prop_assert_eq!(ix.insert(Key::new(&k), v), m.insert(k, v));
+                        prop_assert_eq!(ix.insert(&k, v), m.insert(k, v));
                     }
                     Op::Remove(k) => {
                         let k = key(k);
@@ -628,7 +757,7 @@ mod tests {
     fn leaves_full(order: impl Iterator<Item = u32>) -> (usize, usize) {
         let mut ix = Index::default();
         for i in order {
-            ix.insert(Key::new(format!("{i:08}").as_bytes()), 0u8);
+            ix.insert(format!("{i:08}").as_bytes(), 0u8);
         }
         check(&ix);
         let full = ix.leaves.values().filter(|l| l.len() == LEAF).count();
@@ -651,7 +780,7 @@ mod tests {
     fn emptied_index_keeps_one_empty_leaf_and_takes_keys_again() {
         let mut ix = Index::default();
         for i in 0..1000u32 {
-            ix.insert(Key::new(format!("{i:04}").as_bytes()), i);
+            ix.insert(format!("{i:04}").as_bytes(), i);
         }
         for i in (0..1000u32).map(|i| (i * 7) % 1000) {
             assert_eq!(ix.remove(format!("{i:04}").as_bytes()), Some(i));
@@ -659,8 +788,9 @@ mod tests {
         }
         assert!(ix.is_empty());
         assert_eq!(ix.leaves.len(), 1);
-        assert!(ix.leaves.values().next().unwrap().keys.capacity() <= 2 * GROW);
-        ix.insert(Key::new(b"x"), 1);
+        let leaf = ix.leaves.values().next().unwrap();
+        assert!(leaf.ends.capacity() <= 2 * GROW && leaf.bytes.capacity() <= 2 * GROW * 4);
+        ix.insert(b"x", 1);
         assert_eq!(ix.iter().count(), 1);
     }
 }

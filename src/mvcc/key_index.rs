@@ -408,13 +408,13 @@ impl KeyIndex {
 
     /// Every recorded change with main revision >= `from`, appended to `out` (not sorted
     /// across keys).
-    pub fn changes_since(&self, key: &Key, from: i64, out: &mut Vec<super::store::Change>) {
+    pub fn changes_since(&self, key: &[u8], from: i64, out: &mut Vec<super::store::Change>) {
         let gens = match &self.0 {
             Repr::One(one) => {
                 if one.main >= from {
                     out.push(super::store::Change {
                         rev: one.entry().rev,
-                        key: key.clone(),
+                        key: Key::new(key),
                         created: one.created().main,
                         version: one.ver.get() as i64,
                         lease: one.lease,
@@ -432,7 +432,7 @@ impl KeyIndex {
                 let deleted = e.value == ValueRef::NONE;
                 out.push(super::store::Change {
                     rev: e.rev,
-                    key: key.clone(),
+                    key: Key::new(key),
                     created: if deleted { 0 } else { g.created.main },
                     version: if deleted {
                         0

@@ -445,7 +445,7 @@ impl<V: ValueStore> Store<V> {
         }
     }
 
-    fn visit(&self, span: KeySpan<'_>, mut f: impl FnMut(&Key, &KeyIndex)) {
+    fn visit(&self, span: KeySpan<'_>, mut f: impl FnMut(&[u8], &KeyIndex)) {
         let range = match span {
             KeySpan::Single(key) => {
                 if let Some((k, ki)) = self.index.get_key_value(key) {
@@ -522,11 +522,11 @@ impl<V: ValueStore> Store<V> {
                 values.release(v);
             });
             if ki.is_empty() {
-                emptied.push(k.clone());
+                emptied.push(Key::new(k));
             }
             if seen == max_keys {
                 // Where the next step resumes (cloned once per step, not per key).
-                last = Some(k.clone());
+                last = Some(Key::new(k));
             }
         }
         for k in emptied {
@@ -547,16 +547,16 @@ impl<V: ValueStore> Store<V> {
         &self,
         after: Option<&[u8]>,
         max_keys: usize,
-        mut f: impl FnMut(&Key, &KeyIndex),
+        mut f: impl FnMut(&[u8], &KeyIndex),
     ) -> Option<Key> {
         let lower = match after {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
-        let mut last: Option<&Key> = None;
+        let mut last: Option<&[u8]> = None;
         for (seen, (k, ki)) in self.index.range(lower, Bound::Unbounded).enumerate() {
             if seen == max_keys {
-                return last.cloned();
+                return last.map(Key::new);
             }
             f(k, ki);
             last = Some(k);
@@ -683,7 +683,7 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             None => {
                 let ki = KeyIndex::created(entry);
                 let found = ki.get(rev.main).expect("just written");
-                store.index.insert(key.clone(), ki);
+                store.index.insert(&key, ki);
                 found
             }
         };
@@ -717,14 +717,14 @@ impl<V: ValueStore> WriteTxn<'_, V> {
             leased,
             ..
         } = &mut *self.store;
-        let mut tombstone = |k: &Key, ki: &mut KeyIndex| {
+        let mut tombstone = |k: &[u8], ki: &mut KeyIndex| {
             let lease = ki.get(i64::MAX).map_or(0, |f| f.entry.lease);
             let rev = Revision { main, sub };
             if ki.tombstone(rev) {
                 detach(leased, lease, k);
                 history.push(Change {
                     rev,
-                    key: k.clone(),
+                    key: Key::new(k),
                     created: 0,
                     version: 0,
                     lease: 0,
@@ -736,9 +736,8 @@ impl<V: ValueStore> WriteTxn<'_, V> {
         };
         match span {
             KeySpan::Single(key) => {
-                if let Some((k, _)) = index.get_key_value(key) {
-                    let k = k.clone();
-                    tombstone(&k, index.get_mut(key).expect("just found"));
+                if let Some(ki) = index.get_mut(key) {
+                    tombstone(key, ki);
                 }
             }
             KeySpan::Range(from, to) => {
