@@ -45,10 +45,18 @@ fn key(i: u64, size: usize) -> Bytes {
     Bytes::from(format!("{i:0size$}"))
 }
 
-/// A permutation of 0..n (a fixed multiplicative step, so runs are alike).
+/// A permutation of 0..n in random order (Fisher-Yates driven by xorshift64 from a fixed seed,
+/// so runs are alike).
 fn shuffled(n: u64) -> impl Iterator<Item = u64> {
-    let step = 1_000_003u64; // prime, coprime with the sizes used
-    (0..n).map(move |i| (i * step) % n)
+    let mut all: Vec<u64> = (0..n).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..all.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        all.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    all.into_iter()
 }
 
 fn measure(name: &str, build: impl FnOnce() -> Store<NoValues>) {

@@ -3,16 +3,22 @@
 //!
 //! Why not std's `BTreeMap<Key, KeyIndex>` alone: its nodes have room for 11 entries and split
 //! a full node in the middle, so keys written in key order (the usual way: a counter, a time,
-//! a name with a sequence number) leave every node 6/11 full for good, and the slots of the
-//! other 5 (64 bytes each) are paid anyway: 124.9 B per key against 83.3 B in random order.
-//! Here a leaf is a vector sized by hand ([`GROW`] entries at a time, never doubled), so its
-//! memory follows what it holds in any order, and a leaf that fills up from its end (or its
-//! start) stays full: the new key opens the next leaf instead of halving this one.
+//! a name with a sequence number) left every node 6/11 full for good, and the slots of the
+//! other 5 (64 bytes each) were paid anyway: 124.9 B per key (99.8 B in random order); and a
+//! key over 22 bytes had an allocation of its own (147.8 B per key at 32 B, random order).
+//!
+//! Here a leaf keeps its keys' bytes end to end in one buffer with a 4-byte end per key, and
+//! its values in an array; all three are sized by hand ([`GROW`] entries at a time, never
+//! doubled), so a leaf's memory follows what it holds in any order of insertion. A leaf that
+//! fills up from its end (or its start) stays full: the new key goes to the next leaf (or a
+//! new one) instead of halving this one. A search asks for the leaf's key bytes all at once ([`prefetch`]), then
+//! bisects them.
 //!
 //! Invariants (checked by `check` in the tests): the first leaf's fence is the empty key
 //! (the smallest of all), so every key has a leaf: the last one whose fence is not above it;
 //! a leaf's keys are sorted, unique, not below its fence and below the next leaf's fence; no
-//! leaf holds more than [`LEAF`] entries; a leaf other than the first is never empty.
+//! leaf holds more than [`LEAF`] entries, nor more than [`LEAF_BYTES`] of keys unless it holds
+//! one key; a leaf other than the first is never empty.
 
 use std::collections::btree_map;
 use std::collections::BTreeMap;
@@ -24,17 +30,23 @@ use super::key::Key;
 
 /// The most entries in one leaf, searched by bisection.
 pub const LEAF: usize = 32;
-/// The most key bytes in a leaf of more than one key (its key ends are `u32`s; a single key
-/// may be longer, up to `u32::MAX`). Small in tests, so that their keys fill leaves by bytes
-/// too.
+/// The most key bytes in a leaf of more than one key: a longer key sits alone in its leaf, so
+/// that a search or an insert never moves or prefetches more than this (its key ends are
+/// `u32`s: a key alone may be up to `u32::MAX`, beyond any request's size). Small in tests, so
+/// that their keys fill leaves by bytes too.
 #[cfg(not(test))]
-const LEAF_BYTES: usize = 1 << 31;
+const LEAF_BYTES: usize = 16 << 10;
 #[cfg(test)]
 const LEAF_BYTES: usize = 256;
 /// Entries a full leaf grows by (a doubling would leave up to half of it unused).
 const GROW: usize = 4;
+/// Key bytes a leaf keeps spare at most (beyond about [`GROW`] keys of its average length).
+const SPARE_BYTES: usize = 256;
+/// The most key bytes [`prefetch`] asks for (32 keys of 64 bytes).
+const PREFETCH_BYTES: usize = 2 << 10;
 /// A leaf holding fewer entries than this after a removal is merged with a neighbour when the
-/// two fit in [`MERGED`] (well below [`LEAF`], so a merge is not followed by a split).
+/// two fit in [`MERGED`] entries and half of [`LEAF_BYTES`] (well below either limit, so a
+/// merge is not followed by a split).
 const SPARSE: usize = LEAF / 4;
 const MERGED: usize = LEAF * 3 / 4;
 
@@ -92,7 +104,7 @@ fn prefetch(bytes: &[u8]) {
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let start = bytes.as_ptr().cast::<i8>();
-        for line in (0..bytes.len()).step_by(64) {
+        for line in (0..bytes.len().min(PREFETCH_BYTES)).step_by(64) {
             // SAFETY: a prefetch is only a hint and never faults; the address is inside
             // `bytes`.
             unsafe { _mm_prefetch(start.add(line), _MM_HINT_T0) };
@@ -155,8 +167,7 @@ impl<V> Leaf<V> {
         let n = key.len();
         if self.bytes.capacity() - self.bytes.len() < n {
             // Room for this key and about GROW more of the leaf's average length.
-            let average = self.bytes.len() / self.len().max(1);
-            self.bytes.reserve_exact(n + GROW * average);
+            self.bytes.reserve_exact(n + self.spare_bytes());
         }
         let old = self.bytes.len();
         self.bytes.resize(old + n, 0);
@@ -188,12 +199,18 @@ impl<V> Leaf<V> {
         value
     }
 
+    /// Key bytes kept spare: about [`GROW`] keys of the leaf's average length, at most
+    /// [`SPARE_BYTES`].
+    fn spare_bytes(&self) -> usize {
+        (GROW * (self.bytes.len() / self.len().max(1))).min(SPARE_BYTES)
+    }
+
     /// Gives back what the leaf no longer uses beyond about [`GROW`] spare entries.
     fn trim(&mut self) {
         trim(&mut self.ends, GROW);
         trim(&mut self.values, GROW);
-        let average = self.bytes.len() / self.len().max(1);
-        trim(&mut self.bytes, GROW * average);
+        let spare = self.spare_bytes();
+        trim(&mut self.bytes, spare);
     }
 
     fn split_off(&mut self, at: usize) -> Leaf<V> {
@@ -340,11 +357,23 @@ impl<V> Index<V> {
                 return None;
             }
             if at == leaf.len() {
-                // Past the end of a full leaf (keys written in order): the key opens a leaf
-                // of its own and this one stays full.
-                let mut next = Leaf::new();
-                next.push(key, value);
-                self.leaves.insert(Key::new(key), next);
+                // Past the end of a full leaf (keys written in order): this one stays full,
+                // and the key goes first into the next leaf when it has room (keys written in
+                // reverse order into the gap before it: its fence comes down to the key), or
+                // else opens a leaf of its own.
+                let next = self
+                    .leaves
+                    .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded))
+                    .next()
+                    .filter(|(_, l)| !l.full(key.len()))
+                    .map(|(fence, _)| fence.clone());
+                let mut next = match next {
+                    Some(fence) => self.leaves.remove(&fence).expect("found above"),
+                    None => Leaf::new(),
+                };
+                next.insert(0, key, value);
+                let fresh = self.leaves.insert(Key::new(key), next).is_none();
+                debug_assert!(fresh, "a fence above the full leaf's and below the next");
                 self.len += 1;
                 return None;
             }
@@ -553,18 +582,23 @@ impl<K: AsRef<[u8]>, V> Extend<(K, V)> for Index<V> {
         for (key, value) in iter {
             let key = key.as_ref();
             let last = self.leaves.last_key_value().map(|(_, leaf)| leaf);
-            // Only the first leaf can be empty, and then it is the only one.
+            // The last leaf is empty only when it is also the first (an empty index).
             if last.is_some_and(|leaf| leaf.last_key().is_some_and(|k| k >= key)) {
                 self.insert(key, value);
                 continue;
             }
             let roomy =
                 |l: &Leaf<V>| l.len() < MERGED && l.bytes.len() + key.len() <= LEAF_BYTES / 2;
-            let leaf = match last.map(roomy) {
-                Some(true) => self.leaves.last_entry().expect("seen").into_mut(),
-                Some(false) => self.leaves.entry(Key::new(key)).or_insert_with(Leaf::new),
-                None => self.leaves.entry(Key::new(&[])).or_insert_with(Leaf::new),
+            let fence = match last.map(roomy) {
+                Some(true) => None,
+                Some(false) => Some(Key::new(key)),
+                None => Some(Key::new(&[])),
             };
+            if let Some(fence) = fence {
+                let fresh = self.leaves.insert(fence, Leaf::new()).is_none();
+                debug_assert!(fresh, "a fence above every key");
+            }
+            let leaf = self.leaves.values_mut().next_back().expect("a leaf");
             leaf.push(key, value);
             self.len += 1;
         }
@@ -615,6 +649,11 @@ mod tests {
             for spare in [leaf.ends.capacity() - n, leaf.values.capacity() - n] {
                 assert!(spare <= 2 * GROW.max(MERGED), "{spare} spare entries");
             }
+            let spare = leaf.bytes.capacity() - leaf.bytes.len();
+            assert!(
+                spare <= 2 * SPARE_BYTES.max(LEAF_BYTES),
+                "{spare} spare key bytes"
+            );
             for k in leaf.keys(0) {
                 assert!(k >= &fence[..], "a key below its fence");
                 assert!(prev.is_none_or(|p| p < k), "keys out of order");
@@ -629,13 +668,26 @@ mod tests {
         assert_eq!(count, ix.len());
     }
 
+    /// Keys of every kind from one number: short ones, keys that are prefixes of others, the
+    /// empty key, and keys longer than half a leaf's bytes or than a whole leaf's (in tests
+    /// [`LEAF_BYTES`] is 256), mixed in the same leaves.
     fn key(n: u16) -> Vec<u8> {
-        if n % 5 == 0 {
-            // Longer than a key kept inline.
-            format!("a-key-longer-than-inline-{n:05}").into_bytes()
-        } else {
-            format!("{n:05}").into_bytes()
+        let base = format!("{:03}", n / 10).into_bytes();
+        let tail: &[u8] = match n % 10 {
+            0..=3 => &[],
+            4 => b"\0",
+            5 => b"\0\0",
+            6 => &[b'L'; 150],
+            7 => &[b'H'; 300],
+            8 => return Vec::new(),
+            _ => b"x",
+        };
+        let mut k = base;
+        if n % 10 < 4 {
+            k.push(b'0' + (n % 10) as u8);
         }
+        k.extend_from_slice(tail);
+        k
     }
 
     #[derive(Debug, Clone)]
@@ -643,17 +695,24 @@ mod tests {
         Insert(u16, u32),
         Remove(u16),
         Get(u16),
-        Range(Bound<u16>, Bound<u16>),
-        AddInRange(Bound<u16>, Bound<u16>, u32),
-        /// Keys from .0 on, every .1-th, .2 of them, extended in order.
-        Extend(u16, u16, u16),
+        AddOne(u16),
+        Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
+        AddInRange(Bound<Vec<u8>>, Bound<Vec<u8>>, u32),
+        /// Keys with values, sorted or not, extended at once.
+        Extend(Vec<(u16, u32)>, bool),
     }
 
-    fn bound() -> impl Strategy<Value = Bound<u16>> {
+    /// Bounds on keys of the index, and between or beyond them.
+    fn bound() -> impl Strategy<Value = Bound<Vec<u8>>> {
+        let at = (
+            0..700u16,
+            prop_oneof![Just(&b""[..]), Just(&b"\x01"[..]), Just(&b"\xff\xff"[..])],
+        )
+            .prop_map(|(n, tail)| [key(n), tail.to_vec()].concat());
         prop_oneof![
             Just(Bound::Unbounded),
-            (0..700u16).prop_map(Bound::Included),
-            (0..700u16).prop_map(Bound::Excluded),
+            at.clone().prop_map(Bound::Included),
+            at.prop_map(Bound::Excluded),
         ]
     }
 
@@ -662,14 +721,12 @@ mod tests {
             6 => (0..700u16, any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
             4 => (0..700u16).prop_map(Op::Remove),
             1 => (0..700u16).prop_map(Op::Get),
+            1 => (0..700u16).prop_map(Op::AddOne),
             1 => (bound(), bound()).prop_map(|(a, b)| Op::Range(a, b)),
             1 => (bound(), bound(), any::<u32>()).prop_map(|(a, b, d)| Op::AddInRange(a, b, d)),
-            1 => (0..700u16, 1..4u16, 0..80u16).prop_map(|(a, b, c)| Op::Extend(a, b, c)),
+            1 => (proptest::collection::vec((0..700u16, any::<u32>()), 0..80), any::<bool>())
+                .prop_map(|(b, sorted)| Op::Extend(b, sorted)),
         ]
-    }
-
-    fn bytes(b: Bound<u16>) -> Bound<Vec<u8>> {
-        b.map(key)
     }
 
     fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -717,14 +774,21 @@ mod tests {
                         prop_assert_eq!(ix.get(&k), m.get(&k));
                         prop_assert_eq!(ix.get_key_value(&k).map(|(k, _)| k.to_vec()), m.get_key_value(&k).map(|(k, _)| k.clone()));
                     }
+                    Op::AddOne(k) => {
+                        let k = key(k);
+                        if let Some(v) = ix.get_mut(&k) {
+                            *v = v.wrapping_add(1);
+                        }
+                        if let Some(v) = m.get_mut(&k) {
+                            *v = v.wrapping_add(1);
+                        }
+                    }
                     Op::Range(lo, hi) => {
-                        let (lo, hi) = (bytes(lo), bytes(hi));
                         let got: Vec<_> = ix.range(as_slice(&lo), as_slice(&hi)).map(|(k, v)| (k.to_vec(), *v)).collect();
                         let want: Vec<_> = model_range(&mut m, &lo, &hi).into_iter().map(|(k, v)| (k.clone(), *v)).collect();
                         prop_assert_eq!(got, want);
                     }
                     Op::AddInRange(lo, hi, d) => {
-                        let (lo, hi) = (bytes(lo), bytes(hi));
                         let mut n = 0;
                         for (_, v) in ix.range_mut(as_slice(&lo), as_slice(&hi)) {
                             *v = v.wrapping_add(d);
@@ -736,13 +800,15 @@ mod tests {
                             *v = v.wrapping_add(d);
                         }
                     }
-                    Op::Extend(from, step, count) => {
-                        let mut batch: Vec<_> = (0..count).map(|i| from.saturating_add(i * step)).map(key).collect();
-                        batch.sort();
-                        for k in &batch {
-                            m.insert(k.clone(), 7);
+                    Op::Extend(batch, sorted) => {
+                        let mut batch: Vec<_> = batch.into_iter().map(|(k, v)| (key(k), v)).collect();
+                        if sorted {
+                            batch.sort_by(|a, b| a.0.cmp(&b.0));
                         }
-                        ix.extend(batch.iter().map(|k| (Key::new(k), 7)));
+                        for (k, v) in &batch {
+                            m.insert(k.clone(), *v);
+                        }
+                        ix.extend(batch);
                     }
                 }
                 check(&ix);
@@ -774,6 +840,47 @@ mod tests {
         // Random order: about 70% full, as a B-tree.
         let (leaves, _) = leaves_full((0..n).map(|i| (i * 7919) % n));
         assert!(leaves > least && leaves < 2 * least, "{leaves} leaves");
+    }
+
+    #[test]
+    fn keys_in_reverse_order_after_a_full_leaf_share_leaves() {
+        let mut ix = Index::default();
+        for i in 0..LEAF as u32 {
+            ix.insert(format!("a{i:04}").as_bytes(), 0u8);
+        }
+        let n = 1000;
+        for i in (0..n).rev() {
+            ix.insert(format!("b{i:04}").as_bytes(), 0u8);
+        }
+        check(&ix);
+        // The full leaf, then the b keys in full leaves but one.
+        assert_eq!(ix.leaves.len(), 1 + (n as usize).div_ceil(LEAF));
+    }
+
+    #[test]
+    fn a_key_longer_than_a_leaf_sits_alone() {
+        let mut ix = Index::default();
+        for i in 0..10u8 {
+            ix.insert(&[b'k', i], 0u8);
+        }
+        let long = [b'k', 4, 0]
+            .iter()
+            .copied()
+            .chain([7u8; 2 * LEAF_BYTES])
+            .collect::<Vec<_>>();
+        ix.insert(&long, 1);
+        check(&ix);
+        let alone = ix
+            .leaves
+            .values()
+            .filter(|l| l.len() == 1 && l.bytes.len() == long.len());
+        assert_eq!(alone.count(), 1);
+        assert_eq!(ix.get(&long), Some(&1));
+        assert_eq!(
+            ix.range(Bound::Excluded(&long[..]), Bound::Unbounded)
+                .count(),
+            5
+        );
     }
 
     #[test]
