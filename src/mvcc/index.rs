@@ -463,12 +463,13 @@ impl<V> Index<V> {
                 (first, rest)
             }
         };
-        Range {
+        Range(Walk {
             leaves,
             entries,
+            open: |(_, leaf)| leaf.entries(0),
             upper,
             done: false,
-        }
+        })
     }
 
     /// As [`Index::range`], with the values mutable.
@@ -503,12 +504,13 @@ impl<V> Index<V> {
             }
             .zip([].iter_mut()),
         };
-        RangeMut {
+        RangeMut(Walk {
             leaves,
             entries,
+            open: |(_, leaf)| leaf.entries_mut(0),
             upper,
             done: false,
-        }
+        })
     }
 
     pub fn iter(&self) -> Range<'_, 'static, V> {
@@ -525,15 +527,18 @@ fn past(key: &[u8], upper: Bound<&[u8]>) -> bool {
     }
 }
 
-pub struct Range<'a, 'k, V> {
-    leaves: btree_map::Range<'a, Key, Leaf<V>>,
-    entries: Entries<'a, V>,
+/// Entries leaf after leaf up to `upper`: the walk of [`Range`] and [`RangeMut`].
+struct Walk<'k, L: Iterator, E> {
+    leaves: L,
+    entries: E,
+    /// A leaf's entries from its first.
+    open: fn(L::Item) -> E,
     upper: Bound<&'k [u8]>,
     done: bool,
 }
 
-impl<'a, V> Iterator for Range<'a, '_, V> {
-    type Item = (&'a [u8], &'a V);
+impl<'a, L: Iterator, E: Iterator<Item = (&'a [u8], T)>, T> Iterator for Walk<'_, L, E> {
+    type Item = (&'a [u8], T);
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
@@ -543,35 +548,30 @@ impl<'a, V> Iterator for Range<'a, '_, V> {
                     return Some((k, v));
                 }
             } else {
-                self.entries = self.leaves.next()?.1.entries(0);
+                self.entries = (self.open)(self.leaves.next()?);
             }
         }
         None
     }
 }
 
-pub struct RangeMut<'a, 'k, V> {
-    leaves: btree_map::RangeMut<'a, Key, Leaf<V>>,
-    entries: EntriesMut<'a, V>,
-    upper: Bound<&'k [u8]>,
-    done: bool,
+pub struct Range<'a, 'k, V>(Walk<'k, btree_map::Range<'a, Key, Leaf<V>>, Entries<'a, V>>);
+
+impl<'a, V> Iterator for Range<'a, '_, V> {
+    type Item = (&'a [u8], &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
 }
+
+pub struct RangeMut<'a, 'k, V>(Walk<'k, btree_map::RangeMut<'a, Key, Leaf<V>>, EntriesMut<'a, V>>);
 
 impl<'a, V> Iterator for RangeMut<'a, '_, V> {
     type Item = (&'a [u8], &'a mut V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            if let Some((k, v)) = self.entries.next() {
-                self.done = past(k, self.upper);
-                if !self.done {
-                    return Some((k, v));
-                }
-            } else {
-                self.entries = self.leaves.next()?.1.entries_mut(0);
-            }
-        }
-        None
+        self.0.next()
     }
 }
 

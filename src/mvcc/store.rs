@@ -525,7 +525,7 @@ impl<V: ValueStore> Store<V> {
                 emptied.push(Key::new(k));
             }
             if seen == max_keys {
-                // Where the next step resumes (cloned once per step, not per key).
+                // Where the next step resumes (copied once per step, not per key).
                 last = Some(Key::new(k));
             }
         }
