@@ -96,22 +96,24 @@ fn trim<T>(v: &mut Vec<T>, spare: usize) {
     }
 }
 
-/// Asks for every cache line of `bytes` at once: a bisection's reads depend on each other, so
-/// without this a leaf not in cache costs one memory latency per step instead of about one.
+/// Asks for every cache line of `items` at once (at most [`PREFETCH_BYTES`]): a bisection's
+/// reads depend on each other, so without this a leaf not in cache costs one memory latency
+/// per step instead of about one.
 #[inline]
-fn prefetch(bytes: &[u8]) {
+fn prefetch<T>(items: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = bytes.as_ptr().cast::<i8>();
-        for line in (0..bytes.len().min(PREFETCH_BYTES)).step_by(64) {
+        let start = items.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(items).min(PREFETCH_BYTES);
+        for line in (0..bytes).step_by(64) {
             // SAFETY: a prefetch is only a hint and never faults; the address is inside
-            // `bytes`.
+            // `items`.
             unsafe { _mm_prefetch(start.add(line), _MM_HINT_T0) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let _ = items;
 }
 
 impl<V> Leaf<V> {
@@ -149,6 +151,7 @@ impl<V> Leaf<V> {
     }
 
     fn position(&self, key: &[u8]) -> Result<usize, usize> {
+        prefetch(&self.ends);
         prefetch(&self.bytes);
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
