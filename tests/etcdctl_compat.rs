@@ -275,3 +275,55 @@ fn etcdctl_sees_ferrocd_as_etcd_and_ferroctl_prints_what_etcdctl_prints() {
     });
     assert!(r.is_empty(), "ferroctl and etcdctl differ:{r}");
 }
+
+/// `ferroctl get ... | head -c 1`: the reader goes away while ferroctl still writes. etcdctl
+/// dies of SIGPIPE (status 141 in a shell); ferroctl ends with status 141, quietly (std's
+/// `println!` used to panic with a backtrace there).
+#[test]
+fn ferroctl_ends_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let server = Server::ferrocd(&[]);
+    let ep = format!("--endpoints={}", server.endpoint());
+    let ferroctl = env!("CARGO_BIN_EXE_ferroctl");
+    // Larger than a pipe's buffer (64 KiB), so the write is still under way when the reader
+    // leaves.
+    let value = "v".repeat(120 << 10);
+    let put = common::run(
+        ferroctl,
+        &[],
+        &[ep.clone(), "put".into(), "big".into(), value],
+        "",
+    );
+    assert_eq!(put.code, 0, "{put:?}");
+    let mut child = Command::new(ferroctl)
+        .args([ep.as_str(), "get", "big"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferroctl");
+    let mut first = [0u8; 1];
+    let mut stdout = child.stdout.take().expect("stdout");
+    stdout.read_exact(&mut first).expect("a first byte");
+    assert_eq!(&first, b"b");
+    drop(stdout);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "ferroctl did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

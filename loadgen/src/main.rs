@@ -8,6 +8,27 @@
 
 mod plot;
 
+/// `println!` for the report: when the reader has gone (`loadgen ... | head`), the process ends
+/// at once with SIGPIPE's exit status (141), quietly; std's `println!` panics there.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+/// Standard output failed: a reader gone ends the process with SIGPIPE's status (141);
+/// anything else is reported, status 1.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("loadgen: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,7 +224,7 @@ impl Report {
     }
 
     fn print(&self, name: &str) {
-        println!(
+        outln!(
             "{name}: {} requests ({} errors) in {:.2} s: {:.0} req/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
             self.requests,
             self.errors,
@@ -216,18 +237,18 @@ impl Report {
             self.hist.max() as f64 / 1000.0
         );
         if !self.lateness.is_empty() {
-            println!(
+            outln!(
                 "{name}: open loop: loadgen sent late by p50 {:.3} ms, p99 {:.3} ms (counted in the latency)",
                 self.lateness.value_at_quantile(0.5) as f64 / 1000.0,
                 self.lateness.value_at_quantile(0.99) as f64 / 1000.0
             );
         }
         if let Some(us) = self.server_us_per_req() {
-            println!("{name}: server CPU {us:.1} us per request");
+            outln!("{name}: server CPU {us:.1} us per request");
         }
         if !self.events.is_empty() {
             let q = |q: f64| self.events.value_at_quantile(q) as f64 / 1000.0;
-            println!(
+            outln!(
                 "{name}: {} events in {:.2} s: {:.0} events/s; put-to-event ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
                 self.events.len(),
                 self.seconds,
@@ -240,10 +261,10 @@ impl Report {
             );
         }
         let own = self.own_cpu_s * 1e6 / self.requests.max(1) as f64;
-        println!("{name}: loadgen CPU {own:.1} us per request");
+        outln!("{name}: loadgen CPU {own:.1} us per request");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         if self.own_cpu_s / self.seconds > 0.8 * cores / 2.0 {
-            println!(
+            outln!(
                 "{name}: warning: loadgen used {:.0}% of a core per thread budget; it may be the bottleneck",
                 100.0 * self.own_cpu_s / self.seconds
             );
@@ -584,7 +605,7 @@ fn run(endpoints: &[String], w: &Workload, server_pid: &[u32]) -> Report {
     }
     finished.store(true, Ordering::SeqCst);
     if stopped() {
-        println!("interrupted: the report covers what was measured until Ctrl-C");
+        outln!("interrupted: the report covers what was measured until Ctrl-C");
     }
     // A watch run is timed from its first put (creating the watchers is not part of it) to
     // its last event; other runs from the start to their last answer (a k8s run's watch
@@ -946,7 +967,7 @@ fn main() {
                 "seconds": r.seconds, "rate": r.rate(), "p50_ms": r.q_ms(0.5), "p99_ms": r.q_ms(0.99),
                 "p999_ms": r.q_ms(0.999), "server_cpu_us_per_req": r.server_us_per_req(),
             });
-            println!("{summary}");
+            outln!("{summary}");
         }
         Cmd::Sweep {
             endpoints,
@@ -958,8 +979,8 @@ fn main() {
             w,
         } => {
             let mut rows = vec![plot::SWEEP_CSV_HEADER.to_string()];
-            println!("| offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | meets SLO |");
-            println!("|---|---|---|---|---|---|");
+            outln!("| offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | meets SLO |");
+            outln!("|---|---|---|---|---|---|");
             let mut best = None;
             let mut rate = start_rate;
             for _ in 0..40 {
@@ -979,7 +1000,7 @@ fn main() {
                     r.q_ms(0.99),
                     r.q_ms(0.999)
                 ));
-                println!(
+                outln!(
                     "| {rate:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
                     r.rate(),
                     r.q_ms(0.5),
@@ -994,11 +1015,11 @@ fn main() {
                 rate *= factor.max(1.01);
             }
             match best {
-                Some(b) => println!(
+                Some(b) => outln!(
                     "highest offered rate meeting p99 <= {slo_p99_ms} ms: {b:.0} req/s ({:?}, {} clients)",
                     w.workload, w.clients
                 ),
-                None => println!("no rate met p99 <= {slo_p99_ms} ms"),
+                None => outln!("no rate met p99 <= {slo_p99_ms} ms"),
             }
             if let Some(path) = csv {
                 rows.push(String::new());
@@ -1013,7 +1034,7 @@ fn main() {
                 eprintln!("loadgen plot: {e}");
                 std::process::exit(1);
             }
-            println!("written: {out}");
+            outln!("written: {out}");
         }
         Cmd::Compare {
             a,
@@ -1056,11 +1077,11 @@ fn main() {
                     .expect("a round")
             };
             let (x, y) = (best(&ra), best(&rb));
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "| workload | {a_name} req/s | {b_name} req/s | ratio | {a_name} p50 ms | {b_name} p50 ms | {a_name} p99 ms | {b_name} p99 ms | {a_name} CPU us/req | {b_name} CPU us/req |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            outln!("|---|---|---|---|---|---|---|---|---|---|");
             let cpu = |r: &Report| {
                 r.server_us_per_req()
                     .map_or("-".to_string(), |c| format!("{c:.1}"))
@@ -1080,7 +1101,7 @@ fn main() {
                         format!("{:.2}", c * 1e6 / r.events.len().max(1) as f64)
                     })
                 };
-                println!(
+                outln!(
                     "| watch events: {} watchers on {} key(s), {} streams, puts c={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
                     w.watchers,
                     w.watch_keys,
@@ -1098,7 +1119,7 @@ fn main() {
                 );
                 return;
             }
-            println!(
+            outln!(
                 "| {} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
                 if w.workload == Kind::Mixed {
                     format!("Mixed {:.0}% reads", w.read_ratio * 100.0)

@@ -110,7 +110,7 @@ pub fn auth(g: &Global, args: &[&str]) -> Result<(), Failure> {
                     Err(e) => return Err(e),
                 }
             }
-            println!("Authentication Enabled");
+            outln!("Authentication Enabled");
             Ok(())
         }
         ["disable", rest @ ..] => {
@@ -121,13 +121,13 @@ pub fn auth(g: &Global, args: &[&str]) -> Result<(), Failure> {
                 );
             }
             let _: pb::AuthDisableResponse = call(g, "AuthDisable", pb::AuthDisableRequest {})?;
-            println!("Authentication Disabled");
+            outln!("Authentication Disabled");
             Ok(())
         }
         ["status", ..] => {
             let r: pb::AuthStatusResponse = call(g, "AuthStatus", pb::AuthStatusRequest {})?;
-            println!("Authentication Status: {}", r.enabled);
-            println!("AuthRevision: {}", r.auth_revision);
+            outln!("Authentication Status: {}", r.enabled);
+            outln!("AuthRevision: {}", r.auth_revision);
             Ok(())
         }
         _ => fail(EXIT_BAD_ARGS, "auth needs enable, disable or status"),
@@ -203,7 +203,7 @@ pub fn user(
                 hashed_password: String::new(),
             };
             let _: pb::AuthUserAddResponse = call(g, "UserAdd", req)?;
-            println!("User {name} created");
+            outln!("User {name} created");
             Ok(())
         }
         ["delete", rest @ ..] => {
@@ -217,7 +217,7 @@ pub fn user(
                 name: name.to_string(),
             };
             let _: pb::AuthUserDeleteResponse = call(g, "UserDelete", req)?;
-            println!("User {name} deleted");
+            outln!("User {name} deleted");
             Ok(())
         }
         ["get", rest @ ..] => {
@@ -232,16 +232,16 @@ pub fn user(
             };
             let r: pb::AuthUserGetResponse = call(g, "UserGet", req)?;
             if f.bool("detail") {
-                println!("User: {name}");
+                outln!("User: {name}");
                 for role in &r.roles {
-                    println!();
+                    outln!();
                     let perms = role_get(g, role)?;
                     print_role(role, &perms);
                 }
             } else {
-                println!("User: {name}");
+                outln!("User: {name}");
                 let roles: String = r.roles.iter().map(|x| format!(" {x}")).collect();
-                println!("Roles:{roles}");
+                outln!("Roles:{roles}");
             }
             Ok(())
         }
@@ -251,7 +251,7 @@ pub fn user(
             }
             let r: pb::AuthUserListResponse = call(g, "UserList", pb::AuthUserListRequest {})?;
             for u in r.users {
-                println!("{u}");
+                outln!("{u}");
             }
             Ok(())
         }
@@ -269,7 +269,7 @@ pub fn user(
                 hashed_password: String::new(),
             };
             let _: pb::AuthUserChangePasswordResponse = call(g, "UserChangePassword", req)?;
-            println!("Password updated");
+            outln!("Password updated");
             Ok(())
         }
         ["grant-role", rest @ ..] => {
@@ -284,7 +284,7 @@ pub fn user(
                 role: role.to_string(),
             };
             let _: pb::AuthUserGrantRoleResponse = call(g, "UserGrantRole", req)?;
-            println!("Role {role} is granted to user {user}");
+            outln!("Role {role} is granted to user {user}");
             Ok(())
         }
         ["revoke-role", rest @ ..] => {
@@ -299,7 +299,7 @@ pub fn user(
                 role: role.to_string(),
             };
             let _: pb::AuthUserRevokeRoleResponse = call(g, "UserRevokeRole", req)?;
-            println!("Role {role} is revoked from user {user}");
+            outln!("Role {role} is revoked from user {user}");
             Ok(())
         }
         _ => fail(
@@ -319,11 +319,11 @@ fn role_get(g: &Global, role: &str) -> Result<Vec<Permission>, Failure> {
 
 /// etcdctl's `role get` printing.
 fn print_role(role: &str, perms: &[Permission]) {
-    println!("Role {role}");
+    outln!("Role {role}");
     let show = |p: &Permission| {
         let key = String::from_utf8_lossy(&p.key);
         if p.range_end.is_empty() {
-            println!("\t{key}");
+            outln!("\t{key}");
             return;
         }
         let end = String::from_utf8_lossy(&p.range_end);
@@ -335,16 +335,16 @@ fn print_role(role: &str, perms: &[Permission]) {
         if prefix_end(&p.key) == p.range_end[..] {
             line.push_str(&format!(" (prefix {key})"));
         }
-        println!("{line}");
+        outln!("{line}");
     };
     let is = |p: &Permission, t: PermType| p.perm_type == t as i32;
-    println!("KV Read:");
+    outln!("KV Read:");
     for p in perms {
         if is(p, PermType::Read) || is(p, PermType::Readwrite) {
             show(p);
         }
     }
-    println!("KV Write:");
+    outln!("KV Write:");
     for p in perms {
         if is(p, PermType::Write) || is(p, PermType::Readwrite) {
             show(p);
@@ -401,14 +401,14 @@ pub fn role(g: &Global, f: &Flags, args: &[&str]) -> Result<(), Failure> {
             let name = one(rest, "add")?;
             let req = pb::AuthRoleAddRequest { name: name.clone() };
             let _: pb::AuthRoleAddResponse = call(g, "RoleAdd", req)?;
-            println!("Role {name} created");
+            outln!("Role {name} created");
             Ok(())
         }
         ["delete", rest @ ..] => {
             let role = one(rest, "delete")?;
             let req = pb::AuthRoleDeleteRequest { role: role.clone() };
             let _: pb::AuthRoleDeleteResponse = call(g, "RoleDelete", req)?;
-            println!("Role {role} deleted");
+            outln!("Role {role} deleted");
             Ok(())
         }
         ["get", rest @ ..] => {
@@ -423,7 +423,7 @@ pub fn role(g: &Global, f: &Flags, args: &[&str]) -> Result<(), Failure> {
             }
             let r: pb::AuthRoleListResponse = call(g, "RoleList", pb::AuthRoleListRequest {})?;
             for role in r.roles {
-                println!("{role}");
+                outln!("{role}");
             }
             Ok(())
         }
@@ -455,7 +455,7 @@ pub fn role(g: &Global, f: &Flags, args: &[&str]) -> Result<(), Failure> {
                 }),
             };
             let _: pb::AuthRoleGrantPermissionResponse = call(g, "RoleGrantPermission", req)?;
-            println!("Role {} updated", rest[0]);
+            outln!("Role {} updated", rest[0]);
             Ok(())
         }
         ["revoke-permission", rest @ ..] => {
@@ -478,11 +478,11 @@ pub fn role(g: &Global, f: &Flags, args: &[&str]) -> Result<(), Failure> {
             );
             let role = rest[0];
             if range_end.is_empty() {
-                println!("Permission of key {k} is revoked from role {role}");
+                outln!("Permission of key {k} is revoked from role {role}");
             } else if range_end == [0] {
-                println!("Permission of range [{k}, <open ended> is revoked from role {role}");
+                outln!("Permission of range [{k}, <open ended> is revoked from role {role}");
             } else {
-                println!("Permission of range [{k}, {e}) is revoked from role {role}");
+                outln!("Permission of range [{k}, {e}) is revoked from role {role}");
             }
             Ok(())
         }

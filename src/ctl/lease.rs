@@ -63,7 +63,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                 code: EXIT_ERROR,
                 message: format!("failed to grant lease ({})", e.message),
             })?;
-            println!("lease {:016x} granted with TTL({}s)", r.id, r.ttl);
+            outln!("lease {:016x} granted with TTL({}s)", r.id, r.ttl);
             Ok(())
         }
         "revoke" => {
@@ -76,7 +76,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                 code: EXIT_ERROR,
                 message: format!("failed to revoke lease ({})", e.message),
             })?;
-            println!("lease {id:016x} revoked");
+            outln!("lease {id:016x} revoked");
             Ok(())
         }
         "timetolive" => {
@@ -114,14 +114,16 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                 };
                 let head = hdr.trim_end_matches('}');
                 let sep = if head.len() > 1 { "," } else { "" };
-                println!(
+                outln!(
                     "{head}{sep}\"id\":{},\"ttl\":{},\"granted-ttl\":{},\"keys\":{keys}}}",
-                    r.id, r.ttl, r.granted_ttl
+                    r.id,
+                    r.ttl,
+                    r.granted_ttl
                 );
                 return Ok(());
             }
             if r.granted_ttl == 0 && r.ttl == -1 {
-                println!("lease {:016x} already expired", r.id);
+                outln!("lease {:016x} already expired", r.id);
                 return Ok(());
             }
             let mut txt = format!(
@@ -136,7 +138,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                     .collect();
                 txt.push_str(&format!(", attached keys([{}])", ks.join(" ")));
             }
-            println!("{txt}");
+            outln!("{txt}");
             Ok(())
         }
         "list" => {
@@ -145,9 +147,9 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                     code: EXIT_BAD_CONNECTION,
                     ..e
                 })?;
-            println!("found {} leases", r.leases.len());
+            outln!("found {} leases", r.leases.len());
             for l in &r.leases {
-                println!("{:016x}", l.id);
+                outln!("{:016x}", l.id);
             }
             Ok(())
         }
@@ -174,10 +176,10 @@ fn keep_alive(g: &Global, id: i64, once: bool) -> Result<(), Failure> {
                 if once {
                     return fail(EXIT_BAD_CONNECTION, "etcdserver: requested lease not found");
                 }
-                println!("lease {id:016x} expired or revoked.");
+                outln!("lease {id:016x} expired or revoked.");
                 return Ok(());
             }
-            println!("lease {:016x} keepalived with TTL({})", r.id, r.ttl);
+            outln!("lease {:016x} keepalived with TTL({})", r.id, r.ttl);
             if once {
                 return Ok(());
             }

@@ -44,7 +44,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                 Box::pin(async move { c.unary("/etcdserverpb.Cluster/MemberAdd", &req, t).await })
             })?;
             let new_id = r.member.as_ref().map_or(0, |m| m.id);
-            println!(
+            outln!(
                 "Member {new_id:16x} added to cluster {:16x}\n",
                 cluster(&r.header)
             );
@@ -60,10 +60,10 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                 }
             }
             let urls = r.member.map(|m| m.peer_ur_ls.join(",")).unwrap_or_default();
-            println!("ETCD_NAME=\"{name}\"");
-            println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
-            println!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{urls}\"");
-            println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+            outln!("ETCD_NAME=\"{name}\"");
+            outln!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
+            outln!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{urls}\"");
+            outln!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
             Ok(())
         }
         "remove" | "promote" | "update" => {
@@ -104,7 +104,7 @@ pub fn run(g: &Global, f: &Flags, sub: &str, rest: &[&str]) -> Result<(), Failur
                     ("updated in", r.header)
                 }
             };
-            println!("Member {id:16x} {path} cluster {:16x}", cluster(&header));
+            outln!("Member {id:16x} {path} cluster {:16x}", cluster(&header));
             Ok(())
         }
         other => fail(EXIT_BAD_ARGS, format!("unknown member command {other:?}")),
@@ -138,6 +138,6 @@ pub fn move_leader(g: &Global, rest: &[&str]) -> Result<(), Failure> {
                 .await
         })
     })?;
-    println!("Leadership transferred from {from:x} to {target:x}");
+    outln!("Leadership transferred from {from:x} to {target:x}");
     Ok(())
 }

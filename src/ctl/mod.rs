@@ -1,6 +1,28 @@
 //! `ferroctl`: etcdctl's v3 commands, flags and output, byte for byte (checked against real
 //! etcdctl by tests/etcdctl_compat.rs), on ferrocd's own gRPC client.
 
+/// `println!` for a command line's output: when the reader has gone (`... | head`), the process
+/// ends at once with SIGPIPE's exit status (141), quietly, as etcdctl does; std's `println!`
+/// panics there.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::ctl::stdout_failed(e);
+        }
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::ctl::stdout_failed(e);
+        }
+    }};
+}
+
 mod auth;
 mod flags;
 pub mod format;
@@ -19,6 +41,16 @@ use crate::error::{EtcdError, Status};
 use crate::kv::prefix_end;
 use crate::proto::etcdserverpb as pb;
 use flags::Flags;
+
+/// Standard output failed: a reader gone ends the process with SIGPIPE's status (141), as a
+/// tool killed by the signal; anything else is reported, status 1.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("Error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
 pub use print::Format;
 
 /// etcdctl's exit codes.
@@ -188,7 +220,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
     let pos: Vec<&str> = f.positional.iter().map(String::as_str).collect();
     match pos.as_slice() {
         ["version", ..] => {
-            println!(
+            outln!(
                 "ferroctl version: {}\nAPI version: 3.5",
                 env!("CARGO_PKG_VERSION")
             );
@@ -236,7 +268,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
                 physical: f.bool("physical"),
             };
             with_client(&g, move |c, t| Box::pin(async move { c.compact(&req, t).await }))?;
-            println!("compacted revision {revision}");
+            outln!("compacted revision {revision}");
             Ok(())
         }
         ["member", "list", ..] => {
@@ -257,7 +289,7 @@ fn run(args: Vec<String>, stdin: &mut dyn std::io::BufRead) -> Result<(), Failur
                     let name = pb::AlarmType::try_from(a.alarm)
                         .map(|t| t.as_str_name())
                         .unwrap_or("UNKNOWN");
-                    println!("memberID:{} alarm:{} ", a.member_id, name);
+                    outln!("memberID:{} alarm:{} ", a.member_id, name);
                 }
             })
         }
@@ -373,7 +405,7 @@ fn defrag(g: &Global) -> Result<(), Failure> {
     let mut failures = 0;
     for (ep, r, _) in results {
         match r {
-            Ok(_) => println!("Finished defragmenting etcd member[{ep}]"),
+            Ok(_) => outln!("Finished defragmenting etcd member[{ep}]"),
             Err(f) => {
                 eprintln!("Failed to defragment etcd member[{ep}] ({})", f.message);
                 failures += 1;

@@ -25,39 +25,39 @@ fn simple_kv(g: &Global, kv: &KeyValue, value_only: bool) {
         )
     };
     if !value_only {
-        println!("{k}");
+        outln!("{k}");
     }
-    println!("{v}");
+    outln!("{v}");
 }
 
 fn fields_hdr(g: &Global, h: &Option<pb::ResponseHeader>) {
     let h = h.unwrap_or_default();
     if g.hex {
-        println!("\"ClusterID\" : {:x}", h.cluster_id);
-        println!("\"MemberID\" : {:x}", h.member_id);
+        outln!("\"ClusterID\" : {:x}", h.cluster_id);
+        outln!("\"MemberID\" : {:x}", h.member_id);
     } else {
-        println!("\"ClusterID\" : {}", h.cluster_id);
-        println!("\"MemberID\" : {}", h.member_id);
+        outln!("\"ClusterID\" : {}", h.cluster_id);
+        outln!("\"MemberID\" : {}", h.member_id);
     }
-    println!("\"Revision\" : {}", h.revision);
-    println!("\"RaftTerm\" : {}", h.raft_term);
+    outln!("\"Revision\" : {}", h.revision);
+    outln!("\"RaftTerm\" : {}", h.raft_term);
 }
 
 fn fields_kv(g: &Global, pfx: &str, kv: &KeyValue) {
-    println!("\"{pfx}Key\" : {}", quote(&kv.key));
-    println!("\"{pfx}CreateRevision\" : {}", kv.create_revision);
-    println!("\"{pfx}ModRevision\" : {}", kv.mod_revision);
-    println!("\"{pfx}Version\" : {}", kv.version);
-    println!("\"{pfx}Value\" : {}", quote(&kv.value));
+    outln!("\"{pfx}Key\" : {}", quote(&kv.key));
+    outln!("\"{pfx}CreateRevision\" : {}", kv.create_revision);
+    outln!("\"{pfx}ModRevision\" : {}", kv.mod_revision);
+    outln!("\"{pfx}Version\" : {}", kv.version);
+    outln!("\"{pfx}Value\" : {}", quote(&kv.value));
     if g.hex {
-        println!("\"{pfx}Lease\" : {:016x}", kv.lease);
+        outln!("\"{pfx}Lease\" : {:016x}", kv.lease);
     } else {
-        println!("\"{pfx}Lease\" : {}", kv.lease);
+        outln!("\"{pfx}Lease\" : {}", kv.lease);
     }
 }
 
 fn json(o: Obj) {
-    println!("{}", o.render());
+    outln!("{}", o.render());
 }
 
 pub fn get(g: &Global, r: &pb::RangeResponse, value_only: bool) {
@@ -67,8 +67,8 @@ pub fn get(g: &Global, r: &pb::RangeResponse, value_only: bool) {
         _ => {
             fields_hdr(g, &r.header);
             r.kvs.iter().for_each(|kv| fields_kv(g, "", kv));
-            println!("\"More\" : {}", r.more);
-            println!("\"Count\" : {}", r.count);
+            outln!("\"More\" : {}", r.more);
+            outln!("\"Count\" : {}", r.count);
         }
     }
 }
@@ -76,7 +76,7 @@ pub fn get(g: &Global, r: &pb::RangeResponse, value_only: bool) {
 pub fn put(g: &Global, r: &pb::PutResponse) {
     match g.format {
         Format::Simple => {
-            println!("OK");
+            outln!("OK");
             if let Some(kv) = &r.prev_kv {
                 simple_kv(g, kv, false);
             }
@@ -94,13 +94,13 @@ pub fn put(g: &Global, r: &pb::PutResponse) {
 pub fn del(g: &Global, r: &pb::DeleteRangeResponse) {
     match g.format {
         Format::Simple => {
-            println!("{}", r.deleted);
+            outln!("{}", r.deleted);
             r.prev_kvs.iter().for_each(|kv| simple_kv(g, kv, false));
         }
         Format::Json => json(format::j_delete(r)),
         _ => {
             fields_hdr(g, &r.header);
-            println!("\"Deleted\" : {}", r.deleted);
+            outln!("\"Deleted\" : {}", r.deleted);
             r.prev_kvs.iter().for_each(|kv| fields_kv(g, "Prev", kv));
         }
     }
@@ -111,26 +111,26 @@ pub fn txn(g: &Global, r: &pb::TxnResponse) {
     match g.format {
         Format::Json => json(format::j_txn(r)),
         Format::Simple => {
-            println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+            outln!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
             for op in &r.responses {
-                println!();
+                outln!();
                 match &op.response {
                     Some(R::ResponseRange(x)) => get(g, x, false),
                     Some(R::ResponsePut(x)) => put(g, x),
                     Some(R::ResponseDeleteRange(x)) => del(g, x),
-                    other => println!("unexpected response {other:?}"),
+                    other => outln!("unexpected response {other:?}"),
                 }
             }
         }
         _ => {
             fields_hdr(g, &r.header);
-            println!("\"Succeeded\" : {}", r.succeeded);
+            outln!("\"Succeeded\" : {}", r.succeeded);
             for op in &r.responses {
                 match &op.response {
                     Some(R::ResponseRange(x)) => get(g, x, false),
                     Some(R::ResponsePut(x)) => put(g, x),
                     Some(R::ResponseDeleteRange(x)) => del(g, x),
-                    other => println!("\"Unknown\" : {}", quote(format!("{other:?}").as_bytes())),
+                    other => outln!("\"Unknown\" : {}", quote(format!("{other:?}").as_bytes())),
                 }
             }
         }
@@ -157,7 +157,7 @@ pub fn member_list(g: &Global, r: &pb::MemberListResponse) {
         Format::Simple => r
             .members
             .iter()
-            .for_each(|m| println!("{}", row(m).join(", "))),
+            .for_each(|m| outln!("{}", row(m).join(", "))),
         Format::Json => json(
             Obj::default()
                 .obj("header", format::j_header(&r.header))
@@ -166,21 +166,21 @@ pub fn member_list(g: &Global, r: &pb::MemberListResponse) {
         Format::Fields => {
             fields_hdr(g, &r.header);
             for m in &r.members {
-                println!("\"ID\" : {}", m.id);
-                println!("\"Name\" : {}", quote(m.name.as_bytes()));
+                outln!("\"ID\" : {}", m.id);
+                outln!("\"Name\" : {}", quote(m.name.as_bytes()));
                 m.peer_ur_ls
                     .iter()
-                    .for_each(|u| println!("\"PeerURL\" : {}", quote(u.as_bytes())));
+                    .for_each(|u| outln!("\"PeerURL\" : {}", quote(u.as_bytes())));
                 m.client_ur_ls
                     .iter()
-                    .for_each(|u| println!("\"ClientURL\" : {}", quote(u.as_bytes())));
-                println!("\"IsLearner\" : {}", m.is_learner);
-                println!();
+                    .for_each(|u| outln!("\"ClientURL\" : {}", quote(u.as_bytes())));
+                outln!("\"IsLearner\" : {}", m.is_learner);
+                outln!();
             }
         }
         Format::Table => {
             let rows: Vec<Vec<String>> = r.members.iter().map(row).collect();
-            print!(
+            out!(
                 "{}",
                 format::table(
                     &[
@@ -217,7 +217,7 @@ pub fn endpoint_status(g: &Global, eps: &[(String, pb::StatusResponse)]) {
     match g.format {
         Format::Simple => eps
             .iter()
-            .for_each(|(ep, s)| println!("{}", row(ep, s).join(", "))),
+            .for_each(|(ep, s)| outln!("{}", row(ep, s).join(", "))),
         Format::Json => {
             let items: Vec<String> = eps
                 .iter()
@@ -229,26 +229,26 @@ pub fn endpoint_status(g: &Global, eps: &[(String, pb::StatusResponse)]) {
                     )
                 })
                 .collect();
-            println!("[{}]", items.join(","));
+            outln!("[{}]", items.join(","));
         }
         Format::Fields => {
             for (ep, s) in eps {
                 fields_hdr(g, &s.header);
-                println!("\"Version\" : {}", quote(s.version.as_bytes()));
-                println!("\"DBSize\" : {}", s.db_size);
-                println!("\"Leader\" : {}", s.leader);
-                println!("\"IsLearner\" : {}", s.is_learner);
-                println!("\"RaftIndex\" : {}", s.raft_index);
-                println!("\"RaftTerm\" : {}", s.raft_term);
-                println!("\"RaftAppliedIndex\" : {}", s.raft_applied_index);
-                println!("\"Errors\" : [{}]", s.errors.join(" "));
-                println!("\"Endpoint\" : {}", quote(ep.as_bytes()));
-                println!();
+                outln!("\"Version\" : {}", quote(s.version.as_bytes()));
+                outln!("\"DBSize\" : {}", s.db_size);
+                outln!("\"Leader\" : {}", s.leader);
+                outln!("\"IsLearner\" : {}", s.is_learner);
+                outln!("\"RaftIndex\" : {}", s.raft_index);
+                outln!("\"RaftTerm\" : {}", s.raft_term);
+                outln!("\"RaftAppliedIndex\" : {}", s.raft_applied_index);
+                outln!("\"Errors\" : [{}]", s.errors.join(" "));
+                outln!("\"Endpoint\" : {}", quote(ep.as_bytes()));
+                outln!();
             }
         }
         Format::Table => {
             let rows: Vec<Vec<String>> = eps.iter().map(|(ep, s)| row(ep, s)).collect();
-            print!(
+            out!(
                 "{}",
                 format::table(
                     &[
@@ -291,7 +291,7 @@ pub fn endpoint_health(g: &Global, hs: &[(String, bool, Duration, String)]) {
                     s + "}"
                 })
                 .collect();
-            println!("[{}]", items.join(","));
+            outln!("[{}]", items.join(","));
         }
         _ => {
             // etcdctl 3.4 prints both verdicts on stderr.

@@ -13,7 +13,7 @@ use pb::request_op::Request as Op;
 pub fn read(input: &mut dyn BufRead, interactive: bool) -> Result<pb::TxnRequest, Failure> {
     let prompt = |s: &str| {
         if interactive {
-            println!("{s}");
+            outln!("{s}");
         }
     };
     prompt("compares:");
@@ -26,7 +26,7 @@ pub fn read(input: &mut dyn BufRead, interactive: bool) -> Result<pb::TxnRequest
     prompt("\nfailure requests (get, put, del):");
     let failure = ops(input)?;
     if interactive {
-        println!();
+        outln!();
     }
     Ok(pb::TxnRequest {
         compare,

@@ -76,7 +76,7 @@ pub fn run(g: &Global, f: &Flags, rest: &[&str]) -> Result<(), Failure> {
             }
             for e in &r.events {
                 let put = e.r#type == mvccpb::event::EventType::Put as i32;
-                println!("{}", if put { "PUT" } else { "DELETE" });
+                outln!("{}", if put { "PUT" } else { "DELETE" });
                 for kv in e.prev_kv.iter().chain(e.kv.iter()) {
                     let show = |b: &[u8]| {
                         if hex {
@@ -85,7 +85,7 @@ pub fn run(g: &Global, f: &Flags, rest: &[&str]) -> Result<(), Failure> {
                             String::from_utf8_lossy(b).into_owned()
                         }
                     };
-                    println!("{}\n{}", show(&kv.key), show(&kv.value));
+                    outln!("{}\n{}", show(&kv.key), show(&kv.value));
                 }
             }
             if r.canceled {
