@@ -41,6 +41,7 @@ use crate::error::{EtcdError, Status};
 use crate::kv::prefix_end;
 use crate::proto::etcdserverpb as pb;
 use flags::Flags;
+pub use print::Format;
 
 /// Standard output failed: a reader gone ends the process with SIGPIPE's status (141), as a
 /// tool killed by the signal; anything else is reported, status 1.
@@ -51,7 +52,6 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
     eprintln!("Error: cannot write to standard output: {e}");
     std::process::exit(1);
 }
-pub use print::Format;
 
 /// etcdctl's exit codes.
 pub const EXIT_ERROR: i32 = 1;
