@@ -288,8 +288,8 @@ fn ferroctl_ends_quietly_when_its_reader_goes_away() {
     let server = Server::ferrocd(&[]);
     let ep = format!("--endpoints={}", server.endpoint());
     let ferroctl = env!("CARGO_BIN_EXE_ferroctl");
-    // Larger than a pipe's buffer (64 KiB), so the write is still under way when the reader
-    // leaves.
+    // Larger than the pipe's buffer (set to its least, one page, below), so the write is still
+    // under way when the reader leaves.
     let value = "v".repeat(120 << 10);
     let put = common::run(
         ferroctl,
@@ -304,9 +304,26 @@ fn ferroctl_ends_quietly_when_its_reader_goes_away() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ferroctl");
-    let mut first = [0u8; 1];
     let mut stdout = child.stdout.take().expect("stdout");
-    stdout.read_exact(&mut first).expect("a first byte");
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_SETPIPE_SZ on a pipe this process owns; the kernel rounds up to a page.
+        unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    }
+    let stderr_of = |child: &mut std::process::Child| {
+        let mut s = String::new();
+        let _ = child.stderr.take().expect("stderr").read_to_string(&mut s);
+        s
+    };
+    let mut first = [0u8; 1];
+    if let Err(e) = stdout.read_exact(&mut first) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "no output from ferroctl: {e}; stderr: {}",
+            stderr_of(&mut child)
+        );
+    }
     assert_eq!(&first, b"b");
     drop(stdout);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -314,16 +331,14 @@ fn ferroctl_ends_quietly_when_its_reader_goes_away() {
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
-        assert!(Instant::now() < deadline, "ferroctl did not end");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferroctl did not end; stderr: {}", stderr_of(&mut child));
+        }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    let stderr = stderr_of(&mut child);
     assert_eq!(status.code(), Some(141), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }

@@ -8,27 +8,6 @@
 
 mod plot;
 
-/// `println!` for the report: when the reader has gone (`loadgen ... | head`), the process ends
-/// at once with SIGPIPE's exit status (141), quietly; std's `println!` panics there.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            stdout_failed(e);
-        }
-    }};
-}
-
-/// Standard output failed: a reader gone ends the process with SIGPIPE's status (141);
-/// anything else is reported, status 1.
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
-    }
-    eprintln!("loadgen: cannot write to standard output: {e}");
-    std::process::exit(1);
-}
-
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +19,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferrocd::client::Client;
 use ferrocd::proto::etcdserverpb as pb;
 use hdrhistogram::Histogram;
+
+/// `println!` for the report: when the reader has gone (`loadgen ... | head`), the process ends
+/// at once with SIGPIPE's exit status (141), quietly (as ferroctl's output); std's `println!`
+/// panics there.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            ferrocd::ctl::stdout_failed(e);
+        }
+    }};
+}
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for etcd v3 endpoints")]
@@ -958,10 +949,11 @@ fn main() {
             w,
         } => {
             let r = run(&endpoints, &w, &server_pid);
-            r.print(&endpoints.join(","));
+            // The files first: a reader of stdout gone (`| head`) ends the process.
             if let Some(p) = &w.hgrm {
                 write_hgrm(p, &r);
             }
+            r.print(&endpoints.join(","));
             let summary = serde_json::json!({
                 "workload": format!("{:?}", w.workload), "requests": r.requests, "errors": r.errors,
                 "seconds": r.seconds, "rate": r.rate(), "p50_ms": r.q_ms(0.5), "p99_ms": r.q_ms(0.99),
@@ -1000,6 +992,14 @@ fn main() {
                     r.q_ms(0.99),
                     r.q_ms(0.999)
                 ));
+                // Written after every step, before its row is printed: the CSV holds every
+                // step measured even if the run stops (Ctrl-C, a reader of stdout gone).
+                if let Some(path) = &csv {
+                    if let Err(e) = std::fs::write(path, rows.join("\n") + "\n") {
+                        eprintln!("cannot write {path}: {e}");
+                        std::process::exit(1);
+                    }
+                }
                 outln!(
                     "| {rate:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
                     r.rate(),
@@ -1020,13 +1020,6 @@ fn main() {
                     w.workload, w.clients
                 ),
                 None => outln!("no rate met p99 <= {slo_p99_ms} ms"),
-            }
-            if let Some(path) = csv {
-                rows.push(String::new());
-                if let Err(e) = std::fs::write(&path, rows.join("\n")) {
-                    eprintln!("cannot write {path}: {e}");
-                    std::process::exit(1);
-                }
             }
         }
         Cmd::Plot { out, title, files } => {

@@ -44,7 +44,9 @@ use flags::Flags;
 pub use print::Format;
 
 /// Standard output failed: a reader gone ends the process with SIGPIPE's status (141), as a
-/// tool killed by the signal; anything else is reported, status 1.
+/// tool killed by the signal; anything else is reported, status 1. (Shared with the loadgen
+/// and the server's `--help`.)
+#[doc(hidden)]
 pub fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(141);

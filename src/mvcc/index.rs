@@ -11,8 +11,8 @@
 //! its values in an array; all three are sized by hand ([`GROW`] entries at a time, never
 //! doubled), so a leaf's memory follows what it holds in any order of insertion. A leaf that
 //! fills up from its end (or its start) stays full: the new key goes to the next leaf (or a
-//! new one) instead of halving this one. A search asks for the leaf's key bytes all at once ([`prefetch`]), then
-//! bisects them.
+//! new one) instead of halving this one. A search asks for the leaf's key ends and key bytes
+//! all at once ([`prefetch`]), then bisects them.
 //!
 //! Invariants (checked by `check` in the tests): the first leaf's fence is the empty key
 //! (the smallest of all), so every key has a leaf: the last one whose fence is not above it;
@@ -42,7 +42,7 @@ const LEAF_BYTES: usize = 256;
 const GROW: usize = 4;
 /// Key bytes a leaf keeps spare at most (beyond about [`GROW`] keys of its average length).
 const SPARE_BYTES: usize = 256;
-/// The most key bytes [`prefetch`] asks for (32 keys of 64 bytes).
+/// The most bytes [`prefetch`] asks for from one array (32 keys of 64 bytes).
 const PREFETCH_BYTES: usize = 2 << 10;
 /// A leaf holding fewer entries than this after a removal is merged with a neighbour when the
 /// two fit in [`MERGED`] entries and half of [`LEAF_BYTES`] (well below either limit, so a
@@ -79,6 +79,15 @@ impl<'a> Iterator for Keys<'a> {
     }
 }
 
+/// The keys of a leaf with these `ends` and `bytes`, from the `from`-th on.
+fn keys_from<'a>(ends: &'a [u32], bytes: &'a [u8], from: usize) -> Keys<'a> {
+    Keys {
+        ends: ends[from..].iter(),
+        bytes,
+        start: from.checked_sub(1).map_or(0, |i| ends[i] as usize),
+    }
+}
+
 type Entries<'a, V> = Zip<Keys<'a>, slice::Iter<'a, V>>;
 type EntriesMut<'a, V> = Zip<Keys<'a>, slice::IterMut<'a, V>>;
 
@@ -104,12 +113,18 @@ fn prefetch<T>(items: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = items.as_ptr().cast::<i8>();
         let bytes = std::mem::size_of_val(items).min(PREFETCH_BYTES);
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch is only a hint and never faults; the address is inside
-            // `items`.
-            unsafe { _mm_prefetch(start.add(line), _MM_HINT_T0) };
+        if bytes == 0 {
+            return;
+        }
+        // Every cache line the bytes touch, from the one holding the first (the array need
+        // not start on a line).
+        let start = items.as_ptr().cast::<i8>();
+        let skew = start as usize % 64;
+        for line in (0..skew + bytes).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the address, and
+            // reads nothing here (the pointer arithmetic wraps, it does not dereference).
+            unsafe { _mm_prefetch(start.wrapping_sub(skew).wrapping_add(line), _MM_HINT_T0) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -130,11 +145,7 @@ impl<V> Leaf<V> {
     }
 
     fn start(&self, i: usize) -> usize {
-        if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] as usize
-        }
+        i.checked_sub(1).map_or(0, |i| self.ends[i] as usize)
     }
 
     fn key(&self, i: usize) -> &[u8] {
@@ -241,11 +252,7 @@ impl<V> Leaf<V> {
     }
 
     fn keys(&self, from: usize) -> Keys<'_> {
-        Keys {
-            ends: self.ends[from..].iter(),
-            bytes: &self.bytes,
-            start: self.start(from),
-        }
+        keys_from(&self.ends, &self.bytes, from)
     }
 
     fn entries(&self, from: usize) -> Entries<'_, V> {
@@ -253,25 +260,16 @@ impl<V> Leaf<V> {
     }
 
     fn entries_mut(&mut self, from: usize) -> EntriesMut<'_, V> {
-        let keys = Keys {
-            ends: self.ends[from..].iter(),
-            bytes: &self.bytes,
-            start: if from == 0 {
-                0
-            } else {
-                self.ends[from - 1] as usize
-            },
-        };
-        keys.zip(self.values[from..].iter_mut())
+        let Leaf {
+            ends,
+            bytes,
+            values,
+        } = self;
+        keys_from(ends, bytes, from).zip(values[from..].iter_mut())
     }
 
     fn nothing<'a>() -> Entries<'a, V> {
-        Keys {
-            ends: [].iter(),
-            bytes: &[],
-            start: 0,
-        }
-        .zip([].iter())
+        keys_from(&[], &[], 0).zip([].iter())
     }
 }
 
@@ -500,12 +498,7 @@ impl<V> Index<V> {
                 let from = skip(leaf, lower);
                 leaf.entries_mut(from)
             }
-            None => Keys {
-                ends: [].iter(),
-                bytes: &[],
-                start: 0,
-            }
-            .zip([].iter_mut()),
+            None => keys_from(&[], &[], 0).zip([].iter_mut()),
         };
         RangeMut(Walk {
             leaves,
