@@ -283,7 +283,7 @@ fn etcdctl_sees_ferrocd_as_etcd_and_ferroctl_prints_what_etcdctl_prints() {
 fn ferroctl_ends_quietly_when_its_reader_goes_away() {
     use std::io::Read;
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let server = Server::ferrocd(&[]);
     let ep = format!("--endpoints={}", server.endpoint());
@@ -326,17 +326,8 @@ fn ferroctl_ends_quietly_when_its_reader_goes_away() {
     }
     assert_eq!(&first, b"b");
     drop(stdout);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ferroctl did not end; stderr: {}", stderr_of(&mut child));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = common::wait_or_kill(&mut child, Duration::from_secs(20)) else {
+        panic!("ferroctl did not end; stderr: {}", stderr_of(&mut child));
     };
     let stderr = stderr_of(&mut child);
     assert_eq!(status.code(), Some(141), "stderr: {stderr}");

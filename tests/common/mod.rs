@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ETCD: &str = "/usr/bin/etcd";
@@ -438,23 +438,30 @@ pub fn run(bin: &str, env: &[(&str, &str)], args: &[String], stdin: &str) -> Out
     };
     let out = drain(Box::new(child.stdout.take().expect("stdout")));
     let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{bin} {args:?} did not finish in {COMMAND_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = wait_or_kill(&mut child, COMMAND_TIMEOUT) else {
+        panic!("{bin} {args:?} did not finish in {COMMAND_TIMEOUT:?}");
     };
     let _ = writer.join();
     Output {
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
         code: status.code().unwrap_or(-1),
+    }
+}
+
+/// Waits for `child` at most `timeout`; kills and reaps it when it has not ended by then.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
