@@ -17,18 +17,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `ferrocd --help | head` ends quietly (std's `print!` panics when the reader is gone).
-    let say = |text: String| {
+    let say = |text: &str| {
         use std::io::Write as _;
         if let Err(e) = std::io::stdout().write_all(text.as_bytes()) {
             ferrocd::ctl::stdout_failed(e);
         }
     };
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        say(HELP.to_string());
+        say(HELP);
         return;
     }
     if args.iter().any(|a| a == "--version") {
-        say(format!(
+        say(&format!(
             "ferrocd Version: {}\netcd API Version: {ETCD_API_VERSION}\n",
             env!("CARGO_PKG_VERSION")
         ));
