@@ -32,8 +32,10 @@ fn show(server: &Server, args: &[&str], stdin: &str) -> String {
         .lines()
         .filter(|l| !l.starts_with("{\"level\""))
         .collect();
-    format!("code {}\n{}{}", o.code, o.stdout, err.join("\n"))
-        .replace(&server.client_port.to_string(), "<PORT>")
+    common::hide_port(
+        &format!("code {}\n{}{}", o.code, o.stdout, err.join("\n")),
+        server.client_port,
+    )
 }
 
 const ROOT: &[&str] = &["--user", "root:rootpw"];

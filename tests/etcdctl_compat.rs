@@ -106,7 +106,7 @@ fn script() -> Vec<(Vec<&'static str>, &'static str)> {
 /// Replaces what legitimately differs between the two servers (see the module docs).
 fn normalise(out: &Output, port: u16) -> Output {
     let fix = |s: &str| {
-        let s = s.replace(&port.to_string(), "<PORT>");
+        let s = common::hide_port(s, port);
         let mut lines = Vec::new();
         for line in s.lines() {
             let mut l = line.to_string();
