@@ -192,7 +192,7 @@ pub enum CheckpointAnswer {
     Items(Option<(Vec<crate::log::checkpoint::Item>, Option<Bytes>)>),
     Installed(Vec<u32>),
     /// The log segments let go of, whose files the caller removes.
-    Released(Vec<std::path::PathBuf>),
+    Released(Vec<crate::log::Released>),
     Done,
 }
 

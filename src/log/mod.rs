@@ -299,14 +299,18 @@ impl Log {
     }
 
     /// Lets go of every segment that holds only records before `seq` (a durable checkpoint
-    /// covers them): returns the ordinals and paths of those segments, for the caller to
-    /// remove the files (off the shard: unlinking a large file takes a while; a file left by a
-    /// crash is removed at the next start). The segment taking appends always stays.
-    pub fn release_before(&mut self, seq: u64) -> Vec<(usize, PathBuf)> {
+    /// covers them): returns those segments, for the caller to remove their files with
+    /// [`remove_released`] (off the shard; a file left by a crash, whole or cut down, is
+    /// removed at the next start without being read). The segment taking appends always stays.
+    pub fn release_before(&mut self, seq: u64) -> Vec<Released> {
         let mut gone = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_seq() <= seq {
             let seg = self.segments.remove(0);
-            gone.push((self.released, seg.path().to_path_buf()));
+            gone.push(Released {
+                ordinal: self.released,
+                path: seg.path().to_path_buf(),
+                mapped: seg.mapped(),
+            });
             self.released += 1;
         }
         gone
@@ -455,6 +459,67 @@ impl Log {
     pub fn stats(&self) -> LogStats {
         self.stats
     }
+}
+
+/// A segment the log let go of ([`Log::release_before`]).
+#[derive(Debug)]
+pub struct Released {
+    /// Its place among every segment the log opened (the value store's index of it).
+    pub ordinal: usize,
+    pub path: PathBuf,
+    /// Dead once nothing maps the file.
+    mapped: std::sync::Weak<()>,
+}
+
+/// A released file is cut down by this much at a time before it is unlinked.
+const CUT_BYTES: u64 = 4 << 20;
+/// The pause after each cut.
+const CUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a released segment's mapping may stay in use before its file is unlinked whole.
+const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Removes released segments' files, then syncs the directory; blocking, for a thread of its
+/// own. Each file is cut down [`CUT_BYTES`] at a time, pausing between cuts, then unlinked:
+/// unlinking a 64 MiB file frees all its blocks at once (10-16 ms on the 2-core machine's
+/// ext4), and the log's fdatasyncs waited behind it, up to 15-25 ms, against 2.5-3 ms when it
+/// is cut in steps (tuning/results/2026-11-27-checkpoint-write-back.md). A file is only cut
+/// once nothing maps it (a cut under a mapping would fault its readers: a watcher or a
+/// response may still hold a value from it); one still mapped after [`MAPPED_WAIT`] is
+/// unlinked whole, and its blocks go with its last mapping.
+pub fn remove_released(files: &[Released]) -> io::Result<()> {
+    remove_released_waiting(files, MAPPED_WAIT)
+}
+
+fn remove_released_waiting(files: &[Released], wait: std::time::Duration) -> io::Result<()> {
+    for f in files {
+        let deadline = Instant::now() + wait;
+        while f.mapped.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if f.mapped.strong_count() == 0 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f.path)
+                .map_err(|e| err(&f.path, "cannot open", e))?;
+            let mut len = file
+                .metadata()
+                .map_err(|e| err(&f.path, "cannot stat", e))?
+                .len();
+            while len > 0 {
+                len = len.saturating_sub(CUT_BYTES);
+                file.set_len(len)
+                    .map_err(|e| err(&f.path, "cannot truncate", e))?;
+                std::thread::sleep(CUT_PAUSE);
+            }
+        }
+        std::fs::remove_file(&f.path).map_err(|e| err(&f.path, "cannot remove", e))?;
+    }
+    if let Some(dir) = files.first().and_then(|f| f.path.parent()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(dir, "cannot sync directory", e))?;
+    }
+    Ok(())
 }
 
 const LOCK_FILE: &str = "LOCK";
@@ -903,6 +968,32 @@ mod tests {
         });
     }
 
+    /// A released segment is cut down only once nothing maps it: one whose value a reader
+    /// still holds is unlinked whole after the wait, and the value still reads as written
+    /// (a cut under the mapping would fault the reader); an unmapped one is cut and removed.
+    #[test]
+    fn a_released_segment_is_cut_only_once_unmapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            let held = log.append(&[vec![7u8; 700 << 10]]).await.unwrap();
+            log.append(&[vec![8u8; 700 << 10]]).await.unwrap();
+            log.append(&[vec![9u8; 700 << 10]]).await.unwrap();
+            let gone = log.release_before(log.next_seq());
+            assert_eq!(gone.len(), 2);
+            assert!(gone[0].mapped.strong_count() > 0, "the held value maps it");
+            assert_eq!(gone[1].mapped.strong_count(), 0, "nothing maps it");
+            let cut_len = |r: &Released| std::fs::metadata(&r.path).unwrap().len();
+            assert!(cut_len(&gone[0]) >= 1 << 20 && cut_len(&gone[1]) >= 1 << 20);
+            remove_released_waiting(&gone, std::time::Duration::from_millis(30)).unwrap();
+            assert!(gone.iter().all(|r| !r.path.exists()));
+            assert!(held[0].iter().all(|&b| b == 7) && held[0].len() == 700 << 10);
+            drop(held);
+            assert_eq!(gone[0].mapped.strong_count(), 0);
+        });
+    }
+
     #[test]
     fn a_checkpoint_releases_the_segments_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -919,13 +1010,9 @@ mod tests {
             assert_eq!(log.opened(), 3);
             // A checkpoint covers whole batches: after record 3 (the first batch's commit), the
             // first segment goes; after record 5, the second too.
-            let ordinals = |g: Vec<(usize, PathBuf)>| -> Vec<usize> {
-                g.into_iter()
-                    .map(|(o, p)| {
-                        std::fs::remove_file(p).unwrap();
-                        o
-                    })
-                    .collect()
+            let ordinals = |g: Vec<Released>| -> Vec<usize> {
+                remove_released(&g).unwrap();
+                g.iter().map(|r| r.ordinal).collect()
             };
             assert_eq!(ordinals(log.release_before(4)), vec![0]);
             assert_eq!(log.segments.len(), 2);

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use glommio::io::BufferedFile;
@@ -14,6 +15,8 @@ pub struct Segment {
     path: PathBuf,
     /// The whole file, mapped.
     map: Bytes,
+    /// Dead once the mapping is gone: its last slice dropped.
+    mapped: Weak<()>,
     /// Bytes of records in it, for a segment no longer taking appends (the log tracks the
     /// last one's itself); its preallocated tail is not data.
     pub(crate) written: u64,
@@ -23,22 +26,44 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what} {}: {e}", path.display()))
 }
 
-fn map(path: &Path) -> io::Result<Bytes> {
+/// A segment's mapping, which tells through a `Weak` when it is unmapped (its last `Bytes`
+/// slice dropped): a released segment's file is only cut down then ([`super::remove_released`]).
+struct Mapped {
+    map: Mmap,
+    _alive: Arc<()>,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+fn map(path: &Path) -> io::Result<(Bytes, Weak<()>)> {
     let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
     // SAFETY: segment files are only ever appended to at offsets past the records anyone
     // reads, through the page cache this mapping shares, and are never truncated while mapped
-    // (a segment is only removed once no revision points into it).
+    // (a released segment is cut down only once this mapping is gone).
     let m = unsafe { Mmap::map(&file) }.map_err(|e| err(path, "cannot map", e))?;
-    Ok(Bytes::from_owner(m))
+    let alive = Arc::new(());
+    let mapped = Arc::downgrade(&alive);
+    Ok((
+        Bytes::from_owner(Mapped {
+            map: m,
+            _alive: alive,
+        }),
+        mapped,
+    ))
 }
 
 impl Segment {
     pub fn open(path: &Path) -> io::Result<Segment> {
-        let map = map(path)?;
+        let (map, mapped) = map(path)?;
         Ok(Segment {
             path: path.to_path_buf(),
             written: map.len() as u64,
             map,
+            mapped,
         })
     }
 
@@ -65,8 +90,10 @@ impl Segment {
             .and_then(|d| d.sync_all())
             .map_err(|e| err(dir, "cannot sync directory", e))?;
         let _ = file.close().await;
+        let (map, mapped) = map(&path)?;
         Ok(Segment {
-            map: map(&path)?,
+            map,
+            mapped,
             path,
             written: 0,
         })
@@ -91,6 +118,11 @@ impl Segment {
 
     pub fn map(&self) -> &Bytes {
         &self.map
+    }
+
+    /// Dead once the mapping is gone.
+    pub fn mapped(&self) -> Weak<()> {
+        self.mapped.clone()
     }
 
     pub fn len(&self) -> u64 {

@@ -314,7 +314,7 @@ fn slow_for_tests(path: &Path) {
 
 /// Starts and waits for the write-back of `[at, at + n)` (`sync_file_range`; a file system
 /// without it is left to the final fdatasync).
-fn write_back(f: &std::fs::File, at: u64, n: u64) -> io::Result<()> {
+pub(super) fn write_back(f: &std::fs::File, at: u64, n: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE

@@ -1469,16 +1469,11 @@ fn staged_parts(dir: &std::path::Path) -> io::Result<Vec<std::path::PathBuf>> {
 /// Lets go of the log before record `seq`; the files are removed on a thread of their own.
 fn release(log: &mut Log, seq: u64) -> Vec<usize> {
     let gone = log.release_before(seq);
-    let (ordinals, paths): (Vec<usize>, Vec<std::path::PathBuf>) = gone.into_iter().unzip();
-    if !paths.is_empty() {
+    let ordinals = gone.iter().map(|r| r.ordinal).collect();
+    if !gone.is_empty() {
         std::thread::spawn(move || {
-            for p in &paths {
-                if let Err(e) = std::fs::remove_file(p) {
-                    tracing::warn!(file = %p.display(), error = %e, "cannot remove a released segment");
-                }
-            }
-            if let Some(dir) = paths.first().and_then(|p| p.parent()) {
-                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            if let Err(e) = crate::log::remove_released(&gone) {
+                tracing::warn!(error = %e, "cannot remove released segments");
             }
         });
     }

@@ -1131,12 +1131,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     // them any more), on a thread: unlinking large files takes a while.
     let cdir = dir.to_path_buf();
     let remover = std::thread::spawn(move || -> io::Result<()> {
-        for p in &segments {
-            std::fs::remove_file(p)?;
-        }
-        if let Some(logdir) = segments.first().and_then(|p| p.parent()) {
-            std::fs::File::open(logdir).and_then(|d| d.sync_all())?;
-        }
+        crate::log::remove_released(&segments)?;
         checkpoint::newest(&cdir).map(drop)
     });
     while !remover.is_finished() {
@@ -1236,7 +1231,7 @@ fn checkpoint_op(
             bytes,
         } => {
             let gone = log.release_before(seq + 1);
-            let (ordinals, paths): (Vec<usize>, Vec<PathBuf>) = gone.into_iter().unzip();
+            let ordinals: Vec<usize> = gone.iter().map(|r| r.ordinal).collect();
             checkpoint_released(
                 state,
                 seq,
@@ -1246,7 +1241,7 @@ fn checkpoint_op(
                 &ordinals,
                 log.used_bytes(),
             );
-            A::Released(paths)
+            A::Released(gone)
         }
         op => checkpoint_state_op(state, op),
     })
