@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::RecvStream;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use prost::Message;
 
 use super::stream::{H2Sink, MessageReader, Sink};
@@ -738,16 +738,9 @@ pub fn frame<M: Message>(m: &M) -> Bytes {
 }
 
 fn send_message(respond: &mut SendResponse<Bytes>, frame: Bytes) -> Result<(), h2::Error> {
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(())
-        .expect("static response");
-    let mut stream = respond.send_response(resp, false)?;
+    let mut stream = respond.send_response(stream::grpc_ok(), false)?;
     stream.send_data(frame, false)?;
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    stream.send_trailers(trailers)
+    stream.send_trailers(stream::status_headers(None))
 }
 
 /// A trailers-only response: the status in the headers, and the stream ends.
@@ -755,15 +748,9 @@ pub(super) fn send_status(
     respond: &mut SendResponse<Bytes>,
     status: &Status,
 ) -> Result<(), h2::Error> {
-    let message = HeaderValue::from_str(&percent_encode(&status.message))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header("grpc-status", status.code.as_i32())
-        .header("grpc-message", message)
-        .body(())
-        .expect("valid headers");
+    let mut resp = stream::grpc_ok();
+    resp.headers_mut()
+        .extend(stream::status_headers(Some(status)));
     respond.send_response(resp, true).map(drop)
 }
 

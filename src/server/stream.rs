@@ -116,31 +116,41 @@ pub(crate) async fn send_flow_controlled(
     Ok(())
 }
 
-/// The response headers that open a gRPC stream.
+/// The response headers that open a gRPC stream (a 200 with gRPC's content type; made
+/// without `Response::builder`, which parses and checks each header per response).
 pub(crate) fn grpc_ok() -> http::Response<()> {
-    http::Response::builder()
-        .status(http::StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(())
-        .expect("static response")
+    const APPLICATION_GRPC: http::HeaderValue = http::HeaderValue::from_static("application/grpc");
+    let mut resp = http::Response::new(());
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, APPLICATION_GRPC);
+    resp
+}
+
+/// gRPC's status headers (None: OK): grpc-status, and grpc-message for an error.
+pub(crate) fn status_headers(status: Option<&Status>) -> http::HeaderMap {
+    // Made at compile time (a const), not checked byte by byte per response.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+    const OK: http::HeaderValue = http::HeaderValue::from_static("0");
+    let mut headers = http::HeaderMap::with_capacity(2);
+    match status {
+        None => {
+            headers.insert(GRPC_STATUS, OK);
+        }
+        Some(s) => {
+            headers.insert(GRPC_STATUS, http::HeaderValue::from(s.code.as_i32()));
+            let message = super::grpc::percent_encode(&s.message);
+            if let Ok(v) = http::HeaderValue::from_str(&message) {
+                headers.insert(GRPC_MESSAGE, v);
+            }
+        }
+    }
+    headers
 }
 
 /// Ends a gRPC stream with its status (None: OK) in the trailers.
 pub(crate) fn send_status_trailers(out: &mut SendStream<Bytes>, status: Option<Status>) {
-    let mut trailers = http::HeaderMap::new();
-    match status {
-        None => {
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        }
-        Some(s) => {
-            trailers.insert("grpc-status", http::HeaderValue::from(s.code.as_i32()));
-            let message = super::grpc::percent_encode(&s.message);
-            if let Ok(v) = http::HeaderValue::from_str(&message) {
-                trailers.insert("grpc-message", v);
-            }
-        }
-    }
-    let _ = out.send_trailers(trailers);
+    let _ = out.send_trailers(status_headers(status.as_ref()));
 }
 
 /// The client went away: nothing more can be sent.
