@@ -24,8 +24,9 @@ pub const PART_BYTES_MAX: u64 = 1 << 30;
 /// The writer writes back what it wrote every this many bytes (`sync_file_range`, waiting for
 /// it), so that the disk takes the checkpoint in small pieces, and a log's fdatasync queues
 /// behind one piece at most rather than behind everything written so far. With 8 MiB pieces
-/// (fdatasync each) the log's fdatasyncs took 2-6 ms during a checkpoint instead of about 0.3
-/// on a disk writing 1.4 GB/s (tuning/results/2026-11-27-checkpoint-write-back.md).
+/// (an fdatasync each) 25-35 of the log's fdatasyncs per run took over 2 ms (2-6 ms) during
+/// checkpoints, 9-12 with 1 MiB ones, on a disk writing 1.4 GB/s
+/// (tuning/results/2026-11-27-checkpoint-write-back.md).
 const WRITE_BACK_BYTES: u64 = 1 << 20;
 const MAGIC: &[u8; 8] = b"FRCDCKPT";
 const VERSION: u32 = 1;

@@ -473,43 +473,43 @@ pub struct Released {
 
 /// A released file is cut down by this much at a time before it is unlinked.
 const CUT_BYTES: u64 = 4 << 20;
-/// The pause after each cut.
-const CUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
-/// How long a released segment's mapping may stay in use before its file is unlinked whole.
+/// The pause after each cut, unless somebody waits for the removal (a Defragment).
+pub const CUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long released segments' mappings may stay in use (one wait for all the files of a
+/// call) before those still mapped are unlinked whole.
 const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Removes released segments' files, then syncs the directory; blocking, for a thread of its
-/// own. Each file is cut down [`CUT_BYTES`] at a time, pausing between cuts, then unlinked:
-/// unlinking a 64 MiB file frees all its blocks at once (10-16 ms on the 2-core machine's
-/// ext4), and the log's fdatasyncs waited behind it, up to 15-25 ms, against 2.5-3 ms when it
-/// is cut in steps (tuning/results/2026-11-27-checkpoint-write-back.md). A file is only cut
-/// once nothing maps it (a cut under a mapping would fault its readers: a watcher or a
-/// response may still hold a value from it); one still mapped after [`MAPPED_WAIT`] is
-/// unlinked whole, and its blocks go with its last mapping.
-pub fn remove_released(files: &[Released]) -> io::Result<()> {
-    remove_released_waiting(files, MAPPED_WAIT)
+/// own. Each file is cut down [`CUT_BYTES`] at a time, `pause` apart, then unlinked: unlinking
+/// a whole 64 MiB segment frees all its blocks at once (13-16 ms on the 2-core machine's ext4),
+/// and the log's fdatasyncs waited behind it: 9-15 ms in ferrocd, up to 32 ms in
+/// `tuning/unlink-stall.py`, against at most 3.1 ms there with 8 MiB cuts
+/// (tuning/results/2026-11-27-checkpoint-write-back.md). A file is only cut once nothing maps
+/// it: a cut under a mapping would fault whoever still holds a value or an entry from it (a
+/// response being sent, a Raft message queued for a peer). Unmapped files go first; those
+/// still mapped after [`MAPPED_WAIT`] are unlinked whole, and their blocks go with their last
+/// mapping. A file that cannot be cut is unlinked whole too. The order does not matter to
+/// recovery: every released file is followed, in seq order, by another released one or by the
+/// segment that took appends, which stays, and a start removes all of them unread.
+pub fn remove_released(files: &[Released], pause: std::time::Duration) -> io::Result<()> {
+    remove_released_waiting(files, pause, MAPPED_WAIT)
 }
 
-fn remove_released_waiting(files: &[Released], wait: std::time::Duration) -> io::Result<()> {
-    for f in files {
-        let deadline = Instant::now() + wait;
+fn remove_released_waiting(
+    files: &[Released],
+    pause: std::time::Duration,
+    wait: std::time::Duration,
+) -> io::Result<()> {
+    let deadline = Instant::now() + wait;
+    let (free, mapped): (Vec<&Released>, Vec<&Released>) =
+        files.iter().partition(|f| f.mapped.strong_count() == 0);
+    for f in free.into_iter().chain(mapped) {
         while f.mapped.strong_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if f.mapped.strong_count() == 0 {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&f.path)
-                .map_err(|e| err(&f.path, "cannot open", e))?;
-            let mut len = file
-                .metadata()
-                .map_err(|e| err(&f.path, "cannot stat", e))?
-                .len();
-            while len > 0 {
-                len = len.saturating_sub(CUT_BYTES);
-                file.set_len(len)
-                    .map_err(|e| err(&f.path, "cannot truncate", e))?;
-                std::thread::sleep(CUT_PAUSE);
+            if let Err(e) = cut_down(&f.path, pause) {
+                tracing::warn!(error = %e, "a released segment is unlinked whole");
             }
         }
         std::fs::remove_file(&f.path).map_err(|e| err(&f.path, "cannot remove", e))?;
@@ -518,6 +518,27 @@ fn remove_released_waiting(files: &[Released], wait: std::time::Duration) -> io:
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| err(dir, "cannot sync directory", e))?;
+    }
+    Ok(())
+}
+
+/// Truncates the file at `path` to nothing, [`CUT_BYTES`] at a time, `pause` apart.
+fn cut_down(path: &Path, pause: std::time::Duration) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| err(path, "cannot open", e))?;
+    let mut len = file
+        .metadata()
+        .map_err(|e| err(path, "cannot stat", e))?
+        .len();
+    while len > 0 {
+        len = len.saturating_sub(CUT_BYTES);
+        file.set_len(len)
+            .map_err(|e| err(path, "cannot truncate", e))?;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
     }
     Ok(())
 }
@@ -986,7 +1007,8 @@ mod tests {
             assert_eq!(gone[1].mapped.strong_count(), 0, "nothing maps it");
             let cut_len = |r: &Released| std::fs::metadata(&r.path).unwrap().len();
             assert!(cut_len(&gone[0]) >= 1 << 20 && cut_len(&gone[1]) >= 1 << 20);
-            remove_released_waiting(&gone, std::time::Duration::from_millis(30)).unwrap();
+            remove_released_waiting(&gone, CUT_PAUSE, std::time::Duration::from_millis(30))
+                .unwrap();
             assert!(gone.iter().all(|r| !r.path.exists()));
             assert!(held[0].iter().all(|&b| b == 7) && held[0].len() == 700 << 10);
             drop(held);
@@ -1011,7 +1033,7 @@ mod tests {
             // A checkpoint covers whole batches: after record 3 (the first batch's commit), the
             // first segment goes; after record 5, the second too.
             let ordinals = |g: Vec<Released>| -> Vec<usize> {
-                remove_released(&g).unwrap();
+                remove_released(&g, CUT_PAUSE).unwrap();
                 g.iter().map(|r| r.ordinal).collect()
             };
             assert_eq!(ordinals(log.release_before(4)), vec![0]);

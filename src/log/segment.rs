@@ -28,6 +28,7 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
 
 /// A segment's mapping, which tells through a `Weak` when it is unmapped (its last `Bytes`
 /// slice dropped): a released segment's file is only cut down then ([`super::remove_released`]).
+/// The fields drop in order: the mapping goes before the `Arc` that says it is there.
 struct Mapped {
     map: Mmap,
     _alive: Arc<()>,

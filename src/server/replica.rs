@@ -1472,7 +1472,7 @@ fn release(log: &mut Log, seq: u64) -> Vec<usize> {
     let ordinals = gone.iter().map(|r| r.ordinal).collect();
     if !gone.is_empty() {
         std::thread::spawn(move || {
-            if let Err(e) = crate::log::remove_released(&gone) {
+            if let Err(e) = crate::log::remove_released(&gone, crate::log::CUT_PAUSE) {
                 tracing::warn!(error = %e, "cannot remove released segments");
             }
         });
@@ -2356,6 +2356,12 @@ impl Node {
             self.durable_hs = hs;
         }
         if let Some((seq, parts, bytes)) = p.installed {
+            // The segments the install releases are let go of first: the new state takes the
+            // mappings of the log's segments from Raft's storage, and kept the released ones
+            // mapped (their blocks not freed until a restart).
+            if let Some(ordinals) = &p.released {
+                self.raw.mut_store().release_segments(ordinals);
+            }
             self.take_snapshot_state(seq, parts, bytes).await;
         }
         if let Some(ordinals) = p.released {

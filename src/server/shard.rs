@@ -1130,8 +1130,13 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     // The released segments' files and the previous checkpoint's go (nothing points into
     // them any more), on a thread: unlinking large files takes a while.
     let cdir = dir.to_path_buf();
+    let pause = if hurry.load(std::sync::atomic::Ordering::Relaxed) {
+        std::time::Duration::ZERO
+    } else {
+        crate::log::CUT_PAUSE
+    };
     let remover = std::thread::spawn(move || -> io::Result<()> {
-        crate::log::remove_released(&segments)?;
+        crate::log::remove_released(&segments, pause)?;
         checkpoint::newest(&cdir).map(drop)
     });
     while !remover.is_finished() {
