@@ -20,17 +20,9 @@ use ferrocd::client::Client;
 use ferrocd::proto::etcdserverpb as pb;
 use hdrhistogram::Histogram;
 
-/// `println!` for the report: when the reader has gone (`loadgen ... | head`), the process ends
-/// at once with SIGPIPE's exit status (141), quietly (as ferroctl's output); std's `println!`
-/// panics there.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            ferrocd::ctl::stdout_failed(e);
-        }
-    }};
-}
+// The report goes through ferroctl's `outln!`: when the reader has gone (`loadgen ... | head`),
+// the process ends with SIGPIPE's status (141), quietly; std's `println!` panics there.
+use ferrocd::outln;
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for etcd v3 endpoints")]

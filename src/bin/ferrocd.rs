@@ -17,21 +17,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `ferrocd --help | head` ends quietly (std's `print!` panics when the reader is gone).
-    let say = |text: &str| {
-        use std::io::Write as _;
-        if let Err(e) = std::io::stdout().write_all(text.as_bytes()) {
-            ferrocd::ctl::stdout_failed(e);
-        }
-    };
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        say(HELP);
+        ferrocd::out!("{HELP}");
         return;
     }
     if args.iter().any(|a| a == "--version") {
-        say(&format!(
-            "ferrocd Version: {}\netcd API Version: {ETCD_API_VERSION}\n",
+        ferrocd::outln!(
+            "ferrocd Version: {}\netcd API Version: {ETCD_API_VERSION}",
             env!("CARGO_PKG_VERSION")
-        ));
+        );
         return;
     }
     let cfg = match Config::from_args(args) {

@@ -3,7 +3,9 @@
 
 /// `println!` for a command line's output: when the reader has gone (`... | head`), the process
 /// ends at once with SIGPIPE's exit status (141), quietly, as etcdctl does; std's `println!`
-/// panics there.
+/// panics there. Exported for the server's `--help` and the loadgen (`ferrocd::outln!`).
+#[doc(hidden)]
+#[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -14,6 +16,8 @@ macro_rules! outln {
 }
 
 /// `print!` likewise.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -44,8 +48,8 @@ use flags::Flags;
 pub use print::Format;
 
 /// Standard output failed: a reader gone ends the process with SIGPIPE's status (141), as a
-/// tool killed by the signal; anything else is reported, status 1. (Shared with the loadgen
-/// and the server's `--help`.)
+/// tool killed by the signal; anything else is reported, status 1. (Called by [`outln!`] and
+/// [`out!`].)
 #[doc(hidden)]
 pub fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -79,12 +79,17 @@ impl<'a> Iterator for Keys<'a> {
     }
 }
 
+/// Where the `i`-th key starts in a leaf with these `ends`.
+fn start_of(ends: &[u32], i: usize) -> usize {
+    i.checked_sub(1).map_or(0, |i| ends[i] as usize)
+}
+
 /// The keys of a leaf with these `ends` and `bytes`, from the `from`-th on.
 fn keys_from<'a>(ends: &'a [u32], bytes: &'a [u8], from: usize) -> Keys<'a> {
     Keys {
         ends: ends[from..].iter(),
         bytes,
-        start: from.checked_sub(1).map_or(0, |i| ends[i] as usize),
+        start: start_of(ends, from),
     }
 }
 
@@ -145,7 +150,7 @@ impl<V> Leaf<V> {
     }
 
     fn start(&self, i: usize) -> usize {
-        i.checked_sub(1).map_or(0, |i| self.ends[i] as usize)
+        start_of(&self.ends, i)
     }
 
     fn key(&self, i: usize) -> &[u8] {
@@ -416,32 +421,32 @@ impl<V> Index<V> {
         let this = &self.leaves[&fence];
         let (len, bytes) = (this.len(), this.bytes.len());
         let fits = |l: &Leaf<V>| l.len() + len <= MERGED && l.bytes.len() + bytes <= LEAF_BYTES / 2;
+        let fitting = |(k, l): (&Key, &Leaf<V>)| fits(l).then(|| k.clone());
         let prev = self
             .leaves
             .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&fence[..])))
             .next_back()
-            .filter(|(_, l)| fits(l))
-            .map(|(k, _)| k.clone());
-        if let Some(prev) = prev {
-            let mut this = self.leaves.remove(&fence).expect("merging it");
-            let into = self.leaves.get_mut(&prev).expect("its left neighbour");
-            into.append(&mut this);
-            return;
-        }
-        let next = self
-            .leaves
-            .range::<[u8], _>((Bound::Excluded(&fence[..]), Bound::Unbounded))
-            .next()
-            .filter(|(_, l)| fits(l))
-            .map(|(k, _)| k.clone());
-        if let Some(next) = next {
-            let mut that = self.leaves.remove(&next).expect("merging it");
-            let into = self.leaves.get_mut(&fence).expect("merging into it");
-            into.append(&mut that);
-            return;
-        }
-        if len == 0 && !fence.is_empty() {
-            self.leaves.remove(&fence);
+            .and_then(fitting);
+        // (into, from): this leaf into its left neighbour, or its right neighbour into it.
+        let pair = match prev {
+            Some(prev) => Some((prev, fence.clone())),
+            None => self
+                .leaves
+                .range::<[u8], _>((Bound::Excluded(&fence[..]), Bound::Unbounded))
+                .next()
+                .and_then(fitting)
+                .map(|next| (fence.clone(), next)),
+        };
+        match pair {
+            Some((into, from)) => {
+                let mut from = self.leaves.remove(&from).expect("merging it");
+                let into = self.leaves.get_mut(&into).expect("merging into it");
+                into.append(&mut from);
+            }
+            None if len == 0 && !fence.is_empty() => {
+                self.leaves.remove(&fence);
+            }
+            None => {}
         }
     }
 
