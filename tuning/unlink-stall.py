@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """How removing large files delays another file's fdatasyncs, on the file system of DIR.
 
-Writes three 64 MiB files, then loops 13 KiB writes + fdatasync on a fourth (a log's batch)
+Writes three 64 MiB files (or COUNT files of MIB MiB), then loops 13 KiB writes + fdatasync on a fourth (a log's batch)
 while it removes the three: `plain` unlinks each whole, `fadvise` drops its cached pages
-first in 8 MiB steps, `trunc` cuts it down 8 MiB at a time (2 ms apart) before unlinking.
+first in 8 MiB steps, `trunc` cuts it down 8 MiB at a time (2 ms apart) before unlinking,
+`trunc0` likewise without the pauses.
 Prints the removal times and the fdatasyncs' p50/p99/max
 (tuning/results/2026-11-27-checkpoint-write-back.md).
 
-usage: tuning/unlink-stall.py DIR plain|fadvise|trunc
+usage: tuning/unlink-stall.py DIR plain|fadvise|trunc|trunc0 [MIB [COUNT]]
+  e.g. `tuning/unlink-stall.py /work/tmp plain 1024 1`: one checkpoint part of 1 GiB
 """
 import os
 import sys
@@ -15,13 +17,15 @@ import threading
 import time
 
 d, mode = sys.argv[1], sys.argv[2]
+mib = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+count = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 os.makedirs(d, exist_ok=True)
 big = []
-for i in range(3):
+for i in range(count):
     p = f"{d}/big{i}"
     fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
-    os.posix_fallocate(fd, 0, 64 << 20)
-    for _ in range(64):
+    os.posix_fallocate(fd, 0, mib << 20)
+    for _ in range(mib):
         os.write(fd, b"x" * (1 << 20))
     os.fdatasync(fd)
     os.close(fd)
@@ -48,15 +52,16 @@ t = time.perf_counter()
 for p in big:
     if mode == "fadvise":
         fd = os.open(p, os.O_RDONLY)
-        for off in range(0, 64 << 20, 8 << 20):
+        for off in range(0, mib << 20, 8 << 20):
             os.posix_fadvise(fd, off, 8 << 20, os.POSIX_FADV_DONTNEED)
             time.sleep(0.002)
         os.close(fd)
-    if mode == "trunc":
+    if mode in ("trunc", "trunc0"):
         fd = os.open(p, os.O_WRONLY)
-        for n in range(56, -1, -8):
+        for n in range(mib - 8, -1, -8):
             os.ftruncate(fd, n << 20)
-            time.sleep(0.002)
+            if mode == "trunc":
+                time.sleep(0.002)
         os.close(fd)
     t1 = time.perf_counter()
     os.unlink(p)

@@ -12,7 +12,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
@@ -256,17 +258,76 @@ pub fn parts_of(dir: &Path, seq: u64) -> io::Result<Vec<PathBuf>> {
 }
 
 /// The newest checkpoint in `dir`: its record seq and its parts' paths, in order. Leftovers
-/// (temporary files, parts of an unfinished checkpoint, older checkpoints) are removed.
+/// (temporary files, parts of an unfinished checkpoint, older checkpoints) are removed, whole:
+/// for a start, when nothing maps them yet.
 pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
-    let Ok(list) = std::fs::read_dir(dir) else {
+    let Some(found) = list(dir)? else {
         return Ok(None);
     };
+    for path in found.tmp.iter().chain(&found.older) {
+        std::fs::remove_file(path).map_err(|e| err(path, "cannot remove", e))?;
+    }
+    Ok(found.newest)
+}
+
+/// Removes every checkpoint file in `dir` but the newest checkpoint's, once a newer one
+/// replaced them, on a thread of its own (blocking): temporary files go whole, a superseded
+/// checkpoint's parts are cut down first, `pause` apart, as released log segments are
+/// ([`super::remove_released`]): a part grows to 1 GiB, whose unlink took 219-229 ms on the
+/// 2-core machine's ext4 and held another file's fdatasync up to 52-62 ms, against 2.4-6.3 ms
+/// with the file cut down first (`tuning/unlink-stall.py DIR plain|trunc 1024 1`,
+/// tuning/results/2026-11-27-checkpoint-cut.md). A part still mapped (a value being sent) or
+/// read (a Raft snapshot being sent from it, see [`hold`]) is waited for, then unlinked whole.
+pub fn remove_superseded(dir: &Path, pause: std::time::Duration) -> io::Result<()> {
+    remove_superseded_waiting(dir, pause, super::MAPPED_WAIT)
+}
+
+fn remove_superseded_waiting(
+    dir: &Path,
+    pause: std::time::Duration,
+    wait: std::time::Duration,
+) -> io::Result<()> {
+    let Some(found) = list(dir)? else {
+        return Ok(());
+    };
+    for path in &found.tmp {
+        std::fs::remove_file(path).map_err(|e| err(path, "cannot remove", e))?;
+    }
+    let mut doomed = Vec::new();
+    for path in found.older {
+        match std::fs::metadata(&path) {
+            Ok(m) => doomed.push(Superseded {
+                id: (m.dev(), m.ino()),
+                path,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&path, "cannot stat", e)),
+        }
+    }
+    super::remove_files(&doomed, pause, wait)
+}
+
+/// What a checkpoint directory holds.
+struct Listed {
+    /// The newest checkpoint (its part 0 exists): its seq and its parts, in order.
+    newest: Option<(u64, Vec<PathBuf>)>,
+    /// Temporary files (a checkpoint being written or abandoned).
+    tmp: Vec<PathBuf>,
+    /// Every other checkpoint's parts.
+    older: Vec<PathBuf>,
+}
+
+fn list(dir: &Path) -> io::Result<Option<Listed>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut tmp = Vec::new();
     let mut parts: Vec<(u64, u32, PathBuf)> = Vec::new();
-    for entry in list {
+    for entry in entries {
         let path = entry.map_err(|e| err(dir, "cannot list", e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".tmp") {
-            std::fs::remove_file(&path).map_err(|e| err(&path, "cannot remove", e))?;
+            tmp.push(path);
             continue;
         }
         let parsed = name.strip_suffix(".ckpt").and_then(|n| {
@@ -291,15 +352,70 @@ pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
         .filter(|(_, p, _)| *p == 0)
         .map(|(s, _, _)| *s)
         .max();
-    let mut keep = Vec::new();
+    let (mut keep, mut older) = (Vec::new(), Vec::new());
     for (s, _, path) in parts {
         if Some(s) == newest {
             keep.push(path);
         } else {
-            std::fs::remove_file(&path).map_err(|e| err(&path, "cannot remove", e))?;
+            older.push(path);
         }
     }
-    Ok(newest.map(|s| (s, keep)))
+    Ok(Some(Listed {
+        newest: newest.map(|s| (s, keep)),
+        tmp,
+        older,
+    }))
+}
+
+/// A superseded checkpoint's part, known by its file's identity (device, inode) to [`HELD`].
+struct Superseded {
+    path: PathBuf,
+    id: FileId,
+}
+
+impl super::Doomed for Superseded {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn held(&self) -> bool {
+        held(self.id)
+    }
+}
+
+/// Who holds checkpoint files, by file (device, inode): each loaded part's mapping, and each
+/// Raft snapshot being sent ([`hold`]). Entries whose holder is gone are dropped as new ones
+/// come. A process has a few checkpoints' parts at a time, so a list does.
+static HELD: std::sync::Mutex<Vec<(FileId, Weak<()>)>> = std::sync::Mutex::new(Vec::new());
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+fn register(id: FileId, holder: Weak<()>) {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    held.retain(|(_, w)| w.strong_count() > 0);
+    held.push((id, holder));
+}
+
+fn held(id: FileId) -> bool {
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    held.iter().any(|(i, w)| *i == id && w.strong_count() > 0)
+}
+
+/// Holds checkpoint files while it lives: a superseded checkpoint's part is not cut down under
+/// a Raft snapshot being sent from it (it is unlinked whole instead, and stays readable
+/// through the sender's open files). Take it before opening the files.
+pub struct Held {
+    _alive: Arc<()>,
+}
+
+/// Holds the files at `paths` (see [`Held`]).
+pub fn hold(paths: &[PathBuf]) -> io::Result<Held> {
+    let alive = Arc::new(());
+    for path in paths {
+        let m = std::fs::metadata(path).map_err(|e| err(path, "cannot stat", e))?;
+        register((m.dev(), m.ino()), Arc::downgrade(&alive));
+    }
+    Ok(Held { _alive: alive })
 }
 
 /// A checkpoint read back and checked: its metadata, the parts' mappings, and its revisions
@@ -364,11 +480,11 @@ pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
     let mut end = None;
     let mut record_seq = 1;
     for (i, path) in paths.iter().enumerate() {
-        let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
         // SAFETY: a finished checkpoint is never written to again; it is removed only after a
-        // newer one replaced it and no value points into it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(path, "cannot map", e))?;
-        let map = Bytes::from_owner(map);
+        // newer one replaced it, and cut down only once this mapping is gone (`HELD`).
+        let (map, mapped, file) = unsafe { super::segment::map_tracked(path) }?;
+        let m = file.metadata().map_err(|e| err(path, "cannot stat", e))?;
+        register((m.dev(), m.ino()), mapped);
         let bad = |off: usize, why: &str| {
             err(
                 path,
@@ -576,5 +692,60 @@ mod tests {
             q.extend(p);
             let _ = parse_item(&Bytes::from(q));
         }
+    }
+
+    /// A superseded checkpoint's part is cut down only when nothing holds it: a mapping with a
+    /// value still in use, or a Raft snapshot being sent from it ([`hold`]). Without those
+    /// checks the held value faults (SIGBUS) and the sender reads a shortened file.
+    #[test]
+    fn a_superseded_checkpoint_is_cut_only_once_nothing_holds_it() {
+        let wait = std::time::Duration::from_millis(30);
+        let pause = std::time::Duration::ZERO;
+        let value = vec![9u8; 3 << 20];
+        let write = |dir: &Path, seq: u64| {
+            let mut w = Writer::create(dir, seq, b"{}").unwrap();
+            w.item(&item("a", 2, Some(&value))).unwrap();
+            w.finish().unwrap()
+        };
+        // A value of checkpoint 1 still in use when checkpoint 2 replaces it.
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(dir.path(), 1);
+        let held_value = load(1, &first)
+            .unwrap()
+            .items()
+            .next()
+            .unwrap()
+            .value
+            .unwrap();
+        let second = write(dir.path(), 2);
+        remove_superseded_waiting(dir.path(), pause, wait).unwrap();
+        assert!(!first[0].exists() && second[0].exists());
+        assert_eq!(held_value, value, "the value reads back after the removal");
+        drop(held_value);
+        // A snapshot being sent from checkpoint 2 when checkpoint 3 replaces it.
+        let held = hold(&second).unwrap();
+        let sending = File::open(&second[0]).unwrap();
+        let len = sending.metadata().unwrap().len();
+        write(dir.path(), 3);
+        remove_superseded_waiting(dir.path(), pause, wait).unwrap();
+        assert!(!second[0].exists());
+        assert_eq!(
+            sending.metadata().unwrap().len(),
+            len,
+            "the sender's file is whole"
+        );
+        drop((held, sending));
+        // Nothing holds checkpoint 3 when checkpoint 4 replaces it: it is cut down (a file
+        // still open shows it), and only checkpoint 4 is left.
+        let third = parts_of(dir.path(), 3).unwrap();
+        let open = File::open(&third[0]).unwrap();
+        let fourth = write(dir.path(), 4);
+        remove_superseded_waiting(dir.path(), pause, wait).unwrap();
+        assert_eq!(
+            open.metadata().unwrap().len(),
+            0,
+            "cut down before the unlink"
+        );
+        assert_eq!(newest(dir.path()).unwrap(), Some((4, fourth)));
     }
 }

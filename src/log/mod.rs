@@ -477,7 +477,7 @@ const CUT_BYTES: u64 = 4 << 20;
 pub const CUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long released segments' mappings may stay in use (one wait for all the files of a
 /// call) before those still mapped are unlinked whole.
-const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Removes released segments' files, then syncs the directory; blocking, for a thread of its
 /// own. Each file is cut down [`CUT_BYTES`] at a time, `pause` apart, then unlinked: unlinking
@@ -492,29 +492,46 @@ const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// recovery: every released file is followed, in seq order, by another released one or by the
 /// segment that took appends, which stays, and a start removes all of them unread.
 pub fn remove_released(files: &[Released], pause: std::time::Duration) -> io::Result<()> {
-    remove_released_waiting(files, pause, MAPPED_WAIT)
+    remove_files(files, pause, MAPPED_WAIT)
 }
 
-fn remove_released_waiting(
-    files: &[Released],
+/// A file going that something may still map or read: it is cut down only once nothing does.
+pub(crate) trait Doomed {
+    fn path(&self) -> &Path;
+    fn held(&self) -> bool;
+}
+
+impl Doomed for Released {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn held(&self) -> bool {
+        self.mapped.strong_count() > 0
+    }
+}
+
+/// Removes `files` (cut down first where nothing holds them, `wait` at most for all of them
+/// to be let go of) and syncs their directory: [`remove_released`]'s steps, for log segments
+/// and for a superseded checkpoint's parts alike.
+pub(crate) fn remove_files<F: Doomed>(
+    files: &[F],
     pause: std::time::Duration,
     wait: std::time::Duration,
 ) -> io::Result<()> {
     let deadline = Instant::now() + wait;
-    let (free, mapped): (Vec<&Released>, Vec<&Released>) =
-        files.iter().partition(|f| f.mapped.strong_count() == 0);
-    for f in free.into_iter().chain(mapped) {
-        while f.mapped.strong_count() > 0 && Instant::now() < deadline {
+    let (free, held): (Vec<&F>, Vec<&F>) = files.iter().partition(|f| !f.held());
+    for f in free.into_iter().chain(held) {
+        while f.held() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        if f.mapped.strong_count() == 0 {
-            if let Err(e) = cut_down(&f.path, pause) {
-                tracing::warn!(error = %e, "a released segment is unlinked whole");
+        if !f.held() {
+            if let Err(e) = cut_down(f.path(), pause) {
+                tracing::warn!(error = %e, "a file being removed is unlinked whole");
             }
         }
-        std::fs::remove_file(&f.path).map_err(|e| err(&f.path, "cannot remove", e))?;
+        std::fs::remove_file(f.path()).map_err(|e| err(f.path(), "cannot remove", e))?;
     }
-    if let Some(dir) = files.first().and_then(|f| f.path.parent()) {
+    if let Some(dir) = files.first().and_then(|f| f.path().parent()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| err(dir, "cannot sync directory", e))?;
@@ -1007,8 +1024,7 @@ mod tests {
             assert_eq!(gone[1].mapped.strong_count(), 0, "nothing maps it");
             let cut_len = |r: &Released| std::fs::metadata(&r.path).unwrap().len();
             assert!(cut_len(&gone[0]) >= 1 << 20 && cut_len(&gone[1]) >= 1 << 20);
-            remove_released_waiting(&gone, CUT_PAUSE, std::time::Duration::from_millis(30))
-                .unwrap();
+            remove_files(&gone, CUT_PAUSE, std::time::Duration::from_millis(30)).unwrap();
             assert!(gone.iter().all(|r| !r.path.exists()));
             assert!(held[0].iter().all(|&b| b == 7) && held[0].len() == 700 << 10);
             drop(held);

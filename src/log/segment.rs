@@ -26,8 +26,9 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what} {}: {e}", path.display()))
 }
 
-/// A segment's mapping, which tells through a `Weak` when it is unmapped (its last `Bytes`
-/// slice dropped): a released segment's file is only cut down then ([`super::remove_released`]).
+/// A file's mapping (a segment's or a checkpoint part's), which tells through a `Weak` when it
+/// is unmapped (its last `Bytes` slice dropped): a released segment's or a superseded
+/// checkpoint's file is only cut down then ([`super::remove_files`]).
 /// The fields drop in order: the mapping goes before the `Arc` that says it is there.
 struct Mapped {
     map: Mmap,
@@ -40,11 +41,15 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
-fn map(path: &Path) -> io::Result<(Bytes, Weak<()>)> {
+/// Maps the file at `path` read-only (the file itself too, for its identity).
+///
+/// # Safety
+///
+/// Nothing may change the file's bytes that a reader of the mapping reads, nor truncate it
+/// while it is mapped.
+pub(super) unsafe fn map_tracked(path: &Path) -> io::Result<(Bytes, Weak<()>, File)> {
     let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
-    // SAFETY: segment files are only ever appended to at offsets past the records anyone
-    // reads, through the page cache this mapping shares, and are never truncated while mapped
-    // (a released segment is cut down only once this mapping is gone).
+    // SAFETY: the caller's promise.
     let m = unsafe { Mmap::map(&file) }.map_err(|e| err(path, "cannot map", e))?;
     let alive = Arc::new(());
     let mapped = Arc::downgrade(&alive);
@@ -54,7 +59,16 @@ fn map(path: &Path) -> io::Result<(Bytes, Weak<()>)> {
             _alive: alive,
         }),
         mapped,
+        file,
     ))
+}
+
+fn map(path: &Path) -> io::Result<(Bytes, Weak<()>)> {
+    // SAFETY: segment files are only ever appended to at offsets past the records anyone
+    // reads, through the page cache this mapping shares, and are never truncated while mapped
+    // (a released segment is cut down only once this mapping is gone).
+    let (map, mapped, _) = unsafe { map_tracked(path) }?;
+    Ok((map, mapped))
 }
 
 impl Segment {

@@ -215,10 +215,13 @@ async fn stream_snapshot(
 ) -> io::Result<u64> {
     let seq = crate::consensus::snapshot_seq(m.get_snapshot())
         .ok_or_else(|| io::Error::other("a snapshot without its checkpoint"))?;
-    // Opened at once: a newer checkpoint may remove these files, and open files stay readable.
-    // Read through io_uring: a cold page cache does not stall the Raft shard.
+    // Held, then opened at once: a newer checkpoint may remove these files, which it then
+    // unlinks whole rather than cutting them down, and open files stay readable. Read through
+    // io_uring: a cold page cache does not stall the Raft shard.
+    let parts = crate::log::checkpoint::parts_of(dir, seq)?;
+    let _held = crate::log::checkpoint::hold(&parts)?;
     let mut files = Vec::new();
-    for p in crate::log::checkpoint::parts_of(dir, seq)? {
+    for p in parts {
         files.push(BufferedFile::open(&p).await.map_err(io::Error::from)?);
     }
     let mut s = connect(urls, tls, SNAPSHOT_MAGIC, me, cluster_id, to).await?;

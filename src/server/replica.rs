@@ -2462,7 +2462,7 @@ impl Node {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
-            crate::log::checkpoint::newest(&dir).map(drop)
+            crate::log::checkpoint::remove_superseded(&dir, crate::log::CUT_PAUSE)
         });
         tracing::info!(
             index = meta.index,

@@ -1137,7 +1137,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     };
     let remover = std::thread::spawn(move || -> io::Result<()> {
         crate::log::remove_released(&segments, pause)?;
-        checkpoint::newest(&cdir).map(drop)
+        checkpoint::remove_superseded(&cdir, pause)
     });
     while !remover.is_finished() {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
