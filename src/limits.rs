@@ -78,6 +78,9 @@ pub const CHECKPOINT_KEYS_PER_STEP: usize = 2_000;
 /// time (unless somebody waits for the checkpoint): the walk takes at most about 1 / (1 + this)
 /// of the owner's time.
 pub const CHECKPOINT_PACE: u32 = 3;
+/// A checkpoint somebody waits for (a Defragment) waits this fraction of each step's time
+/// instead: at most about four fifths of the owner's time (see `server::shard::pace`).
+pub const CHECKPOINT_HURRIED_PACE_DIVISOR: u32 = 4;
 
 /// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.
 pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;

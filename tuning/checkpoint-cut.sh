@@ -10,15 +10,18 @@
 # (tuning/results/2026-11-27-checkpoint-cut.md).
 #
 # usage: tuning/checkpoint-cut.sh BIN_A BIN_B [ROUNDS]   (KEYS 1000000, RATE 20000, TOTAL 400000)
+#   A "binary" may be /usr/bin/etcd (its defrag rewrites its bbolt file). EXTRA adds server
+#   flags to both (e.g. EXTRA="--quota-backend-bytes 8589934592").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=$1 b=$2 rounds=${3:-1}
 keys=${KEYS:-1000000} rate=${RATE:-20000} total=${TOTAL:-400000}
+read -r -a extra <<<"${EXTRA:-}"
 source tuning/lib.sh
 fsyncs() { curl -s "http://$ENDPOINTS/metrics" | grep -E '^etcd_disk_wal_fsync_duration_seconds_(bucket|count)'; }
 one() {
   local bin=$1 before line t0 t1
-  start_one c "$bin"
+  start_one c "$bin" "${extra[@]}"
   target/release/loadgen run --endpoints "$ENDPOINTS" --workload put --clients 100 --conns 10 \
     --total "$keys" --key-space "$keys" --sequential-keys --val-size 1024 >/dev/null 2>&1
   etcdctl --endpoints "$ENDPOINTS" --command-timeout 600s defrag >/dev/null
@@ -36,7 +39,7 @@ one() {
   cpu=$(echo "$out" | grep -E "server CPU" | sed 's/.*server CPU/CPU/')
   echo "$bin: $line; $cpu"
   read -r t0 t1 <"$work/defrag"
-  echo "  defrag $(echo "$t1 - $t0" | bc) s; checkpoint files $(du -sh "$work/c0/member/checkpoint" | cut -f1)"
+  echo "  defrag $(echo "$t1 - $t0" | bc) s; data dir $(du -sh "$work/c0" | cut -f1)"
   paste <(echo "$before") <(fsyncs) | awk '
     /le="0.008"/ {b8 = $4 - $2} /le="0.016"/ {b16 = $4 - $2} /le="0.032"/ {b32 = $4 - $2}
     /_count/ {n = $4 - $2}

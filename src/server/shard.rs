@@ -1161,14 +1161,21 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
 }
 
 /// After a checkpoint's step on the owner took `spent` (asked to answered), waits three
-/// times as long, unless somebody waits for the checkpoint (`hurry`): the walk and the
-/// repointing take at most about a quarter of the owner's time. Unpaced, steps of 2,000 keys
-/// (2-6 ms each on the 2-core machine) followed each other every 4-5 ms while puts came at
-/// 30k/s: the owner's capacity fell below the offered rate for the whole walk.
+/// times as long, or a quarter as long when somebody waits for the checkpoint (`hurry`): the
+/// walk and the repointing take at most about a quarter of the owner's time, or four fifths.
+/// Unpaced, steps of 2,000 keys (2-6 ms each on the 2-core machine) followed each other every
+/// 4-5 ms while puts came at 30k/s: the owner's capacity fell below the offered rate for the
+/// whole walk. A hurried checkpoint waits too: with no wait at all its steps and the apply loop
+/// kept the owner's task queue from ever emptying, and glommio looks at its sockets only when
+/// the queue is empty or its preemption timer (100 ms) fires, so puts at 5k/s waited up to
+/// 300 ms while a Defragment repointed 1M keys (tuning/results/2026-11-27-checkpoint-cut.md).
 async fn pace(hurry: &kv::Hurry, spent: std::time::Duration) {
-    if !hurry.load(std::sync::atomic::Ordering::Relaxed) {
-        glommio::timer::sleep(spent * crate::limits::CHECKPOINT_PACE).await;
-    }
+    let wait = if hurry.load(std::sync::atomic::Ordering::Relaxed) {
+        spent / crate::limits::CHECKPOINT_HURRIED_PACE_DIVISOR
+    } else {
+        spent * crate::limits::CHECKPOINT_PACE
+    };
+    glommio::timer::sleep(wait).await;
 }
 
 /// Sends a batch (None: abandon) to a checkpoint's writer without blocking the shard: while
