@@ -1503,7 +1503,7 @@ async fn run(
                 Some(i) => i,
                 None => {
                     node.state.compact_step(COMPACT_KEYS_PER_STEP);
-                    futures_lite::future::yield_now().await;
+                    shard::let_io_in().await;
                     continue;
                 }
             }

@@ -637,7 +637,7 @@ async fn apply_loop(
                 Some(None) => break,
                 None => {
                     state.compact_step(COMPACT_KEYS_PER_STEP);
-                    futures_lite::future::yield_now().await;
+                    let_io_in().await;
                     continue;
                 }
             }
@@ -1158,6 +1158,16 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         "checkpoint taken"
     );
     Ok(())
+}
+
+/// Goes on after the executor has looked at its sockets and timers, for a task doing long work
+/// in steps: glommio polls them only when no task is runnable or its preemption timer fired
+/// (every 100 ms), so a task that only yields between steps (`yield_now`) stays runnable and
+/// holds every request that arrives meanwhile for up to 100 ms. A short timer makes the task
+/// wait for the reactor (one that has already expired when first polled would not: glommio
+/// answers it at once).
+pub(crate) async fn let_io_in() {
+    glommio::timer::sleep(std::time::Duration::from_micros(50)).await;
 }
 
 /// After a checkpoint's step on the owner took `spent` (asked to answered), waits three
