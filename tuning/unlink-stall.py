@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """How removing large files delays another file's fdatasyncs, on the file system of DIR.
 
-Writes three 64 MiB files (or COUNT files of MIB MiB), then loops 13 KiB writes + fdatasync on a fourth (a log's batch)
-while it removes the three: `plain` unlinks each whole, `fadvise` drops its cached pages
-first in 8 MiB steps, `trunc` cuts it down 8 MiB at a time (2 ms apart) before unlinking,
-`trunc0` likewise without the pauses.
+Writes three 64 MiB files (or COUNT files of MIB MiB), then loops 13 KiB writes + fdatasync on
+another file (a log's batch) while it removes them: `plain` unlinks each whole, `fadvise` drops
+its cached pages first in 8 MiB steps, `trunc` cuts it down 4 MiB at a time (2 ms apart, as
+ferrocd does; 8 MiB before 2026-11-27 evening) before unlinking, `trunc0` likewise without the
+pauses.
 Prints the removal times and the fdatasyncs' p50/p99/max
 (tuning/results/2026-11-27-checkpoint-write-back.md).
 
@@ -58,7 +59,7 @@ for p in big:
         os.close(fd)
     if mode in ("trunc", "trunc0"):
         fd = os.open(p, os.O_WRONLY)
-        for n in range(mib - 8, -1, -8):
+        for n in range(mib - 4, -1, -4):
             os.ftruncate(fd, n << 20)
             if mode == "trunc":
                 time.sleep(0.002)

@@ -264,18 +264,25 @@ pub fn newest(dir: &Path) -> io::Result<Option<(u64, Vec<PathBuf>)>> {
     let Some(found) = list(dir)? else {
         return Ok(None);
     };
-    for path in found.tmp.iter().chain(&found.older) {
+    for path in found
+        .tmp
+        .iter()
+        .chain(&found.older)
+        .chain(&found.unfinished)
+    {
         std::fs::remove_file(path).map_err(|e| err(path, "cannot remove", e))?;
     }
     Ok(found.newest)
 }
 
-/// Removes every checkpoint file in `dir` but the newest checkpoint's, once a newer one
-/// replaced them, on a thread of its own (blocking): temporary files go whole, a superseded
-/// checkpoint's parts are cut down first, `pause` apart, as released log segments are
+/// Removes the parts of every checkpoint in `dir` older than the newest, once a newer one
+/// replaced them, on a thread of its own (blocking). Temporary files and the parts of a newer
+/// checkpoint not complete yet (one being adopted from a leader renames part 0 last) stay:
+/// their writer owns them, and a start removes what a crash left. The parts are cut down
+/// first, `pause` apart, as released log segments are
 /// ([`super::remove_released`]): a part grows to 1 GiB, whose unlink took 219-229 ms on the
-/// 2-core machine's ext4 and held another file's fdatasync up to 52-62 ms, against 2.4-6.3 ms
-/// with the file cut down first (`tuning/unlink-stall.py DIR plain|trunc 1024 1`,
+/// 2-core machine's ext4 and held another file's fdatasync up to 52-68 ms, against 2.3-10.0 ms
+/// with the file cut down 4 MiB at a time first (`tuning/unlink-stall.py DIR plain|trunc 1024 1`,
 /// tuning/results/2026-11-27-checkpoint-cut.md). A part still mapped (a value being sent) or
 /// read (a Raft snapshot being sent from it, see [`hold`]) is waited for, then unlinked whole.
 pub fn remove_superseded(dir: &Path, pause: std::time::Duration) -> io::Result<()> {
@@ -290,9 +297,6 @@ fn remove_superseded_waiting(
     let Some(found) = list(dir)? else {
         return Ok(());
     };
-    for path in &found.tmp {
-        std::fs::remove_file(path).map_err(|e| err(path, "cannot remove", e))?;
-    }
     let mut doomed = Vec::new();
     for path in found.older {
         match std::fs::metadata(&path) {
@@ -313,8 +317,10 @@ struct Listed {
     newest: Option<(u64, Vec<PathBuf>)>,
     /// Temporary files (a checkpoint being written or abandoned).
     tmp: Vec<PathBuf>,
-    /// Every other checkpoint's parts.
+    /// The parts of checkpoints older than the newest.
     older: Vec<PathBuf>,
+    /// The parts of newer ones without their part 0 (being renamed, or left by a crash).
+    unfinished: Vec<PathBuf>,
 }
 
 fn list(dir: &Path) -> io::Result<Option<Listed>> {
@@ -352,18 +358,19 @@ fn list(dir: &Path) -> io::Result<Option<Listed>> {
         .filter(|(_, p, _)| *p == 0)
         .map(|(s, _, _)| *s)
         .max();
-    let (mut keep, mut older) = (Vec::new(), Vec::new());
+    let (mut keep, mut older, mut unfinished) = (Vec::new(), Vec::new(), Vec::new());
     for (s, _, path) in parts {
-        if Some(s) == newest {
-            keep.push(path);
-        } else {
-            older.push(path);
+        match newest {
+            Some(n) if s == n => keep.push(path),
+            Some(n) if s < n => older.push(path),
+            _ => unfinished.push(path),
         }
     }
     Ok(Some(Listed {
         newest: newest.map(|s| (s, keep)),
         tmp,
         older,
+        unfinished,
     }))
 }
 
@@ -378,44 +385,81 @@ impl super::Doomed for Superseded {
         &self.path
     }
     fn held(&self) -> bool {
-        held(self.id)
+        let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        held.holds(self.id)
+    }
+    fn claim(&self) -> bool {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if held.holds(self.id) {
+            return false;
+        }
+        held.cutting.push(self.id);
+        true
+    }
+    fn unclaim(&self) {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        held.cutting.retain(|&i| i != self.id);
     }
 }
 
 /// Who holds checkpoint files, by file (device, inode): each loaded part's mapping, and each
-/// Raft snapshot being sent ([`hold`]). Entries whose holder is gone are dropped as new ones
-/// come. A process has a few checkpoints' parts at a time, so a list does.
-static HELD: std::sync::Mutex<Vec<(FileId, Weak<()>)>> = std::sync::Mutex::new(Vec::new());
+/// Raft snapshot being sent ([`hold`]); and the files being cut down, which nobody may take
+/// hold of. Entries whose holder is gone are dropped as new ones come. A process has a few
+/// checkpoints' parts at a time, so lists do.
+static HELD: std::sync::Mutex<Holders> = std::sync::Mutex::new(Holders {
+    holders: Vec::new(),
+    cutting: Vec::new(),
+});
 
 /// A file's device and inode.
 type FileId = (u64, u64);
 
-fn register(id: FileId, holder: Weak<()>) {
-    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-    held.retain(|(_, w)| w.strong_count() > 0);
-    held.push((id, holder));
+struct Holders {
+    holders: Vec<(FileId, Weak<()>)>,
+    cutting: Vec<FileId>,
 }
 
-fn held(id: FileId) -> bool {
-    let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-    held.iter().any(|(i, w)| *i == id && w.strong_count() > 0)
+impl Holders {
+    fn holds(&self, id: FileId) -> bool {
+        self.holders
+            .iter()
+            .any(|(i, w)| *i == id && w.strong_count() > 0)
+    }
+}
+
+/// Registers `holder` as holding the file `id`, unless that file is being cut down.
+fn register(id: FileId, holder: Weak<()>, path: &Path) -> io::Result<()> {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.cutting.contains(&id) {
+        return Err(err(path, "cannot use", "a newer checkpoint replaced it"));
+    }
+    held.holders.retain(|(_, w)| w.strong_count() > 0);
+    held.holders.push((id, holder));
+    Ok(())
+}
+
+fn file_id(file: &File, path: &Path) -> io::Result<FileId> {
+    let m = file.metadata().map_err(|e| err(path, "cannot stat", e))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Holds checkpoint files while it lives: a superseded checkpoint's part is not cut down under
 /// a Raft snapshot being sent from it (it is unlinked whole instead, and stays readable
-/// through the sender's open files). Take it before opening the files.
+/// through the open files). Files already being cut down cannot be held.
 pub struct Held {
     _alive: Arc<()>,
 }
 
-/// Holds the files at `paths` (see [`Held`]).
-pub fn hold(paths: &[PathBuf]) -> io::Result<Held> {
+/// Opens the files at `paths` and holds them (see [`Held`]) while the returned files are read.
+pub fn hold(paths: &[PathBuf]) -> io::Result<(Held, Vec<File>)> {
     let alive = Arc::new(());
+    let mut files = Vec::new();
     for path in paths {
-        let m = std::fs::metadata(path).map_err(|e| err(path, "cannot stat", e))?;
-        register((m.dev(), m.ino()), Arc::downgrade(&alive));
+        let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
+        register(file_id(&file, path)?, Arc::downgrade(&alive), path)?;
+        files.push(file);
     }
-    Ok(Held { _alive: alive })
+    Ok((Held { _alive: alive }, files))
 }
 
 /// A checkpoint read back and checked: its metadata, the parts' mappings, and its revisions
@@ -480,11 +524,16 @@ pub fn load(seq: u64, paths: &[PathBuf]) -> io::Result<Loaded> {
     let mut end = None;
     let mut record_seq = 1;
     for (i, path) in paths.iter().enumerate() {
+        // Held before it is mapped: a file being cut down is refused, and one held is not cut.
+        let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
+        let id = file_id(&file, path)?;
+        let opening = Arc::new(());
+        register(id, Arc::downgrade(&opening), path)?;
         // SAFETY: a finished checkpoint is never written to again; it is removed only after a
-        // newer one replaced it, and cut down only once this mapping is gone (`HELD`).
-        let (map, mapped, file) = unsafe { super::segment::map_tracked(path) }?;
-        let m = file.metadata().map_err(|e| err(path, "cannot stat", e))?;
-        register((m.dev(), m.ino()), mapped);
+        // newer one replaced it, and cut down only once nothing holds it (`HELD`).
+        let (map, mapped) = unsafe { super::segment::map_tracked(&file, path) }?;
+        register(id, mapped, path)?;
+        drop(opening);
         let bad = |off: usize, why: &str| {
             err(
                 path,
@@ -723,8 +772,8 @@ mod tests {
         assert_eq!(held_value, value, "the value reads back after the removal");
         drop(held_value);
         // A snapshot being sent from checkpoint 2 when checkpoint 3 replaces it.
-        let held = hold(&second).unwrap();
-        let sending = File::open(&second[0]).unwrap();
+        let (held, mut files) = hold(&second).unwrap();
+        let sending = files.remove(0);
         let len = sending.metadata().unwrap().len();
         write(dir.path(), 3);
         remove_superseded_waiting(dir.path(), pause, wait).unwrap();
@@ -746,6 +795,40 @@ mod tests {
             0,
             "cut down before the unlink"
         );
-        assert_eq!(newest(dir.path()).unwrap(), Some((4, fourth)));
+        assert_eq!(newest(dir.path()).unwrap(), Some((4, fourth.clone())));
+        // While a part is being cut down, nothing may take hold of it or map it; afterwards
+        // (here: the claim given back) it may.
+        use crate::log::Doomed;
+        let file = File::open(&fourth[0]).unwrap();
+        let part = Superseded {
+            id: file_id(&file, &fourth[0]).unwrap(),
+            path: fourth[0].clone(),
+        };
+        assert!(part.claim());
+        assert!(hold(&fourth).is_err());
+        assert!(load(4, &fourth).is_err());
+        part.unclaim();
+        assert!(hold(&fourth).is_ok() && load(4, &fourth).is_ok());
+        // A part held is not claimed.
+        let (_held, _files) = hold(&fourth).unwrap();
+        assert!(!part.claim());
+    }
+
+    /// The parts of a newer checkpoint whose part 0 is not there yet (being renamed into
+    /// place) are not an older checkpoint's: only a start removes them.
+    #[test]
+    fn a_checkpoint_being_renamed_in_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), 1, b"{}").unwrap();
+        w.item(&item("a", 2, Some(b"one"))).unwrap();
+        let first = w.finish().unwrap();
+        // Part 1 of checkpoint 5 is in place, its part 0 not yet.
+        let coming = dir.path().join(part_name(5, 1));
+        std::fs::write(&coming, b"part one").unwrap();
+        remove_superseded_waiting(dir.path(), std::time::Duration::ZERO, Default::default())
+            .unwrap();
+        assert!(coming.exists() && first[0].exists());
+        assert_eq!(newest(dir.path()).unwrap(), Some((1, first)));
+        assert!(!coming.exists());
     }
 }

@@ -498,7 +498,15 @@ pub fn remove_released(files: &[Released], pause: std::time::Duration) -> io::Re
 /// A file going that something may still map or read: it is cut down only once nothing does.
 pub(crate) trait Doomed {
     fn path(&self) -> &Path;
+    /// Whether something still maps or reads the file.
     fn held(&self) -> bool;
+    /// Takes the file for cutting if nothing holds it, so that nothing can take hold of it
+    /// afterwards (a segment released by the log is never mapped again).
+    fn claim(&self) -> bool {
+        !self.held()
+    }
+    /// The file is gone (or was unlinked whole after a claim).
+    fn unclaim(&self) {}
 }
 
 impl Doomed for Released {
@@ -524,12 +532,21 @@ pub(crate) fn remove_files<F: Doomed>(
         while f.held() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        if !f.held() {
+        let claimed = f.claim();
+        if claimed {
             if let Err(e) = cut_down(f.path(), pause) {
                 tracing::warn!(error = %e, "a file being removed is unlinked whole");
             }
         }
-        std::fs::remove_file(f.path()).map_err(|e| err(f.path(), "cannot remove", e))?;
+        let removed = std::fs::remove_file(f.path());
+        if claimed {
+            f.unclaim();
+        }
+        match removed {
+            // Another removal (a snapshot's install and a checkpoint's, say) took it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            r => r.map_err(|e| err(f.path(), "cannot remove", e))?,
+        }
     }
     if let Some(dir) = files.first().and_then(|f| f.path().parent()) {
         std::fs::File::open(dir)

@@ -41,16 +41,15 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
-/// Maps the file at `path` read-only (the file itself too, for its identity).
+/// Maps `file` (at `path`) read-only.
 ///
 /// # Safety
 ///
 /// Nothing may change the file's bytes that a reader of the mapping reads, nor truncate it
 /// while it is mapped.
-pub(super) unsafe fn map_tracked(path: &Path) -> io::Result<(Bytes, Weak<()>, File)> {
-    let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
+pub(super) unsafe fn map_tracked(file: &File, path: &Path) -> io::Result<(Bytes, Weak<()>)> {
     // SAFETY: the caller's promise.
-    let m = unsafe { Mmap::map(&file) }.map_err(|e| err(path, "cannot map", e))?;
+    let m = unsafe { Mmap::map(file) }.map_err(|e| err(path, "cannot map", e))?;
     let alive = Arc::new(());
     let mapped = Arc::downgrade(&alive);
     Ok((
@@ -59,16 +58,15 @@ pub(super) unsafe fn map_tracked(path: &Path) -> io::Result<(Bytes, Weak<()>, Fi
             _alive: alive,
         }),
         mapped,
-        file,
     ))
 }
 
 fn map(path: &Path) -> io::Result<(Bytes, Weak<()>)> {
+    let file = File::open(path).map_err(|e| err(path, "cannot open", e))?;
     // SAFETY: segment files are only ever appended to at offsets past the records anyone
     // reads, through the page cache this mapping shares, and are never truncated while mapped
     // (a released segment is cut down only once this mapping is gone).
-    let (map, mapped, _) = unsafe { map_tracked(path) }?;
-    Ok((map, mapped))
+    unsafe { map_tracked(&file, path) }
 }
 
 impl Segment {

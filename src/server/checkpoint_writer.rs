@@ -17,9 +17,18 @@ use std::thread::JoinHandle;
 use crate::kv::Hurry;
 use crate::log::checkpoint::{self, Item, Loaded};
 
-/// What the owner sends: batches of revisions in order, `None` to abandon. Closing the
-/// channel ends the checkpoint.
-pub(crate) type Batches = Receiver<Option<Vec<Item>>>;
+/// What the owner sends: batches of revisions in order, then the end, or the abandonment.
+pub(crate) enum Batch {
+    Items(Vec<Item>),
+    /// Every revision was sent: the checkpoint is finished.
+    End,
+    Abandon,
+}
+
+/// The owner's batches. A channel closed without [`Batch::End`] (the owner's walk stopped on
+/// an error) abandons the checkpoint: finishing it would give a complete-looking checkpoint
+/// missing the keys the walk did not reach, which a restart would take for the state.
+pub(crate) type Batches = Receiver<Batch>;
 
 /// A written checkpoint, read back and checked, with its size on disk (None: abandoned).
 pub(crate) type Written = Option<(Loaded, u64)>;
@@ -56,7 +65,7 @@ impl WriterThread {
         seq: u64,
         meta: Vec<u8>,
         hurry: Hurry,
-    ) -> io::Result<(WriterThread, SyncSender<Option<Vec<Item>>>)> {
+    ) -> io::Result<(WriterThread, SyncSender<Batch>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let niced = !hurry.load(Ordering::Relaxed);
         let running = spawn(Start::New { dir, meta }, seq, rx, niced.then_some(hurry))?;
@@ -128,12 +137,13 @@ fn spawn(
                 if hurry.as_ref().is_some_and(|h| h.load(Ordering::Relaxed)) {
                     return Ok(Exit::Handed(w, rx));
                 }
-                let Ok(batch) = rx.recv() else {
-                    break;
-                };
-                let Some(items) = batch else {
-                    w.abandon();
-                    return Ok(Exit::Done(None, nice()));
+                let items = match rx.recv() {
+                    Ok(Batch::Items(items)) => items,
+                    Ok(Batch::End) => break,
+                    Ok(Batch::Abandon) | Err(_) => {
+                        w.abandon();
+                        return Ok(Exit::Done(None, nice()));
+                    }
                 };
                 for it in &items {
                     if let Err(e) = w.item(it) {
@@ -201,21 +211,13 @@ mod tests {
             if hurry_after == Some(b as usize) {
                 hurry.store(true, Ordering::Relaxed);
             }
-            let mut batch = Some((b * 100..(b + 1) * 100).map(item).collect::<Vec<_>>());
-            // As the owner sends: never blocking, looking at the thread meanwhile.
-            loop {
-                match tx.try_send(batch.take()) {
-                    Ok(()) => break,
-                    Err(std::sync::mpsc::TrySendError::Full(back)) => {
-                        batch = back;
-                        t.ended().unwrap();
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            send(
+                &tx,
+                &mut t,
+                Batch::Items((b * 100..(b + 1) * 100).map(item).collect()),
+            );
         }
-        drop(tx);
+        send(&tx, &mut t, Batch::End);
         while !t.ended().unwrap() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -223,6 +225,42 @@ mod tests {
         assert!(bytes > 100_000);
         assert_eq!(loaded.seq, 9);
         (loaded.items().collect(), t.handed, t.nice)
+    }
+
+    /// As the owner sends: never blocking, looking at the thread meanwhile.
+    fn send(tx: &SyncSender<Batch>, t: &mut WriterThread, mut batch: Batch) {
+        loop {
+            match tx.try_send(batch) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    batch = back;
+                    t.ended().unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// An owner whose walk stops on an error drops its sender without the end: the thread
+    /// abandons the checkpoint rather than finish one that lacks the keys not walked yet
+    /// (which a restart would load as the whole state).
+    #[test]
+    fn a_walk_that_stops_without_its_end_leaves_no_checkpoint() {
+        for hurried in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let hurry = Hurry::default();
+            hurry.store(hurried, Ordering::Relaxed);
+            let (mut t, tx) =
+                WriterThread::start(dir.path().to_path_buf(), 9, b"{}".to_vec(), hurry).unwrap();
+            send(&tx, &mut t, Batch::Items((0..100).map(item).collect()));
+            drop(tx);
+            while !t.ended().unwrap() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(t.result().unwrap().is_none(), "abandoned");
+            assert_eq!(checkpoint::newest(dir.path()).unwrap(), None);
+        }
     }
 
     #[test]

@@ -216,10 +216,11 @@ async fn stream_snapshot(
     let seq = crate::consensus::snapshot_seq(m.get_snapshot())
         .ok_or_else(|| io::Error::other("a snapshot without its checkpoint"))?;
     // Held, then opened at once: a newer checkpoint may remove these files, which it then
-    // unlinks whole rather than cutting them down, and open files stay readable. Read through
-    // io_uring: a cold page cache does not stall the Raft shard.
+    // unlinks whole rather than cutting them down, and open files stay readable (files already
+    // being cut down cannot be held: the send fails, and Raft asks for the newer snapshot).
+    // Read through io_uring: a cold page cache does not stall the Raft shard.
     let parts = crate::log::checkpoint::parts_of(dir, seq)?;
-    let _held = crate::log::checkpoint::hold(&parts)?;
+    let (_held, _open) = crate::log::checkpoint::hold(&parts)?;
     let mut files = Vec::new();
     for p in parts {
         files.push(BufferedFile::open(&p).await.map_err(io::Error::from)?);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
-use super::checkpoint_writer::WriterThread;
+use super::checkpoint_writer::{Batch, WriterThread};
 use super::metrics::METRICS;
 use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
@@ -1070,14 +1070,17 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         pace(&hurry, asked.elapsed()).await;
         let Some((items, next)) = step else {
             abandoned = true;
-            send_to_writer(&tx, &mut writer, None).await?;
+            send_to_writer(&tx, &mut writer, Batch::Abandon).await?;
             break;
         };
-        send_to_writer(&tx, &mut writer, Some(items)).await?;
+        send_to_writer(&tx, &mut writer, Batch::Items(items)).await?;
         match next {
             Some(k) => after = Some(k),
             None => break,
         }
+    }
+    if !abandoned {
+        send_to_writer(&tx, &mut writer, Batch::End).await?;
     }
     drop(tx);
     while !writer.ended().map_err(|e| e.to_string())? {
@@ -1188,13 +1191,14 @@ async fn pace(hurry: &kv::Hurry, spent: std::time::Duration) {
     glommio::timer::sleep(wait).await;
 }
 
-/// Sends a batch (None: abandon) to a checkpoint's writer without blocking the shard: while
-/// the channel is full, the shard looks at the thread (one that handed its work back, hurried,
-/// receives nothing until it is replaced) and waits. A thread that stopped takes nothing.
+/// Sends a batch to a checkpoint's writer without blocking the shard: while the channel is
+/// full, the shard looks at the thread (one that handed its work back, hurried, receives
+/// nothing until it is replaced) and waits. A thread that stopped takes nothing. Returning
+/// early on an error drops the sender without [`Batch::End`], which abandons the checkpoint.
 async fn send_to_writer(
-    tx: &std::sync::mpsc::SyncSender<Option<Vec<checkpoint::Item>>>,
+    tx: &std::sync::mpsc::SyncSender<Batch>,
     writer: &mut WriterThread,
-    mut msg: Option<Vec<checkpoint::Item>>,
+    mut msg: Batch,
 ) -> Result<(), String> {
     use std::sync::mpsc::TrySendError;
     loop {
