@@ -24,6 +24,28 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes read before deciding the protocol.
 const SNIFF_BYTES: usize = 4;
 
+/// A listener on `addr` for a shard, as `glommio::net::TcpListener::bind` makes it (every
+/// shard listens on the same client address, SO_REUSEPORT) but with SO_REUSEADDR too, as Go's
+/// listeners (etcd's) have: without it, the port of a server stopped a moment ago (etcd
+/// replaced by ferrocd, say) stays refused while its closed connections are in TIME_WAIT, up
+/// to a minute, since those did not have SO_REUSEPORT.
+pub(crate) fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(1024)?;
+    // SAFETY: a listening TCP socket this function owns and hands over whole.
+    Ok(unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) })
+}
+
 /// Accepts connections on `listener`; with a placement (the shard's, and the listener's index
 /// among the client addresses), each goes to the shard that should serve it.
 pub(crate) async fn accept_loop(
@@ -232,5 +254,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    /// A port whose last server closed its connections a moment ago (they are in TIME_WAIT, and
+    /// that server's sockets had SO_REUSEADDR but not SO_REUSEPORT, as std's and Go's) can be
+    /// listened on at once. With glommio's own bind (SO_REUSEPORT alone) it is refused.
+    #[test]
+    fn a_port_just_left_by_another_server_can_be_listened_on() {
+        let before = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = before.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut served, _) = before.accept().unwrap();
+        // The server closes first: its side of the connection goes to TIME_WAIT.
+        served.write_all(b"bye").unwrap();
+        drop(served);
+        let mut buf = [0u8; 8];
+        while client.read(&mut buf).unwrap() > 0 {}
+        drop(client);
+        drop(before);
+        glommio::LocalExecutor::default().run(async move {
+            let l = super::listen(addr).expect("listening on a port in TIME_WAIT");
+            assert_eq!(l.local_addr().unwrap(), addr);
+        });
     }
 }

@@ -206,7 +206,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
                     }
                     (false, _) => None,
                 };
-                match glommio::net::TcpListener::bind(addr) {
+                match conn::listen(*addr) {
                     Ok(l) => listeners.push(l),
                     Err(e) => {
                         let msg = format!("cannot listen on client address {addr}: {e}");
@@ -219,7 +219,7 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
             // The metrics URLs are served by the first shard alone.
             let mut metrics_listeners = Vec::new();
             for addr in opts.metrics_addrs.iter().filter(|_| id == 0) {
-                match glommio::net::TcpListener::bind(addr) {
+                match conn::listen(*addr) {
                     Ok(l) => metrics_listeners.push(l),
                     Err(e) => {
                         let msg = format!("cannot listen on metrics address {addr}: {e}");
