@@ -46,6 +46,16 @@ pub(crate) fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) })
 }
 
+/// Fails if another socket listens on `addr` (another server on the same port), before this
+/// server's own listeners are made: those have SO_REUSEPORT (every shard listens on the
+/// client address), which would let a second server started on the same port take a share
+/// of its connections without a word. A plain bind (SO_REUSEADDR alone) is refused by any
+/// listener there, so a second ferrocd fails to start with "address already in use", as a
+/// second etcd does.
+pub(crate) fn refuse_if_taken(addr: std::net::SocketAddr) -> io::Result<()> {
+    std::net::TcpListener::bind(addr).map(drop)
+}
+
 /// Accepts connections on `listener`; with a placement (the shard's, and the listener's index
 /// among the client addresses), each goes to the shard that should serve it.
 pub(crate) async fn accept_loop(
@@ -278,8 +288,23 @@ mod tests {
         drop(client);
         drop(before);
         glommio::LocalExecutor::default().run(async move {
+            super::refuse_if_taken(addr).expect("nothing listens there");
             let l = super::listen(addr).expect("listening on a port in TIME_WAIT");
             assert_eq!(l.local_addr().unwrap(), addr);
+        });
+    }
+
+    /// A port another server listens on (with SO_REUSEPORT, as ferrocd's shards) is refused,
+    /// though `listen` itself would share it.
+    #[test]
+    fn a_port_another_server_listens_on_is_refused() {
+        glommio::LocalExecutor::default().run(async move {
+            let other = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = other.local_addr().unwrap();
+            let e = super::refuse_if_taken(addr).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+            drop(other);
+            super::refuse_if_taken(addr).expect("free again");
         });
     }
 }

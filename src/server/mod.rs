@@ -137,6 +137,18 @@ pub fn run(opts: ServerOptions) -> std::io::Result<()> {
     let mut handles = Vec::with_capacity(shards);
     // Each shard reports whether its listeners are bound; `run` fails if any could not bind.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    // Before any shard listens: another server on these ports is refused (see
+    // `conn::refuse_if_taken`); peer addresses are checked where they are listened on.
+    for (addr, what) in opts
+        .client_addrs
+        .iter()
+        .map(|(a, _)| (a, "client"))
+        .chain(opts.metrics_addrs.iter().map(|a| (a, "metrics")))
+    {
+        conn::refuse_if_taken(*addr).map_err(|e| {
+            std::io::Error::other(format!("cannot listen on {what} address {addr}: {e}"))
+        })?;
+    }
     let handovers = balance::mesh(shards, opts.connection_placement);
     for (id, (links, handover)) in shard::mesh(shards).into_iter().zip(handovers).enumerate() {
         let opts = opts.clone();

@@ -418,7 +418,8 @@ pub(crate) fn start(
     let tls: Tls = tls.map(Rc::new);
     let here = Rc::new(here);
     for addr in listen {
-        let l = super::conn::listen(*addr)
+        let l = super::conn::refuse_if_taken(*addr)
+            .and_then(|()| super::conn::listen(*addr))
             .map_err(|e| io::Error::other(format!("cannot listen on peer address {addr}: {e}")))?;
         glommio::spawn_local(accept_loop(l, here.clone(), tls.clone())).detach();
     }
