@@ -51,10 +51,29 @@ pub(crate) fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
 /// client address), which would let a second server started on the same port take a share
 /// of its connections without a word. A plain bind (SO_REUSEADDR alone) is refused by any
 /// listener there, so a second ferrocd fails to start with "address already in use", as a
-/// second etcd does.
+/// second etcd does. A refusal is retried for up to [`TAKEN_RETRY`]: a server killed a moment
+/// ago may keep its listener open after its process is reaped, until the kernel tears down its
+/// io_uring (which holds a pending accept on it). Limits: a server checks before its recovery
+/// and listens after it, so two started together can both pass; and the closed connections
+/// of a ferrocd built before 2026-11-27 (listeners without SO_REUSEADDR) refuse the port until
+/// their TIME_WAIT ends, up to a minute, at the first start after an upgrade.
 pub(crate) fn refuse_if_taken(addr: std::net::SocketAddr) -> io::Result<()> {
-    std::net::TcpListener::bind(addr).map(drop)
+    let deadline = std::time::Instant::now() + TAKEN_RETRY;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
+
+/// How long [`refuse_if_taken`] retries a refused address.
+const TAKEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Accepts connections on `listener`; with a placement (the shard's, and the listener's index
 /// among the client addresses), each goes to the shard that should serve it.
