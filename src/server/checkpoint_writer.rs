@@ -17,17 +17,17 @@ use std::thread::JoinHandle;
 use crate::kv::Hurry;
 use crate::log::checkpoint::{self, Item, Loaded};
 
-/// What the owner sends: batches of revisions in order, then the end, or the abandonment.
+/// What the owner sends: batches of revisions in order, then the end.
 pub(crate) enum Batch {
     Items(Vec<Item>),
     /// Every revision was sent: the checkpoint is finished.
     End,
-    Abandon,
 }
 
-/// The owner's batches. A channel closed without [`Batch::End`] (the owner's walk stopped on
-/// an error) abandons the checkpoint: finishing it would give a complete-looking checkpoint
-/// missing the keys the walk did not reach, which a restart would take for the state.
+/// The owner's batches. A channel closed without [`Batch::End`] abandons the checkpoint: the
+/// owner's walk was abandoned (a physical compaction cut in) or stopped on an error, and
+/// finishing it would give a complete-looking checkpoint missing the keys the walk did not
+/// reach, which a restart would take for the state.
 pub(crate) type Batches = Receiver<Batch>;
 
 /// A written checkpoint, read back and checked, with its size on disk (None: abandoned).
@@ -140,7 +140,7 @@ fn spawn(
                 let items = match rx.recv() {
                     Ok(Batch::Items(items)) => items,
                     Ok(Batch::End) => break,
-                    Ok(Batch::Abandon) | Err(_) => {
+                    Err(_) => {
                         w.abandon();
                         return Ok(Exit::Done(None, nice()));
                     }

@@ -1069,8 +1069,8 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         };
         pace(&hurry, asked.elapsed()).await;
         let Some((items, next)) = step else {
+            // The sender dropped below without the end abandons the writer's work.
             abandoned = true;
-            send_to_writer(&tx, &mut writer, Batch::Abandon).await?;
             break;
         };
         send_to_writer(&tx, &mut writer, Batch::Items(items)).await?;
