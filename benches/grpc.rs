@@ -5,9 +5,10 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ferrocd::error::{Code, Status};
 use ferrocd::kv::KvState;
 use ferrocd::proto::etcdserverpb as pb;
-use ferrocd::server::{decode_request, encode_response};
+use ferrocd::server::{decode_request, encode_response, with_deadline};
 use prost::Message;
 
 const KEYS: u64 = 100_000;
@@ -108,9 +109,70 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// A call's deadline (`grpc-timeout`) around work that waits once, as a unary call waits for
+/// its batch: `with_deadline` (one list per executor, swept by one timer) against a glommio
+/// timer per call, which it was until 2026-11-27 (the same `or` around `timer::sleep`).
+fn deadline(c: &mut Criterion) {
+    use std::time::{Duration, Instant};
+    let mut g = c.benchmark_group("deadline");
+    g.throughput(Throughput::Elements(1));
+    let ex = glommio::LocalExecutor::default();
+    let d = Duration::from_secs(5);
+    fn work() -> impl std::future::Future<Output = Result<u8, Status>> {
+        let mut waited = false;
+        std::future::poll_fn(move |cx| {
+            if waited {
+                return std::task::Poll::Ready(Ok(1));
+            }
+            waited = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        })
+    }
+    g.bench_function("with_deadline", |b| {
+        b.iter_custom(|iters| {
+            ex.run(async {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    with_deadline(work(), d).await.unwrap();
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.bench_function("glommio_timer_per_call", |b| {
+        b.iter_custom(|iters| {
+            ex.run(async {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    futures_lite::future::or(work(), async {
+                        glommio::timer::sleep(d).await;
+                        Err(Status::new(Code::DeadlineExceeded, "deadline"))
+                    })
+                    .await
+                    .unwrap();
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.bench_function("no_deadline", |b| {
+        b.iter_custom(|iters| {
+            ex.run(async {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    work().await.unwrap();
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = bench
+    targets = bench, deadline
 }
 criterion_main!(benches);

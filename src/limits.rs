@@ -98,3 +98,6 @@ pub const RESTORE_KEYS_RESERVE_MAX: usize = 2 << 20;
 /// before two election timeouts are added (etcd's LeaseRenew waits up to its request
 /// timeout, 5 s plus two election timeouts).
 pub const KEEPALIVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the sweeper of calls' deadlines looks while any is pending, so how late a
+/// deadline may be noticed (server/deadline.rs).
+pub const DEADLINE_TICK: std::time::Duration = std::time::Duration::from_millis(5);

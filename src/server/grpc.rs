@@ -508,13 +508,14 @@ pub(super) async fn observe(
     }
 }
 
-/// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d`.
+/// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d` (noticed within
+/// `limits::DEADLINE_TICK`: `deadline::Deadline`).
 pub async fn with_deadline<T>(
     f: impl std::future::Future<Output = Result<T, Status>>,
     d: Duration,
 ) -> Result<T, Status> {
     futures_lite::future::or(f, async {
-        glommio::timer::sleep(d).await;
+        super::deadline::Deadline::after(d).await;
         Err(Status::new(
             Code::DeadlineExceeded,
             "context deadline exceeded",

@@ -11,6 +11,7 @@ mod authority;
 mod balance;
 mod checkpoint_writer;
 mod conn;
+mod deadline;
 mod gateway;
 mod grpc;
 mod http1;
