@@ -197,10 +197,18 @@ impl Writer {
         Ok(finals)
     }
 
-    /// Abandons the checkpoint, removing what was written.
+    /// Abandons the checkpoint, removing what was written. Each part is cut down first, as
+    /// superseded parts are ([`remove_superseded`]): a part grows to 1 GiB, and nothing maps
+    /// or holds a temporary file.
     pub fn abandon(self) {
         drop(self.file);
         for p in &self.tmp_paths {
+            match super::cut_down(p, super::CUT_PAUSE) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(error = %e, "an abandoned checkpoint part is unlinked whole");
+                }
+                _ => {}
+            }
             let _ = std::fs::remove_file(p);
         }
     }
@@ -687,8 +695,17 @@ mod tests {
         let base = m.as_ptr() as usize;
         assert!((base..base + m.len()).contains(&(v.as_ptr() as usize)));
         // An unfinished newer checkpoint is ignored and removed; an older one too.
-        let w = Writer::create(dir.path(), 50, b"{}").unwrap();
+        let mut w = Writer::create(dir.path(), 50, b"{}").unwrap();
+        w.item(&items[0]).unwrap();
+        w.file.flush().unwrap();
+        // An abandoned part is cut down before it is unlinked: a second name for it (taken
+        // here to watch) is left empty, where an unlink alone would leave it whole.
+        let watch = dir.path().join("watch");
+        std::fs::hard_link(&w.tmp_paths[0], &watch).unwrap();
+        assert!(std::fs::metadata(&watch).unwrap().len() > 0);
         w.abandon();
+        assert_eq!(std::fs::metadata(&watch).unwrap().len(), 0);
+        std::fs::remove_file(&watch).unwrap();
         let mut w = Writer::create(dir.path(), 60, b"{}").unwrap();
         w.item(&items[0]).unwrap();
         drop(w); // never finished: only .tmp files
