@@ -101,3 +101,6 @@ pub const KEEPALIVE_RETRY: std::time::Duration = std::time::Duration::from_secs(
 /// How often the sweeper of calls' deadlines looks while any is pending, so how late a
 /// deadline may be noticed (server/deadline.rs).
 pub const DEADLINE_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+/// Jobs (a mapping to let go of, or its resident pages) queued for the unmapping thread
+/// before a shard does one itself (log/values.rs).
+pub const MAPPING_JOBS_QUEUED_MAX: usize = 4096;
