@@ -72,6 +72,8 @@ pub struct Writer {
     record_seq: u64,
     items: u64,
     tmp_paths: Vec<PathBuf>,
+    /// Each part's file (a second handle), to cut down an abandoned checkpoint's own files.
+    part_files: Vec<File>,
     buf: Vec<u8>,
     /// Where the current part's write-back has reached (a file offset).
     written_back: u64,
@@ -90,18 +92,33 @@ impl Writer {
             record_seq: 1,
             items: 0,
             tmp_paths: vec![dir.join(format!("{}.tmp", part_name(seq, 0)))],
+            part_files: Vec::new(),
             buf: Vec::new(),
             written_back: 0,
         };
+        w.keep_part_file()?;
         let mut payload = vec![META];
         payload.extend_from_slice(meta);
         w.record(&payload)?;
         Ok(w)
     }
 
+    /// Creates a part's temporary file, always a new one: a file left under its name (by a
+    /// crash, or by an abandoned writer of the same checkpoint still cutting it down) is
+    /// unlinked first, never truncated and shared.
     fn open_part(dir: &Path, seq: u64, part: u32) -> io::Result<io::BufWriter<File>> {
         let path = dir.join(format!("{}.tmp", part_name(seq, part)));
-        let f = File::create(&path).map_err(|e| err(&path, "cannot create", e))?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(err(&path, "cannot remove", e));
+            }
+            _ => {}
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| err(&path, "cannot create", e))?;
         let mut f = io::BufWriter::with_capacity(1 << 20, f);
         let mut head = [0u8; PART_HEADER_BYTES];
         head[..8].copy_from_slice(MAGIC);
@@ -145,6 +162,7 @@ impl Writer {
                 self.dir
                     .join(format!("{}.tmp", part_name(self.seq, self.part))),
             );
+            self.keep_part_file()?;
             self.part_bytes = PART_HEADER_BYTES as u64;
             self.written_back = 0;
         }
@@ -197,19 +215,36 @@ impl Writer {
         Ok(finals)
     }
 
-    /// Abandons the checkpoint, removing what was written. Each part is cut down first, as
-    /// superseded parts are ([`remove_superseded`]): a part grows to 1 GiB, and nothing maps
-    /// or holds a temporary file.
+    fn keep_part_file(&mut self) -> io::Result<()> {
+        let path = self.tmp_paths.last().expect("a part");
+        let f = self
+            .file
+            .get_ref()
+            .try_clone()
+            .map_err(|e| err(path, "cannot open", e))?;
+        self.part_files.push(f);
+        Ok(())
+    }
+
+    /// Abandons the checkpoint, removing what was written. Each part is unlinked (while its
+    /// name is still this writer's file: a later writer of the same checkpoint creates its
+    /// own), then cut down through this writer's handle, as superseded parts are cut
+    /// ([`remove_superseded`]): a part grows to 1 GiB, and its blocks are freed 4 MiB at a
+    /// time instead of all at once. Nothing maps or holds a temporary file.
     pub fn abandon(self) {
+        use std::os::unix::fs::MetadataExt;
         drop(self.file);
-        for p in &self.tmp_paths {
-            match super::cut_down(p, super::CUT_PAUSE) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(error = %e, "an abandoned checkpoint part is unlinked whole");
+        for (p, f) in self.tmp_paths.iter().zip(&self.part_files) {
+            let ours = f.metadata().map(|m| (m.dev(), m.ino()));
+            let named = std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+            if let (Ok(a), Ok(b)) = (ours, named) {
+                if a == b {
+                    let _ = std::fs::remove_file(p);
                 }
-                _ => {}
             }
-            let _ = std::fs::remove_file(p);
+            if let Err(e) = super::cut_file_down(f, p, super::CUT_PAUSE) {
+                tracing::warn!(error = %e, "an abandoned checkpoint part is freed whole");
+            }
         }
     }
 }
@@ -706,6 +741,21 @@ mod tests {
         w.abandon();
         assert_eq!(std::fs::metadata(&watch).unwrap().len(), 0);
         std::fs::remove_file(&watch).unwrap();
+        // A writer abandoned while a later writer of the same checkpoint has begun (a retry
+        // after an error): the later one's files are its own, left whole, and it finishes.
+        let mut a = Writer::create(dir.path(), 70, b"{}").unwrap();
+        a.item(&items[0]).unwrap();
+        a.file.flush().unwrap();
+        let mut b = Writer::create(dir.path(), 70, b"{}").unwrap();
+        for it in &items {
+            b.item(it).unwrap();
+        }
+        a.abandon();
+        let finished = b.finish().unwrap();
+        assert_eq!(load(70, &finished).unwrap().count, 4);
+        for p in finished {
+            std::fs::remove_file(p).unwrap();
+        }
         let mut w = Writer::create(dir.path(), 60, b"{}").unwrap();
         w.item(&items[0]).unwrap();
         drop(w); // never finished: only .tmp files

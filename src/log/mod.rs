@@ -562,6 +562,11 @@ fn cut_down(path: &Path, pause: std::time::Duration) -> io::Result<()> {
         .write(true)
         .open(path)
         .map_err(|e| err(path, "cannot open", e))?;
+    cut_file_down(&file, path, pause)
+}
+
+/// Truncates `file` (opened for writing; `path` names it in errors) as [`cut_down`] does.
+fn cut_file_down(file: &std::fs::File, path: &Path, pause: std::time::Duration) -> io::Result<()> {
     let mut len = file
         .metadata()
         .map_err(|e| err(path, "cannot stat", e))?

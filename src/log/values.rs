@@ -87,10 +87,12 @@ impl Values {
     }
 }
 
-/// Work on mappings done off the shard, on a thread of its own: letting go of a 1 GiB
-/// checkpoint's resident pages (`madvise`) and unmapping the one it replaced took the owner
-/// shard 6.5 and 7.9 ms at each checkpoint (`perf trace`, 2026-11-27), and the resident
-/// pages of every segment are let go of every `RESIDENT_PAGES_INTERVAL`.
+/// Work on mappings done off the shard, on a thread of its own: letting go of the resident
+/// pages of 1 GiB checkpoint parts at each checkpoint took the owner shard two `madvise`
+/// calls of 8.0 and 6.1 ms (`perf trace`, tuning/results/2026-11-27-unmap-thread.md), the
+/// resident pages of every segment are let go of every `RESIDENT_PAGES_INTERVAL`, and a
+/// released mapping's last drop unmaps it (where that drop happens elsewhere, a Raft entry
+/// read from a released segment say, the unmapping happens there).
 enum Job {
     /// MADV_DONTNEED over a whole read-only file mapping, held by the job.
     DontNeed(Bytes),
@@ -126,8 +128,8 @@ fn drop_later(map: Bytes) {
 /// [`Values::drop_resident`]).
 unsafe fn later(job: Job) {
     use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-    use std::sync::{Mutex, OnceLock};
-    static TX: OnceLock<Mutex<SyncSender<Job>>> = OnceLock::new();
+    use std::sync::OnceLock;
+    static TX: OnceLock<SyncSender<Job>> = OnceLock::new();
     let tx = TX.get_or_init(|| {
         let (tx, rx) = sync_channel::<Job>(crate::limits::MAPPING_JOBS_QUEUED_MAX);
         let started = std::thread::Builder::new()
@@ -141,9 +143,9 @@ unsafe fn later(job: Job) {
         if let Err(e) = started {
             tracing::warn!(error = %e, "no thread for unmapping: the shards unmap themselves");
         }
-        Mutex::new(tx)
+        tx
     });
-    let sent = tx.lock().unwrap_or_else(|p| p.into_inner()).try_send(job);
+    let sent = tx.try_send(job);
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sent {
         // SAFETY: as above.
         unsafe { run(job) };

@@ -3,8 +3,10 @@
 //!
 //! Why: a glommio timer is an `Rc` allocation, an insertion into the reactor's ordered map on
 //! its first poll and a removal on drop. Every unary call from an etcd client that sets a
-//! timeout made one; at put c=100 that was 2.5% of the owner shard's samples (profile of
-//! 2026-11-27 at b6d19aa). Here a call takes a slot of a vector (reused, no allocation once
+//! timeout made one; at put c=100 that was 2.6% of the owner shard's samples (profile of
+//! 2026-11-27 at b6d19aa, tuning/results/2026-11-27-deadlines.md). Unary calls use it
+//! (`grpc::with_deadline`); Lock, Campaign and Observe, which may wait long, keep a glommio
+//! timer each. Here a call takes a slot of a vector (reused, no allocation once
 //! warm) and gives it back on drop; a single sweeper task per executor wakes every
 //! [`limits::DEADLINE_TICK`] while any deadline is pending and wakes the calls whose time
 //! has passed. A deadline is therefore noticed up to one tick late; gRPC promises no
@@ -21,8 +23,11 @@ use crate::limits;
 #[derive(Default)]
 struct List {
     /// The glommio executor these slots and the sweeper belong to: a thread may run one
-    /// executor after another (tests, the CLI), and a sweeper dies with its executor.
+    /// executor after another (tests, the CLI), or two in turn. The list starts over when
+    /// another executor polls a deadline, and `generation` tells the slots and sweeper of
+    /// one start from those of another (an executor that runs again finds a new list).
     executor: usize,
+    generation: u64,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Slots in use.
@@ -48,8 +53,8 @@ pub struct Deadline {
     at: Instant,
     /// A zero timeout: complete at once, without a slot.
     now: bool,
-    /// (executor, slot) once registered.
-    slot: Option<(usize, usize)>,
+    /// (the list's generation, slot) once registered.
+    slot: Option<(u64, usize)>,
     _local: std::marker::PhantomData<*const ()>,
 }
 
@@ -69,19 +74,21 @@ impl Future for Deadline {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let executor = glommio::executor().id();
-        let mut spawn = false;
+        let mut spawn = None;
         let mut wake = None;
         let ready = LIST.with(|l| {
             let mut l = l.borrow_mut();
             if l.executor != executor {
-                // The executor this thread ran before is gone, and its sweeper with it.
+                // Another executor used the list last: start over (its sweeper stops).
                 *l = List {
                     executor,
+                    generation: l.generation + 1,
                     ..List::default()
                 };
             }
+            let generation = l.generation;
             match self.slot {
-                Some((e, i)) if e == executor => {
+                Some((g, i)) if g == generation => {
                     let s = &mut l.slots[i];
                     if s.expired {
                         return true;
@@ -113,10 +120,10 @@ impl Future for Deadline {
                         }
                     };
                     l.live += 1;
-                    self.slot = Some((executor, i));
+                    self.slot = Some((generation, i));
                     if !l.sweeping {
                         l.sweeping = true;
-                        spawn = true;
+                        spawn = Some(generation);
                     } else {
                         wake = l.idle_sweeper.take();
                     }
@@ -127,9 +134,9 @@ impl Future for Deadline {
         if let Some(w) = wake {
             w.wake();
         }
-        if spawn {
+        if let Some(generation) = spawn {
             // Outside the list's borrow: glommio may run a spawned task at once.
-            glommio::spawn_local(sweep(executor)).detach();
+            glommio::spawn_local(sweep(generation)).detach();
         }
         if ready {
             Poll::Ready(())
@@ -141,27 +148,34 @@ impl Future for Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
-        let Some((e, i)) = self.slot else { return };
+        let Some((g, i)) = self.slot else { return };
         // During a thread's teardown the list may be gone already; nothing to give back then.
         let _ = LIST.try_with(|l| {
             let mut l = l.borrow_mut();
-            if l.executor == e {
+            if l.generation == g {
                 l.slots[i].waker = None;
                 l.free.push(i);
                 l.live -= 1;
+                if l.live == 0 {
+                    // Nothing holds an index: the list shrinks back after a burst.
+                    l.slots.clear();
+                    l.free.clear();
+                }
             }
         });
     }
 }
 
-/// Marks the executor's sweeper gone when its task is dropped (the executor ended).
-struct Sweeping(usize);
+/// Marks the sweeper gone if its task is dropped. glommio may instead leak a task pending
+/// when its executor ends; what keeps a later executor's deadlines swept is the list
+/// starting over, with a sweeper of its own, when another executor polls one.
+struct Sweeping(u64);
 
 impl Drop for Sweeping {
     fn drop(&mut self) {
         let _ = LIST.try_with(|l| {
             if let Ok(mut l) = l.try_borrow_mut() {
-                if l.executor == self.0 {
+                if l.generation == self.0 {
                     l.sweeping = false;
                     l.idle_sweeper = None;
                 }
@@ -170,14 +184,14 @@ impl Drop for Sweeping {
     }
 }
 
-async fn sweep(executor: usize) {
-    let _sweeping = Sweeping(executor);
+async fn sweep(generation: u64) {
+    let _sweeping = Sweeping(generation);
     let mut due = Vec::new();
     loop {
         let gone = std::future::poll_fn(|cx| {
             LIST.with(|l| {
                 let mut l = l.borrow_mut();
-                if l.executor != executor {
+                if l.generation != generation {
                     Poll::Ready(true)
                 } else if l.live > 0 {
                     Poll::Ready(false)
@@ -195,7 +209,7 @@ async fn sweep(executor: usize) {
         let now = Instant::now();
         LIST.with(|l| {
             let mut l = l.borrow_mut();
-            if l.executor != executor {
+            if l.generation != generation {
                 return;
             }
             // Free slots hold no waker and are skipped.
@@ -251,16 +265,24 @@ mod tests {
     #[test]
     fn dropped_deadlines_give_their_slots_back_and_others_still_fire() {
         glommio::LocalExecutor::default().run(async {
+            let counts = || {
+                LIST.with(|l| {
+                    let l = l.borrow();
+                    (l.slots.len(), l.live)
+                })
+            };
+            let mut pending = Deadline::after(Duration::from_secs(3600));
+            assert!(futures_lite::future::poll_once(&mut pending)
+                .await
+                .is_none());
             for _ in 0..1000 {
                 let mut d = Deadline::after(Duration::from_secs(3600));
                 // Registered on its first poll, then dropped (the call finished first).
                 assert!(futures_lite::future::poll_once(&mut d).await.is_none());
             }
-            let (slots, live) = LIST.with(|l| {
-                let l = l.borrow();
-                (l.slots.len(), l.live)
-            });
-            assert_eq!((slots, live), (1, 0), "one slot reused, none held");
+            assert_eq!(counts(), (2, 1), "one slot reused, one held");
+            drop(pending);
+            assert_eq!(counts(), (0, 0), "none held, the list shrunk back");
             // Many at once, dropped in another order, then one that must fire.
             let mut held: Vec<Deadline> = (0..50)
                 .map(|_| Deadline::after(Duration::from_secs(3600)))
@@ -303,6 +325,34 @@ mod tests {
                 t.await;
             }
             assert_eq!(fired.get(), 20);
+        });
+    }
+
+    #[test]
+    fn executors_taking_turns_on_one_thread_keep_their_deadlines_apart() {
+        let one = glommio::LocalExecutor::default();
+        let two = glommio::LocalExecutor::default();
+        // A deadline of the first executor, registered, then the second one's list.
+        let mut old = Deadline::after(Duration::from_secs(3600));
+        one.run(async {
+            assert!(futures_lite::future::poll_once(&mut old).await.is_none());
+        });
+        two.run(async {
+            bounded(Deadline::after(Duration::from_millis(5))).await;
+        });
+        one.run(async {
+            // A new deadline on the first executor again takes a slot of a new list...
+            let mut new = Deadline::after(Duration::from_secs(3600));
+            assert!(futures_lite::future::poll_once(&mut new).await.is_none());
+            // ...which the old one's drop must leave alone,
+            drop(old);
+            assert_eq!(LIST.with(|l| l.borrow().live), 1);
+            // and which a sweeper of this list serves.
+            let t0 = Instant::now();
+            bounded(Deadline::after(Duration::from_millis(10))).await;
+            assert!(t0.elapsed() >= Duration::from_millis(10));
+            drop(new);
+            assert_eq!(LIST.with(|l| l.borrow().live), 0);
         });
     }
 
