@@ -14,9 +14,10 @@ pub const APPLY_BATCH_REQUESTS_MAX: usize = 4096;
 /// After this many apply batches in a row of a single request each, the owner shard makes a
 /// write durable with blocking system calls (`log::SyncMode::Blocking`) until a batch holds more.
 pub const ONE_CLIENT_BATCHES: usize = 8;
-/// Apply batches of fewer requests than this (and Raft appends of fewer records) are written
-/// and synced through io_uring (`log::SyncMode::Ring`), larger ones by a system call and the
-/// log's fdatasync thread (`log::SyncMode::Background`): at 100 clients (batches of ~40) the
+/// Apply batches of fewer requests than this (and Raft appends of fewer records) are synced
+/// through io_uring (`log::SyncMode::Ring`), larger ones on the log's fdatasync thread
+/// (`log::SyncMode::Background`; written by a system call either way): at 100 clients
+/// (batches of ~40) the
 /// thread gave 7-19% more puts, at 10 clients (batches of ~5) 3-6% fewer and more CPU; with
 /// this split, 10 and 30 clients are as before (tuning/results/2026-11-27-log-sync-thread.md).
 pub const RING_BATCH_REQUESTS_BELOW: usize = 16;

@@ -57,9 +57,13 @@ pub struct LogStats {
 /// How a batch's write and fdatasync are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
-    /// Both through glommio's io_uring: submitted at the end of the shard's scheduler turn,
-    /// run by io_uring's worker thread. Cheapest for small batches, which come when few
-    /// clients write: the turns are short then (see [`sync`] for larger ones).
+    /// The write as a system call (a copy into the page cache), the fdatasync through
+    /// glommio's io_uring: submitted at the end of the shard's scheduler turn, run by
+    /// io_uring's worker thread. Cheapest for small batches, which come when few clients
+    /// write: the turns are short then (see [`sync`] for larger ones). Until 2026-11-27 the
+    /// write went through io_uring too, a second round trip to the worker before the
+    /// fdatasync's: the system call gave 4-8% less CPU per put at 10 clients and at 15k
+    /// puts/s (tuning/results/2026-11-27-small-batch-pwrite.md).
     Ring,
     /// The write as a system call (a copy into the page cache), the fdatasync on the log's
     /// own thread ([`sync`]): the shard goes on serving while it runs.
@@ -355,24 +359,13 @@ impl Log {
             self.stats.batches_on_zeros += 1;
         }
         let seg = self.segments.last().expect("a segment");
-        if how == SyncMode::Ring {
-            let written = self
-                .ring
-                .write_at(buf, at)
-                .await
-                .map_err(|e| err(seg.path(), "write failed on", e))?;
-            if written != len {
-                return Err(err(
-                    seg.path(),
-                    "short write on",
-                    format!("{written} of {len} bytes"),
-                ));
-            }
-        } else {
+        {
             use std::os::unix::fs::FileExt;
             // Onto blocks zeroed ahead (nearly always): a copy into the page cache, nothing to
-            // allocate. io_uring would run it on a worker thread anyway (ext4's buffered
-            // writes), after the end of the shard's scheduler turn ([`sync`]).
+            // allocate, so a system call on the shard in every mode. Through io_uring it ran
+            // on a worker thread anyway (ext4's buffered writes), after the end of the shard's
+            // scheduler turn ([`sync`]), and a small batch waited for two such round trips,
+            // the write's and the fdatasync's.
             self.file
                 .write_all_at(&buf, at)
                 .map_err(|e| err(seg.path(), "write failed on", e))?;
