@@ -129,43 +129,35 @@ fn deadline(c: &mut Criterion) {
             std::task::Poll::Pending
         })
     }
-    g.bench_function("with_deadline", |b| {
-        b.iter_custom(|iters| {
-            ex.run(async {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    with_deadline(work(), d).await.unwrap();
-                }
-                t0.elapsed()
-            })
+    /// `iters` calls of `call`, one after the other, on the executor.
+    fn timed<F, Fut>(ex: &glommio::LocalExecutor, iters: u64, mut call: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<u8, Status>>,
+    {
+        ex.run(async {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                call().await.unwrap();
+            }
+            t0.elapsed()
         })
+    }
+    g.bench_function("with_deadline", |b| {
+        b.iter_custom(|iters| timed(&ex, iters, || with_deadline(work(), d)))
     });
     g.bench_function("glommio_timer_per_call", |b| {
         b.iter_custom(|iters| {
-            ex.run(async {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    futures_lite::future::or(work(), async {
-                        glommio::timer::sleep(d).await;
-                        Err(Status::new(Code::DeadlineExceeded, "deadline"))
-                    })
-                    .await
-                    .unwrap();
-                }
-                t0.elapsed()
+            timed(&ex, iters, || {
+                futures_lite::future::or(work(), async {
+                    glommio::timer::sleep(d).await;
+                    Err(Status::new(Code::DeadlineExceeded, "deadline"))
+                })
             })
         })
     });
     g.bench_function("no_deadline", |b| {
-        b.iter_custom(|iters| {
-            ex.run(async {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    work().await.unwrap();
-                }
-                t0.elapsed()
-            })
-        })
+        b.iter_custom(|iters| timed(&ex, iters, work))
     });
     g.finish();
 }
