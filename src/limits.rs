@@ -17,9 +17,10 @@ pub const ONE_CLIENT_BATCHES: usize = 8;
 /// Apply batches of fewer requests than this (and Raft appends of fewer records) are synced
 /// through io_uring (`log::SyncMode::Ring`), larger ones on the log's fdatasync thread
 /// (`log::SyncMode::Background`; written by a system call either way): at 100 clients
-/// (batches of ~40) the
-/// thread gave 7-19% more puts, at 10 clients (batches of ~5) 3-6% fewer and more CPU; with
-/// this split, 10 and 30 clients are as before (tuning/results/2026-11-27-log-sync-thread.md).
+/// (batches of ~40) the thread gave 7-19% more puts, at 10 clients (batches of ~5) 3-6% fewer
+/// and more CPU; with this split, 10 and 30 clients were as before
+/// (tuning/results/2026-11-27-log-sync-thread.md, before small batches' writes became system
+/// calls too).
 pub const RING_BATCH_REQUESTS_BELOW: usize = 16;
 /// Keys a compaction trims per step between apply batches (a few milliseconds of work).
 pub const COMPACT_KEYS_PER_STEP: usize = 10_000;

@@ -71,9 +71,12 @@ pub struct Writer {
     part_bytes: u64,
     record_seq: u64,
     items: u64,
+    /// Each part's temporary name, unique to this writer (see [`Writer::open_part`]).
     tmp_paths: Vec<PathBuf>,
     /// Each part's file (a second handle), to cut down an abandoned checkpoint's own files.
     part_files: Vec<File>,
+    /// Makes this writer's temporary names its own.
+    unique: String,
     buf: Vec<u8>,
     /// Where the current part's write-back has reached (a file offset).
     written_back: u64,
@@ -83,31 +86,43 @@ impl Writer {
     /// Starts the checkpoint of the state after record `seq`, with its metadata (JSON).
     pub fn create(dir: &Path, seq: u64, meta: &[u8]) -> io::Result<Writer> {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = format!("{}-{n}", std::process::id());
+        let (path, file, handle) = Self::open_part(dir, seq, 0, &unique)?;
         let mut w = Writer {
             dir: dir.to_path_buf(),
             seq,
             part: 0,
-            file: Self::open_part(dir, seq, 0)?,
+            file,
             part_bytes: PART_HEADER_BYTES as u64,
             record_seq: 1,
             items: 0,
-            tmp_paths: vec![dir.join(format!("{}.tmp", part_name(seq, 0)))],
-            part_files: Vec::new(),
+            tmp_paths: vec![path],
+            part_files: vec![handle],
+            unique,
             buf: Vec::new(),
             written_back: 0,
         };
-        w.keep_part_file()?;
         let mut payload = vec![META];
         payload.extend_from_slice(meta);
         w.record(&payload)?;
         Ok(w)
     }
 
-    /// Creates a part's temporary file, always a new one: a file left under its name (by a
-    /// crash, or by an abandoned writer of the same checkpoint still cutting it down) is
-    /// unlinked first, never truncated and shared.
-    fn open_part(dir: &Path, seq: u64, part: u32) -> io::Result<io::BufWriter<File>> {
-        let path = dir.join(format!("{}.tmp", part_name(seq, part)));
+    /// Creates a part's temporary file under a name of this writer's own (`unique`: the
+    /// process and a count of writers), never one another writer uses: an abandoned writer of
+    /// the same checkpoint may still be cutting its files down while a retry writes (a file
+    /// truncated and shared between the two, as `File::create` would, could be cut under the
+    /// retry). A leftover under the name (another process's, with the same pid) is unlinked.
+    /// Returns the name, the file and a second handle to it.
+    fn open_part(
+        dir: &Path,
+        seq: u64,
+        part: u32,
+        unique: &str,
+    ) -> io::Result<(PathBuf, io::BufWriter<File>, File)> {
+        let path = dir.join(format!("{}.{unique}.tmp", part_name(seq, part)));
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(err(&path, "cannot remove", e));
@@ -119,6 +134,7 @@ impl Writer {
             .create_new(true)
             .open(&path)
             .map_err(|e| err(&path, "cannot create", e))?;
+        let handle = f.try_clone().map_err(|e| err(&path, "cannot open", e))?;
         let mut f = io::BufWriter::with_capacity(1 << 20, f);
         let mut head = [0u8; PART_HEADER_BYTES];
         head[..8].copy_from_slice(MAGIC);
@@ -127,7 +143,7 @@ impl Writer {
         head[20..24].copy_from_slice(&part.to_le_bytes());
         f.write_all(&head)
             .map_err(|e| err(&path, "cannot write", e))?;
-        Ok(f)
+        Ok((path, f, handle))
     }
 
     fn record(&mut self, payload: &[u8]) -> io::Result<()> {
@@ -155,14 +171,13 @@ impl Writer {
     pub fn item(&mut self, it: &Item) -> io::Result<()> {
         if self.part_bytes > PART_BYTES_MAX {
             self.part += 1;
-            let next = Self::open_part(&self.dir, self.seq, self.part)?;
+            let (path, next, handle) =
+                Self::open_part(&self.dir, self.seq, self.part, &self.unique)?;
+            // Recorded before the previous part is finished: an abandon removes both.
+            self.tmp_paths.push(path);
+            self.part_files.push(handle);
             let done = std::mem::replace(&mut self.file, next);
-            finish_file(done, &self.tmp_paths[self.tmp_paths.len() - 1])?;
-            self.tmp_paths.push(
-                self.dir
-                    .join(format!("{}.tmp", part_name(self.seq, self.part))),
-            );
-            self.keep_part_file()?;
+            finish_file(done, &self.tmp_paths[self.tmp_paths.len() - 2])?;
             self.part_bytes = PART_HEADER_BYTES as u64;
             self.written_back = 0;
         }
@@ -215,33 +230,16 @@ impl Writer {
         Ok(finals)
     }
 
-    fn keep_part_file(&mut self) -> io::Result<()> {
-        let path = self.tmp_paths.last().expect("a part");
-        let f = self
-            .file
-            .get_ref()
-            .try_clone()
-            .map_err(|e| err(path, "cannot open", e))?;
-        self.part_files.push(f);
-        Ok(())
-    }
-
-    /// Abandons the checkpoint, removing what was written. Each part is unlinked (while its
-    /// name is still this writer's file: a later writer of the same checkpoint creates its
-    /// own), then cut down through this writer's handle, as superseded parts are cut
-    /// ([`remove_superseded`]): a part grows to 1 GiB, and its blocks are freed 4 MiB at a
-    /// time instead of all at once. Nothing maps or holds a temporary file.
+    /// Abandons the checkpoint, removing what was written. Each part's name (this writer's
+    /// own) is unlinked, then the file is cut down through this writer's handle, as
+    /// superseded parts are cut ([`remove_superseded`]): a part grows to 1 GiB, and its
+    /// blocks are freed 4 MiB at a time instead of all at once when the last handle closes.
+    /// Nothing maps or holds a temporary file.
     pub fn abandon(self) {
-        use std::os::unix::fs::MetadataExt;
-        drop(self.file);
+        // What is still buffered is dropped, not written into a file about to go.
+        drop(self.file.into_parts());
         for (p, f) in self.tmp_paths.iter().zip(&self.part_files) {
-            let ours = f.metadata().map(|m| (m.dev(), m.ino()));
-            let named = std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-            if let (Ok(a), Ok(b)) = (ours, named) {
-                if a == b {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            let _ = std::fs::remove_file(p);
             if let Err(e) = super::cut_file_down(f, p, super::CUT_PAUSE) {
                 tracing::warn!(error = %e, "an abandoned checkpoint part is freed whole");
             }

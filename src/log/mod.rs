@@ -1,7 +1,7 @@
 //! The append-only log: fixed-size, preallocated segments under `<data-dir>/member/log/`,
 //! named by the sequence number of their first record, created through glommio's io_uring
 //! file API, appended to as the caller's [`SyncMode`] says (a `pwrite` with the fdatasync on
-//! the log's own thread, [`sync`]; both through io_uring; or both as blocking system calls),
+//! the log's own thread, [`sync`], or through io_uring, or as a blocking system call),
 //! and read through a read-only shared mapping of each segment.
 //!
 //! Group commit: [`Log::append`] takes every record of one loop turn, frames them as one batch
@@ -62,8 +62,8 @@ pub enum SyncMode {
     /// io_uring's worker thread. Cheapest for small batches, which come when few clients
     /// write: the turns are short then (see [`sync`] for larger ones). Until 2026-11-27 the
     /// write went through io_uring too, a second round trip to the worker before the
-    /// fdatasync's: the system call gave 4-8% less CPU per put at 10 clients and at 15k
-    /// puts/s (tuning/results/2026-11-27-small-batch-pwrite.md).
+    /// fdatasync's: the system call gave 3.6-7% less CPU per put at 15k puts/s and at 10
+    /// clients (tuning/results/2026-11-27-small-batch-pwrite.md).
     Ring,
     /// The write as a system call (a copy into the page cache), the fdatasync on the log's
     /// own thread ([`sync`]): the shard goes on serving while it runs.
@@ -994,7 +994,7 @@ mod tests {
                 "written payloads are read back mapped"
             );
             // A batch bigger than the rest of the segment rolls over to a new segment (the
-            // second written by blocking system calls, the same bytes as through io_uring).
+            // second synced by a blocking system call, the same bytes as the others).
             let big = [vec![2u8; 700 << 10], vec![3u8; 700 << 10]];
             log.append(&big[..1]).await.unwrap();
             let w = log

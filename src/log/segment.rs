@@ -1,5 +1,5 @@
 //! One segment file: preallocated, named `<first record seq, 16 hex digits>.log`, mapped
-//! read-only and shared, so that what io_uring writes through the page cache is visible in the
+//! read-only and shared, so that what the log writes through the page cache is visible in the
 //! mapping without a copy.
 
 use std::fs::File;

@@ -76,10 +76,13 @@ impl Future for Deadline {
         let executor = glommio::executor().id();
         let mut spawn = None;
         let mut wake = None;
+        let mut stale = None;
         let ready = LIST.with(|l| {
             let mut l = l.borrow_mut();
             if l.executor != executor {
-                // Another executor used the list last: start over (its sweeper stops).
+                // Another executor used the list last: start over. Its sweeper stops when it
+                // next runs; an idle one is woken (outside the borrow) to see that.
+                stale = l.idle_sweeper.take();
                 *l = List {
                     executor,
                     generation: l.generation + 1,
@@ -131,7 +134,7 @@ impl Future for Deadline {
                 }
             }
         });
-        if let Some(w) = wake {
+        for w in [wake, stale].into_iter().flatten() {
             w.wake();
         }
         if let Some(generation) = spawn {
@@ -157,7 +160,8 @@ impl Drop for Deadline {
                 l.free.push(i);
                 l.live -= 1;
                 if l.live == 0 {
-                    // Nothing holds an index: the list shrinks back after a burst.
+                    // Nothing holds an index: the sweeps' scan shrinks back after a burst
+                    // (the vectors keep their capacity).
                     l.slots.clear();
                     l.free.clear();
                 }
