@@ -71,10 +71,9 @@ pub struct Writer {
     part_bytes: u64,
     record_seq: u64,
     items: u64,
-    /// Each part's temporary name, unique to this writer (see [`Writer::open_part`]).
-    tmp_paths: Vec<PathBuf>,
-    /// Each part's file (a second handle), to cut down an abandoned checkpoint's own files.
-    part_files: Vec<File>,
+    /// Each part's temporary name, unique to this writer (see [`Writer::open_part`]), and a
+    /// second handle to its file, to cut down an abandoned checkpoint's own files.
+    tmp: Vec<(PathBuf, File)>,
     /// Makes this writer's temporary names its own.
     unique: String,
     buf: Vec<u8>,
@@ -98,8 +97,7 @@ impl Writer {
             part_bytes: PART_HEADER_BYTES as u64,
             record_seq: 1,
             items: 0,
-            tmp_paths: vec![path],
-            part_files: vec![handle],
+            tmp: vec![(path, handle)],
             unique,
             buf: Vec::new(),
             written_back: 0,
@@ -151,7 +149,7 @@ impl Writer {
         record::encode(&mut self.buf, self.record_seq, Kind::Data, payload);
         self.record_seq += 1;
         self.part_bytes += self.buf.len() as u64;
-        let path = self.tmp_paths.last().expect("a part");
+        let path = &self.tmp.last().expect("a part").0;
         self.file
             .write_all(&self.buf)
             .map_err(|e| err(path, "cannot write", e))?;
@@ -174,10 +172,9 @@ impl Writer {
             let (path, next, handle) =
                 Self::open_part(&self.dir, self.seq, self.part, &self.unique)?;
             // Recorded before the previous part is finished: an abandon removes both.
-            self.tmp_paths.push(path);
-            self.part_files.push(handle);
+            self.tmp.push((path, handle));
             let done = std::mem::replace(&mut self.file, next);
-            finish_file(done, &self.tmp_paths[self.tmp_paths.len() - 2])?;
+            finish_file(done, &self.tmp[self.tmp.len() - 2].0)?;
             self.part_bytes = PART_HEADER_BYTES as u64;
             self.written_back = 0;
         }
@@ -216,12 +213,12 @@ impl Writer {
         end.extend_from_slice(&self.items.to_le_bytes());
         end.extend_from_slice(&(self.part + 1).to_le_bytes());
         self.record(&end)?;
-        let last = self.tmp_paths.last().expect("a part").clone();
+        let last = self.tmp.last().expect("a part").0.clone();
         finish_file(self.file, &last)?;
         let finals: Vec<PathBuf> = (0..=self.part)
             .map(|p| self.dir.join(part_name(self.seq, p)))
             .collect();
-        for (tmp, fin) in self.tmp_paths.iter().zip(&finals).rev() {
+        for ((tmp, _), fin) in self.tmp.iter().zip(&finals).rev() {
             std::fs::rename(tmp, fin).map_err(|e| err(fin, "cannot rename into", e))?;
         }
         File::open(&self.dir)
@@ -238,7 +235,7 @@ impl Writer {
     pub fn abandon(self) {
         // What is still buffered is dropped, not written into a file about to go.
         drop(self.file.into_parts());
-        for (p, f) in self.tmp_paths.iter().zip(&self.part_files) {
+        for (p, f) in &self.tmp {
             let _ = std::fs::remove_file(p);
             if let Err(e) = super::cut_file_down(f, p, super::CUT_PAUSE) {
                 tracing::warn!(error = %e, "an abandoned checkpoint part is freed whole");
@@ -734,7 +731,7 @@ mod tests {
         // An abandoned part is cut down before it is unlinked: a second name for it (taken
         // here to watch) is left empty, where an unlink alone would leave it whole.
         let watch = dir.path().join("watch");
-        std::fs::hard_link(&w.tmp_paths[0], &watch).unwrap();
+        std::fs::hard_link(&w.tmp[0].0, &watch).unwrap();
         assert!(std::fs::metadata(&watch).unwrap().len() > 0);
         w.abandon();
         assert_eq!(std::fs::metadata(&watch).unwrap().len(), 0);

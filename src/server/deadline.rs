@@ -32,7 +32,7 @@ struct List {
     free: Vec<usize>,
     /// Slots in use.
     live: usize,
-    /// Whether a sweeper task runs on `executor`.
+    /// Whether a sweeper task runs for this list (see [`sweep`]).
     sweeping: bool,
     /// The sweeper, waiting for a first pending deadline.
     idle_sweeper: Option<Waker>,
@@ -170,26 +170,10 @@ impl Drop for Deadline {
     }
 }
 
-/// Marks the sweeper gone if its task is dropped. glommio may instead leak a task pending
-/// when its executor ends; what keeps a later executor's deadlines swept is the list
-/// starting over, with a sweeper of its own, when another executor polls one.
-struct Sweeping(u64);
-
-impl Drop for Sweeping {
-    fn drop(&mut self) {
-        let _ = LIST.try_with(|l| {
-            if let Ok(mut l) = l.try_borrow_mut() {
-                if l.generation == self.0 {
-                    l.sweeping = false;
-                    l.idle_sweeper = None;
-                }
-            }
-        });
-    }
-}
-
+/// Sweeps the list of `generation` for as long as it is this thread's. It ends only when the
+/// list starts over for another executor (or dies with its own executor, which then never
+/// polls a deadline again: executor ids are not reused), so `List::sweeping` needs no reset.
 async fn sweep(generation: u64) {
-    let _sweeping = Sweeping(generation);
     let mut due = Vec::new();
     loop {
         let gone = std::future::poll_fn(|cx| {

@@ -215,23 +215,30 @@ async fn stream_snapshot(
 ) -> io::Result<u64> {
     let seq = crate::consensus::snapshot_seq(m.get_snapshot())
         .ok_or_else(|| io::Error::other("a snapshot without its checkpoint"))?;
-    // Held, then opened at once: a newer checkpoint may remove these files, which it then
-    // unlinks whole rather than cutting them down, and open files stay readable (files already
-    // being cut down cannot be held: the send fails, and Raft asks for the newer snapshot).
-    // Read through io_uring: a cold page cache does not stall the Raft shard.
+    // Opened and held: a newer checkpoint may remove these files, which it then unlinks whole
+    // rather than cutting them down, and open files stay readable (files already being cut
+    // down cannot be held: the send fails, and Raft asks for the newer snapshot). The files
+    // held are the ones read, through io_uring: a cold page cache does not stall the Raft
+    // shard.
     let parts = crate::log::checkpoint::parts_of(dir, seq)?;
-    let (_held, _open) = crate::log::checkpoint::hold(&parts)?;
+    let (_held, open) = crate::log::checkpoint::hold(&parts)?;
     let mut files = Vec::new();
-    for p in parts {
-        files.push(BufferedFile::open(&p).await.map_err(io::Error::from)?);
+    for (f, p) in open.into_iter().zip(&parts) {
+        let len = f
+            .metadata()
+            .map_err(|e| io::Error::other(format!("cannot stat {}: {e}", p.display())))?
+            .len();
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: an open file this function owns and hands over whole. (glommio needs a
+        // path for `file_size`, hence the length from the file above.)
+        files.push((unsafe { BufferedFile::from_raw_fd(f.into_raw_fd()) }, len));
     }
     let mut s = connect(urls, tls, SNAPSHOT_MAGIC, me, cluster_id, to).await?;
     let mut buf = Vec::new();
     frame(&mut buf, m);
     s.write_all(&buf).await?;
     let mut sent = 0u64;
-    for (i, f) in files.into_iter().enumerate() {
-        let len = f.file_size().await.map_err(io::Error::from)?;
+    for (i, (f, len)) in files.into_iter().enumerate() {
         s.write_all(&(i as u32).to_le_bytes()).await?;
         s.write_all(&len.to_le_bytes()).await?;
         let mut pos = 0u64;
