@@ -193,6 +193,10 @@ pub enum CheckpointAnswer {
     Installed(Vec<u32>),
     /// The log segments let go of, whose files the caller removes.
     Released(Vec<crate::log::Released>),
+    /// Begin, when a Defragment waits but nothing was logged since the newest checkpoint:
+    /// no checkpoint is taken (one of the same record would replace that one's files); the
+    /// log segments it covers were let go of, whose files the caller removes.
+    Unchanged(Vec<crate::log::Released>),
     Done,
 }
 
@@ -528,14 +532,20 @@ impl KvState {
             self.store.values_mut().drop_segment(n);
         }
         self.checkpoint_bytes = bytes;
+        self.release_log_segments(log);
+        self.store.forget_history_through(at_rev);
+        // The checkpoint read every live value through the mappings.
+        self.drop_resident_pages();
+    }
+
+    /// Forgets the log segments with these ordinals (the log released them: a checkpoint
+    /// covers every record they hold).
+    pub fn release_log_segments(&mut self, log: &[usize]) {
         for &o in log {
             if let Some(&n) = self.log_segments.get(o) {
                 self.store.values_mut().drop_segment(n);
             }
         }
-        self.store.forget_history_through(at_rev);
-        // The checkpoint read every live value through the mappings.
-        self.drop_resident_pages();
     }
 
     /// Restores the state a checkpoint holds (recovery, before the log after it is replayed).

@@ -115,6 +115,9 @@ pub struct Log {
     /// since (a segment's ordinal never changes: the value store numbers them so).
     opened: usize,
     released: usize,
+    /// The first record the log must keep: those before it are covered by a checkpoint (the
+    /// `from_seq` it was opened with, raised by each [`Log::release_before`]).
+    kept_from: u64,
 }
 
 /// What recovery found: every record's payload in order, mapped (no copy).
@@ -268,6 +271,7 @@ impl Log {
                 stats: LogStats::default(),
                 opened: 0,
                 released: 0,
+                kept_from: from_seq,
             }
             .counted(),
             payloads,
@@ -297,6 +301,12 @@ impl Log {
         self.segments.iter().skip(skip).map(Segment::map)
     }
 
+    /// The first record a checkpoint does not cover (see [`Log::release_before`]): equal to
+    /// [`Log::next_seq`] when nothing was logged since the newest checkpoint.
+    pub fn kept_from(&self) -> u64 {
+        self.kept_from
+    }
+
     /// The sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -307,6 +317,7 @@ impl Log {
     /// [`remove_released`] (off the shard; a file left by a crash, whole or cut down, is
     /// removed at the next start without being read). The segment taking appends always stays.
     pub fn release_before(&mut self, seq: u64) -> Vec<Released> {
+        self.kept_from = self.kept_from.max(seq);
         let mut gone = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_seq() <= seq {
             let seg = self.segments.remove(0);
@@ -314,6 +325,7 @@ impl Log {
                 ordinal: self.released,
                 path: seg.path().to_path_buf(),
                 mapped: seg.mapped(),
+                replaced: seg.replaced,
             });
             self.released += 1;
         }
@@ -420,6 +432,13 @@ impl Log {
         let size = self.segment_bytes.max(need.next_multiple_of(1 << 20));
         // The old segment's zeroing is over before it is left (its failure is the log's).
         self.zero.settle(0, true).await?;
+        // A segment holding no record yet (the log's first, or one just started for a
+        // Defragment) has the new one's first record, so its name: the new one is renamed
+        // over its file, and it stays in the list with no file of its own, never removed by
+        // that name (a release would otherwise cut and unlink the segment taking appends).
+        if let Some(last) = self.segments.last_mut() {
+            last.replaced = last.first_seq() == self.next_seq;
+        }
         let seg = Segment::create(&self.dir, self.next_seq, size).await?;
         let (file, ring) = (open_for_appends(seg.path())?, open_ring(seg.path()).await?);
         self.file = file;
@@ -462,6 +481,9 @@ pub struct Released {
     pub path: PathBuf,
     /// Dead once nothing maps the file.
     mapped: std::sync::Weak<()>,
+    /// It held no record and its file became a newer segment's (`Segment::replaced`): only
+    /// its mapping goes, not the file at `path`.
+    replaced: bool,
 }
 
 /// A released file is cut down by this much at a time before it is unlinked.
@@ -485,7 +507,8 @@ pub(crate) const MAPPED_WAIT: std::time::Duration = std::time::Duration::from_se
 /// recovery: every released file is followed, in seq order, by another released one or by the
 /// segment that took appends, which stays, and a start removes all of them unread.
 pub fn remove_released(files: &[Released], pause: std::time::Duration) -> io::Result<()> {
-    remove_files(files, pause, MAPPED_WAIT)
+    let files: Vec<&Released> = files.iter().filter(|r| !r.replaced).collect();
+    remove_files(&files, pause, MAPPED_WAIT)
 }
 
 /// A file going that something may still map or read: it is cut down only once nothing does.
@@ -500,6 +523,21 @@ pub(crate) trait Doomed {
     }
     /// The file is gone (or was unlinked whole after a claim).
     fn unclaim(&self) {}
+}
+
+impl<T: Doomed> Doomed for &T {
+    fn path(&self) -> &Path {
+        (**self).path()
+    }
+    fn held(&self) -> bool {
+        (**self).held()
+    }
+    fn claim(&self) -> bool {
+        (**self).claim()
+    }
+    fn unclaim(&self) {
+        (**self).unclaim()
+    }
 }
 
 impl Doomed for Released {
@@ -1047,6 +1085,36 @@ mod tests {
         });
     }
 
+    /// A batch larger than a whole segment, while the segment taking appends holds no record
+    /// yet: the new segment has the same first record, so the same name, and replaces the
+    /// empty one's file. Releasing the empty one later must not touch that name: before the
+    /// fix it cut down and unlinked the segment taking appends, and every record written
+    /// into it after was lost at the next start.
+    #[test]
+    fn a_batch_larger_than_an_empty_segment_keeps_its_file_through_a_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            // Records 1 (+ commit 2) in a new segment of 2 MiB, also named 1.
+            log.append(&[vec![5u8; 1_500_000]]).await.unwrap();
+            assert_eq!(log.segments.len(), 2);
+            assert_eq!(log.segments[0].path(), log.segments[1].path());
+            log.append(&[vec![6u8; 10]]).await.unwrap();
+            // A checkpoint of record 2: the empty segment goes, its name and file stay.
+            let gone = log.release_before(3);
+            assert_eq!(gone.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [0]);
+            remove_released(&gone, CUT_PAUSE).unwrap();
+            let file = path.join(format!("{:016x}.log", 1));
+            assert_eq!(std::fs::metadata(&file).unwrap().len(), 2 << 20);
+            log.append(&[vec![7u8; 10]]).await.unwrap();
+            drop(log);
+            let rec = Log::open(&path, 1 << 20, 1).await.unwrap();
+            let lens: Vec<usize> = rec.payloads.iter().map(|p| p.len()).collect();
+            assert_eq!(lens, [1_500_000, 10, 10]);
+        });
+    }
+
     #[test]
     fn a_checkpoint_releases_the_segments_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1067,7 +1135,9 @@ mod tests {
                 remove_released(&g, CUT_PAUSE).unwrap();
                 g.iter().map(|r| r.ordinal).collect()
             };
+            assert_eq!(log.kept_from(), 1);
             assert_eq!(ordinals(log.release_before(4)), vec![0]);
+            assert_eq!(log.kept_from(), 4);
             assert_eq!(log.segments.len(), 2);
             assert_eq!(log.segment_maps_since(1).count(), 2);
             assert_eq!(log.segment_maps_since(2).count(), 1);
@@ -1075,9 +1145,13 @@ mod tests {
             // The segment taking appends always stays.
             assert!(log.release_before(100).is_empty());
             assert_eq!(log.segments.len(), 1);
+            // Never lowered.
+            assert!(log.release_before(2).is_empty());
+            assert_eq!(log.kept_from(), 100);
             drop(log);
             // Reopened after a checkpoint of record 5: only record 6 comes back.
             let rec = Log::open(&path, 1 << 20, 6).await.unwrap();
+            assert_eq!(rec.log.kept_from(), 6);
             let lens: Vec<usize> = rec.payloads.iter().map(|p| p.len()).collect();
             assert_eq!(lens, [700 << 10]);
         });

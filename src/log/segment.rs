@@ -20,6 +20,9 @@ pub struct Segment {
     /// Bytes of records in it, for a segment no longer taking appends (the log tracks the
     /// last one's itself); its preallocated tail is not data.
     pub(crate) written: u64,
+    /// Its name now belongs to a newer segment with the same first record: this one held no
+    /// record when a batch too large for it came, and the new one was renamed over its file.
+    pub(crate) replaced: bool,
 }
 
 fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -75,6 +78,7 @@ impl Segment {
         Ok(Segment {
             path: path.to_path_buf(),
             written: map.len() as u64,
+            replaced: false,
             map,
             mapped,
         })
@@ -109,6 +113,7 @@ impl Segment {
             mapped,
             path,
             written: 0,
+            replaced: false,
         })
     }
 

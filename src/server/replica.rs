@@ -2027,6 +2027,9 @@ impl Node {
     async fn checkpoint(&mut self, op: kv::CheckpointOp, tx: Reply) {
         use kv::{CheckpointAnswer as A, CheckpointOp as Op};
         let answer = match op {
+            // A compaction's trimming first: a checkpoint begun now would copy the revisions
+            // it drops (a wanted snapshot stays wanted meanwhile).
+            Op::Begin if self.state.compaction_pending() => Ok(A::Begun(None)),
             Op::Begin => {
                 let wanted = self.raw.store().take_snapshot_wanted();
                 let forced = wanted || self.demands.forcing();

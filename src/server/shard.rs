@@ -1049,7 +1049,8 @@ async fn run_batch(
             continue;
         }
         let finished = matches!(op, kv::CheckpointOp::Finished);
-        if matches!(op, kv::CheckpointOp::Begin) && demands.forcing() {
+        if matches!(op, kv::CheckpointOp::Begin) && demands.forcing() && !state.compaction_pending()
+        {
             if let Some(log) = log.as_deref_mut() {
                 // A Defragment: writes from now on go to a new segment, so that the checkpoint
                 // releases every segment before it (the one taking appends otherwise stays,
@@ -1109,8 +1110,15 @@ async fn checkpoint_call(
 /// released.
 async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), String> {
     use kv::{CheckpointAnswer as A, CheckpointOp as Op};
-    let A::Begun(Some((seq, rev, meta, hurry))) = checkpoint_call(owner, Op::Begin).await? else {
-        return Ok(());
+    let (seq, rev, meta, hurry) = match checkpoint_call(owner, Op::Begin).await? {
+        A::Begun(Some(begun)) => begun,
+        A::Unchanged(segments) => {
+            // Only the segments the newest checkpoint covers go, for a Defragment.
+            remove_files(segments, dir, std::time::Duration::ZERO).await?;
+            checkpoint_call(owner, Op::Finished).await?;
+            return Ok(());
+        }
+        _ => return Ok(()),
     };
     let started = std::time::Instant::now();
     let (mut writer, tx) = WriterThread::start(dir.to_path_buf(), seq, meta, hurry.clone())
@@ -1193,25 +1201,12 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     else {
         return Err("a checkpoint release answered otherwise".into());
     };
-    // The released segments' files and the previous checkpoint's go (nothing points into
-    // them any more), on a thread: unlinking large files takes a while.
-    let cdir = dir.to_path_buf();
     let pause = if hurry.load(std::sync::atomic::Ordering::Relaxed) {
         std::time::Duration::ZERO
     } else {
         crate::log::CUT_PAUSE
     };
-    let remover = std::thread::spawn(move || -> io::Result<()> {
-        crate::log::remove_released(&segments, pause)?;
-        checkpoint::remove_superseded(&cdir, pause)
-    });
-    while !remover.is_finished() {
-        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    remover
-        .join()
-        .map_err(|_| "the file remover panicked".to_string())?
-        .map_err(|e| format!("removing released files: {e}"))?;
+    remove_files(segments, dir, pause).await?;
     checkpoint_call(owner, Op::Finished).await?;
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
@@ -1224,6 +1219,28 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         "checkpoint taken"
     );
     Ok(())
+}
+
+/// Removes the released segments' files and any superseded checkpoint's (nothing points into
+/// them any more), on a thread: cutting down and unlinking large files takes a while (`pause`
+/// between cuts, none when somebody waits).
+async fn remove_files(
+    segments: Vec<crate::log::Released>,
+    dir: &std::path::Path,
+    pause: std::time::Duration,
+) -> Result<(), String> {
+    let cdir = dir.to_path_buf();
+    let remover = std::thread::spawn(move || -> io::Result<()> {
+        crate::log::remove_released(&segments, pause)?;
+        checkpoint::remove_superseded(&cdir, pause)
+    });
+    while !remover.is_finished() {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    remover
+        .join()
+        .map_err(|_| "the file remover panicked".to_string())?
+        .map_err(|e| format!("removing released files: {e}"))
 }
 
 /// Goes on after the executor has looked at its sockets and timers, for a task doing long work
@@ -1302,6 +1319,25 @@ fn checkpoint_op(
         Op::Begin => {
             if !demands.forcing() && !state.checkpoint_due(log.stats().bytes) {
                 return Ok(A::Begun(None));
+            }
+            // A compaction's trimming first: a checkpoint begun now would copy the revisions
+            // it drops (and hold the trimming off while it walks).
+            if state.compaction_pending() {
+                return Ok(A::Begun(None));
+            }
+            if log.next_seq() == log.kept_from() {
+                // Nothing logged since the newest checkpoint, which holds the state as it is
+                // (trimming is done): the Defragment waits only for the release of the
+                // segments that checkpoint covers (the apply loop has just left the one that
+                // took appends). A checkpoint of the same record would be renamed over that
+                // one's files, part by part.
+                demands.begun(true);
+                state.checkpoint_started(log.stats().bytes);
+                let gone = log.release_before(log.kept_from());
+                let ordinals: Vec<usize> = gone.iter().map(|r| r.ordinal).collect();
+                state.release_log_segments(&ordinals);
+                set_log_sizes(state, log.used_bytes());
+                return Ok(A::Unchanged(gone));
             }
             let hurry = demands.begun(false);
             state.checkpoint_started(log.stats().bytes);
@@ -1577,6 +1613,71 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::Notifier;
+
+    /// What a checkpoint's Begin decides on a single member: nothing while a compaction still
+    /// trims (the checkpoint would copy what it drops), a checkpoint once it is done, and, for
+    /// a Defragment with nothing logged since the newest checkpoint, none: the segments it
+    /// covers are released instead.
+    #[test]
+    fn a_checkpoint_begins_after_trimming_and_not_again_for_the_same_record() {
+        use super::{checkpoint_op, Demands, Reply};
+        use crate::kv::{CheckpointAnswer as A, CheckpointOp as Op, KvState, Request};
+        use crate::proto::etcdserverpb as pb;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let mut log = crate::log::Log::open(&path, 1 << 20, 1).await.unwrap().log;
+            let mut state = KvState::in_memory(1, 2);
+            for i in 0..3 {
+                let put = Request::Put(pb::PutRequest {
+                    key: format!("k{i}").into(),
+                    value: b"v".to_vec().into(),
+                    ..Default::default()
+                });
+                state.execute(put).unwrap();
+            }
+            log.append(&[vec![1u8; 100]]).await.unwrap();
+            let compact = Request::Compact(pb::CompactionRequest {
+                revision: 3,
+                physical: false,
+            });
+            state.execute(compact).unwrap();
+            let mut demands = Demands::default();
+            let (tx, _rx) = super::answer_slot();
+            demands.push(Reply::Local(tx));
+            let begin = |state: &mut KvState, log: &mut crate::log::Log, d: &mut Demands| {
+                checkpoint_op(state, Some(log), Op::Begin, d).unwrap()
+            };
+            assert!(state.compaction_pending());
+            assert!(matches!(
+                begin(&mut state, &mut log, &mut demands),
+                A::Begun(None)
+            ));
+            while state.compact_step(1) {}
+            let A::Begun(Some((seq, ..))) = begin(&mut state, &mut log, &mut demands) else {
+                panic!("no checkpoint once trimmed")
+            };
+            assert_eq!(seq, log.next_seq() - 1);
+            // Taken and released (the log's one segment takes appends and stays).
+            assert!(log.release_before(seq + 1).is_empty());
+            state.checkpoint_abandon();
+            let (tx, _rx) = super::answer_slot();
+            demands.push(Reply::Local(tx));
+            log.roll_now().await.unwrap();
+            let A::Unchanged(gone) = begin(&mut state, &mut log, &mut demands) else {
+                panic!("a second checkpoint of the same record")
+            };
+            assert_eq!(gone.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [0]);
+            // Something logged since: a checkpoint again.
+            log.append(&[vec![2u8; 100]]).await.unwrap();
+            let (tx, _rx) = super::answer_slot();
+            demands.push(Reply::Local(tx));
+            assert!(matches!(
+                begin(&mut state, &mut log, &mut demands),
+                A::Begun(Some(_))
+            ));
+        });
+    }
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
 
