@@ -14,11 +14,26 @@ use etcd_client::Client;
 const ROUNDS: usize = 5;
 const CLIENTS: usize = 16;
 
-/// (key, value, revision) of every acknowledged put.
-type Acked = Arc<Mutex<Vec<(String, String, i64)>>>;
+/// (key, value length, revision) of every acknowledged put.
+type Acked = Arc<Mutex<Vec<(String, usize, i64)>>>;
+
+/// A put's value: "value of <key>", repeated to `len` bytes.
+fn value_for(key: &str, len: usize) -> String {
+    let one = format!("value of {key}");
+    one.repeat(len / one.len() + 1)[..len].to_string()
+}
+
+/// What the writers and the server's flags exercise.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    Small,
+    /// One client puts values of 200 KB to 1.2 MB (larger than a 1 MiB log segment, some of
+    /// them), and another calls Defragment every 50 ms.
+    LargeWithDefragments,
+}
 
 /// Puts until the server goes away; records what was acknowledged.
-fn writer(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<()> {
+fn writer(url: String, round: usize, acked: Acked, load: Load) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         rt().block_on(async move {
             let Ok(client) = Client::connect([url], None).await else {
@@ -28,17 +43,37 @@ fn writer(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<()
             for c in 0..CLIENTS {
                 let mut kv = client.kv_client();
                 let acked = acked.clone();
+                let large = load == Load::LargeWithDefragments && c == 0;
                 tasks.push(tokio::spawn(async move {
                     for i in 0.. {
                         let key = format!("r{round}/c{c}/{i}");
-                        let value = format!("value of {key}");
-                        let put = kv.put(key.clone(), value.clone(), None);
+                        let len = if large {
+                            200_000 + (i * 7919 % 11) * 100_000
+                        } else {
+                            format!("value of {key}").len()
+                        };
+                        let put = kv.put(key.clone(), value_for(&key, len), None);
                         match tokio::time::timeout(Duration::from_secs(5), put).await {
                             Ok(Ok(r)) => {
                                 let rev = r.header().expect("header").revision();
-                                acked.lock().unwrap().push((key, value, rev));
+                                acked.lock().unwrap().push((key, len, rev));
                             }
                             _ => return,
+                        }
+                    }
+                }));
+            }
+            if load == Load::LargeWithDefragments {
+                let mut m = client.maintenance_client();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let defrag = m.defragment();
+                        if !matches!(
+                            tokio::time::timeout(Duration::from_secs(5), defrag).await,
+                            Ok(Ok(_))
+                        ) {
+                            return;
                         }
                     }
                 }));
@@ -52,7 +87,7 @@ fn writer(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<()
 
 #[test]
 fn acknowledged_puts_survive_kill9() {
-    rounds_of_kill9("acknowledged_puts_survive_kill9", &[]);
+    rounds_of_kill9("acknowledged_puts_survive_kill9", &[], Load::Small);
 }
 
 /// The same with a checkpoint every 64 KiB of log and 1 MiB segments: kills land while
@@ -67,10 +102,30 @@ fn acknowledged_puts_survive_kill9_across_checkpoints() {
             "--log-segment-bytes",
             "1048576",
         ],
+        Load::Small,
     );
 }
 
-fn rounds_of_kill9(name: &str, flags: &[&str]) {
+/// The same with values up to 1.2 MB, some larger than a segment, and a Defragment every
+/// 50 ms: batches too large for the segment taking appends, segments started early for a
+/// Defragment, checkpoints taken in a hurry; kills land among all of them. (The writers never
+/// leave a segment empty long enough for a batch larger than it to come first: that case is
+/// `log::tests` and tests/checkpoint.rs.)
+#[test]
+fn acknowledged_large_puts_survive_kill9_across_defragments() {
+    rounds_of_kill9(
+        "acknowledged_large_puts_survive_kill9_across_defragments",
+        &[
+            "--checkpoint-min-bytes",
+            "1048576",
+            "--log-segment-bytes",
+            "1048576",
+        ],
+        Load::LargeWithDefragments,
+    );
+}
+
+fn rounds_of_kill9(name: &str, flags: &[&str], load: Load) {
     let seed: u64 = std::env::var("FERROCD_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -92,7 +147,7 @@ fn rounds_of_kill9(name: &str, flags: &[&str]) {
     let acked: Acked = Arc::default();
     let mut last_rev = 1;
     for round in 0..ROUNDS {
-        let w = writer(server.url(), round, acked.clone());
+        let w = writer(server.url(), round, acked.clone(), load);
         std::thread::sleep(Duration::from_millis(150 + rand(400)));
         server.kill9();
         w.join().expect("writer thread");
@@ -103,7 +158,7 @@ fn rounds_of_kill9(name: &str, flags: &[&str]) {
         rt().block_on(async {
             let mut c = Client::connect([server.url()], None).await.unwrap();
             let mut max_rev = last_rev;
-            for (key, value, rev) in &acked {
+            for (key, len, rev) in &acked {
                 let r = c.get(key.as_str(), None).await.unwrap_or_else(|e| {
                     panic!(
                         "round {round}: get {key}: {e}; seed {seed}\n{}",
@@ -113,7 +168,11 @@ fn rounds_of_kill9(name: &str, flags: &[&str]) {
                 let kv = r.kvs().first().unwrap_or_else(|| {
                     panic!("round {round}: acknowledged {key} (rev {rev}) lost; seed {seed}")
                 });
-                assert_eq!(kv.value_str().unwrap(), value, "seed {seed}");
+                assert!(
+                    kv.value_str().unwrap() == value_for(key, *len),
+                    "{key}: a value of {} bytes read back otherwise; seed {seed}",
+                    len
+                );
                 assert_eq!(kv.mod_revision(), *rev, "{key}: seed {seed}");
                 max_rev = max_rev.max(*rev);
             }
@@ -135,6 +194,16 @@ fn rounds_of_kill9(name: &str, flags: &[&str]) {
         acked.lock().unwrap().len() > ROUNDS * 10,
         "too few puts were acknowledged to mean anything"
     );
+    if load == Load::LargeWithDefragments {
+        let larger = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, len, _)| *len > 1 << 20)
+            .count();
+        assert!(larger > 0, "no acknowledged put larger than a segment");
+        eprintln!("{name}: {larger} acknowledged puts larger than a segment");
+    }
     if !flags.is_empty() {
         let log = server.log();
         let restored = log.matches("checkpoint restored").count();

@@ -1085,6 +1085,114 @@ mod tests {
         });
     }
 
+    /// The log against a model: batches of small and large records (some larger than a whole
+    /// segment), segments started early, checkpoints at batch boundaries releasing what they
+    /// cover (files removed as the server does), and restarts. Every record a checkpoint does
+    /// not cover reads back right, through its mapping while the log is open and from the
+    /// files after a restart; nothing else comes back.
+    #[test]
+    fn the_log_keeps_every_record_no_checkpoint_covers() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append(Vec<usize>),
+            RollNow,
+            /// A checkpoint at one of the batch boundaries after the last (as a fraction).
+            Release(u8),
+            Reopen,
+        }
+        let size = prop_oneof![8 => 8usize..2000, 1 => 300_000usize..1_500_000];
+        let op = prop_oneof![
+            6 => proptest::collection::vec(size, 1..4).prop_map(Op::Append),
+            1 => Just(Op::RollNow),
+            2 => (0u8..=100).prop_map(Op::Release),
+            1 => Just(Op::Reopen),
+        ];
+        fn payload(seq: u64, n: usize) -> Vec<u8> {
+            let mut p = vec![(seq % 251) as u8; n];
+            p[..8].copy_from_slice(&seq.to_le_bytes());
+            p
+        }
+        let root = tempfile::tempdir().unwrap();
+        let cases = std::sync::atomic::AtomicUsize::new(0);
+        let config = ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(ops in proptest::collection::vec(op, 1..24))| {
+            let n = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = root.path().join(format!("case-{n}"));
+            let checked = run(async move {
+                let mut log = Log::open(&path, 1 << 20, 1).await.unwrap().log;
+                let mut model: Vec<(u64, usize)> = Vec::new();
+                let mut boundaries: Vec<u64> = Vec::new();
+                let mut kept_from = 1;
+                let mut held: Vec<(u64, Bytes)> = Vec::new();
+                for op in ops.into_iter().chain([Op::Reopen]) {
+                    match op {
+                        Op::Append(sizes) => {
+                            let first = log.next_seq();
+                            let batch: Vec<Vec<u8>> = sizes
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &n)| payload(first + i as u64, n))
+                                .collect();
+                            let got = log.append(&batch).await.unwrap();
+                            for (i, b) in got.into_iter().enumerate() {
+                                let seq = first + i as u64;
+                                if b[..] != batch[i][..] {
+                                    return Err(format!("record {seq} appended wrong"));
+                                }
+                                model.push((seq, b.len()));
+                                held.push((seq, b));
+                            }
+                            boundaries.push(log.next_seq());
+                        }
+                        Op::RollNow => log.roll_now().await.unwrap(),
+                        Op::Release(f) => {
+                            let after: Vec<u64> =
+                                boundaries.iter().copied().filter(|&b| b > kept_from).collect();
+                            let Some(last) = after.len().checked_sub(1) else {
+                                continue;
+                            };
+                            let at = after[last * f as usize / 100];
+                            held.retain(|(seq, _)| *seq >= at);
+                            let gone = log.release_before(at);
+                            kept_from = at;
+                            remove_released(&gone, std::time::Duration::ZERO).unwrap();
+                            for (seq, b) in &held {
+                                if b[..] != payload(*seq, b.len())[..] {
+                                    return Err(format!("record {seq} changed after a release"));
+                                }
+                            }
+                        }
+                        Op::Reopen => {
+                            held.clear();
+                            drop(log);
+                            let rec = Log::open(&path, 1 << 20, kept_from).await.unwrap();
+                            let want: Vec<(u64, usize)> =
+                                model.iter().copied().filter(|(s, _)| *s >= kept_from).collect();
+                            let got: Vec<(u64, usize)> =
+                                rec.seqs.iter().copied().zip(rec.payloads.iter().map(|p| p.len())).collect();
+                            if got != want {
+                                return Err(format!("after a restart from {kept_from}: {got:?}, not {want:?}"));
+                            }
+                            for (seq, p) in rec.seqs.iter().zip(&rec.payloads) {
+                                if p[..] != payload(*seq, p.len())[..] {
+                                    return Err(format!("record {seq} read back wrong"));
+                                }
+                            }
+                            log = rec.log;
+                        }
+                    }
+                }
+                Ok(())
+            });
+            prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+        });
+    }
+
     /// A batch larger than a whole segment, while the segment taking appends holds no record
     /// yet: the new segment has the same first record, so the same name, and replaces the
     /// empty one's file. Releasing the empty one later must not touch that name: before the
