@@ -451,3 +451,46 @@ fn a_defragment_with_nothing_new_keeps_the_checkpoint_and_releases_the_log_it_co
         assert_eq!(r.kvs()[0].value(), &big[..]);
     });
 }
+
+/// A second ferrocd started on a member's data directory stops before it changes anything in
+/// it: finding the newest checkpoint removes unfinished parts and older checkpoints, which
+/// would have taken the running member's parts as it writes or renames them (found by a
+/// read-only review: the lock was taken after that clean-up).
+#[test]
+fn a_second_process_on_the_data_directory_stops_before_removing_anything() {
+    let s = Server::ferrocd(FLAGS);
+    let ckpt = member(&s).join("checkpoint");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    // As a checkpoint being written leaves it: a temporary part, and a later part renamed
+    // before part 0.
+    let planted = [
+        "0000000000000009-0000.ckpt.1-1.tmp",
+        "0000000000000009-0001.ckpt",
+    ];
+    for p in planted {
+        std::fs::write(ckpt.join(p), b"being written").unwrap();
+    }
+    let data = s.dir.path().join("data").display().to_string();
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let out = common::run(
+        env!("CARGO_BIN_EXE_ferrocd"),
+        &[],
+        &[
+            "--data-dir".into(),
+            data,
+            "--listen-client-urls".into(),
+            url.clone(),
+            "--advertise-client-urls".into(),
+            url,
+        ],
+        "",
+    );
+    assert_ne!(
+        out.code, 0,
+        "a second process started on a data directory in use"
+    );
+    assert!(out.stderr.contains("in use"), "{}", out.stderr);
+    for p in planted {
+        assert!(ckpt.join(p).exists(), "{p} was removed: {:?}", files(&ckpt));
+    }
+}

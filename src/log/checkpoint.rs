@@ -85,6 +85,7 @@ impl Writer {
     /// Starts the checkpoint of the state after record `seq`, with its metadata (JSON).
     pub fn create(dir: &Path, seq: u64, meta: &[u8]) -> io::Result<Writer> {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+        refuse_existing(dir, seq)?;
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unique = format!("{}-{n}", std::process::id());
@@ -258,6 +259,7 @@ fn finish_file(f: io::BufWriter<File>, path: &Path) -> io::Result<()> {
 pub fn adopt(staged: &[PathBuf], dir: &Path, seq: u64) -> io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+    refuse_existing(dir, seq)?;
     for p in staged {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -277,6 +279,22 @@ pub fn adopt(staged: &[PathBuf], dir: &Path, seq: u64) -> io::Result<Vec<PathBuf
         .and_then(|d| d.sync_all())
         .map_err(|e| err(dir, "cannot sync directory", e))?;
     Ok(finals)
+}
+
+/// Fails if checkpoint `seq` is already in `dir`: a second one of the same record would be
+/// renamed over its parts one at a time (a crash in between would leave parts of both). The
+/// members take none of a record already checkpointed; this holds if their own account of it
+/// were ever wrong.
+fn refuse_existing(dir: &Path, seq: u64) -> io::Result<()> {
+    let first = dir.join(part_name(seq, 0));
+    if first.exists() {
+        return Err(err(
+            &first,
+            "a checkpoint of this record exists:",
+            "not replaced",
+        ));
+    }
+    Ok(())
 }
 
 /// The parts of checkpoint `seq` in `dir`, in order (for sending it to another member).
@@ -714,6 +732,20 @@ mod tests {
         let paths = w.finish().unwrap();
         let (seq, found) = newest(dir.path()).unwrap().unwrap();
         assert_eq!((seq, &found), (42, &paths));
+        // A second checkpoint of the same record is refused, not renamed over this one.
+        let again = Writer::create(dir.path(), 42, b"{}")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            again.contains("a checkpoint of this record exists"),
+            "{again}"
+        );
+        let staged = tempfile::tempdir().unwrap();
+        let part = staged.path().join("part");
+        std::fs::copy(&paths[0], &part).unwrap();
+        assert!(adopt(std::slice::from_ref(&part), dir.path(), 42).is_err());
+        assert!(part.exists());
         let l = load(seq, &found).unwrap();
         assert_eq!(&l.meta[..], b"{\"x\":1}");
         assert_eq!(l.count, 4);

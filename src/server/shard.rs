@@ -399,6 +399,8 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<Opened> {
             checkpoint_seq: 0,
         });
     };
+    // The lock first: finding the newest checkpoint removes older and unfinished ones.
+    let lock = Log::lock(dir)?;
     // Restore the newest checkpoint, then replay the log after it.
     let mut from_seq = 1;
     let mut raft = None;
@@ -425,7 +427,7 @@ pub(crate) async fn open(opts: &StateOptions) -> io::Result<Opened> {
         );
         from_seq = seq + 1;
     }
-    let rec = Log::open(dir, opts.segment_bytes, from_seq).await?;
+    let rec = Log::open_locked(lock, dir, opts.segment_bytes, from_seq).await?;
     for m in rec.log.segment_maps() {
         state.add_log_segment(m.clone());
     }
