@@ -1402,8 +1402,11 @@ async fn append_run(
     match batch.last().map(|r| &r.then) {
         Some(Then::Install(staged)) => {
             // The snapshot's hard state is the request's first payload, written twice: the
-            // checkpoint covers the records up to the first, and replay starts at the second.
-            let seq = first_seq + counts.iter().sum::<usize>() as u64 - 2;
+            // checkpoint covers the records up to the first, and replay starts at the second
+            // (then the Ready's entries, if any).
+            debug_assert!(counts.last().is_some_and(|&n| n >= 2), "{counts:?}");
+            let before = counts[..counts.len() - 1].iter().sum::<usize>();
+            let seq = first_seq + before as u64;
             let staged_parts = staged_parts(staged).unwrap_or_else(|e| stop("snapshot", &e));
             let finals = crate::log::checkpoint::adopt(&staged_parts, checkpoints, seq)
                 .unwrap_or_else(|e| stop("snapshot install failed", &e));
@@ -2289,12 +2292,19 @@ impl Node {
             self.raw.mut_store().set_hard_state(hs.clone());
         }
         let entries = rd.take_entries();
-        let mut payloads: Vec<Vec<u8>> = entries.iter().map(consensus::encode_entry).collect();
+        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(entries.len() + 2);
         let mut hard_state = None;
         if !entries.is_empty() || rd.must_sync() {
             let hs = self.raw.store().hard_state().clone();
-            payloads.push(consensus::encode_hard_state(&hs));
+            // With a snapshot, the hard state comes first, twice (the checkpoint covers the
+            // records up to the first, `append_run`): entries of the same Ready follow the
+            // snapshot's index and must be replayed, not covered.
             if matches!(then, Then::Install(_)) {
+                payloads.push(consensus::encode_hard_state(&hs));
+                payloads.push(consensus::encode_hard_state(&hs));
+                payloads.extend(entries.iter().map(consensus::encode_entry));
+            } else {
+                payloads.extend(entries.iter().map(consensus::encode_entry));
                 payloads.push(consensus::encode_hard_state(&hs));
             }
             hard_state = Some(hs);
