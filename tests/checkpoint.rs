@@ -32,6 +32,26 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Another ferrocd on `s`'s data directory, on a port of its own; its output once it exits
+/// (it is expected to refuse to start).
+fn start_on_the_same_data(s: &Server) -> common::Output {
+    let data = s.dir.path().join("data").display().to_string();
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    common::run(
+        env!("CARGO_BIN_EXE_ferrocd"),
+        &[],
+        &[
+            "--data-dir".into(),
+            data,
+            "--listen-client-urls".into(),
+            url.clone(),
+            "--advertise-client-urls".into(),
+            url,
+        ],
+        "",
+    )
+}
+
 fn member(s: &Server) -> PathBuf {
     s.dir.path().join("data").join("member")
 }
@@ -254,22 +274,7 @@ fn a_damaged_checkpoint_stops_the_start_naming_the_file() {
     let at = bytes.len() - 20;
     bytes[at] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let data = s.dir.path().join("data").display().to_string();
-    let port = common::free_port().to_string();
-    let url = format!("http://127.0.0.1:{port}");
-    let out = common::run(
-        env!("CARGO_BIN_EXE_ferrocd"),
-        &[],
-        &[
-            "--data-dir".into(),
-            data,
-            "--listen-client-urls".into(),
-            url.clone(),
-            "--advertise-client-urls".into(),
-            url,
-        ],
-        "",
-    );
+    let out = start_on_the_same_data(&s);
     assert_ne!(out.code, 0, "started on a damaged checkpoint");
     assert!(
         out.stderr.contains("checkpoint corrupt") && out.stderr.contains(&name),
@@ -470,21 +475,7 @@ fn a_second_process_on_the_data_directory_stops_before_removing_anything() {
     for p in planted {
         std::fs::write(ckpt.join(p), b"being written").unwrap();
     }
-    let data = s.dir.path().join("data").display().to_string();
-    let url = format!("http://127.0.0.1:{}", common::free_port());
-    let out = common::run(
-        env!("CARGO_BIN_EXE_ferrocd"),
-        &[],
-        &[
-            "--data-dir".into(),
-            data,
-            "--listen-client-urls".into(),
-            url.clone(),
-            "--advertise-client-urls".into(),
-            url,
-        ],
-        "",
-    );
+    let out = start_on_the_same_data(&s);
     assert_ne!(
         out.code, 0,
         "a second process started on a data directory in use"
