@@ -260,6 +260,9 @@ pub struct KvState {
     /// A checkpoint's walk is under way (compaction trimming waits); set false if a physical
     /// compaction cut in (the walk is abandoned).
     checkpointing: bool,
+    /// Since when a checkpoint has been waiting for a compaction's trimming, and when it last
+    /// asked.
+    trim_wait: Option<(std::time::Instant, std::time::Instant)>,
     /// Log bytes found at recovery; log bytes (counted so) and live value bytes when the last
     /// checkpoint started.
     log_base: u64,
@@ -332,6 +335,7 @@ impl KvState {
             checkpoint_parts: Vec::new(),
             checkpoint_bytes: 0,
             checkpointing: false,
+            trim_wait: None,
             log_base: 0,
             log_at_checkpoint: 0,
             live_at_checkpoint: 0,
@@ -420,6 +424,25 @@ impl KvState {
     /// the index as it is).
     pub fn compaction_pending(&self) -> bool {
         !self.checkpointing && self.store.compaction_pending()
+    }
+
+    /// Whether a checkpoint due now may begin: not while a compaction still trims the index
+    /// (it would copy the revisions the trimming drops), for at most
+    /// `limits::CHECKPOINT_TRIM_WAIT_MAX` (compactions asked faster than one trimming walk
+    /// takes must not hold checkpoints, Defragment and snapshots off forever; past it, the
+    /// checkpoint holds the trimming off as it walks).
+    pub fn checkpoint_may_begin(&mut self, now: std::time::Instant) -> bool {
+        if !self.compaction_pending() {
+            self.trim_wait = None;
+            return true;
+        }
+        let (since, last) = self.trim_wait.get_or_insert((now, now));
+        // A wait that stopped asking (the checkpoint was no longer due) starts over.
+        if now.duration_since(*last) > std::time::Duration::from_secs(1) {
+            *since = now;
+        }
+        *last = now;
+        now.duration_since(*since) >= crate::limits::CHECKPOINT_TRIM_WAIT_MAX
     }
 
     /// Starts a checkpoint at the current revision: its metadata. Compaction trimming waits
@@ -2036,6 +2059,41 @@ fn apply_txn<V: ValueStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint waits for a compaction's trimming, but not past
+    /// `CHECKPOINT_TRIM_WAIT_MAX`; a wait that stopped asking starts over.
+    #[test]
+    fn a_checkpoint_waits_for_trimming_for_a_bounded_time() {
+        let mut s = KvState::in_memory(1, 2);
+        for i in 0..3 {
+            s.execute(Request::Put(pb::PutRequest {
+                key: format!("k{i}").into(),
+                value: b"v".to_vec().into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        assert!(s.checkpoint_may_begin(t0));
+        s.execute(Request::Compact(pb::CompactionRequest {
+            revision: 3,
+            physical: false,
+        }))
+        .unwrap();
+        let max = crate::limits::CHECKPOINT_TRIM_WAIT_MAX;
+        let step = std::time::Duration::from_millis(250);
+        let mut t = t0;
+        while t < t0 + max {
+            assert!(!s.checkpoint_may_begin(t), "{:?} in", t - t0);
+            t += step;
+        }
+        assert!(s.checkpoint_may_begin(t));
+        // Asked again after a pause: a new wait.
+        let later = t + std::time::Duration::from_secs(2);
+        assert!(!s.checkpoint_may_begin(later));
+        while s.compact_step(1) {}
+        assert!(s.checkpoint_may_begin(later));
+    }
 
     fn expire(ids: &[i64], seen: u64) -> Request {
         Request::LeaseExpire(Expiry {

@@ -83,6 +83,9 @@ pub const CHECKPOINT_PACE: u32 = 3;
 /// A checkpoint somebody waits for (a Defragment) waits this fraction of each step's time
 /// instead: at most about four fifths of the owner's time (see `server::shard::pace`).
 pub const CHECKPOINT_HURRIED_PACE_DIVISOR: u32 = 4;
+/// Longest a checkpoint due (or asked for by Defragment or a member's snapshot) waits for a
+/// compaction's trimming to end (`KvState::checkpoint_may_begin`).
+pub const CHECKPOINT_TRIM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.
 pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;

@@ -317,9 +317,12 @@ async fn receive_snapshot(
     }
     let _receiving = Receiving(&snapshots.busy);
     let meta = m.get_snapshot().get_metadata();
-    // (Other staged snapshots stay: one may be on its way to being installed; the loop
-    // removes those an install made useless.)
-    let dir = snapshots.staged(meta.index, meta.term);
+    // Received under a name of its own, renamed to its staged name once checked: a copy
+    // staged already (the same snapshot sent again while the first is on its way to being
+    // installed) is never touched. (Other staged snapshots stay too; the loop removes those
+    // an install made useless.)
+    let staged = snapshots.staged(meta.index, meta.term);
+    let dir = staged.with_extension(format!("recv-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut paths = Vec::new();
@@ -377,6 +380,16 @@ async fn receive_snapshot(
     let checked = checker
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the snapshot checker panicked")));
+    // Staged: renamed into place, unless a checked copy of the same snapshot is there.
+    let checked = checked.and_then(|revisions| {
+        if staged.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            std::fs::rename(&dir, &staged)?;
+            std::fs::File::open(&snapshots.staging)?.sync_all()?;
+        }
+        Ok(revisions)
+    });
     let ok = match &checked {
         Ok(revisions) => {
             tracing::info!(

@@ -1287,7 +1287,8 @@ const APPENDS_IN_FLIGHT_MAX: usize = 8;
 struct AppendReq {
     /// The Ready's number (0: not a Ready, only a release).
     number: u64,
-    /// (index, term) of each entry, in the order of the first payloads.
+    /// (index, term) of each entry, in the order of their payloads: the first ones, or, with
+    /// a snapshot to install, those after its two hard states.
     entries: Vec<(u64, u64)>,
     payloads: Vec<Vec<u8>>,
     /// The hard state among the payloads, if any.
@@ -1427,10 +1428,16 @@ async fn append_run(
     for (r, n) in batch.into_iter().zip(counts) {
         let mine: Vec<bytes::Bytes> = written.by_ref().take(n).collect();
         let k = r.entries.len();
+        // An install's entries follow its two hard states; others' come first.
+        let at = if matches!(r.then, Then::Install(_)) {
+            n - k
+        } else {
+            0
+        };
         out.push(Persisted {
             number: r.number,
-            written: mine.into_iter().take(k).collect(),
-            first_seq: seq,
+            written: mine.into_iter().skip(at).take(k).collect(),
+            first_seq: seq + at as u64,
             entries: r.entries,
             hard_state: r.hard_state,
             persisted: r.persisted,
@@ -2030,9 +2037,9 @@ impl Node {
     async fn checkpoint(&mut self, op: kv::CheckpointOp, tx: Reply) {
         use kv::{CheckpointAnswer as A, CheckpointOp as Op};
         let answer = match op {
-            // A compaction's trimming first: a checkpoint begun now would copy the revisions
-            // it drops (a wanted snapshot stays wanted meanwhile).
-            Op::Begin if self.state.compaction_pending() => Ok(A::Begun(None)),
+            // A compaction's trimming first, for a while (`KvState::checkpoint_may_begin`; a
+            // wanted snapshot stays wanted meanwhile).
+            Op::Begin if !self.state.checkpoint_may_begin(Instant::now()) => Ok(A::Begun(None)),
             Op::Begin => {
                 let wanted = self.raw.store().take_snapshot_wanted();
                 let forced = wanted || self.demands.forcing();
@@ -2582,6 +2589,51 @@ impl Node {
 mod tests {
     use super::*;
     use raft::eraftpb::{ConfChange, ConfChangeType};
+
+    /// An install whose Ready also carries entries: the hard state is written twice before
+    /// them, the checkpoint is named after the first, and each entry is given its own payload
+    /// and record seq (a review found them shifted by the two hard states: entry i was given
+    /// entry i-2's data).
+    #[test]
+    fn an_install_with_entries_gives_each_entry_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let mut log = Log::open(&root.join("log"), 1 << 20, 1).await.unwrap().log;
+            let staged = root.join("staged");
+            std::fs::create_dir_all(&staged).unwrap();
+            let w = crate::log::checkpoint::Writer::create(&root.join("w"), 1, b"{}").unwrap();
+            let part = w.finish().unwrap().remove(0);
+            std::fs::rename(&part, staged.join("part-0000")).unwrap();
+            let checkpoints = root.join("checkpoint");
+            let hs = vec![9u8; 5];
+            let before = AppendReq {
+                number: 1,
+                entries: vec![(1, 1)],
+                payloads: vec![b"e1".to_vec(), hs.clone()],
+                hard_state: None,
+                persisted: vec![],
+                then: Then::Nothing,
+            };
+            let install = AppendReq {
+                number: 2,
+                entries: vec![(11, 2), (12, 2)],
+                payloads: vec![hs.clone(), hs, b"e11".to_vec(), b"e12".to_vec()],
+                hard_state: None,
+                persisted: vec![],
+                then: Then::Install(staged),
+            };
+            let out = append_run(&mut log, &mut 0, vec![before, install], &checkpoints).await;
+            // Records 1 (e1), 2 (hs), 3 and 4 (hs twice), 5 (e11), 6 (e12).
+            assert_eq!(out[0].first_seq, 1);
+            assert_eq!(&out[0].written[0][..], b"e1");
+            let p = &out[1];
+            assert_eq!(p.installed.as_ref().map(|i| i.0), Some(3));
+            assert_eq!(p.first_seq, 5);
+            let data: Vec<&[u8]> = p.written.iter().map(|b| &b[..]).collect();
+            assert_eq!(data, [&b"e11"[..], b"e12"]);
+        });
+    }
 
     #[test]
     fn a_logged_refusal_gives_its_client_the_same_error() {

@@ -1051,7 +1051,9 @@ async fn run_batch(
             continue;
         }
         let finished = matches!(op, kv::CheckpointOp::Finished);
-        if matches!(op, kv::CheckpointOp::Begin) && demands.forcing() && !state.compaction_pending()
+        if matches!(op, kv::CheckpointOp::Begin)
+            && demands.forcing()
+            && state.checkpoint_may_begin(std::time::Instant::now())
         {
             if let Some(log) = log.as_deref_mut() {
                 // A Defragment: writes from now on go to a new segment, so that the checkpoint
@@ -1322,9 +1324,8 @@ fn checkpoint_op(
             if !demands.forcing() && !state.checkpoint_due(log.stats().bytes) {
                 return Ok(A::Begun(None));
             }
-            // A compaction's trimming first: a checkpoint begun now would copy the revisions
-            // it drops (and hold the trimming off while it walks).
-            if state.compaction_pending() {
+            // A compaction's trimming first, for a while (`KvState::checkpoint_may_begin`).
+            if !state.checkpoint_may_begin(std::time::Instant::now()) {
                 return Ok(A::Begun(None));
             }
             if log.next_seq() == log.kept_from() {
