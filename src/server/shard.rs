@@ -1329,11 +1329,12 @@ fn checkpoint_op(
                 return Ok(A::Begun(None));
             }
             if log.next_seq() == log.kept_from() {
-                // Nothing logged since the newest checkpoint, which holds the state as it is
-                // (trimming is done): the Defragment waits only for the release of the
-                // segments that checkpoint covers (the apply loop has just left the one that
-                // took appends). A checkpoint of the same record would be renamed over that
-                // one's files, part by part.
+                // Nothing logged since the newest checkpoint, which holds every record: the
+                // Defragment waits only for the release of the segments that checkpoint
+                // covers (the apply loop has just left the one that took appends). A
+                // checkpoint of the same record would be renamed over that one's files, part
+                // by part (what a compaction's trimming drops after waiting 5 s goes at the
+                // next checkpoint).
                 demands.begun(true);
                 state.checkpoint_started(log.stats().bytes);
                 let gone = log.release_before(log.kept_from());
@@ -1616,6 +1617,8 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::Notifier;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     /// What a checkpoint's Begin decides on a single member: nothing while a compaction still
     /// trims (the checkpoint would copy what it drops), a checkpoint once it is done, and, for
@@ -1671,6 +1674,10 @@ mod tests {
                 panic!("a second checkpoint of the same record")
             };
             assert_eq!(gone.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [0]);
+            // Finished answers the waiting Defragment calls, once: both (the first was still
+            // in flight from the checkpoint begun above).
+            assert_eq!(demands.finished().len(), 2);
+            assert!(demands.finished().is_empty() && !demands.forcing());
             // Something logged since: a checkpoint again.
             log.append(&[vec![2u8; 100]]).await.unwrap();
             let (tx, _rx) = super::answer_slot();
@@ -1681,8 +1688,6 @@ mod tests {
             ));
         });
     }
-    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     #[test]
     fn an_answer_slot_wakes_its_caller_with_the_answer_or_none() {
