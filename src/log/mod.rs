@@ -395,17 +395,13 @@ impl Log {
             self.stats.batches_on_zeros += 1;
         }
         let seg = self.segments.last().expect("a segment");
-        {
-            use std::os::unix::fs::FileExt;
-            // Onto blocks zeroed ahead (nearly always): a copy into the page cache, nothing to
-            // allocate, so a system call on the shard in every mode. Through io_uring it ran
-            // on a worker thread anyway (ext4's buffered writes), after the end of the shard's
-            // scheduler turn ([`sync`]), and a small batch waited for two such round trips,
-            // the write's and the fdatasync's.
-            self.file
-                .write_all_at(&buf, at)
-                .map_err(|e| err(seg.path(), "write failed on", e))?;
-        }
+        // Onto blocks zeroed ahead (nearly always): a copy into the page cache, nothing to
+        // allocate, so a system call on the shard in every mode. Through io_uring it ran on a
+        // worker thread anyway (ext4's buffered writes), after the end of the shard's scheduler
+        // turn ([`sync`]), and a small batch waited for two such round trips, the write's and
+        // the fdatasync's.
+        std::os::unix::fs::FileExt::write_all_at(&*self.file, &buf, at)
+            .map_err(|e| err(seg.path(), "write failed on", e))?;
         let micros = match how {
             SyncMode::Ring => {
                 let started = Instant::now();

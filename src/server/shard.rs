@@ -1118,7 +1118,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
         A::Begun(Some(begun)) => begun,
         A::Unchanged(segments) => {
             // Only the segments the newest checkpoint covers go, for a Defragment.
-            remove_files(segments, dir, std::time::Duration::ZERO).await?;
+            remove_checkpointed_files(segments, dir, std::time::Duration::ZERO).await?;
             checkpoint_call(owner, Op::Finished).await?;
             return Ok(());
         }
@@ -1210,7 +1210,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
     } else {
         crate::log::CUT_PAUSE
     };
-    remove_files(segments, dir, pause).await?;
+    remove_checkpointed_files(segments, dir, pause).await?;
     checkpoint_call(owner, Op::Finished).await?;
     tracing::info!(
         checkpoint = %format!("{seq:016x}"),
@@ -1228,7 +1228,7 @@ async fn take_checkpoint(owner: &Owner, dir: &std::path::Path) -> Result<(), Str
 /// Removes the released segments' files and any superseded checkpoint's (nothing points into
 /// them any more), on a thread: cutting down and unlinking large files takes a while (`pause`
 /// between cuts, none when somebody waits).
-async fn remove_files(
+async fn remove_checkpointed_files(
     segments: Vec<crate::log::Released>,
     dir: &std::path::Path,
     pause: std::time::Duration,
