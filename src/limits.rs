@@ -14,6 +14,14 @@ pub const APPLY_BATCH_REQUESTS_MAX: usize = 4096;
 /// After this many apply batches in a row of a single request each, the owner shard makes a
 /// write durable with blocking system calls (`log::SyncMode::Blocking`) until a batch holds more.
 pub const ONE_CLIENT_BATCHES: usize = 8;
+/// A batch of fewer requests than this is also made durable by blocking system calls when the
+/// owner shard answered no read (range, watch pull, keepalive...) in the last [`QUIET_BATCHES`]
+/// batches: at moderate write rates the blocking wait costs less CPU than a round trip through
+/// io_uring's worker, and with no reads coming nothing waits behind it
+/// (tuning/results/2026-11-28-quiet-blocking.md).
+pub const QUIET_BLOCKING_BATCH_BELOW: usize = 8;
+/// Batches in a row without a read before small ones block (see [`QUIET_BLOCKING_BATCH_BELOW`]).
+pub const QUIET_BATCHES: usize = 4;
 /// Apply batches of fewer requests than this (and Raft appends of fewer records) are synced
 /// through io_uring (`log::SyncMode::Ring`), larger ones on the log's fdatasync thread
 /// (`log::SyncMode::Background`; written by a system call either way): at 100 clients

@@ -27,7 +27,8 @@ use crate::compactor::{self, AutoCompaction};
 use crate::error::{EtcdError, Status};
 use crate::kv::{self, KvOptions, KvState, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, SHARD_QUEUE_DEPTH,
+    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, ONE_CLIENT_BATCHES, QUIET_BATCHES,
+    QUIET_BLOCKING_BATCH_BELOW, SHARD_QUEUE_DEPTH,
 };
 use crate::log::{checkpoint, Log, LogStats, Recovered};
 use crate::proto::etcdserverpb as pb;
@@ -680,8 +681,9 @@ async fn apply_loop(
     let mut carried: Vec<Job> = Vec::new();
     let mut reported = (std::time::Instant::now(), LogStats::default());
     let mut demands = Demands::default();
-    // How many batches in a row held a single request.
+    // How many batches in a row held a single request, and how many answered no read.
     let mut single_batches = 0usize;
+    let mut quiet_batches = 0usize;
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
         // holding up requests for long.
@@ -749,17 +751,8 @@ async fn apply_loop(
         } else {
             0
         };
-        // Serving one client, its write is made durable by blocking system calls, which
-        // return sooner than io_uring's fdatasync here (`log::SyncMode`); with more clients the
-        // shard serves the others while the fdatasync is in flight: small batches through
-        // io_uring, large ones (many clients) with the fdatasync on the log's own thread,
-        // handed to it at once rather than at the end of the scheduler's turn.
-        let sync = if single_batches > ONE_CLIENT_BATCHES {
-            crate::log::SyncMode::Blocking
-        } else {
-            crate::log::SyncMode::for_batch(batch.len())
-        };
-        run_batch(
+        let sync = sync_mode(batch.len(), single_batches, quiet_batches);
+        let read = run_batch(
             &mut state,
             log.as_mut(),
             &mut batch,
@@ -769,6 +762,7 @@ async fn apply_loop(
             sync,
         )
         .await;
+        quiet_batches = if read { 0 } else { quiet_batches + 1 };
         notifier.notify(state.store().rev());
         if let Some((mut rest, checked)) = grow_now.take() {
             // Arrival order: the growing request and the rest of its batch, then what came
@@ -904,6 +898,24 @@ pub(crate) fn count(req: &Request) {
     };
 }
 
+/// How a batch of `len` requests is made durable, after `single` batches in a row of one
+/// request each and `quiet` batches in a row that answered no read.
+///
+/// Serving one client, or small batches while no reads come, the write is made durable by
+/// blocking system calls, which return sooner and cost less CPU than io_uring's fdatasync here
+/// (`log::SyncMode`); the shard serves nothing meanwhile, which is why a read coming stops it:
+/// reads answered during the fdatasync would wait for it instead. Otherwise the shard serves
+/// the others while the fdatasync is in flight: small batches through io_uring, large ones
+/// (many clients) with the fdatasync on the log's own thread, handed to it at once rather than
+/// at the end of the scheduler's turn.
+fn sync_mode(len: usize, single: usize, quiet: usize) -> crate::log::SyncMode {
+    if single > ONE_CLIENT_BATCHES || (len < QUIET_BLOCKING_BATCH_BELOW && quiet >= QUIET_BATCHES) {
+        crate::log::SyncMode::Blocking
+    } else {
+        crate::log::SyncMode::for_batch(len)
+    }
+}
+
 /// Answers a read against the current (durable) state.
 pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     let answer = match state.precheck(&req) {
@@ -921,7 +933,9 @@ async fn run_batch(
     carried: &mut Vec<Job>,
     demands: &mut Demands,
     sync: crate::log::SyncMode,
-) {
+) -> bool {
+    // Whether a read (of any kind `is_read` names) was answered in this batch.
+    let mut read = false;
     let mut payloads = Vec::new();
     let mut steps = Vec::with_capacity(batch.len());
     // A checkpoint's work waits for the end of the batch, when the state holds every record
@@ -958,6 +972,7 @@ async fn run_batch(
             // is durable (each batch is applied only after its fdatasync), and none of this
             // batch's writes is acknowledged yet, so the read may come before them. It does
             // not wait for the fdatasync (nor do watchers' pulls).
+            read = true;
             answer_read(state, req, tx).await;
         } else {
             steps.push(Step::Direct(req, tx));
@@ -990,6 +1005,7 @@ async fn run_batch(
                         Err(Some((req, tx))) => {
                             if is_read(&req) {
                                 count(&req);
+                                read = true;
                                 answer_read(state, req, tx).await;
                             } else {
                                 carried.push((req, tx));
@@ -1074,6 +1090,7 @@ async fn run_batch(
             }
         }
     }
+    read
 }
 
 pub(crate) fn defragmented(state: &KvState) -> pb::DefragmentResponse {
@@ -1619,6 +1636,23 @@ mod tests {
     use super::Notifier;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// Small batches block (no io_uring round trip) only while no reads come; one client's
+    /// batches block however it reads; large batches never do.
+    #[test]
+    fn small_batches_block_only_after_batches_without_reads() {
+        use super::sync_mode;
+        use crate::limits::{ONE_CLIENT_BATCHES, QUIET_BATCHES, QUIET_BLOCKING_BATCH_BELOW};
+        use crate::log::SyncMode::{Background, Blocking, Ring};
+        let small = QUIET_BLOCKING_BATCH_BELOW - 1;
+        assert_eq!(sync_mode(small, 0, 0), Ring);
+        assert_eq!(sync_mode(small, 0, QUIET_BATCHES - 1), Ring);
+        assert_eq!(sync_mode(small, 0, QUIET_BATCHES), Blocking);
+        assert_eq!(sync_mode(QUIET_BLOCKING_BATCH_BELOW, 0, 100), Ring);
+        assert_eq!(sync_mode(100, 0, 100), Background);
+        assert_eq!(sync_mode(1, ONE_CLIENT_BATCHES + 1, 0), Blocking);
+        assert_eq!(sync_mode(1, ONE_CLIENT_BATCHES, 0), Ring);
+    }
 
     /// What a checkpoint's Begin decides on a single member: nothing while a compaction still
     /// trims (the checkpoint would copy what it drops), a checkpoint once it is done, and, for
