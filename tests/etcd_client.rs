@@ -5,8 +5,8 @@ mod common;
 
 use common::{rt, Server};
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
 async fn client(s: &Server) -> Client {
@@ -191,5 +191,125 @@ fn errors_carry_etcds_codes_and_messages() {
             .unwrap();
         assert_eq!(r.count(), 0);
         assert_eq!(r.header().unwrap().revision(), 1);
+    });
+}
+
+/// A Range over many keys is walked a step at a time between the owner's batches of writes
+/// (`kv::KvState::read_begin`). While a writer overwrites keys and creates new ones, each read
+/// must answer exactly the store as it was at its header's revision: every key with the
+/// revision and value of the last acknowledged write at or before it, nothing written after,
+/// and the count, though compactions past that revision come meanwhile.
+#[test]
+fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+    const KEYS: usize = 60_000;
+    const TXN_PUTS: usize = 10_000;
+    const WRITERS: usize = 4;
+    let server = Server::ferrocd(&["--max-txn-ops", "10000"]);
+    rt().block_on(async {
+        let mut c = client(&server).await;
+        // Every write acknowledged: key -> [(revision, value)], in revision order.
+        let written: RefCell<BTreeMap<String, Vec<(i64, String)>>> = RefCell::default();
+        for chunk in 0..KEYS / TXN_PUTS {
+            let ops: Vec<TxnOp> = (chunk * TXN_PUTS..(chunk + 1) * TXN_PUTS)
+                .map(|i| TxnOp::put(format!("k{i:07}"), "fill", None))
+                .collect();
+            let r = c.txn(Txn::new().and_then(ops)).await.unwrap();
+            let rev = r.header().unwrap().revision();
+            let mut w = written.borrow_mut();
+            for i in chunk * TXN_PUTS..(chunk + 1) * TXN_PUTS {
+                w.insert(format!("k{i:07}"), vec![(rev, "fill".to_string())]);
+            }
+        }
+        let stop = Cell::new(false);
+        let mut writers = Vec::new();
+        for _ in 0..WRITERS {
+            writers.push(client(&server).await);
+        }
+        let mut writers = writers.into_iter();
+        let mut next = || writers.next().unwrap();
+        // Several writers, so that each step of a read has writes between it and the next.
+        let write = |mut w: Client, id: u64| {
+            let (stop, written) = (&stop, &written);
+            async move {
+                let mut n = 0u64;
+                while !stop.get() {
+                    // Overwrites spread over the keys, and new keys past the filled ones.
+                    n += 1;
+                    let m = n * WRITERS as u64 + id;
+                    let key = if n % 3 == 0 {
+                        format!("k{:07}", KEYS as u64 + m)
+                    } else {
+                        format!("k{:07}", (m * 7919) % KEYS as u64)
+                    };
+                    let value = format!("w{m}");
+                    let rev = w
+                        .put(key.clone(), value.clone(), None)
+                        .await
+                        .unwrap()
+                        .header()
+                        .unwrap()
+                        .revision();
+                    written
+                        .borrow_mut()
+                        .entry(key)
+                        .or_default()
+                        .push((rev, value));
+                    // Physical compactions too: they trim the index at once, and the reads
+                    // under way still read the revisions they drop.
+                    // (Another writer may have compacted past this revision already.)
+                    if n % 5 == 0 {
+                        let physical = CompactionOptions::new().with_physical();
+                        if let Err(e) = w.compact(rev, Some(physical)).await {
+                            let (code, _) = status(e);
+                            assert_eq!(code, tonic::Code::OutOfRange);
+                        }
+                    }
+                }
+                n
+            }
+        };
+        let reader = async {
+            let mut reads = Vec::new();
+            for _ in 0..6 {
+                let r = c
+                    .get("k", Some(GetOptions::new().with_prefix()))
+                    .await
+                    .unwrap();
+                let found: Vec<(String, i64, String)> = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        let k = kv.key_str().unwrap().to_string();
+                        (k, kv.mod_revision(), kv.value_str().unwrap().to_string())
+                    })
+                    .collect();
+                reads.push((r.header().unwrap().revision(), r.count(), found));
+            }
+            stop.set(true);
+            reads
+        };
+        let (p0, p1, p2, p3, reads) = tokio::join!(
+            write(next(), 0),
+            write(next(), 1),
+            write(next(), 2),
+            write(next(), 3),
+            reader
+        );
+        let puts = p0 + p1 + p2 + p3;
+        let written = written.into_inner();
+        for (rev, count, found) in reads {
+            let want: Vec<(String, i64, String)> = written
+                .iter()
+                .filter_map(|(k, ws)| {
+                    let (r, v) = ws.iter().rev().find(|(r, _)| *r <= rev)?;
+                    Some((k.clone(), *r, v.clone()))
+                })
+                .collect();
+            assert_eq!(count as usize, want.len(), "count at revision {rev}");
+            assert!(found == want, "the keys at revision {rev} differ");
+        }
+        assert!(puts > 0, "no write came");
     });
 }

@@ -12,7 +12,9 @@ pub mod store;
 
 pub use key::Key;
 pub use key_index::ValueRef;
-pub use store::{Change, KeySpan, MemValues, RangeResult, ReadOpts, Store, ValueStore, WriteTxn};
+pub use store::{
+    Change, KeySpan, MemValues, RangeResult, ReadOpts, SteppedRead, Store, ValueStore, WriteTxn,
+};
 
 use crate::error::EtcdError;
 

@@ -142,6 +142,43 @@ pub struct ReadOpts {
     pub keys_only: bool,
 }
 
+/// A read walked in steps ([`Store::range_begin`], [`Store::range_step`]).
+#[derive(Debug)]
+pub struct SteppedRead {
+    /// Where the next step starts: this key, or after it once a step stopped there.
+    from: Vec<u8>,
+    from_excluded: bool,
+    /// The end of the span (excluded); none: every key from `from` on.
+    to: Option<Vec<u8>>,
+    /// The revision read.
+    rev: i64,
+    opts: ReadOpts,
+    result: RangeResult,
+    sizing: Sizing,
+    done: bool,
+}
+
+/// Where a stepped read is in sizing its results ([`Store::range_step`]).
+#[derive(Debug)]
+enum Sizing {
+    /// The first step has not ended the read yet.
+    First,
+    /// Counting the keys after `from`: `keys` so far.
+    Counting { from: Vec<u8>, keys: usize },
+    /// Room made (or none needed).
+    Sized,
+}
+
+/// Keys a counting step of a stepped read walks, per key a collecting step walks.
+const COUNT_STEP_FACTOR: usize = 4;
+
+impl SteppedRead {
+    /// What the read found (whole once [`Store::range_step`] returned true).
+    pub fn into_result(self) -> RangeResult {
+        self.result
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
@@ -428,6 +465,141 @@ impl<V: ValueStore> Store<V> {
             count,
             rev: cur_rev,
         })
+    }
+
+    /// Starts a read of `span` at the current revision (or `opts.rev`) that
+    /// [`Store::range_step`] walks a bounded number of keys at a time, with writes between the
+    /// steps: it sees the store as it was at its revision, provided no compaction trims the
+    /// index meanwhile (the caller holds trimming off while such reads run). Each step takes
+    /// the values of its keys from where they are then (a checkpoint moves them between steps).
+    pub fn range_begin(&self, span: KeySpan<'_>, opts: ReadOpts) -> Result<SteppedRead, MvccError> {
+        let cur_rev = self.current_rev;
+        if opts.rev > cur_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let (from, to, done) = match span {
+            KeySpan::Single(k) => (k.to_vec(), Some([k, &[0]].concat()), false),
+            KeySpan::Range(from, to) => (from.to_vec(), Some(to.to_vec()), to <= from),
+            KeySpan::From(from) => (from.to_vec(), None, false),
+        };
+        Ok(SteppedRead {
+            from,
+            from_excluded: false,
+            to,
+            rev,
+            opts,
+            result: RangeResult {
+                kvs: Vec::new(),
+                count: 0,
+                rev: cur_rev,
+            },
+            sizing: Sizing::First,
+            done,
+        })
+    }
+
+    /// Walks up to `max_keys` more keys of `read`; true once it has walked them all.
+    ///
+    /// A read that one step did not finish first counts the keys left in its span (up to
+    /// [`COUNT_STEP_FACTOR`] times `max_keys` a step, without looking at their revisions) and
+    /// makes room for that many results at once: grown by doubling, the vector of a million
+    /// results was copied and faulted in again and again, most of the time one step held the
+    /// shard for. The count is of the index's keys, which holds every key the read can find
+    /// (compaction waits for reads under way), so the room is never short.
+    pub fn range_step(&self, read: &mut SteppedRead, max_keys: usize) -> bool {
+        if read.done {
+            return true;
+        }
+        let upper = match &read.to {
+            Some(to) => Bound::Excluded(&to[..]),
+            None => Bound::Unbounded,
+        };
+        let opts = read.opts;
+        if let Sizing::Counting { from, keys } = &mut read.sizing {
+            let budget = max_keys.saturating_mul(COUNT_STEP_FACTOR);
+            let mut walk = self.index.range(Bound::Excluded(&from[..]), upper);
+            let mut n = 0;
+            let mut last: Option<&[u8]> = None;
+            for (k, _) in walk.by_ref() {
+                n += 1;
+                last = Some(k);
+                if n == budget {
+                    break;
+                }
+            }
+            *keys += n;
+            match last {
+                Some(k) if n == budget && walk.next().is_some() => *from = k.to_vec(),
+                _ => {
+                    let room = match opts.limit {
+                        0 => *keys,
+                        limit => (*keys).min(limit.saturating_sub(read.result.kvs.len())),
+                    };
+                    read.result.kvs.reserve_exact(room);
+                    read.sizing = Sizing::Sized;
+                }
+            }
+            return false;
+        }
+        let lower = if read.from_excluded {
+            Bound::Excluded(&read.from[..])
+        } else {
+            Bound::Included(&read.from[..])
+        };
+        let taken = read.result.kvs.len();
+        let mut keys = Vec::new();
+        let mut found = Vec::new();
+        let mut last: Option<&[u8]> = None;
+        let mut seen = 0;
+        let mut walk = self.index.range(lower, upper);
+        for (k, ki) in walk.by_ref() {
+            seen += 1;
+            last = Some(k);
+            if let Some(f) = ki.get(read.rev) {
+                if !opts.count_only && (opts.limit == 0 || taken + found.len() < opts.limit) {
+                    found.push((keys.len(), k.len(), f));
+                    keys.extend_from_slice(k);
+                }
+                read.result.count += 1;
+            }
+            if seen == max_keys {
+                break;
+            }
+        }
+        // Done unless a key is left (a span of exactly `max_keys` keys takes one step).
+        let more = seen == max_keys && walk.next().is_some();
+        let keys = Bytes::from(keys);
+        read.result.kvs.extend(
+            found
+                .into_iter()
+                .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only)),
+        );
+        match last {
+            Some(k) if more => {
+                read.from = k.to_vec();
+                read.from_excluded = true;
+                // Results to come beyond what the vector can take without growing much: the
+                // keys left are counted first (none with a limit the vector nearly holds).
+                let wanted = match opts.limit {
+                    0 => usize::MAX,
+                    limit => limit.saturating_sub(read.result.kvs.len()),
+                };
+                if matches!(read.sizing, Sizing::First) && !opts.count_only && wanted > max_keys {
+                    read.sizing = Sizing::Counting {
+                        from: read.from.clone(),
+                        keys: 0,
+                    };
+                } else if matches!(read.sizing, Sizing::First) {
+                    read.sizing = Sizing::Sized;
+                }
+            }
+            _ => read.done = true,
+        }
+        read.done
     }
 
     fn key_value(&self, key: Bytes, f: super::key_index::Found, keys_only: bool) -> KeyValue {
@@ -801,6 +973,86 @@ mod tests {
             )
             .unwrap();
         r.kvs.into_iter().next()
+    }
+
+    fn key(n: u16) -> Bytes {
+        Bytes::from(format!("k{n:03}"))
+    }
+
+    /// A put (`Some`: a value byte) or a delete of one key.
+    fn write(s: &mut Store, n: u16, value: Option<u8>) {
+        let k = key(n);
+        let mut t = s.write();
+        match value {
+            Some(v) => {
+                t.put(&k, &[v], 0);
+            }
+            None => {
+                t.delete_range(KeySpan::Single(&k));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A read walked in steps, with puts and deletes between its steps (keys created,
+        /// overwritten, deleted, created again), finds exactly what one read at its revision
+        /// found when it began: the keys, values, versions, count and limit.
+        #[test]
+        fn a_stepped_read_finds_what_its_revision_held_whatever_comes_between_steps(
+            before in proptest::collection::vec((0..300u16, proptest::option::of(0..255u8)), 0..400),
+            between in proptest::collection::vec(
+                proptest::collection::vec((0..300u16, proptest::option::of(0..255u8)), 0..20),
+                0..60,
+            ),
+            step in 1..50usize,
+            span in 0..3u8,
+            lo in 0..300u16,
+            hi in 0..300u16,
+            limit in 0..20usize,
+            count_only in proptest::prelude::any::<bool>(),
+            keys_only in proptest::prelude::any::<bool>(),
+            back in 0..5i64,
+        ) {
+            let mut s = Store::default();
+            for (n, v) in before {
+                write(&mut s, n, v);
+            }
+            let (lo, hi) = (key(lo), key(hi));
+            let span = match span {
+                0 => KeySpan::Range(&lo, &hi),
+                1 => KeySpan::From(&lo),
+                _ => KeySpan::Single(&lo),
+            };
+            let opts = ReadOpts {
+                rev: if back == 0 { 0 } else { (s.rev() - back).max(1) },
+                limit,
+                count_only,
+                keys_only,
+            };
+            let want = s.range(span, opts).unwrap();
+            let mut read = s.range_begin(span, opts).unwrap();
+            let mut between = between.into_iter();
+            // The room made once the keys left were counted: never grown after.
+            let mut room = None;
+            loop {
+                let counting = matches!(read.sizing, Sizing::Counting { .. });
+                let done = s.range_step(&mut read, step);
+                if counting && matches!(read.sizing, Sizing::Sized) {
+                    room = Some(read.result.kvs.capacity());
+                }
+                if done {
+                    break;
+                }
+                for (n, v) in between.next().unwrap_or_default() {
+                    write(&mut s, n, v);
+                }
+            }
+            if let Some(room) = room {
+                proptest::prop_assert_eq!(read.result.kvs.capacity(), room);
+            }
+            proptest::prop_assert_eq!(read.into_result(), want);
+        }
     }
 
     #[test]

@@ -138,6 +138,10 @@ pub(crate) struct StateOptions {
 
 /// A batch below this many requests may wait `batch_wait_us` for more.
 const SMALL_BATCH_RECORDS: usize = 16;
+/// Keys a long read walks per step between apply batches (a few milliseconds).
+const READ_STEP_KEYS: usize = 10_000;
+/// Long reads walked in steps at once; past it a read is walked whole.
+const STEPPED_READS_MAX: usize = 64;
 
 /// The ends one shard takes with it.
 pub(crate) enum Links {
@@ -684,18 +688,24 @@ async fn apply_loop(
     // How many batches in a row held a single request, and how many answered no read.
     let mut single_batches = 0usize;
     let mut quiet_batches = 0usize;
+    // Ranges over many keys, walked a step at a time between batches.
+    let mut reads = SteppedReads::default();
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
-        // holding up requests for long.
+        // holding up requests for long; so are long reads walked, and trimming waits for them.
         let job = if !carried.is_empty() {
             batch.append(&mut carried);
             batch.pop().expect("non-empty")
-        } else if state.compaction_pending() {
+        } else if !reads.is_empty() || state.compaction_pending() {
             match futures_lite::future::poll_once(rx.recv()).await {
                 Some(Some(job)) => job,
                 Some(None) => break,
                 None => {
-                    state.compact_step(COMPACT_KEYS_PER_STEP);
+                    if reads.is_empty() {
+                        state.compact_step(COMPACT_KEYS_PER_STEP);
+                    } else {
+                        reads.step(&state).await;
+                    }
                     let_io_in().await;
                     continue;
                 }
@@ -756,10 +766,13 @@ async fn apply_loop(
             &mut state,
             log.as_mut(),
             &mut batch,
-            &rx,
-            &mut carried,
+            Arrivals {
+                rx: &rx,
+                carried: &mut carried,
+            },
             &mut demands,
             sync,
+            &mut reads,
         )
         .await;
         quiet_batches = if read { 0 } else { quiet_batches + 1 };
@@ -781,7 +794,9 @@ async fn apply_loop(
                 }
             }
         }
-        if state.compaction_pending() {
+        if !reads.is_empty() {
+            reads.step(&state).await;
+        } else if state.compaction_pending() {
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
         if let Some(log) = &log {
@@ -792,6 +807,8 @@ async fn apply_loop(
             }
         }
     }
+    // Reads under way are answered before the state changes hands (or the shard stops).
+    reads.finish(&state).await;
     if let (Some(jobs), Some(g), Some(log)) = (growing, grow, log) {
         // A checkpoint being taken is abandoned (its next step is refused; the checkpointer
         // starts again).
@@ -916,6 +933,53 @@ fn sync_mode(len: usize, single: usize, quiet: usize) -> crate::log::SyncMode {
     }
 }
 
+/// Ranges over more keys than one step walks, answered a step at a time between the apply
+/// loop's batches (`kv::KvState::read_begin`); compaction trimming waits while any is under way.
+#[derive(Default)]
+struct SteppedReads(Vec<(kv::SteppedRange, Reply)>);
+
+impl SteppedReads {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Answers `req` now, or takes it to walk in steps. Past `STEPPED_READS_MAX` under way, a
+    /// read is walked whole at once, as every read was before steps (the reads under way are
+    /// bounded anyway, by the calls in flight).
+    async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
+        let keys = if self.0.len() < STEPPED_READS_MAX {
+            READ_STEP_KEYS
+        } else {
+            usize::MAX
+        };
+        match state.read_begin(req, keys) {
+            kv::Read::Answered(answer) => tx.send(answer).await,
+            kv::Read::Stepped(read) => self.0.push((read, tx)),
+        }
+    }
+
+    /// One step of each read under way, in arrival order; answers those complete.
+    async fn step(&mut self, state: &KvState) {
+        let mut i = 0;
+        while i < self.0.len() {
+            if state.range_step(&mut self.0[i].0, READ_STEP_KEYS) {
+                let (read, tx) = self.0.remove(i);
+                tx.send(Ok(state.range_finish(read))).await;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Walks every read under way to its end and answers it.
+    async fn finish(&mut self, state: &KvState) {
+        for (mut read, tx) in self.0.drain(..) {
+            state.range_step(&mut read, usize::MAX);
+            tx.send(Ok(state.range_finish(read))).await;
+        }
+    }
+}
+
 /// Answers a read against the current (durable) state.
 pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     let answer = match state.precheck(&req) {
@@ -925,14 +989,21 @@ pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
     tx.send(answer).await;
 }
 
+/// The queue a batch's fdatasync is waited on with: the jobs that arrive meanwhile are reads,
+/// answered then, or writes, carried to the next batch.
+struct Arrivals<'a> {
+    rx: &'a LocalReceiver<Job>,
+    carried: &'a mut Vec<Job>,
+}
+
 async fn run_batch(
     state: &mut KvState,
     log: Option<&mut Log>,
     batch: &mut Vec<Job>,
-    rx: &LocalReceiver<Job>,
-    carried: &mut Vec<Job>,
+    arrivals: Arrivals<'_>,
     demands: &mut Demands,
     sync: crate::log::SyncMode,
+    reads: &mut SteppedReads,
 ) -> bool {
     // Whether a read (of any kind `is_read` names) was answered in this batch.
     let mut read = false;
@@ -973,7 +1044,7 @@ async fn run_batch(
             // batch's writes is acknowledged yet, so the read may come before them. It does
             // not wait for the fdatasync (nor do watchers' pulls).
             read = true;
-            answer_read(state, req, tx).await;
+            reads.start(state, req, tx).await;
         } else {
             steps.push(Step::Direct(req, tx));
         }
@@ -992,12 +1063,12 @@ async fn run_batch(
                 let append = log.append_with(&payloads, sync);
                 futures_lite::pin!(append);
                 loop {
-                    if carried.len() >= APPLY_BATCH_REQUESTS_MAX {
+                    if arrivals.carried.len() >= APPLY_BATCH_REQUESTS_MAX {
                         break append.as_mut().await;
                     }
                     let next =
                         futures_lite::future::or(async { Ok(append.as_mut().await) }, async {
-                            Err(rx.recv().await)
+                            Err(arrivals.rx.recv().await)
                         })
                         .await;
                     match next {
@@ -1006,9 +1077,9 @@ async fn run_batch(
                             if is_read(&req) {
                                 count(&req);
                                 read = true;
-                                answer_read(state, req, tx).await;
+                                reads.start(state, req, tx).await;
                             } else {
-                                carried.push((req, tx));
+                                arrivals.carried.push((req, tx));
                             }
                         }
                         // The queue closed: finish this batch; the loop ends after it.
@@ -1043,6 +1114,9 @@ async fn run_batch(
             Step::Logged(i, tx) => {
                 let req = kv::decode_write(written[i].clone())
                     .unwrap_or_else(|e| panic!("a record just written does not decode: {e}"));
+                if kv::trims_now(&req) {
+                    reads.finish(state).await;
+                }
                 (tx, state.execute(req))
             }
             Step::Direct(req, tx) => (tx, state.execute(req)),
