@@ -420,6 +420,11 @@ impl KvState {
         self.live_at_checkpoint = self.store.values().live_bytes();
     }
 
+    /// The revision of the compaction still trimming the index, if one is.
+    pub fn trimming_rev(&self) -> Option<i64> {
+        self.store.trimming_rev()
+    }
+
     /// Whether a compaction has keys left to trim now (not while a checkpoint's walk needs
     /// the index as it is).
     pub fn compaction_pending(&self) -> bool {
@@ -1748,13 +1753,14 @@ fn check_intervals(reqs: &[pb::RequestOp]) -> Result<(Vec<&[u8]>, Vec<Interval<'
 
 // ---- Execution (etcd's apply.go) ----
 
-/// Whether executing `req` trims the index at once (a physical compaction): reads walked in
-/// steps must be complete before it runs, since they still read what it drops.
-pub fn trims_now(req: &Request) -> bool {
+/// The revision `req` trims the index to at once, if it does (a physical compaction): reads
+/// walked in steps at an older revision must be complete before it runs, since they still
+/// read what it drops.
+pub fn trims_now(req: &Request) -> Option<i64> {
     match req {
         Request::Authed(a) => trims_now(&a.req),
-        Request::Compact(r) => r.physical,
-        _ => false,
+        Request::Compact(r) if r.physical => Some(r.revision),
+        _ => None,
     }
 }
 
@@ -1768,6 +1774,13 @@ pub enum Read {
 pub struct SteppedRange {
     req: pb::RangeRequest,
     read: crate::mvcc::SteppedRead,
+}
+
+impl SteppedRange {
+    /// The revision it reads at: a compaction past it must not trim the index until it ends.
+    pub fn rev(&self) -> i64 {
+        self.read.rev()
+    }
 }
 
 /// A Range, at the store or inside a write transaction (`read` does the index read).

@@ -103,6 +103,10 @@ pub const CHECKPOINT_MIN_BYTES_DEFAULT: u64 = 64 << 20;
 /// ever read.
 pub const RESIDENT_PAGES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Results a Range walked in steps reserves room for once it has counted the keys left, at
+/// most (`mvcc::Store::range_step`; address space touched only as results fill it).
+pub const RANGE_RESULTS_RESERVE_MAX: usize = 2 << 20;
+
 /// Keys a checkpoint's restore reserves room for up front, at most (one per revision of the
 /// checkpoint up to this; address space touched only as keys fill it).
 pub const RESTORE_KEYS_RESERVE_MAX: usize = 2 << 20;

@@ -194,6 +194,27 @@ fn errors_carry_etcds_codes_and_messages() {
     });
 }
 
+/// `n` reads of every key under "k": each read's revision, count, and (key, mod revision, value)s.
+async fn read_everything(mut c: Client, n: usize) -> Vec<(i64, i64, Vec<(String, i64, String)>)> {
+    let mut reads = Vec::new();
+    for _ in 0..n {
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let found: Vec<(String, i64, String)> = r
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let k = kv.key_str().unwrap().to_string();
+                (k, kv.mod_revision(), kv.value_str().unwrap().to_string())
+            })
+            .collect();
+        reads.push((r.header().unwrap().revision(), r.count(), found));
+    }
+    reads
+}
+
 /// A Range over many keys is walked a step at a time between the owner's batches of writes
 /// (`kv::KvState::read_begin`). While a writer overwrites keys and creates new ones, each read
 /// must answer exactly the store as it was at its header's revision: every key with the
@@ -223,6 +244,7 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
             }
         }
         let stop = Cell::new(false);
+        let readers = Cell::new(2);
         let mut writers = Vec::new();
         for _ in 0..WRITERS {
             writers.push(client(&server).await);
@@ -256,12 +278,13 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
                         .entry(key)
                         .or_default()
                         .push((rev, value));
-                    // Physical compactions too: they trim the index at once, and the reads
-                    // under way still read the revisions they drop.
                     // (Another writer may have compacted past this revision already.)
+                    // Compactions, every fifth put: physical ones trim the index at once, the
+                    // others between batches; the reads under way still read what they drop.
                     if n % 5 == 0 {
-                        let physical = CompactionOptions::new().with_physical();
-                        if let Err(e) = w.compact(rev, Some(physical)).await {
+                        let physical =
+                            (n % 10 == 0).then(|| CompactionOptions::new().with_physical());
+                        if let Err(e) = w.compact(rev, physical).await {
                             let (code, _) = status(e);
                             assert_eq!(code, tonic::Code::OutOfRange);
                         }
@@ -270,33 +293,28 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
                 n
             }
         };
-        let reader = async {
-            let mut reads = Vec::new();
-            for _ in 0..6 {
-                let r = c
-                    .get("k", Some(GetOptions::new().with_prefix()))
-                    .await
-                    .unwrap();
-                let found: Vec<(String, i64, String)> = r
-                    .kvs()
-                    .iter()
-                    .map(|kv| {
-                        let k = kv.key_str().unwrap().to_string();
-                        (k, kv.mod_revision(), kv.value_str().unwrap().to_string())
-                    })
-                    .collect();
-                reads.push((r.header().unwrap().revision(), r.count(), found));
+        // Two readers, so that reads take turns and a trimming walk could overtake one.
+        let c2 = client(&server).await;
+        let reader = |c: Client| {
+            let (stop, readers) = (&stop, &readers);
+            async move {
+                let reads = read_everything(c, 5).await;
+                readers.set(readers.get() - 1);
+                if readers.get() == 0 {
+                    stop.set(true);
+                }
+                reads
             }
-            stop.set(true);
-            reads
         };
-        let (p0, p1, p2, p3, reads) = tokio::join!(
+        let (p0, p1, p2, p3, mut reads, reads2) = tokio::join!(
             write(next(), 0),
             write(next(), 1),
             write(next(), 2),
             write(next(), 3),
-            reader
+            reader(c),
+            reader(c2),
         );
+        reads.extend(reads2);
         let puts = p0 + p1 + p2 + p3;
         let written = written.into_inner();
         for (rev, count, found) in reads {

@@ -517,8 +517,9 @@ pub struct Released {
     pub path: PathBuf,
     /// Dead once nothing maps the file.
     mapped: std::sync::Weak<()>,
-    /// It held no record and its file became a newer segment's (`Segment::replaced`): only
-    /// its mapping goes, not the file at `path`.
+    /// Its file is a kept segment's: it held no record and its file became a newer
+    /// segment's (`Segment::replaced`), or `release_before` found a kept segment on the same
+    /// file. Only its mapping goes, not the file at `path`.
     replaced: bool,
 }
 

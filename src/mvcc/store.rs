@@ -173,6 +173,11 @@ enum Sizing {
 const COUNT_STEP_FACTOR: usize = 4;
 
 impl SteppedRead {
+    /// The revision it reads at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
     /// What the read found (whole once [`Store::range_step`] returned true).
     pub fn into_result(self) -> RangeResult {
         self.result
@@ -509,7 +514,9 @@ impl<V: ValueStore> Store<V> {
     /// makes room for that many results at once: grown by doubling, the vector of a million
     /// results was copied and faulted in again and again, most of the time one step held the
     /// shard for. The count is of the index's keys, which holds every key the read can find
-    /// (compaction waits for reads under way), so the room is never short.
+    /// (no compaction past its revision trims the index while it is under way), so the room
+    /// is never short (up to `limits::RANGE_RESULTS_RESERVE_MAX`). A step of `usize::MAX`
+    /// keys walks the rest of the read whole, counting nothing first.
     pub fn range_step(&self, read: &mut SteppedRead, max_keys: usize) -> bool {
         if read.done {
             return true;
@@ -519,6 +526,10 @@ impl<V: ValueStore> Store<V> {
             None => Bound::Unbounded,
         };
         let opts = read.opts;
+        // Walking whole (the read must end now), it has no room to make first.
+        if max_keys == usize::MAX && matches!(read.sizing, Sizing::Counting { .. }) {
+            read.sizing = Sizing::Sized;
+        }
         if let Sizing::Counting { from, keys } = &mut read.sizing {
             let budget = max_keys.saturating_mul(COUNT_STEP_FACTOR);
             let mut walk = self.index.range(Bound::Excluded(&from[..]), upper);
@@ -535,10 +546,14 @@ impl<V: ValueStore> Store<V> {
             match last {
                 Some(k) if n == budget && walk.next().is_some() => *from = k.to_vec(),
                 _ => {
+                    // At most `RANGE_RESULTS_RESERVE_MAX`: the keys counted include deleted
+                    // ones and ones created after the read's revision (address space a strict
+                    // overcommit setting may refuse); beyond it the vector grows.
                     let room = match opts.limit {
                         0 => *keys,
                         limit => (*keys).min(limit.saturating_sub(read.result.kvs.len())),
                     };
+                    let room = room.min(crate::limits::RANGE_RESULTS_RESERVE_MAX);
                     read.result.kvs.reserve_exact(room);
                     read.sizing = Sizing::Sized;
                 }
@@ -668,6 +683,11 @@ impl<V: ValueStore> Store<V> {
     /// True while a compaction still has keys to trim.
     pub fn compaction_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// The revision of the compaction still trimming, if one is.
+    pub fn trimming_rev(&self) -> Option<i64> {
+        self.pending.as_ref().map(|(rev, _)| *rev)
     }
 
     /// Trims up to `max_keys` keys of the pending compaction; false once it is complete.
@@ -1013,6 +1033,8 @@ mod tests {
             count_only in proptest::prelude::any::<bool>(),
             keys_only in proptest::prelude::any::<bool>(),
             back in 0..5i64,
+            compact in proptest::prelude::any::<bool>(),
+            finish_after in 0..8usize,
         ) {
             let mut s = Store::default();
             for (n, v) in before {
@@ -1035,9 +1057,14 @@ mod tests {
             let mut between = between.into_iter();
             // The room made once the keys left were counted: never grown after.
             let mut room = None;
+            let mut steps = 0;
             loop {
                 let counting = matches!(read.sizing, Sizing::Counting { .. });
-                let done = s.range_step(&mut read, step);
+                // After `finish_after` steps the rest is walked whole, as when a physical
+                // compaction comes (from whatever state the sizing is in).
+                steps += 1;
+                let keys = if steps > finish_after { usize::MAX } else { step };
+                let done = s.range_step(&mut read, keys);
                 if counting && matches!(read.sizing, Sizing::Sized) {
                     room = Some(read.result.kvs.capacity());
                 }
@@ -1047,7 +1074,13 @@ mod tests {
                 for (n, v) in between.next().unwrap_or_default() {
                     write(&mut s, n, v);
                 }
+                // A compaction the apply loop lets trim while the read is under way: at or
+                // below the revision it reads.
+                if compact && s.compact_rev < read.rev() {
+                    s.compact_now(read.rev()).unwrap();
+                }
             }
+            proptest::prop_assert!(steps <= finish_after + 1);
             if let Some(room) = room {
                 proptest::prop_assert_eq!(read.result.kvs.capacity(), room);
             }

@@ -542,11 +542,27 @@ async fn call(
     let req = decode(method, msg, ctx.max_request_bytes)?;
     let resp = access::call(ctx, cred, req).await?;
     match resp {
-        kv::Response::Range(r) if r.kvs.len() > ENCODE_STEP_KVS => {
-            Ok(frame_range_in_steps(r).await)
+        kv::Response::Range(r) if r.kvs.len() > ENCODE_STEP_KVS => frame_range_in_steps(r).await,
+        kv::Response::Range(r) if r.kvs.len() > 1 => {
+            answer_fits(r.encoded_len())?;
+            Ok(frame(&r))
         }
         resp => Ok(encode_response(&resp)),
     }
+}
+
+/// A gRPC message's length prefix holds 32 bits, and grpc-go (etcd's server) sends at most
+/// `math.MaxInt32` bytes: a larger answer (a Range over more than 2 GiB of values) fails as
+/// grpc-go fails it, never as a wrapped length.
+fn answer_fits(len: usize) -> Result<(), Status> {
+    let max = i32::MAX as usize;
+    if len > max {
+        return Err(Status::new(
+            Code::ResourceExhausted,
+            format!("grpc: trying to send message larger than max ({len} vs. {max})"),
+        ));
+    }
+    Ok(())
 }
 
 /// Key-values a Range answer encodes (and lets go of) per step.
@@ -557,7 +573,7 @@ const ENCODE_STEP_KVS: usize = 10_000;
 /// milliseconds to measure, encode and free in one go, on the owner when the client's
 /// connection is there), the key-values freed as they are encoded. The same bytes as prost's
 /// encoding: fields in number order, header (1), key-values (2), more (3), count (4).
-async fn frame_range_in_steps(mut r: pb::RangeResponse) -> Bytes {
+async fn frame_range_in_steps(mut r: pb::RangeResponse) -> Result<Bytes, Status> {
     use prost::encoding::message;
     let kvs = std::mem::take(&mut r.kvs);
     let head = pb::RangeResponse {
@@ -572,6 +588,7 @@ async fn frame_range_in_steps(mut r: pb::RangeResponse) -> Bytes {
             super::shard::let_io_in().await;
         }
     }
+    answer_fits(len)?;
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
@@ -590,7 +607,7 @@ async fn frame_range_in_steps(mut r: pb::RangeResponse) -> Bytes {
     }
     tail.encode(&mut buf).expect("buffer has room");
     debug_assert_eq!(buf.len(), 5 + len);
-    buf.freeze()
+    Ok(buf.freeze())
 }
 
 /// Routes and decodes one gRPC message (without its 5-byte prefix) into a request.
@@ -934,8 +951,19 @@ mod tests {
             };
             let want = frame(&r);
             let got = glommio::LocalExecutor::default().run(super::frame_range_in_steps(r));
-            assert!(got == want, "the bytes differ");
+            assert!(got.unwrap() == want, "the bytes differ");
         }
+    }
+
+    #[test]
+    fn an_answer_past_grpcs_largest_message_is_refused_as_grpc_go_refuses_it() {
+        assert!(super::answer_fits(i32::MAX as usize).is_ok());
+        let e = super::answer_fits(1 << 32).unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        assert_eq!(
+            e.message,
+            "grpc: trying to send message larger than max (4294967296 vs. 2147483647)"
+        );
     }
 
     #[test]

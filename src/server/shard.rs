@@ -692,7 +692,8 @@ async fn apply_loop(
     let mut reads = SteppedReads::default();
     loop {
         // A pending compaction is trimmed a bounded step at a time, between batches, never
-        // holding up requests for long; so are long reads walked, and trimming waits for them.
+        // holding up requests for long; so are long reads walked (and trimming past the revision
+        // of one waits for it to end).
         let job = if !carried.is_empty() {
             batch.append(&mut carried);
             batch.pop().expect("non-empty")
@@ -701,10 +702,9 @@ async fn apply_loop(
                 Some(Some(job)) => job,
                 Some(None) => break,
                 None => {
-                    if reads.is_empty() {
+                    reads.step(&state).await;
+                    if state.compaction_pending() && !reads.hold_trimming(&state) {
                         state.compact_step(COMPACT_KEYS_PER_STEP);
-                    } else {
-                        reads.step(&state).await;
                     }
                     let_io_in().await;
                     continue;
@@ -762,7 +762,7 @@ async fn apply_loop(
             0
         };
         let sync = sync_mode(batch.len(), single_batches, quiet_batches);
-        let read = run_batch(
+        let ran = run_batch(
             &mut state,
             log.as_mut(),
             &mut batch,
@@ -775,7 +775,12 @@ async fn apply_loop(
             &mut reads,
         )
         .await;
-        quiet_batches = if read { 0 } else { quiet_batches + 1 };
+        // Batches that logged nothing (checkpoint steps, refused requests) do not count.
+        if ran.read {
+            quiet_batches = 0;
+        } else if ran.logged {
+            quiet_batches += 1;
+        }
         notifier.notify(state.store().rev());
         if let Some((mut rest, checked)) = grow_now.take() {
             // Arrival order: the growing request and the rest of its batch, then what came
@@ -794,9 +799,8 @@ async fn apply_loop(
                 }
             }
         }
-        if !reads.is_empty() {
-            reads.step(&state).await;
-        } else if state.compaction_pending() {
+        reads.step(&state).await;
+        if state.compaction_pending() && !reads.hold_trimming(&state) {
             state.compact_step(COMPACT_KEYS_PER_STEP);
         }
         if let Some(log) = &log {
@@ -808,7 +812,7 @@ async fn apply_loop(
         }
     }
     // Reads under way are answered before the state changes hands (or the shard stops).
-    reads.finish(&state).await;
+    reads.finish(&state, i64::MAX).await;
     if let (Some(jobs), Some(g), Some(log)) = (growing, grow, log) {
         // A checkpoint being taken is abandoned (its next step is refused; the checkpointer
         // starts again).
@@ -934,9 +938,12 @@ fn sync_mode(len: usize, single: usize, quiet: usize) -> crate::log::SyncMode {
 }
 
 /// Ranges over more keys than one step walks, answered a step at a time between the apply
-/// loop's batches (`kv::KvState::read_begin`); compaction trimming waits while any is under way.
+/// loop's batches (`kv::KvState::read_begin`): one step of one read per turn, the reads taking
+/// turns, so that a turn holds the shard for one step however many reads are under way. A
+/// compaction past the revision of a read under way trims nothing until that read ends
+/// ([`SteppedReads::hold_trimming`]).
 #[derive(Default)]
-struct SteppedReads(Vec<(kv::SteppedRange, Reply)>);
+struct SteppedReads(std::collections::VecDeque<(kv::SteppedRange, Reply)>);
 
 impl SteppedReads {
     fn is_empty(&self) -> bool {
@@ -954,27 +961,40 @@ impl SteppedReads {
         };
         match state.read_begin(req, keys) {
             kv::Read::Answered(answer) => tx.send(answer).await,
-            kv::Read::Stepped(read) => self.0.push((read, tx)),
+            kv::Read::Stepped(read) => self.0.push_back((read, tx)),
         }
     }
 
-    /// One step of each read under way, in arrival order; answers those complete.
+    /// One step of the read whose turn it is; answers it if that was its last.
     async fn step(&mut self, state: &KvState) {
-        let mut i = 0;
-        while i < self.0.len() {
-            if state.range_step(&mut self.0[i].0, READ_STEP_KEYS) {
-                let (read, tx) = self.0.remove(i);
-                tx.send(Ok(state.range_finish(read))).await;
-            } else {
-                i += 1;
-            }
+        let Some((mut read, tx)) = self.0.pop_front() else {
+            return;
+        };
+        if state.range_step(&mut read, READ_STEP_KEYS) {
+            tx.send(Ok(state.range_finish(read))).await;
+        } else {
+            self.0.push_back((read, tx));
         }
     }
 
-    /// Walks every read under way to its end and answers it.
-    async fn finish(&mut self, state: &KvState) {
-        for (mut read, tx) in self.0.drain(..) {
-            state.range_step(&mut read, usize::MAX);
+    /// Whether the compaction trimming now must wait: a read under way reads below its
+    /// revision (trimming at a revision keeps each key as it was there and after, so reads at
+    /// or above it see the same; reads below it began before the compaction).
+    fn hold_trimming(&self, state: &KvState) -> bool {
+        state
+            .trimming_rev()
+            .is_some_and(|at| self.0.iter().any(|(read, _)| read.rev() < at))
+    }
+
+    /// Walks every read under way below revision `below` to its end and answers it (before a
+    /// physical compaction to `below`; `i64::MAX`: all, before the state changes hands).
+    async fn finish(&mut self, state: &KvState, below: i64) {
+        let (done, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(read, _)| read.rev() < below);
+        self.0 = kept.into();
+        for (mut read, tx) in done {
+            while !state.range_step(&mut read, usize::MAX) {}
             tx.send(Ok(state.range_finish(read))).await;
         }
     }
@@ -1004,7 +1024,7 @@ async fn run_batch(
     demands: &mut Demands,
     sync: crate::log::SyncMode,
     reads: &mut SteppedReads,
-) -> bool {
+) -> Ran {
     // Whether a read (of any kind `is_read` names) was answered in this batch.
     let mut read = false;
     let mut payloads = Vec::new();
@@ -1114,8 +1134,8 @@ async fn run_batch(
             Step::Logged(i, tx) => {
                 let req = kv::decode_write(written[i].clone())
                     .unwrap_or_else(|e| panic!("a record just written does not decode: {e}"));
-                if kv::trims_now(&req) {
-                    reads.finish(state).await;
+                if let Some(at) = kv::trims_now(&req) {
+                    reads.finish(state, at).await;
                 }
                 (tx, state.execute(req))
             }
@@ -1164,7 +1184,18 @@ async fn run_batch(
             }
         }
     }
-    read
+    Ran {
+        read,
+        logged: logged > 0,
+    }
+}
+
+/// What a batch did, for the choice of the next one's [`sync_mode`].
+struct Ran {
+    /// It answered a read (of any kind `is_read` names).
+    read: bool,
+    /// It wrote to the log (and waited for an fdatasync).
+    logged: bool,
 }
 
 pub(crate) fn defragmented(state: &KvState) -> pb::DefragmentResponse {
@@ -1710,6 +1741,78 @@ mod tests {
     use super::Notifier;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// A compaction past the revision of a read under way trims nothing until the read ends;
+    /// one at or below it may trim; the read answers what its revision held.
+    #[test]
+    fn trimming_waits_for_the_reads_under_way_below_its_revision() {
+        use super::{answer_slot, Reply, SteppedReads, READ_STEP_KEYS};
+        use crate::kv::{KvState, Request, Response};
+        use crate::proto::etcdserverpb as pb;
+        let put = |state: &mut KvState, i: usize, v: &str| {
+            let req = Request::Put(pb::PutRequest {
+                key: format!("k{i:06}").into(),
+                value: v.as_bytes().to_vec().into(),
+                ..Default::default()
+            });
+            state.execute(req).unwrap();
+        };
+        let all = || {
+            Request::Range(pb::RangeRequest {
+                key: "k".into(),
+                range_end: "l".into(),
+                ..Default::default()
+            })
+        };
+        let compact = |state: &mut KvState| {
+            let revision = state.store().rev();
+            let req = Request::Compact(pb::CompactionRequest {
+                revision,
+                physical: false,
+            });
+            state.execute(req).unwrap();
+        };
+        glommio::LocalExecutor::default().run(async move {
+            let keys = READ_STEP_KEYS + 10;
+            let mut state = KvState::in_memory(1, 2);
+            for i in 0..keys {
+                put(&mut state, i, "old");
+            }
+            let mut reads = SteppedReads::default();
+            let (tx, rx) = answer_slot();
+            reads.start(&mut state, all(), Reply::Local(tx)).await;
+            assert!(!reads.is_empty(), "one step covered the read");
+            for i in 0..keys {
+                put(&mut state, i, "new");
+            }
+            compact(&mut state);
+            assert!(state.compaction_pending());
+            assert!(reads.hold_trimming(&state));
+            // A read begun after the compaction holds nothing.
+            let (tx2, rx2) = answer_slot();
+            reads.start(&mut state, all(), Reply::Local(tx2)).await;
+            assert_eq!(reads.0.len(), 2);
+            while !reads.is_empty() {
+                assert_eq!(
+                    reads.0.iter().any(|(r, _)| r.rev() < state.store().rev()),
+                    reads.hold_trimming(&state)
+                );
+                reads.step(&state).await;
+            }
+            assert!(!reads.hold_trimming(&state));
+            let values = |a: Option<super::Answer>| {
+                let Some(Ok(Response::Range(r))) = a else {
+                    panic!("no answer")
+                };
+                assert_eq!(r.count as usize, keys);
+                let mut vs: Vec<_> = r.kvs.iter().map(|kv| kv.value.clone()).collect();
+                vs.dedup();
+                vs
+            };
+            assert_eq!(values(rx.recv().await), ["old"]);
+            assert_eq!(values(rx2.recv().await), ["new"]);
+        });
+    }
 
     /// Small batches block (no io_uring round trip) only while no reads come; one client's
     /// batches block however it reads; large batches never do.
