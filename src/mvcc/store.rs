@@ -142,6 +142,60 @@ pub struct ReadOpts {
     pub keys_only: bool,
 }
 
+/// The keys a read (or a step of one) found, until they become key-values: the keys are
+/// copied into one buffer that their key-values slice (one allocation per read, not one per
+/// key).
+#[derive(Default)]
+struct Matches {
+    keys: Vec<u8>,
+    found: Vec<(usize, usize, super::key_index::Found)>,
+}
+
+impl Matches {
+    /// Counts `key` in `result` if it is visible at `rev`, and keeps it unless the read
+    /// counts only or `result` and this already hold its limit.
+    fn take(
+        &mut self,
+        key: &[u8],
+        ki: &KeyIndex,
+        rev: i64,
+        opts: ReadOpts,
+        result: &mut RangeResult,
+    ) {
+        if let Some(f) = ki.get(rev) {
+            let taken = result.kvs.len() + self.found.len();
+            if !opts.count_only && (opts.limit == 0 || taken < opts.limit) {
+                self.found.push((self.keys.len(), key.len(), f));
+                self.keys.extend_from_slice(key);
+            }
+            result.count += 1;
+        }
+    }
+
+    /// Appends the key-values found to `kvs`, with their values from where they are now.
+    fn into_kvs<V: ValueStore>(self, store: &Store<V>, opts: ReadOpts, kvs: &mut Vec<KeyValue>) {
+        match self.found[..] {
+            // A point read's buffer is its key, at its exact size (slicing, or a buffer with
+            // room to spare, would add an allocation).
+            [(_, _, f)] => {
+                let kv = store.key_value(self.keys.into_boxed_slice().into(), f, opts.keys_only);
+                // (A vector of exactly one, as `collect` makes it, for a point read.)
+                if kvs.is_empty() {
+                    *kvs = vec![kv];
+                } else {
+                    kvs.push(kv);
+                }
+            }
+            _ => {
+                let keys = Bytes::from(self.keys);
+                kvs.extend(self.found.into_iter().map(|(at, len, f)| {
+                    store.key_value(keys.slice(at..at + len), f, opts.keys_only)
+                }));
+            }
+        }
+    }
+}
+
 /// A read walked in steps ([`Store::range_begin`], [`Store::range_step`]).
 #[derive(Debug)]
 pub struct SteppedRead {
@@ -432,6 +486,22 @@ impl<V: ValueStore> Store<V> {
         opts: ReadOpts,
         cur_rev: i64,
     ) -> Result<RangeResult, MvccError> {
+        let rev = self.read_rev(opts, cur_rev)?;
+        let mut result = RangeResult {
+            kvs: Vec::new(),
+            count: 0,
+            rev: cur_rev,
+        };
+        let mut matches = Matches::default();
+        self.visit(span, |key, ki| {
+            matches.take(key, ki, rev, opts, &mut result)
+        });
+        matches.into_kvs(self, opts, &mut result.kvs);
+        Ok(result)
+    }
+
+    /// The revision a read with `opts` reads at, when `cur_rev` is the newest visible.
+    fn read_rev(&self, opts: ReadOpts, cur_rev: i64) -> Result<i64, MvccError> {
         if opts.rev > cur_rev {
             return Err(MvccError::FutureRev);
         }
@@ -439,37 +509,7 @@ impl<V: ValueStore> Store<V> {
         if rev < self.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let mut count = 0;
-        // The keys returned are copied into one buffer that their responses slice (one
-        // allocation per read, not one per key).
-        let mut keys = Vec::new();
-        let mut found = Vec::new();
-        self.visit(span, |key, ki| {
-            if let Some(f) = ki.get(rev) {
-                if !opts.count_only && (opts.limit == 0 || found.len() < opts.limit) {
-                    found.push((keys.len(), key.len(), f));
-                    keys.extend_from_slice(key);
-                }
-                count += 1;
-            }
-        });
-        let kvs = match found[..] {
-            // A point read's buffer is its key, at its exact size (slicing, or a buffer with
-            // room to spare, would add an allocation).
-            [(_, _, f)] => vec![self.key_value(keys.into_boxed_slice().into(), f, opts.keys_only)],
-            _ => {
-                let keys = Bytes::from(keys);
-                found
-                    .into_iter()
-                    .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only))
-                    .collect()
-            }
-        };
-        Ok(RangeResult {
-            kvs,
-            count,
-            rev: cur_rev,
-        })
+        Ok(rev)
     }
 
     /// Starts a read of `span` at the current revision (or `opts.rev`) that
@@ -479,13 +519,7 @@ impl<V: ValueStore> Store<V> {
     /// the values of its keys from where they are then (a checkpoint moves them between steps).
     pub fn range_begin(&self, span: KeySpan<'_>, opts: ReadOpts) -> Result<SteppedRead, MvccError> {
         let cur_rev = self.current_rev;
-        if opts.rev > cur_rev {
-            return Err(MvccError::FutureRev);
-        }
-        let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
-        if rev < self.compact_rev {
-            return Err(MvccError::Compacted);
-        }
+        let rev = self.read_rev(opts, cur_rev)?;
         let (from, to, done) = match span {
             KeySpan::Single(k) => (k.to_vec(), Some([k, &[0]].concat()), false),
             KeySpan::Range(from, to) => (from.to_vec(), Some(to.to_vec()), to <= from),
@@ -565,51 +599,41 @@ impl<V: ValueStore> Store<V> {
         } else {
             Bound::Included(&read.from[..])
         };
-        let taken = read.result.kvs.len();
-        let mut keys = Vec::new();
-        let mut found = Vec::new();
+        let mut matches = Matches::default();
         let mut last: Option<&[u8]> = None;
         let mut seen = 0;
         let mut walk = self.index.range(lower, upper);
         for (k, ki) in walk.by_ref() {
             seen += 1;
             last = Some(k);
-            if let Some(f) = ki.get(read.rev) {
-                if !opts.count_only && (opts.limit == 0 || taken + found.len() < opts.limit) {
-                    found.push((keys.len(), k.len(), f));
-                    keys.extend_from_slice(k);
-                }
-                read.result.count += 1;
-            }
+            matches.take(k, ki, read.rev, opts, &mut read.result);
             if seen == max_keys {
                 break;
             }
         }
         // Done unless a key is left (a span of exactly `max_keys` keys takes one step).
         let more = seen == max_keys && walk.next().is_some();
-        let keys = Bytes::from(keys);
-        read.result.kvs.extend(
-            found
-                .into_iter()
-                .map(|(at, len, f)| self.key_value(keys.slice(at..at + len), f, opts.keys_only)),
-        );
+        matches.into_kvs(self, opts, &mut read.result.kvs);
         match last {
             Some(k) if more => {
                 read.from = k.to_vec();
                 read.from_excluded = true;
-                // Results to come beyond what the vector can take without growing much: the
-                // keys left are counted first (none with a limit the vector nearly holds).
-                let wanted = match opts.limit {
-                    0 => usize::MAX,
-                    limit => limit.saturating_sub(read.result.kvs.len()),
-                };
-                if matches!(read.sizing, Sizing::First) && !opts.count_only && wanted > max_keys {
-                    read.sizing = Sizing::Counting {
-                        from: read.from.clone(),
-                        keys: 0,
+                // After the first step, results to come beyond what the vector can take
+                // without growing much: the keys left are counted first (not with a limit
+                // the vector nearly holds).
+                if matches!(read.sizing, Sizing::First) {
+                    let wanted = match opts.limit {
+                        0 => usize::MAX,
+                        limit => limit.saturating_sub(read.result.kvs.len()),
                     };
-                } else if matches!(read.sizing, Sizing::First) {
-                    read.sizing = Sizing::Sized;
+                    read.sizing = if !opts.count_only && wanted > max_keys {
+                        Sizing::Counting {
+                            from: read.from.clone(),
+                            keys: 0,
+                        }
+                    } else {
+                        Sizing::Sized
+                    };
                 }
             }
             _ => read.done = true,

@@ -543,10 +543,7 @@ async fn call(
     let resp = access::call(ctx, cred, req).await?;
     match resp {
         kv::Response::Range(r) if r.kvs.len() > ENCODE_STEP_KVS => frame_range_in_steps(r).await,
-        kv::Response::Range(r) if r.kvs.len() > 1 => {
-            answer_fits(r.encoded_len())?;
-            Ok(frame(&r))
-        }
+        kv::Response::Range(r) if r.kvs.len() > 1 => frame_checked(&r),
         resp => Ok(encode_response(&resp)),
     }
 }
@@ -796,7 +793,18 @@ pub(crate) fn visit_answer<V: AnswerVisitor>(resp: &kv::Response, v: V) -> V::Ou
 
 /// Encodes `m` with the gRPC prefix, in one buffer.
 pub fn frame<M: Message>(m: &M) -> Bytes {
+    frame_of_len(m, m.encoded_len())
+}
+
+/// As [`frame`], for a message that may be larger than gRPC sends ([`answer_fits`]).
+fn frame_checked<M: Message>(m: &M) -> Result<Bytes, Status> {
     let len = m.encoded_len();
+    answer_fits(len)?;
+    Ok(frame_of_len(m, len))
+}
+
+/// `m`, of `len` bytes encoded, with the gRPC prefix.
+fn frame_of_len<M: Message>(m: &M, len: usize) -> Bytes {
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
