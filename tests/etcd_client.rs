@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rt, Server};
+use common::{rt, Cluster, Server};
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
@@ -222,14 +222,32 @@ async fn read_everything(mut c: Client, n: usize) -> Vec<(i64, i64, Vec<(String,
 /// and the count, though compactions past that revision come meanwhile.
 #[test]
 fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
+    let server = Server::ferrocd(&["--max-txn-ops", "10000"]);
+    reads_at_their_revision_while_writes_go_on(&[&server]);
+}
+
+/// The same on a cluster: a member's Raft loop walks the Range in steps between its turns
+/// (`replica.rs`), and a physical compaction applied from the log first ends the reads below
+/// it. The writers write through every member; the two readers read through members 1 and 2
+/// (one of them at least a follower).
+#[test]
+fn a_range_over_many_keys_on_a_cluster_member_answers_its_revision_while_writes_go_on() {
+    let cluster = Cluster::ferrocd(3, &["--max-txn-ops", "10000"]);
+    let members: Vec<&Server> = cluster.members.iter().collect();
+    reads_at_their_revision_while_writes_go_on(&members);
+}
+
+/// Writer `i` writes through `members[i % len]`, reader `j` reads through
+/// `members[(j + 1) % len]`.
+fn reads_at_their_revision_while_writes_go_on(members: &[&Server]) {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
     const KEYS: usize = 60_000;
     const TXN_PUTS: usize = 10_000;
     const WRITERS: usize = 4;
-    let server = Server::ferrocd(&["--max-txn-ops", "10000"]);
+    let at = |i: usize| members[i % members.len()];
     rt().block_on(async {
-        let mut c = client(&server).await;
+        let mut c = client(at(0)).await;
         // Every write acknowledged: key -> [(revision, value)], in revision order.
         let written: RefCell<BTreeMap<String, Vec<(i64, String)>>> = RefCell::default();
         for chunk in 0..KEYS / TXN_PUTS {
@@ -246,8 +264,8 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
         let stop = Cell::new(false);
         let readers = Cell::new(2);
         let mut writers = Vec::new();
-        for _ in 0..WRITERS {
-            writers.push(client(&server).await);
+        for i in 0..WRITERS {
+            writers.push(client(at(i)).await);
         }
         let mut writers = writers.into_iter();
         let mut next = || writers.next().unwrap();
@@ -294,7 +312,7 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
             }
         };
         // Two readers, so that reads take turns and a trimming walk could overtake one.
-        let c2 = client(&server).await;
+        let (c, c2) = (client(at(1)).await, client(at(2)).await);
         let reader = |c: Client| {
             let (stop, readers) = (&stop, &readers);
             async move {

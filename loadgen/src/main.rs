@@ -176,6 +176,17 @@ struct Workload {
     /// Mixed workload: the share of requests that are reads (the rest are puts).
     #[arg(long, default_value_t = 0.9)]
     read_ratio: f64,
+    /// Range reads (range, range-serializable, mixed) read a prefix: every key that shares the
+    /// drawn key's characters but its last N (10^N keys of the key space's decimal keys; N at
+    /// least --key-size: every key). 0: the drawn key alone.
+    #[arg(long, default_value_t = 0)]
+    prefix_digits: usize,
+    /// Range reads: at most this many keys in an answer (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    /// Range reads: keys without their values.
+    #[arg(long)]
+    keys_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -330,6 +341,30 @@ fn key(i: u64, size: usize) -> Bytes {
     Bytes::from(s.split_off(cut))
 }
 
+/// A range read of key `k` as the workload's range options shape it.
+fn range_req(w: &Workload, k: Bytes, serializable: bool) -> pb::RangeRequest {
+    let (key, range_end) = if w.prefix_digits == 0 {
+        (k, Bytes::new())
+    } else if w.prefix_digits >= k.len() {
+        // From the smallest key on: every key.
+        (Bytes::from_static(b"\0"), Bytes::from_static(b"\0"))
+    } else {
+        let prefix = k.slice(..k.len() - w.prefix_digits);
+        let mut end = prefix.to_vec();
+        // Decimal digits: the last one is below 0xff, so this is the prefix's range end.
+        *end.last_mut().expect("non-empty prefix") += 1;
+        (prefix, Bytes::from(end))
+    };
+    pb::RangeRequest {
+        key,
+        range_end,
+        limit: w.limit,
+        keys_only: w.keys_only,
+        serializable,
+        ..Default::default()
+    }
+}
+
 /// A put's value for the watch workload: the send time (ns since `epoch`) in its first 8 bytes.
 fn stamped(value: &Bytes, epoch: Instant) -> Bytes {
     let mut v = value.to_vec();
@@ -397,11 +432,7 @@ async fn one(
             // High bits of the (hashed) request number pick read or write; the key comes from
             // the low ones, so every key is both read and written.
             if ((i >> 32) & 0xffff) as f64 / 65536.0 < w.read_ratio {
-                let req = pb::RangeRequest {
-                    key: k,
-                    ..Default::default()
-                };
-                c.range(&req, t).await.is_ok()
+                c.range(&range_req(w, k, false), t).await.is_ok()
             } else {
                 let req = pb::PutRequest {
                     key: k,
@@ -412,11 +443,7 @@ async fn one(
             }
         }
         Kind::Range | Kind::RangeSerializable => {
-            let req = pb::RangeRequest {
-                key: k,
-                serializable: w.workload == Kind::RangeSerializable,
-                ..Default::default()
-            };
+            let req = range_req(w, k, w.workload == Kind::RangeSerializable);
             c.range(&req, t).await.is_ok()
         }
         Kind::TxnPut => {
@@ -1155,5 +1182,30 @@ mod tests {
         assert!(keys.len() > 990, "{} distinct keys", keys.len());
         assert!(keys.iter().all(|&k| k < 1000));
         assert_eq!(key(7, 8), Bytes::from_static(b"00000007"));
+    }
+
+    #[test]
+    fn a_prefix_read_covers_the_keys_that_share_the_drawn_keys_leading_digits() {
+        let point = workload(&[]);
+        let r = range_req(&point, key(12345, 8), true);
+        assert_eq!((&r.key[..], &r.range_end[..]), (&b"00012345"[..], &b""[..]));
+        assert!(r.serializable && r.limit == 0 && !r.keys_only);
+        let w = workload(&["--prefix-digits", "2", "--limit", "50", "--keys-only"]);
+        let r = range_req(&w, key(12345, 8), false);
+        assert_eq!(
+            (&r.key[..], &r.range_end[..]),
+            (&b"000123"[..], &b"000124"[..])
+        );
+        assert!(!r.serializable && r.limit == 50 && r.keys_only);
+        // Exactly the 100 keys 12300..=12399 fall in it.
+        let inside = |i: u64| {
+            let k = key(i, 8);
+            k[..] >= r.key[..] && k[..] < r.range_end[..]
+        };
+        assert_eq!((0..100_000).filter(|&i| inside(i)).count(), 100);
+        assert!(inside(12300) && inside(12399) && !inside(12299) && !inside(12400));
+        let all = workload(&["--prefix-digits", "8"]);
+        let r = range_req(&all, key(5, 8), false);
+        assert_eq!((&r.key[..], &r.range_end[..]), (&b"\0"[..], &b"\0"[..]));
     }
 }

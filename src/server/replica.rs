@@ -935,6 +935,18 @@ pub(crate) fn apply_entry(
     ))
 }
 
+/// The revision entry `e` trims the index to as it is applied (a physical compaction), if it
+/// does: stepped reads below it must end first. Decodes the entry again, asked only while
+/// reads are under way; a membership payload does not decode as a request (and ending reads
+/// early would only answer them sooner).
+fn trims_now(e: &Entry) -> Option<i64> {
+    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        return None;
+    }
+    let (_, _, payload) = consensus::parse_proposal(&e.data)?;
+    kv::trims_now(&kv::decode_write(payload).ok()?)
+}
+
 /// A slog drain that hands raft-rs's messages (elections, leader changes) to tracing.
 struct TracingDrain;
 
@@ -1052,6 +1064,7 @@ pub(crate) fn start(
         rounds: HashMap::new(),
         next_round: 0,
         ready_reads: Vec::new(),
+        stepped: shard::SteppedReads::default(),
         timeout: request_timeout(cluster.election),
         election: cluster.election,
         read_retry: 3 * cluster.heartbeat,
@@ -1129,6 +1142,10 @@ struct Node {
     next_round: u64,
     /// Reads whose read index is known, waiting for it to be applied.
     ready_reads: Vec<(u64, Vec<Job>)>,
+    /// Ranges over many keys, walked a step at a time between the loop's turns (as the
+    /// single member's apply loop does): a turn never holds ticks, heartbeats and Readies for
+    /// a whole walk.
+    stepped: shard::SteppedReads,
     timeout: Duration,
     election: Duration,
     read_retry: Duration,
@@ -1508,11 +1525,11 @@ async fn run(
             )
             .await
         };
-        let first = if node.state.compaction_pending() {
+        let first = if node.state.compaction_pending() || !node.stepped.is_empty() {
             match futures_lite::future::poll_once(next).await {
                 Some(i) => i,
                 None => {
-                    node.state.compact_step(COMPACT_KEYS_PER_STEP);
+                    node.background_step().await;
                     shard::let_io_in().await;
                     continue;
                 }
@@ -1524,7 +1541,10 @@ async fn run(
             Some(Input::Job(j)) => node.job(j).await,
             Some(Input::Event(e)) => node.event(e).await,
             Some(Input::Persisted(p)) => node.persisted(*p).await,
-            None => return,
+            None => {
+                node.stepped.finish(&node.state, i64::MAX).await;
+                return;
+            }
         }
         while let Some(Some(p)) = futures_lite::future::poll_once(done.recv()).await {
             node.persisted(p).await;
@@ -1549,9 +1569,7 @@ async fn run(
         node.release_held_confs().await;
         node.answer_reads().await;
         notifier.notify(node.state.store().rev());
-        if node.state.compaction_pending() {
-            node.state.compact_step(COMPACT_KEYS_PER_STEP);
-        }
+        node.background_step().await;
     }
 }
 
@@ -1569,6 +1587,15 @@ fn is_linearizable_read(req: &Request) -> bool {
 impl Node {
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// What the loop does between its inputs: one step of the read whose turn it is, and one
+    /// of the pending compaction's trimming unless a read under way reads below it.
+    async fn background_step(&mut self) {
+        self.stepped.step(&self.state).await;
+        if self.state.compaction_pending() && !self.stepped.hold_trimming(&self.state) {
+            self.state.compact_step(COMPACT_KEYS_PER_STEP);
+        }
     }
 
     /// Whether this member leads the term entry `e` was logged in.
@@ -1649,8 +1676,7 @@ impl Node {
         } else if is_linearizable_read(&req) {
             self.reads.push((req, tx));
         } else {
-            let answer = self.state.execute(req);
-            tx.send(answer).await;
+            self.stepped.start(&mut self.state, req, tx).await;
         }
     }
 
@@ -2257,7 +2283,7 @@ impl Node {
         self.ready_reads = later;
         for (_, jobs) in now {
             for (req, tx) in jobs {
-                shard::answer_read(&mut self.state, req, tx).await;
+                self.stepped.start(&mut self.state, req, tx).await;
             }
         }
     }
@@ -2444,8 +2470,10 @@ impl Node {
         for m in self.raw.store().segment_maps() {
             state.add_log_segment(m.clone());
         }
-        // A checkpoint of this member's under way is abandoned (its steps see a new state).
+        // A checkpoint of this member's under way is abandoned (its steps see a new state);
+        // reads under way are walked to their end in the state they began in.
         self.building = None;
+        self.stepped.finish(&self.state, i64::MAX).await;
         self.state = state;
         self.applied = meta.index;
         self.trimmed_at = meta.index;
@@ -2499,6 +2527,11 @@ impl Node {
         }
         let n = entries.len() as u64;
         for e in &entries {
+            if !self.stepped.is_empty() {
+                if let Some(at) = trims_now(e) {
+                    self.stepped.finish(&self.state, at).await;
+                }
+            }
             let applied = match apply_entry(&mut self.state, &mut self.members, e) {
                 Ok(a) => a,
                 Err(err) => {

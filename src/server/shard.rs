@@ -943,17 +943,17 @@ fn sync_mode(len: usize, single: usize, quiet: usize) -> crate::log::SyncMode {
 /// compaction past the revision of a read under way trims nothing until that read ends
 /// ([`SteppedReads::hold_trimming`]).
 #[derive(Default)]
-struct SteppedReads(std::collections::VecDeque<(kv::SteppedRange, Reply)>);
+pub(crate) struct SteppedReads(std::collections::VecDeque<(kv::SteppedRange, Reply)>);
 
 impl SteppedReads {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Answers `req` now, or takes it to walk in steps. Past `STEPPED_READS_MAX` under way, a
     /// read is walked whole at once, as every read was before steps (the reads under way are
     /// bounded anyway, by the calls in flight).
-    async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
+    pub(crate) async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
         let keys = if self.0.len() < STEPPED_READS_MAX {
             READ_STEP_KEYS
         } else {
@@ -966,7 +966,7 @@ impl SteppedReads {
     }
 
     /// One step of the read whose turn it is; answers it if that was its last.
-    async fn step(&mut self, state: &KvState) {
+    pub(crate) async fn step(&mut self, state: &KvState) {
         let Some((mut read, tx)) = self.0.pop_front() else {
             return;
         };
@@ -980,7 +980,7 @@ impl SteppedReads {
     /// Whether the compaction trimming now must wait: a read under way reads below its
     /// revision (trimming at a revision keeps each key as it was there and after, so reads at
     /// or above it see the same; reads below it began before the compaction).
-    fn hold_trimming(&self, state: &KvState) -> bool {
+    pub(crate) fn hold_trimming(&self, state: &KvState) -> bool {
         state
             .trimming_rev()
             .is_some_and(|at| self.0.iter().any(|(read, _)| read.rev() < at))
@@ -988,7 +988,7 @@ impl SteppedReads {
 
     /// Walks every read under way below revision `below` to its end and answers it (before a
     /// physical compaction to `below`; `i64::MAX`: all, before the state changes hands).
-    async fn finish(&mut self, state: &KvState, below: i64) {
+    pub(crate) async fn finish(&mut self, state: &KvState, below: i64) {
         let (done, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
             .into_iter()
             .partition(|(read, _)| read.rev() < below);
@@ -998,15 +998,6 @@ impl SteppedReads {
             tx.send(Ok(state.range_finish(read))).await;
         }
     }
-}
-
-/// Answers a read against the current (durable) state.
-pub(crate) async fn answer_read(state: &mut KvState, req: Request, tx: Reply) {
-    let answer = match state.precheck(&req) {
-        Err(e) => Err(e),
-        Ok(()) => state.execute(req),
-    };
-    tx.send(answer).await;
 }
 
 /// The queue a batch's fdatasync is waited on with: the jobs that arrive meanwhile are reads,
