@@ -140,6 +140,8 @@ struct Raw {
     checkpoint_min_bytes: Option<u64>,
     /// ferrocd's own: size of a log segment file.
     log_segment_bytes: Option<u64>,
+    /// ferrocd's own: keys a long Range walks per step.
+    read_step_keys: Option<u64>,
     /// Entries a member keeps before its checkpoint for followers slightly behind.
     experimental_snapshot_catchup_entries: Option<u64>,
     /// A Go duration ("10m", "1m30s").
@@ -299,6 +301,8 @@ pub struct Config {
     pub checkpoint_min_bytes: u64,
     /// `--log-segment-bytes` (ferrocd's own; at least 1 MiB, default 64 MiB).
     pub log_segment_bytes: u64,
+    /// `--read-step-keys` (ferrocd's own; at least 1, default 10,000).
+    pub read_step_keys: usize,
     /// `--experimental-snapshot-catchup-entries` (etcd 3.5's, default 5000): entries a member
     /// keeps before its newest checkpoint, so that a follower slightly behind catches up from
     /// entries rather than a snapshot.
@@ -359,6 +363,9 @@ the YAML file given with --config-file. When --config-file is given, other flags
                                      log grew by this much and by the live data since the last
                                      (default 64 MiB); the log before it is then deleted. 0:
                                      only the Defragment call takes one
+  --read-step-keys N                 ferrocd's own: a Range over more keys than this is walked
+                                     N keys at a time between the apply loop's batches, at the
+                                     revision it began (default 10000, at least 1)
   --log-segment-bytes N              ferrocd's own: size of a log segment file (default 64 MiB,
                                      at least 1 MiB); the log is released a segment at a time
   --experimental-snapshot-catchup-entries N
@@ -671,6 +678,9 @@ impl Config {
             checkpoint_min_bytes: raw
                 .checkpoint_min_bytes
                 .unwrap_or(crate::limits::CHECKPOINT_MIN_BYTES_DEFAULT),
+            read_step_keys: raw
+                .read_step_keys
+                .map_or(crate::limits::READ_STEP_KEYS_DEFAULT, |n| n.max(1) as usize),
             log_segment_bytes: raw
                 .log_segment_bytes
                 .unwrap_or(crate::log::SEGMENT_BYTES_DEFAULT)
@@ -994,6 +1004,12 @@ mod tests {
         let c = args(&["--spin-before-park-us", "999999"]).unwrap();
         assert_eq!(c.spin_before_park_us, 10_000);
         assert!(args(&["--spin-before-park-us", "soon"]).is_err());
+        let c = args(&[]).unwrap();
+        assert_eq!(c.read_step_keys, crate::limits::READ_STEP_KEYS_DEFAULT);
+        let c = args(&["--read-step-keys", "0"]).unwrap();
+        assert_eq!(c.read_step_keys, 1);
+        let c = args(&["--read-step-keys=250"]).unwrap();
+        assert_eq!(c.read_step_keys, 250);
         let c = args(&[]).unwrap();
         assert_eq!(c.connection_placement, ConnectionPlacement::OwnerFirst);
         let c = args(&["--connection-placement", "others"]).unwrap();

@@ -230,6 +230,8 @@ pub struct KvOptions {
     /// `--checkpoint-min-bytes`: the log grows at least this much between checkpoints (0:
     /// none are taken but on demand, by Defragment).
     pub checkpoint_min_bytes: u64,
+    /// `--read-step-keys`: keys a long Range walks per step.
+    pub read_step_keys: usize,
 }
 
 /// The state owned by one shard: the MVCC store, alarms and the member's metadata.
@@ -728,7 +730,13 @@ impl KvState {
             quota_bytes: None,
             auth: Default::default(),
             checkpoint_min_bytes: 0,
+            read_step_keys: crate::limits::READ_STEP_KEYS_DEFAULT,
         })
+    }
+
+    /// `--read-step-keys`.
+    pub fn read_step_keys(&self) -> usize {
+        self.opts.read_step_keys
     }
 
     pub fn store(&self) -> &Store<Values> {

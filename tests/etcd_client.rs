@@ -222,7 +222,7 @@ async fn read_everything(mut c: Client, n: usize) -> Vec<(i64, i64, Vec<(String,
 /// and the count, though compactions past that revision come meanwhile.
 #[test]
 fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
-    let server = Server::ferrocd(&["--max-txn-ops", "10000"]);
+    let server = Server::ferrocd(&["--max-txn-ops", "10000", "--read-step-keys", "500"]);
     reads_at_their_revision_while_writes_go_on(&[&server]);
 }
 
@@ -232,13 +232,14 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
 /// (one of them at least a follower).
 #[test]
 fn a_range_over_many_keys_on_a_cluster_member_answers_its_revision_while_writes_go_on() {
-    let cluster = Cluster::ferrocd(3, &["--max-txn-ops", "10000"]);
+    let cluster = Cluster::ferrocd(3, &["--max-txn-ops", "10000", "--read-step-keys", "500"]);
     let members: Vec<&Server> = cluster.members.iter().collect();
     reads_at_their_revision_while_writes_go_on(&members);
 }
 
 /// Writer `i` writes through `members[i % len]`, reader `j` reads through
-/// `members[(j + 1) % len]`.
+/// `members[(j + 1) % len]`. The members walk 500 keys per step (`--read-step-keys`), so that
+/// a read spans many turns of the loop and writes and compactions come between its steps.
 fn reads_at_their_revision_while_writes_go_on(members: &[&Server]) {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
@@ -278,10 +279,13 @@ fn reads_at_their_revision_while_writes_go_on(members: &[&Server]) {
                     // Overwrites spread over the keys, and new keys past the filled ones.
                     n += 1;
                     let m = n * WRITERS as u64 + id;
-                    let key = if n % 3 == 0 {
-                        format!("k{:07}", KEYS as u64 + m)
-                    } else {
-                        format!("k{:07}", (m * 7919) % KEYS as u64)
+                    // A third of the overwrites go to the last 1,000 keys, which a read walks
+                    // last: a compaction that drops what a read under way still has to read
+                    // is then likely to hit it.
+                    let key = match n % 3 {
+                        0 => format!("k{:07}", KEYS as u64 + m),
+                        1 => format!("k{:07}", KEYS as u64 - 1 - m % 1000),
+                        _ => format!("k{:07}", (m * 7919) % KEYS as u64),
                     };
                     let value = format!("w{m}");
                     let rev = w
@@ -316,7 +320,7 @@ fn reads_at_their_revision_while_writes_go_on(members: &[&Server]) {
         let reader = |c: Client| {
             let (stop, readers) = (&stop, &readers);
             async move {
-                let reads = read_everything(c, 5).await;
+                let reads = read_everything(c, 12).await;
                 readers.set(readers.get() - 1);
                 if readers.get() == 0 {
                     stop.set(true);

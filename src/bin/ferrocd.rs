@@ -85,6 +85,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                 cfg.enable_authorization,
             )),
             checkpoint_min_bytes: cfg.checkpoint_min_bytes,
+            read_step_keys: cfg.read_step_keys,
         },
         log_dir: Some(
             std::path::Path::new(&cfg.data_dir)

@@ -138,8 +138,6 @@ pub(crate) struct StateOptions {
 
 /// A batch below this many requests may wait `batch_wait_us` for more.
 const SMALL_BATCH_RECORDS: usize = 16;
-/// Keys a long read walks per step between apply batches (a few milliseconds).
-const READ_STEP_KEYS: usize = 10_000;
 /// Long reads walked in steps at once; past it a read is walked whole.
 const STEPPED_READS_MAX: usize = 64;
 
@@ -955,7 +953,7 @@ impl SteppedReads {
     /// bounded anyway, by the calls in flight).
     pub(crate) async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
         let keys = if self.0.len() < STEPPED_READS_MAX {
-            READ_STEP_KEYS
+            state.read_step_keys()
         } else {
             usize::MAX
         };
@@ -970,7 +968,7 @@ impl SteppedReads {
         let Some((mut read, tx)) = self.0.pop_front() else {
             return;
         };
-        if state.range_step(&mut read, READ_STEP_KEYS) {
+        if state.range_step(&mut read, state.read_step_keys()) {
             tx.send(Ok(state.range_finish(read))).await;
         } else {
             self.0.push_back((read, tx));
@@ -1737,7 +1735,7 @@ mod tests {
     /// one at or below it may trim; the read answers what its revision held.
     #[test]
     fn trimming_waits_for_the_reads_under_way_below_its_revision() {
-        use super::{answer_slot, Reply, SteppedReads, READ_STEP_KEYS};
+        use super::{answer_slot, Reply, SteppedReads};
         use crate::kv::{KvState, Request, Response};
         use crate::proto::etcdserverpb as pb;
         let put = |state: &mut KvState, i: usize, v: &str| {
@@ -1764,8 +1762,8 @@ mod tests {
             state.execute(req).unwrap();
         };
         glommio::LocalExecutor::default().run(async move {
-            let keys = READ_STEP_KEYS + 10;
             let mut state = KvState::in_memory(1, 2);
+            let keys = state.read_step_keys() + 10;
             for i in 0..keys {
                 put(&mut state, i, "old");
             }
