@@ -364,8 +364,9 @@ the YAML file given with --config-file. When --config-file is given, other flags
                                      (default 64 MiB); the log before it is then deleted. 0:
                                      only the Defragment call takes one
   --read-step-keys N                 ferrocd's own: a Range over more keys than this is walked
-                                     N keys at a time between the apply loop's batches, at the
-                                     revision it began (default 10000, at least 1)
+                                     N keys at a time between the batches of the apply loop
+                                     (or turns of the Raft loop), at the revision it began
+                                     (default 10000, at least 1)
   --log-segment-bytes N              ferrocd's own: size of a log segment file (default 64 MiB,
                                      at least 1 MiB); the log is released a segment at a time
   --experimental-snapshot-catchup-entries N

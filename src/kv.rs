@@ -822,9 +822,10 @@ impl KvState {
     /// Starts answering a read (a request that is not logged) against the state as it is: a
     /// Range over a span of keys that `step_keys` keys do not cover becomes a
     /// [`SteppedRange`], to be walked by [`KvState::range_step`] between the apply loop's
-    /// batches (a Range over a million keys held the owner for 200-360 ms in one go); it reads
-    /// at the revision current now, whatever is written meanwhile, as long as compaction
-    /// trimming waits for it (the apply loop's part). Anything else is answered now.
+    /// batches or the Raft loop's turns (a Range over a million keys held the owner for
+    /// 200-360 ms in one go); it reads at the revision current now, whatever is written
+    /// meanwhile, as long as compaction trimming waits for it (the loop's part). Anything else
+    /// is answered now.
     pub fn read_begin(&mut self, req: Request, step_keys: usize) -> Read {
         if let Err(e) = self.precheck(&req) {
             return Read::Answered(Err(e));
@@ -1772,6 +1773,16 @@ pub fn trims_now(req: &Request) -> Option<i64> {
     }
 }
 
+/// [`trims_now`] of a logged payload ([`decode_write`]'s format), decoding only a
+/// compaction (a Txn of thousands of operations is not decoded again for it).
+pub fn payload_trims_now(payload: &Bytes) -> Option<i64> {
+    match payload.first()? {
+        4 => trims_now(&decode_write(payload.clone()).ok()?),
+        13 => payload_trims_now(&payload.slice(9.min(payload.len())..)),
+        _ => None,
+    }
+}
+
 /// A read as [`KvState::read_begin`] started it.
 pub enum Read {
     Answered(Result<Response>),
@@ -2386,5 +2397,43 @@ mod tests {
         assert!(decode_write(Bytes::from_static(&[12, 3, 1])).is_err());
         assert!(decode_write(Bytes::from_static(&[12, 99])).is_err());
         assert!(decode_write(Bytes::from_static(&[13, 1, 2])).is_err());
+    }
+
+    /// A logged physical compaction, alone or admitted under auth, is found from its payload;
+    /// nothing else is (a Raft loop ends the reads below it first).
+    #[test]
+    fn a_logged_physical_compaction_is_found_from_its_payload() {
+        let compact = |physical| {
+            Request::Compact(pb::CompactionRequest {
+                revision: 42,
+                physical,
+            })
+        };
+        let authed = |req| {
+            Request::Authed(Box::new(Authed {
+                revision: 7,
+                user: String::new(),
+                req,
+            }))
+        };
+        let found = |req: Request| payload_trims_now(&Bytes::from(encode_write(&req)));
+        assert_eq!(found(compact(true)), Some(42));
+        assert_eq!(found(authed(compact(true))), Some(42));
+        assert_eq!(found(compact(false)), None);
+        assert_eq!(found(authed(compact(false))), None);
+        let put = Request::Put(pb::PutRequest {
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        });
+        assert_eq!(found(put), None);
+        for bad in [
+            &[][..],
+            &[4, 0xff][..],
+            &[13][..],
+            &[13, 1, 2][..],
+            &[0x30, b'{'][..],
+        ] {
+            assert_eq!(payload_trims_now(&Bytes::copy_from_slice(bad)), None);
+        }
     }
 }

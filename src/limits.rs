@@ -95,8 +95,8 @@ pub const CHECKPOINT_HURRIED_PACE_DIVISOR: u32 = 4;
 /// compaction's trimming to end (`KvState::checkpoint_may_begin`).
 pub const CHECKPOINT_TRIM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Default `--read-step-keys`: keys a long Range walks per step between apply batches (a few
-/// milliseconds).
+/// Default `--read-step-keys`: keys a long Range walks per step between apply batches or Raft
+/// loop turns (a few milliseconds).
 pub const READ_STEP_KEYS_DEFAULT: usize = 10_000;
 
 /// Default `--checkpoint-min-bytes`: the log grows at least this much between checkpoints.

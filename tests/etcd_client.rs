@@ -232,7 +232,19 @@ fn a_range_over_many_keys_answers_its_revision_while_writes_go_on() {
 /// (one of them at least a follower).
 #[test]
 fn a_range_over_many_keys_on_a_cluster_member_answers_its_revision_while_writes_go_on() {
-    let cluster = Cluster::ferrocd(3, &["--max-txn-ops", "10000", "--read-step-keys", "500"]);
+    // Long election timeouts: a leader change under a loaded CI machine would fail a write
+    // whose outcome the exact check then cannot know.
+    let flags = [
+        "--max-txn-ops",
+        "10000",
+        "--read-step-keys",
+        "500",
+        "--heartbeat-interval",
+        "300",
+        "--election-timeout",
+        "3000",
+    ];
+    let cluster = Cluster::ferrocd(3, &flags);
     let members: Vec<&Server> = cluster.members.iter().collect();
     reads_at_their_revision_while_writes_go_on(&members);
 }

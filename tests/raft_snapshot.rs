@@ -104,24 +104,8 @@ fn wait_same(c: &Cluster, among: &[usize], reference: usize, what: &str) {
     }
 }
 
-#[test]
-fn a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released() {
-    if !common::etcd_tools_or_skip(
-        "a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released",
-    ) {
-        return;
-    }
-    let mut c = Cluster::ferrocd(3, &SMALL);
-    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
-    let behind = (leader + 1) % 3;
-    let other = 3 - leader - behind;
-    fill(c.members[leader].url(), 0, 500);
-    wait_same(&c, &[behind, other], leader, "before the stop");
-
-    // One follower stops; the others write 6 MiB (over 200 keys), checkpoint it and let the
-    // log before their checkpoints go.
-    c.members[behind].kill9();
-    let last_rev = fill(c.members[leader].url(), 1, 6000);
+/// Waits (bounded) until `leader` released every log segment its newest checkpoint covers.
+fn wait_released(c: &Cluster, leader: usize) {
     let member_dir = |i: usize| c.members[i].dir.path().join("data").join("member");
     let deadline = Instant::now() + LEADER_TIMEOUT;
     loop {
@@ -149,6 +133,27 @@ fn a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released() {
+    if !common::etcd_tools_or_skip(
+        "a_follower_far_behind_catches_up_from_a_snapshot_and_logs_are_released",
+    ) {
+        return;
+    }
+    let mut c = Cluster::ferrocd(3, &SMALL);
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let behind = (leader + 1) % 3;
+    let other = 3 - leader - behind;
+    fill(c.members[leader].url(), 0, 500);
+    wait_same(&c, &[behind, other], leader, "before the stop");
+
+    // One follower stops; the others write 6 MiB (over 200 keys), checkpoint it and let the
+    // log before their checkpoints go.
+    c.members[behind].kill9();
+    let last_rev = fill(c.members[leader].url(), 1, 6000);
+    wait_released(&c, leader);
 
     // The follower comes back: the entries it needs are gone, so it gets a snapshot.
     c.members[behind].relaunch();
@@ -242,4 +247,143 @@ fn a_member_added_after_the_log_was_released_starts_from_a_snapshot() {
     let out = common::etcdctl(&c.endpoints(), &["member", "list"], "");
     assert_eq!(out.stdout.lines().count(), 4, "{out:?}");
     assert!(!out.stdout.contains("true"), "a learner left: {out:?}");
+}
+
+/// A follower cut off from the leader still serves serializable reads of its own state. When
+/// the cut heals and the leader's log no longer holds what it missed, it installs a snapshot.
+/// A read walked in steps (`--read-step-keys 1`: one key per turn of its Raft loop) when the
+/// snapshot's state replaces its own is first walked to its end in the state it began in:
+/// every read answers exactly the keys at its header revision, though the snapshot's state
+/// holds the overwrites and a physical compaction past that revision.
+#[test]
+fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const KEYS: usize = 40_000;
+    const TXN_PUTS: usize = 10_000;
+    let mut flags = SMALL.to_vec();
+    flags.extend(["--read-step-keys", "1", "--max-txn-ops", "10000"]);
+    let mut c = Cluster::launch_proxied("ferrocd", Cluster::ferrocd_bin(), 3, &flags);
+    for m in &mut c.members {
+        m.wait_healthy();
+    }
+    let leader = c.wait_leader(&[0, 1, 2], LEADER_TIMEOUT);
+    let behind = (leader + 1) % 3;
+    // Each chunk of keys written with one value per txn: (revision, value) per chunk, in order.
+    let mut history: Vec<Vec<(i64, &str)>> = vec![Vec::new(); KEYS / TXN_PUTS];
+    let write_all = |value: &'static str, history: &mut Vec<Vec<(i64, &str)>>| {
+        rt().block_on(async {
+            let mut cl = etcd_client::Client::connect([c.members[leader].url()], None)
+                .await
+                .expect("connect");
+            for (chunk, h) in history.iter_mut().enumerate() {
+                let ops: Vec<etcd_client::TxnOp> = (chunk * TXN_PUTS..(chunk + 1) * TXN_PUTS)
+                    .map(|i| etcd_client::TxnOp::put(format!("big/{i:06}"), value, None))
+                    .collect();
+                let r = cl.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+                h.push((r.header().unwrap().revision(), value));
+            }
+        })
+    };
+    write_all("a", &mut history);
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    while try_local_kvs(&c.members[behind], "big/").map(|k| k.len()) != Some(KEYS) {
+        assert!(Instant::now() < deadline, "m{behind} did not get the keys");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Cut off, it misses the overwrites, a physical compaction past them and enough entries
+    // (and a checkpoint after them) for the leader's log to no longer hold them.
+    c.proxies[behind].cut(true);
+    write_all("b", &mut history);
+    let rev = fill(c.members[leader].url(), 0, 1500);
+    rt().block_on(async {
+        let mut cl = etcd_client::Client::connect([c.members[leader].url()], None)
+            .await
+            .expect("connect");
+        let physical = etcd_client::CompactionOptions::new().with_physical();
+        cl.compact(rev, Some(physical)).await.expect("compact");
+    });
+    wait_released(&c, leader);
+
+    // Reads of every key on it, one after the other, from before the cut heals until after
+    // it installed the snapshot.
+    let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let reads = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                reads.push(read_keys(&c.members[behind], "big/"));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            reads
+        });
+        // The reader stops however this thread ends (a failed assertion too).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(300));
+        c.proxies[behind].cut(false);
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        while !c.members[behind].log().contains("raft: snapshot installed") {
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot installed\n{}",
+                c.members[behind].log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Two more reads after the install (the first may have begun before it).
+        let until = done.load(Ordering::Relaxed) + 2;
+        while done.load(Ordering::Relaxed) < until {
+            assert!(Instant::now() < deadline, "the reads stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().expect("reader")
+    });
+    let revs: Vec<i64> = reads.iter().map(|(r, _)| *r).collect();
+    eprintln!("{} reads at revisions {revs:?}", reads.len());
+    for (rev, found) in &reads {
+        let want: Vec<(String, i64)> = (0..KEYS)
+            .filter_map(|i| {
+                let chunk = &history[i / TXN_PUTS];
+                let (r, _) = chunk.iter().rev().find(|(r, _)| *r <= *rev)?;
+                Some((format!("big/{i:06}"), *r))
+            })
+            .collect();
+        assert_eq!(found.len(), want.len(), "keys at revision {rev}");
+        assert!(*found == want, "the keys at revision {rev} differ");
+    }
+    assert!(
+        revs.first() < revs.last(),
+        "no read before and after the install: {revs:?}"
+    );
+}
+
+/// Every key under `prefix` on `server` and its mod revision (a serializable, keys-only
+/// range), with the revision the answer is at.
+fn read_keys(server: &Server, prefix: &str) -> (i64, Vec<(String, i64)>) {
+    rt().block_on(async {
+        let mut c = etcd_client::Client::connect([server.url()], None)
+            .await
+            .expect("connect");
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_serializable()
+            .with_keys_only();
+        let got = c
+            .get(prefix, Some(opts))
+            .await
+            .expect("a serializable range");
+        let kvs = got
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+            .collect();
+        (got.header().unwrap().revision(), kvs)
+    })
 }

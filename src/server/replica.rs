@@ -936,15 +936,14 @@ pub(crate) fn apply_entry(
 }
 
 /// The revision entry `e` trims the index to as it is applied (a physical compaction), if it
-/// does: stepped reads below it must end first. Decodes the entry again, asked only while
-/// reads are under way; a membership payload does not decode as a request (and ending reads
-/// early would only answer them sooner).
+/// does: stepped reads below it must end first. Asked only while reads are under way; a
+/// membership payload's tag is no compaction's.
 fn trims_now(e: &Entry) -> Option<i64> {
     if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
         return None;
     }
     let (_, _, payload) = consensus::parse_proposal(&e.data)?;
-    kv::trims_now(&kv::decode_write(payload).ok()?)
+    kv::payload_trims_now(&payload)
 }
 
 /// A slog drain that hands raft-rs's messages (elections, leader changes) to tracing.
@@ -1988,6 +1987,8 @@ impl Node {
             }
         }
         if removed_me {
+            // Reads under way are answered before the process goes.
+            self.stepped.finish(&self.state, i64::MAX).await;
             tracing::warn!("this member was removed from the cluster: stopping");
             glommio::spawn_local(async {
                 glommio::timer::sleep(Duration::from_millis(500)).await;

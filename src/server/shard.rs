@@ -138,7 +138,7 @@ pub(crate) struct StateOptions {
 
 /// A batch below this many requests may wait `batch_wait_us` for more.
 const SMALL_BATCH_RECORDS: usize = 16;
-/// Long reads walked in steps at once; past it a read is walked whole.
+/// Long reads taking turns at once; past it a read waits (after its first step) for one to end.
 const STEPPED_READS_MAX: usize = 64;
 
 /// The ends one shard takes with it.
@@ -936,42 +936,49 @@ fn sync_mode(len: usize, single: usize, quiet: usize) -> crate::log::SyncMode {
 }
 
 /// Ranges over more keys than one step walks, answered a step at a time between the apply
-/// loop's batches (`kv::KvState::read_begin`): one step of one read per turn, the reads taking
-/// turns, so that a turn holds the shard for one step however many reads are under way. A
-/// compaction past the revision of a read under way trims nothing until that read ends
-/// ([`SteppedReads::hold_trimming`]).
+/// loop's batches or the Raft loop's turns (`kv::KvState::read_begin`): one step of one read
+/// per turn, the reads taking turns, so that a turn holds the shard for one step however many
+/// reads are under way. At most `STEPPED_READS_MAX` take turns; the others wait, after their
+/// first step, until one of those ends (their results so far are one step's: a list storm
+/// does not hold every read's whole result at once). A compaction past the revision of a
+/// read under way trims nothing until that read ends ([`SteppedReads::hold_trimming`]).
 #[derive(Default)]
-pub(crate) struct SteppedReads(std::collections::VecDeque<(kv::SteppedRange, Reply)>);
+pub(crate) struct SteppedReads {
+    turns: std::collections::VecDeque<(kv::SteppedRange, Reply)>,
+    waiting: std::collections::VecDeque<(kv::SteppedRange, Reply)>,
+}
 
 impl SteppedReads {
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.turns.is_empty() && self.waiting.is_empty()
     }
 
-    /// Answers `req` now, or takes it to walk in steps. Past `STEPPED_READS_MAX` under way, a
-    /// read is walked whole at once, as every read was before steps (the reads under way are
-    /// bounded anyway, by the calls in flight).
+    fn all(&self) -> impl Iterator<Item = &kv::SteppedRange> {
+        self.turns.iter().chain(&self.waiting).map(|(read, _)| read)
+    }
+
+    /// Answers `req` now (a read its first step covers), or takes it to walk in steps.
     pub(crate) async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
-        let keys = if self.0.len() < STEPPED_READS_MAX {
-            state.read_step_keys()
-        } else {
-            usize::MAX
-        };
-        match state.read_begin(req, keys) {
+        match state.read_begin(req, state.read_step_keys()) {
             kv::Read::Answered(answer) => tx.send(answer).await,
-            kv::Read::Stepped(read) => self.0.push_back((read, tx)),
+            kv::Read::Stepped(read) if self.turns.len() < STEPPED_READS_MAX => {
+                self.turns.push_back((read, tx))
+            }
+            kv::Read::Stepped(read) => self.waiting.push_back((read, tx)),
         }
     }
 
-    /// One step of the read whose turn it is; answers it if that was its last.
+    /// One step of the read whose turn it is; answers it if that was its last (and lets the
+    /// first waiting read take turns).
     pub(crate) async fn step(&mut self, state: &KvState) {
-        let Some((mut read, tx)) = self.0.pop_front() else {
+        let Some((mut read, tx)) = self.turns.pop_front() else {
             return;
         };
         if state.range_step(&mut read, state.read_step_keys()) {
             tx.send(Ok(state.range_finish(read))).await;
+            self.turns.extend(self.waiting.pop_front());
         } else {
-            self.0.push_back((read, tx));
+            self.turns.push_back((read, tx));
         }
     }
 
@@ -981,16 +988,26 @@ impl SteppedReads {
     pub(crate) fn hold_trimming(&self, state: &KvState) -> bool {
         state
             .trimming_rev()
-            .is_some_and(|at| self.0.iter().any(|(read, _)| read.rev() < at))
+            .is_some_and(|at| self.all().any(|read| read.rev() < at))
     }
 
     /// Walks every read under way below revision `below` to its end and answers it (before a
     /// physical compaction to `below`; `i64::MAX`: all, before the state changes hands).
     pub(crate) async fn finish(&mut self, state: &KvState, below: i64) {
-        let (done, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|(read, _)| read.rev() < below);
-        self.0 = kept.into();
+        let mut done = Vec::new();
+        for queue in [&mut self.turns, &mut self.waiting] {
+            let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(queue)
+                .into_iter()
+                .partition(|(read, _)| read.rev() < below);
+            *queue = kept.into();
+            done.extend(ended);
+        }
+        while self.turns.len() < STEPPED_READS_MAX {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            self.turns.push_back(next);
+        }
         for (mut read, tx) in done {
             while !state.range_step(&mut read, usize::MAX) {}
             tx.send(Ok(state.range_finish(read))).await;
@@ -1780,10 +1797,10 @@ mod tests {
             // A read begun after the compaction holds nothing.
             let (tx2, rx2) = answer_slot();
             reads.start(&mut state, all(), Reply::Local(tx2)).await;
-            assert_eq!(reads.0.len(), 2);
+            assert_eq!(reads.all().count(), 2);
             while !reads.is_empty() {
                 assert_eq!(
-                    reads.0.iter().any(|(r, _)| r.rev() < state.store().rev()),
+                    reads.all().any(|r| r.rev() < state.store().rev()),
                     reads.hold_trimming(&state)
                 );
                 reads.step(&state).await;
@@ -1800,6 +1817,59 @@ mod tests {
             };
             assert_eq!(values(rx.recv().await), ["old"]);
             assert_eq!(values(rx2.recv().await), ["new"]);
+        });
+    }
+
+    /// Past `STEPPED_READS_MAX` long reads under way, a new one waits after its first step
+    /// (it is not walked whole at once, which held a cluster member's Raft loop); every read
+    /// is answered whole, in the order the waiting ones came.
+    #[test]
+    fn reads_past_the_cap_wait_their_turn_and_are_all_answered() {
+        use super::{answer_slot, Reply, SteppedReads, STEPPED_READS_MAX};
+        use crate::kv::{KvState, Request, Response};
+        use crate::proto::etcdserverpb as pb;
+        glommio::LocalExecutor::default().run(async move {
+            let mut state = KvState::in_memory(1, 2);
+            let keys = state.read_step_keys() + 10;
+            for i in 0..keys {
+                let req = Request::Put(pb::PutRequest {
+                    key: format!("k{i:06}").into(),
+                    value: "v".into(),
+                    ..Default::default()
+                });
+                state.execute(req).unwrap();
+            }
+            let all = || {
+                Request::Range(pb::RangeRequest {
+                    key: "k".into(),
+                    range_end: "l".into(),
+                    ..Default::default()
+                })
+            };
+            let mut reads = SteppedReads::default();
+            let mut answers = Vec::new();
+            for _ in 0..STEPPED_READS_MAX + 2 {
+                let (tx, rx) = answer_slot();
+                reads.start(&mut state, all(), Reply::Local(tx)).await;
+                answers.push(rx);
+            }
+            assert_eq!(reads.turns.len(), STEPPED_READS_MAX);
+            assert_eq!(reads.waiting.len(), 2);
+            while !reads.is_empty() {
+                let (turns, waiting) = (reads.turns.len(), reads.waiting.len());
+                reads.step(&state).await;
+                assert!(reads.turns.len() <= STEPPED_READS_MAX);
+                if reads.waiting.len() < waiting {
+                    // Only in the place of a read that ended.
+                    assert_eq!(reads.turns.len(), turns);
+                }
+            }
+            for rx in answers {
+                let Some(Ok(Response::Range(r))) = rx.recv().await else {
+                    panic!("no answer")
+                };
+                assert_eq!((r.count as usize, r.kvs.len()), (keys, keys));
+            }
         });
     }
 
