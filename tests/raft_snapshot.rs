@@ -258,7 +258,9 @@ fn a_member_added_after_the_log_was_released_starts_from_a_snapshot() {
 #[test]
 fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    const KEYS: usize = 40_000;
+    // With one key per step (a turn of the Raft loop, about 0.1 ms here), a read takes
+    // seconds: the install comes in the middle of the first.
+    const KEYS: usize = 20_000;
     const TXN_PUTS: usize = 10_000;
     let mut flags = SMALL.to_vec();
     flags.extend(["--read-step-keys", "1", "--max-txn-ops", "10000"]);
@@ -293,9 +295,11 @@ fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
 
     // Cut off, it misses the overwrites, a physical compaction past them and enough entries
     // (and a checkpoint after them) for the leader's log to no longer hold them.
+    // The compaction comes first, so that the checkpoints the fill brings (one of them is the
+    // snapshot) hold no revision before the overwrites.
     c.proxies[behind].cut(true);
     write_all("b", &mut history);
-    let rev = fill(c.members[leader].url(), 0, 1500);
+    let rev = history.last().unwrap().last().unwrap().0;
     rt().block_on(async {
         let mut cl = etcd_client::Client::connect([c.members[leader].url()], None)
             .await
@@ -303,6 +307,7 @@ fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
         let physical = etcd_client::CompactionOptions::new().with_physical();
         cl.compact(rev, Some(physical)).await.expect("compact");
     });
+    fill(c.members[leader].url(), 0, 1500);
     wait_released(&c, leader);
 
     // Reads of every key on it, one after the other, from before the cut heals until after
@@ -312,7 +317,9 @@ fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
         let reader = scope.spawn(|| {
             let mut reads = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 reads.push(read_keys(&c.members[behind], "big/"));
+                eprintln!("read at {} took {:?}", reads.last().unwrap().0, t.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
             }
             reads
@@ -327,6 +334,7 @@ fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
         let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(300));
         c.proxies[behind].cut(false);
+        let healed = Instant::now();
         let deadline = Instant::now() + LEADER_TIMEOUT;
         while !c.members[behind].log().contains("raft: snapshot installed") {
             assert!(
@@ -336,6 +344,7 @@ fn a_read_under_way_when_a_snapshot_installs_answers_the_state_it_began_in() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        eprintln!("installed {:?} after the heal", healed.elapsed());
         // Two more reads after the install (the first may have begun before it).
         let until = done.load(Ordering::Relaxed) + 2;
         while done.load(Ordering::Relaxed) < until {
