@@ -52,6 +52,8 @@ run() {
   run "$total" --workload txn-put --clients 100 --conns 10
   run "$total" --workload range --clients 100 --conns 10
   run "$total" --workload range-serializable --clients 100 --conns 10
+  # A list: the 100 keys that share a prefix, at most 50 of them in the answer.
+  run "$total" --workload range --prefix-digits 2 --limit 50 --clients 100 --conns 10
   run "$total" --workload mixed --read-ratio 0.9 --clients 100 --conns 10
   run "$total" --workload lease-keepalive --clients 100 --conns 10
   run $((total / 2)) --workload k8s --key-space 10000 --val-size 1024 --clients 100 --conns 10

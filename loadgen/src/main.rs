@@ -341,6 +341,30 @@ fn key(i: u64, size: usize) -> Bytes {
     Bytes::from(s.split_off(cut))
 }
 
+/// The workload's name in a compare table: its kind, the read share of a mixed one, and the
+/// shape of its range reads when they are not point reads.
+fn label(w: &Workload) -> String {
+    let mut s = if w.workload == Kind::Mixed {
+        format!("Mixed {:.0}% reads", w.read_ratio * 100.0)
+    } else {
+        format!("{:?}", w.workload)
+    };
+    let ranges = matches!(
+        w.workload,
+        Kind::Range | Kind::RangeSerializable | Kind::Mixed
+    );
+    if ranges && w.prefix_digits > 0 {
+        s += &format!(" prefix of 10^{}", w.prefix_digits);
+    }
+    if ranges && w.limit > 0 {
+        s += &format!(" limit {}", w.limit);
+    }
+    if ranges && w.keys_only {
+        s += " keys only";
+    }
+    s
+}
+
 /// A range read of key `k` as the workload's range options shape it.
 fn range_req(w: &Workload, k: Bytes, serializable: bool) -> pb::RangeRequest {
     let (key, range_end) = if w.prefix_digits == 0 {
@@ -1133,11 +1157,7 @@ fn main() {
             }
             outln!(
                 "| {} c={} conns={}{rate} | {:.0} | {:.0} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
-                if w.workload == Kind::Mixed {
-                    format!("Mixed {:.0}% reads", w.read_ratio * 100.0)
-                } else {
-                    format!("{:?}", w.workload)
-                },
+                label(&w),
                 w.clients,
                 w.conns,
                 x.rate(),
@@ -1204,6 +1224,17 @@ mod tests {
         };
         assert_eq!((0..100_000).filter(|&i| inside(i)).count(), 100);
         assert!(inside(12300) && inside(12399) && !inside(12299) && !inside(12400));
+        // The label names the range options only for workloads that read.
+        assert_eq!(label(&w), "Put");
+        let list = workload(&[
+            "--workload",
+            "range",
+            "--prefix-digits",
+            "2",
+            "--limit",
+            "50",
+        ]);
+        assert_eq!(label(&list), "Range prefix of 10^2 limit 50");
         let all = workload(&["--prefix-digits", "8"]);
         let r = range_req(&all, key(5, 8), false);
         assert_eq!((&r.key[..], &r.range_end[..]), (&b"\0"[..], &b"\0"[..]));
