@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$1 name=$2 keys=${3:-1000000}
 source tuning/lib.sh
-start fc "$bin"
+# EXTRA: more flags for every member (word-split), e.g. EXTRA="--read-step-keys 1000".
+start fc "$bin" ${EXTRA:-}
 LG=$PWD/target/release/loadgen
 $LG run --endpoints "$ENDPOINTS" --workload put --total "$keys" --key-space "$keys" --sequential-keys --clients 100 --conns 10 >/dev/null 2>&1
 status() { etcdctl --endpoints "$ENDPOINTS" endpoint status -w json; }

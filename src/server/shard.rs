@@ -140,6 +140,8 @@ pub(crate) struct StateOptions {
 const SMALL_BATCH_RECORDS: usize = 16;
 /// Long reads taking turns at once; past it a read waits (after its first step) for one to end.
 const STEPPED_READS_MAX: usize = 64;
+/// The first step of a read that comes past `STEPPED_READS_MAX` taking turns.
+const WAITING_FIRST_STEP_KEYS: usize = 100;
 
 /// The ends one shard takes with it.
 pub(crate) enum Links {
@@ -957,9 +959,18 @@ impl SteppedReads {
         self.turns.iter().chain(&self.waiting).map(|(read, _)| read)
     }
 
-    /// Answers `req` now (a read its first step covers), or takes it to walk in steps.
+    /// Answers `req` now (a read its first step covers), or takes it to walk in steps. Past
+    /// `STEPPED_READS_MAX` taking turns, a read's first step is `WAITING_FIRST_STEP_KEYS`
+    /// keys: a turn that starts many long reads (a list storm, or a ReadIndex round of them on
+    /// a cluster member) walks at most that many keys of each beyond the first 64 steps, and
+    /// still answers the small ones at once.
     pub(crate) async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
-        match state.read_begin(req, state.read_step_keys()) {
+        let keys = if self.turns.len() < STEPPED_READS_MAX {
+            state.read_step_keys()
+        } else {
+            WAITING_FIRST_STEP_KEYS.min(state.read_step_keys())
+        };
+        match state.read_begin(req, keys) {
             kv::Read::Answered(answer) => tx.send(answer).await,
             kv::Read::Stepped(read) if self.turns.len() < STEPPED_READS_MAX => {
                 self.turns.push_back((read, tx))
@@ -1854,6 +1865,22 @@ mod tests {
                 answers.push(rx);
             }
             assert_eq!(reads.turns.len(), STEPPED_READS_MAX);
+            assert_eq!(reads.waiting.len(), 2);
+            // Past the cap, a read over fewer keys than a waiting read's first step is still
+            // answered at once (longer ones wait, as the two above).
+            let (tx, rx) = answer_slot();
+            let few = Request::Range(pb::RangeRequest {
+                key: "k000010".into(),
+                range_end: "k000060".into(),
+                ..Default::default()
+            });
+            reads.start(&mut state, few, Reply::Local(tx)).await;
+            let Some(Some(Ok(Response::Range(r)))) =
+                futures_lite::future::poll_once(rx.recv()).await
+            else {
+                panic!("no answer at once")
+            };
+            assert_eq!(r.count, 50);
             assert_eq!(reads.waiting.len(), 2);
             while !reads.is_empty() {
                 let (turns, waiting) = (reads.turns.len(), reads.waiting.len());
