@@ -4,7 +4,9 @@
 # 10 s; 4 s in, a read of every key on the leader, timed. Prints one row: the puts' latency,
 # the read's time and answer, the highest Raft term before and after (an election shows).
 # The read, by environment: RANGER=N: N loadgen range reads of every key, keys only, one
-# after the other (default: one `etcdctl get "" --prefix --keys-only`, which spends much CPU
+# after the other (RANGER_ARGS replaces that shape: e.g. "--prefix-digits 5 --keys-only
+# --clients 200 --conns 10", a storm of 200 clients reading 100k keys each; default: one
+# `etcdctl get "" --prefix --keys-only`, which spends much CPU
 # printing); COUNT=1: a count-only Range through the JSON gateway; NOGET=1: none (the
 # baseline). PERF=FILE: `perf record -g` of the leader for 3 s from the read's start.
 set -euo pipefail
@@ -27,7 +29,7 @@ if [ -n "${PERF:-}" ]; then
   lpid=$(for p in ${PIDS//,/ }; do if tr '\0' ' ' < /proc/$p/cmdline | grep -q "${leader_ep##*:}"; then echo $p; fi; done)
   perf record -F 999 -g -p "$lpid" -o "$PERF" -- sleep 3 >/dev/null 2>&1 &
 fi
-if [ "${NOGET:-}" = 1 ]; then sleep 3; lines=0; elif [ -n "${RANGER:-}" ]; then lines=$($LG run --endpoints "$leader_ep" --workload range --prefix-digits 8 --keys-only --clients 1 --conns 1 --total "$RANGER" > "$work/rg" 2>&1; grep -m1 "latency ms" "$work/rg" | sed "s/.*latency ms //" || cat "$work/rg"); elif [ "${COUNT:-}" = 1 ]; then lines=$(curl -s -X POST "http://$leader_ep/v3/kv/range" -d '{"key":"AA==","range_end":"AA==","count_only":true}'); else lines=$(etcdctl --endpoints "$leader_ep" --command-timeout=60s get "" --prefix ${GETFLAGS:---keys-only} | wc -l); fi
+if [ "${NOGET:-}" = 1 ]; then sleep 3; lines=0; elif [ -n "${RANGER:-}" ]; then lines=$($LG run --endpoints "$leader_ep" --workload range ${RANGER_ARGS:---prefix-digits 8 --keys-only --clients 1 --conns 1} --total "$RANGER" > "$work/rg" 2>&1; grep -m1 "latency ms" "$work/rg" | sed "s/.*latency ms //" || cat "$work/rg"); elif [ "${COUNT:-}" = 1 ]; then lines=$(curl -s -X POST "http://$leader_ep/v3/kv/range" -d '{"key":"AA==","range_end":"AA==","count_only":true}'); else lines=$(etcdctl --endpoints "$leader_ep" --command-timeout=60s get "" --prefix ${GETFLAGS:---keys-only} | wc -l); fi
 t1=$(date +%s.%N)
 wait $lg
 s1=$(status)
