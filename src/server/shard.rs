@@ -1753,6 +1753,32 @@ impl Owner {
     }
 }
 
+/// Numbered keys for the stepped-read tests.
+#[cfg(test)]
+mod tests_numbered {
+    use crate::kv::{KvState, Request};
+    use crate::proto::etcdserverpb as pb;
+
+    /// Puts `k{i:06}` = `v`.
+    pub(super) fn put(state: &mut KvState, i: usize, v: &str) {
+        let req = Request::Put(pb::PutRequest {
+            key: format!("k{i:06}").into(),
+            value: v.as_bytes().to_vec().into(),
+            ..Default::default()
+        });
+        state.execute(req).unwrap();
+    }
+
+    /// A Range over every numbered key.
+    pub(super) fn every() -> Request {
+        Request::Range(pb::RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            ..Default::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Notifier;
@@ -1763,24 +1789,10 @@ mod tests {
     /// one at or below it may trim; the read answers what its revision held.
     #[test]
     fn trimming_waits_for_the_reads_under_way_below_its_revision() {
+        use super::tests_numbered::{every as all, put};
         use super::{answer_slot, Reply, SteppedReads};
         use crate::kv::{KvState, Request, Response};
         use crate::proto::etcdserverpb as pb;
-        let put = |state: &mut KvState, i: usize, v: &str| {
-            let req = Request::Put(pb::PutRequest {
-                key: format!("k{i:06}").into(),
-                value: v.as_bytes().to_vec().into(),
-                ..Default::default()
-            });
-            state.execute(req).unwrap();
-        };
-        let all = || {
-            Request::Range(pb::RangeRequest {
-                key: "k".into(),
-                range_end: "l".into(),
-                ..Default::default()
-            })
-        };
         let compact = |state: &mut KvState| {
             let revision = state.store().rev();
             let req = Request::Compact(pb::CompactionRequest {
@@ -1836,6 +1848,7 @@ mod tests {
     /// is answered whole, in the order the waiting ones came.
     #[test]
     fn reads_past_the_cap_wait_their_turn_and_are_all_answered() {
+        use super::tests_numbered::{every as all, put};
         use super::{answer_slot, Reply, SteppedReads, STEPPED_READS_MAX};
         use crate::kv::{KvState, Request, Response};
         use crate::proto::etcdserverpb as pb;
@@ -1843,20 +1856,8 @@ mod tests {
             let mut state = KvState::in_memory(1, 2);
             let keys = state.read_step_keys() + 10;
             for i in 0..keys {
-                let req = Request::Put(pb::PutRequest {
-                    key: format!("k{i:06}").into(),
-                    value: "v".into(),
-                    ..Default::default()
-                });
-                state.execute(req).unwrap();
+                put(&mut state, i, "v");
             }
-            let all = || {
-                Request::Range(pb::RangeRequest {
-                    key: "k".into(),
-                    range_end: "l".into(),
-                    ..Default::default()
-                })
-            };
             let mut reads = SteppedReads::default();
             let mut answers = Vec::new();
             for _ in 0..STEPPED_READS_MAX + 2 {
