@@ -32,8 +32,8 @@ use crate::consensus::{self, LogStorage};
 use crate::error::EtcdError;
 use crate::kv::{self, KvState, RaftInfo, Request, Response};
 use crate::limits::{
-    APPLY_BATCH_REQUESTS_MAX, COMPACT_KEYS_PER_STEP, RAFT_ENTRIES_WHOLE, RAFT_EVENTS_DEPTH,
-    RAFT_MSG_BYTES_MAX, RAFT_UNCOMMITTED_BYTES_MAX,
+    APPLY_BATCH_REQUESTS_MAX, RAFT_ENTRIES_WHOLE, RAFT_EVENTS_DEPTH, RAFT_MSG_BYTES_MAX,
+    RAFT_UNCOMMITTED_BYTES_MAX,
 };
 use crate::log::Log;
 use crate::proto::etcdserverpb as pb;
@@ -1528,7 +1528,7 @@ async fn run(
             match futures_lite::future::poll_once(next).await {
                 Some(i) => i,
                 None => {
-                    node.background_step().await;
+                    node.stepped.between_turns(&mut node.state).await;
                     shard::let_io_in().await;
                     continue;
                 }
@@ -1568,7 +1568,7 @@ async fn run(
         node.release_held_confs().await;
         node.answer_reads().await;
         notifier.notify(node.state.store().rev());
-        node.background_step().await;
+        node.stepped.between_turns(&mut node.state).await;
     }
 }
 
@@ -1586,15 +1586,6 @@ fn is_linearizable_read(req: &Request) -> bool {
 impl Node {
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
-    }
-
-    /// What the loop does between its inputs: one step of the read whose turn it is, and one
-    /// of the pending compaction's trimming unless a read under way reads below it.
-    async fn background_step(&mut self) {
-        self.stepped.step(&self.state).await;
-        if self.state.compaction_pending() && !self.stepped.hold_trimming(&self.state) {
-            self.state.compact_step(COMPACT_KEYS_PER_STEP);
-        }
     }
 
     /// Whether this member leads the term entry `e` was logged in.

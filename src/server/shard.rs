@@ -702,10 +702,7 @@ async fn apply_loop(
                 Some(Some(job)) => job,
                 Some(None) => break,
                 None => {
-                    reads.step(&state).await;
-                    if state.compaction_pending() && !reads.hold_trimming(&state) {
-                        state.compact_step(COMPACT_KEYS_PER_STEP);
-                    }
+                    reads.between_turns(&mut state).await;
                     let_io_in().await;
                     continue;
                 }
@@ -799,10 +796,7 @@ async fn apply_loop(
                 }
             }
         }
-        reads.step(&state).await;
-        if state.compaction_pending() && !reads.hold_trimming(&state) {
-            state.compact_step(COMPACT_KEYS_PER_STEP);
-        }
+        reads.between_turns(&mut state).await;
         if let Some(log) = &log {
             state.drop_resident_pages_now_and_then(std::time::Instant::now());
             if reported.0.elapsed() >= LOG_STATS_INTERVAL {
@@ -965,17 +959,16 @@ impl SteppedReads {
     /// a cluster member) walks at most that many keys of each beyond the first 64 steps, and
     /// still answers the small ones at once.
     pub(crate) async fn start(&mut self, state: &mut KvState, req: Request, tx: Reply) {
-        let keys = if self.turns.len() < STEPPED_READS_MAX {
-            state.read_step_keys()
-        } else {
+        let full = self.turns.len() >= STEPPED_READS_MAX;
+        let keys = if full {
             WAITING_FIRST_STEP_KEYS.min(state.read_step_keys())
+        } else {
+            state.read_step_keys()
         };
         match state.read_begin(req, keys) {
             kv::Read::Answered(answer) => tx.send(answer).await,
-            kv::Read::Stepped(read) if self.turns.len() < STEPPED_READS_MAX => {
-                self.turns.push_back((read, tx))
-            }
-            kv::Read::Stepped(read) => self.waiting.push_back((read, tx)),
+            kv::Read::Stepped(read) if full => self.waiting.push_back((read, tx)),
+            kv::Read::Stepped(read) => self.turns.push_back((read, tx)),
         }
     }
 
@@ -990,6 +983,16 @@ impl SteppedReads {
             self.turns.extend(self.waiting.pop_front());
         } else {
             self.turns.push_back((read, tx));
+        }
+    }
+
+    /// What a loop does between its batches or turns (and while idle): one step of the read
+    /// whose turn it is, then one step of a pending compaction's trimming unless a read under
+    /// way reads below it.
+    pub(crate) async fn between_turns(&mut self, state: &mut KvState) {
+        self.step(state).await;
+        if state.compaction_pending() && !self.hold_trimming(state) {
+            state.compact_step(COMPACT_KEYS_PER_STEP);
         }
     }
 
@@ -1013,12 +1016,9 @@ impl SteppedReads {
             *queue = kept.into();
             done.extend(ended);
         }
-        while self.turns.len() < STEPPED_READS_MAX {
-            let Some(next) = self.waiting.pop_front() else {
-                break;
-            };
-            self.turns.push_back(next);
-        }
+        let room = STEPPED_READS_MAX.saturating_sub(self.turns.len());
+        let joining = self.waiting.drain(..room.min(self.waiting.len()));
+        self.turns.extend(joining);
         for (mut read, tx) in done {
             while !state.range_step(&mut read, usize::MAX) {}
             tx.send(Ok(state.range_finish(read))).await;
