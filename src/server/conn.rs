@@ -1,5 +1,5 @@
 //! Accepting connections and telling the protocols apart: the HTTP/2 client preface means
-//! gRPC (served by `h2`), an HTTP/1.x request line means the HTTP/1.1 handler, and anything
+//! gRPC (served by our own HTTP/2 layer, `h2srv`), an HTTP/1.x request line means the HTTP/1.1 handler, and anything
 //! else is closed. One port serves both, as etcd's does (it uses cmux).
 
 use std::io;
@@ -11,13 +11,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::balance::{Balance, Counted, Handed};
-use super::{grpc, http1, ShardCtx};
-use crate::limits::{
-    H2_CONN_WINDOW_BYTES, H2_MAX_HEADER_LIST_BYTES, H2_STREAM_WINDOW_BYTES, MAX_CONCURRENT_STREAMS,
-};
+use super::{grpc, h2srv, http1, ShardCtx};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -218,31 +214,10 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     ctx: Rc<ShardCtx>,
     common_name: Option<Rc<str>>,
 ) {
-    let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_window_size(H2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(H2_CONN_WINDOW_BYTES)
-        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
-        .handshake::<_, Bytes>(super::authority::Mended::new(io).compat())
-        .await;
-    let mut conn = match handshake {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "HTTP/2 handshake failed");
-            return;
-        }
-    };
-    while let Some(next) = conn.accept().await {
-        match next {
-            Ok((req, respond)) => {
-                let cn = common_name.clone();
-                glommio::spawn_local(grpc::handle(req, respond, ctx.clone(), cn)).detach();
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP/2 connection error");
-                return;
-            }
-        }
+    let mut conn = h2srv::Connection::new(io);
+    while let Some((req, respond)) = conn.accept().await {
+        let cn = common_name.clone();
+        glommio::spawn_local(grpc::handle(req, respond, ctx.clone(), cn)).detach();
     }
 }
 

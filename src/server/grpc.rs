@@ -5,9 +5,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::h2srv::{self, RecvStream, SendResponse};
 use bytes::{BufMut, Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::RecvStream;
 use http::{Request, Response, StatusCode};
 use prost::Message;
 
@@ -233,7 +232,7 @@ pub(super) fn route(path: &str) -> Result<Method, Status> {
 /// Serves one HTTP/2 stream. Never panics on input; every failure becomes a status.
 pub(crate) async fn handle(
     req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse,
     ctx: Rc<ShardCtx>,
     common_name: Option<Rc<str>>,
 ) {
@@ -291,7 +290,7 @@ pub(crate) async fn handle(
 async fn serve_call(
     parts: http::request::Parts,
     body: RecvStream,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse,
     cred: &access::Credentials,
     ctx: &ShardCtx,
 ) -> Code {
@@ -376,7 +375,7 @@ async fn serve_call(
 
 /// Completes when the client resets the stream (a canceled call) or the deadline passes, with
 /// the status grpc-go would give the call.
-async fn canceled(respond: &mut SendResponse<Bytes>, deadline: Option<Duration>) -> Status {
+async fn canceled(respond: &mut SendResponse, deadline: Option<Duration>) -> Status {
     let reset = async {
         let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
         Status::new(Code::Canceled, "context canceled")
@@ -395,7 +394,7 @@ async fn canceled(respond: &mut SendResponse<Bytes>, deadline: Option<Duration>)
 /// caller going away or its deadline, and clean up their key when it does.
 async fn serve_recipe(
     method: Method,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse,
     mut reader: MessageReader,
     deadline: Option<Duration>,
     cred: &access::Credentials,
@@ -812,17 +811,12 @@ fn frame_of_len<M: Message>(m: &M, len: usize) -> Bytes {
     buf.freeze()
 }
 
-fn send_message(respond: &mut SendResponse<Bytes>, frame: Bytes) -> Result<(), h2::Error> {
-    let mut stream = respond.send_response(stream::grpc_ok(), false)?;
-    stream.send_data(frame, false)?;
-    stream.send_trailers(stream::status_headers(None))
+fn send_message(respond: &mut SendResponse, frame: Bytes) -> Result<(), h2srv::Error> {
+    respond.send_grpc_message(frame)
 }
 
 /// A trailers-only response: the status in the headers, and the stream ends.
-pub(super) fn send_status(
-    respond: &mut SendResponse<Bytes>,
-    status: &Status,
-) -> Result<(), h2::Error> {
+pub(super) fn send_status(respond: &mut SendResponse, status: &Status) -> Result<(), h2srv::Error> {
     let mut resp = stream::grpc_ok();
     resp.headers_mut()
         .extend(stream::status_headers(Some(status)));

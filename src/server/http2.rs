@@ -3,9 +3,8 @@
 
 use std::io;
 
+use super::h2srv::{RecvStream, SendResponse, SendStream};
 use bytes::Bytes;
-use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use super::gateway::{HttpIn, HttpOut};
@@ -25,7 +24,7 @@ impl HttpIn for H2In {
     async fn data(&mut self) -> io::Result<Option<Bytes>> {
         match self.body.data().await {
             Some(Ok(chunk)) => {
-                let _ = self.body.flow_control().release_capacity(chunk.len());
+                self.body.release_capacity(chunk.len());
                 Ok(Some(chunk))
             }
             Some(Err(e)) => Err(io::Error::other(e)),
@@ -35,12 +34,12 @@ impl HttpIn for H2In {
 }
 
 pub(crate) struct H2Out {
-    respond: SendResponse<Bytes>,
-    stream: Option<SendStream<Bytes>>,
+    respond: SendResponse,
+    stream: Option<SendStream>,
 }
 
 impl H2Out {
-    pub fn new(respond: SendResponse<Bytes>) -> H2Out {
+    pub fn new(respond: SendResponse) -> H2Out {
         H2Out {
             respond,
             stream: None,
@@ -52,7 +51,7 @@ impl H2Out {
         status: u16,
         headers: &[(&str, &str)],
         end: bool,
-    ) -> io::Result<Option<SendStream<Bytes>>> {
+    ) -> io::Result<Option<SendStream>> {
         let mut resp = Response::builder().status(status);
         for (k, v) in headers {
             // HTTP/2 has no `Trailer` header semantics to announce; the trailers just come.
@@ -68,7 +67,7 @@ impl H2Out {
         Ok((!end).then_some(stream))
     }
 
-    fn stream(&mut self) -> io::Result<&mut SendStream<Bytes>> {
+    fn stream(&mut self) -> io::Result<&mut SendStream> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::other("the response has not started"))

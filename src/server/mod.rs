@@ -7,13 +7,14 @@
 //! while the state has one writer and no locks.
 
 pub(crate) mod access;
-mod authority;
 mod balance;
 mod checkpoint_writer;
 mod conn;
 mod deadline;
 mod gateway;
 mod grpc;
+mod h2srv;
+mod hpack;
 mod http1;
 mod http2;
 mod metrics;

@@ -7,9 +7,8 @@
 //! [`Source`] and [`Sink`], so that the same code serves gRPC and the JSON gateway
 //! (`gateway::JsonSource`, `gateway::JsonSink`).
 
+use super::h2srv::{self, RecvStream, SendResponse, SendStream};
 use bytes::{Buf, Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
 
 use crate::error::{Code, Status};
 
@@ -57,7 +56,7 @@ impl MessageReader {
             }
             match self.body.data().await {
                 Some(Ok(chunk)) => {
-                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.body.release_capacity(chunk.len());
                     if let Some(msg) = self.whole(&chunk) {
                         return Some(Ok(msg));
                     }
@@ -102,14 +101,14 @@ impl MessageReader {
 
 /// Sends framed messages once the peer's flow-control window has room for them.
 pub(crate) async fn send_flow_controlled(
-    stream: &mut SendStream<Bytes>,
+    stream: &mut SendStream,
     mut frame: Bytes,
-) -> Result<(), h2::Error> {
+) -> Result<(), h2srv::Error> {
     while !frame.is_empty() {
         stream.reserve_capacity(frame.len());
         let granted = futures_lite::future::poll_fn(|cx| stream.poll_capacity(cx))
             .await
-            .unwrap_or_else(|| Err(h2::Error::from(h2::Reason::CANCEL)))?;
+            .unwrap_or_else(|| Err(h2srv::Error::from(h2srv::Reason::CANCEL)))?;
         let part = frame.split_to(granted.min(frame.len()));
         stream.send_data(part, false)?;
     }
@@ -149,7 +148,7 @@ pub(crate) fn status_headers(status: Option<&Status>) -> http::HeaderMap {
 }
 
 /// Ends a gRPC stream with its status (None: OK) in the trailers.
-pub(crate) fn send_status_trailers(out: &mut SendStream<Bytes>, status: Option<Status>) {
+pub(crate) fn send_status_trailers(out: &mut SendStream, status: Option<Status>) {
     let _ = out.send_trailers(status_headers(status.as_ref()));
 }
 
@@ -194,15 +193,15 @@ pub(crate) async fn client_gone(source: &mut impl Source, sink: &mut impl Sink) 
 
 /// A gRPC response stream on HTTP/2.
 pub(crate) struct H2Sink<'a> {
-    respond: &'a mut SendResponse<Bytes>,
-    out: Option<SendStream<Bytes>>,
+    respond: &'a mut SendResponse,
+    out: Option<SendStream>,
     /// The status the stream ended with (CANCELED until it ends otherwise: the client went
     /// away).
     pub code: Code,
 }
 
 impl<'a> H2Sink<'a> {
-    pub fn new(respond: &'a mut SendResponse<Bytes>) -> H2Sink<'a> {
+    pub fn new(respond: &'a mut SendResponse) -> H2Sink<'a> {
         H2Sink {
             respond,
             out: None,
