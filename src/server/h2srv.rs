@@ -256,6 +256,8 @@ struct Shared {
     accepted: VecDeque<Accepted>,
     /// Scratch for encoding header blocks.
     hbuf: Vec<u8>,
+    /// The last request's URI (see `Head::request`).
+    last_uri: Option<Uri>,
     /// This state's own cell, for the handles of the streams it opens.
     me: Weak<RefCell<Shared>>,
 }
@@ -355,6 +357,7 @@ impl Shared {
             decoder,
             accepted: VecDeque::new(),
             hbuf: Vec::new(),
+            last_uri: None,
             me,
         };
         // Our SETTINGS, then the connection's window raised from HTTP/2's 65,535 bytes.
@@ -915,7 +918,7 @@ impl Shared {
             }
             return Ok(());
         }
-        let Some(req) = head.request() else {
+        let Some(req) = head.request(&mut self.last_uri) else {
             self.rst(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
@@ -1166,7 +1169,17 @@ impl Head {
             self.malformed = true;
             return;
         }
-        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        // gRPC's own names without an allocation each (HeaderName copies a name it does not
+        // know).
+        const KNOWN: [HeaderName; 4] = [
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("grpc-accept-encoding"),
+            HeaderName::from_static("hasleader"),
+            HeaderName::from_static("token"),
+        ];
+        let known = KNOWN.iter().find(|k| k.as_str().as_bytes() == name).cloned();
+        let name = known.map_or_else(|| HeaderName::from_bytes(name), Ok);
+        match (name, HeaderValue::from_bytes(value)) {
             (Ok(n), Ok(v)) => {
                 self.headers.append(n, v);
             }
@@ -1174,11 +1187,21 @@ impl Head {
         }
     }
 
-    fn request(self) -> Option<Request<()>> {
+    /// The request; `last` is the previous request's URI on this connection, reused when the
+    /// path is the same (a client calls the same few methods).
+    fn request(self, last: &mut Option<Uri>) -> Option<Request<()>> {
         if self.malformed {
             return None;
         }
-        let uri = Uri::from_maybe_shared(self.path?).ok()?;
+        let path = self.path?;
+        let uri = match last {
+            Some(u) if u.path().as_bytes() == path && u.query().is_none() => u.clone(),
+            _ => {
+                let u = Uri::from_maybe_shared(path).ok()?;
+                *last = Some(u.clone());
+                u
+            }
+        };
         let mut req = Request::new(());
         *req.method_mut() = self.method?;
         *req.uri_mut() = uri;

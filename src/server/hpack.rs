@@ -97,7 +97,16 @@ pub(crate) struct Decoder {
     limit: usize,
     name_buf: Vec<u8>,
     value_buf: Vec<u8>,
+    /// The last few short Huffman strings, encoded and decoded: a client sends the same ones
+    /// again and again (h2-based clients never index `:path`, so every call brings it as a
+    /// Huffman literal), and a comparison is far cheaper than decoding.
+    recent: Vec<Entry>,
+    recent_next: usize,
 }
+
+/// Huffman strings remembered, and the longest one remembered.
+const RECENT_STRINGS: usize = 8;
+const RECENT_STRING_BYTES: usize = 64;
 
 /// An HPACK integer with an `n`-bit prefix at the start of `b`: (value, bytes used).
 pub(crate) fn integer(b: &[u8], n: u32) -> Result<(usize, usize), HpackError> {
@@ -138,6 +147,8 @@ impl Decoder {
             limit,
             name_buf: Vec::new(),
             value_buf: Vec::new(),
+            recent: Vec::new(),
+            recent_next: 0,
         }
     }
 
@@ -175,7 +186,12 @@ impl Decoder {
     }
 
     /// A string literal at the start of `b`: where it is, and the bytes it used.
-    fn string(b: &[u8], at: usize, buf: &mut Vec<u8>) -> Result<(Str, usize), HpackError> {
+    fn string(
+        &mut self,
+        b: &[u8],
+        at: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Str, usize), HpackError> {
         let s = &b[at..];
         let huffman = s.first().ok_or(HpackError("string cut short"))? & 0x80 != 0;
         let (len, used) = integer(s, 7)?;
@@ -186,9 +202,23 @@ impl Decoder {
         if !huffman {
             return Ok((Str::Raw(at + used, at + end), end));
         }
+        let encoded = &s[used..end];
         buf.clear();
-        httlib_huffman::decode(&s[used..end], buf, httlib_huffman::DecoderSpeed::FiveBits)
+        if let Some((_, decoded)) = self.recent.iter().find(|(e, _)| &e[..] == encoded) {
+            buf.extend_from_slice(decoded);
+            return Ok((Str::Decoded, end));
+        }
+        httlib_huffman::decode(encoded, buf, httlib_huffman::DecoderSpeed::FiveBits)
             .map_err(|_| HpackError("bad Huffman string"))?;
+        if encoded.len() <= RECENT_STRING_BYTES {
+            let entry = (encoded.into(), buf[..].into());
+            if self.recent.len() < RECENT_STRINGS {
+                self.recent.push(entry);
+            } else {
+                self.recent[self.recent_next] = entry;
+                self.recent_next = (self.recent_next + 1) % RECENT_STRINGS;
+            }
+        }
         Ok((Str::Decoded, end))
     }
 
@@ -237,14 +267,14 @@ impl Decoder {
             let mut value_buf = std::mem::take(&mut self.value_buf);
             let result = (|| {
                 let name: (Str, Option<usize>) = if index == 0 {
-                    let (s, used) = Self::string(block, at, &mut name_buf)?;
+                    let (s, used) = self.string(block, at, &mut name_buf)?;
                     at += used;
                     (s, None)
                 } else {
                     self.get(index)?;
                     (Str::Decoded, Some(index))
                 };
-                let (value, used) = Self::string(block, at, &mut value_buf)?;
+                let (value, used) = self.string(block, at, &mut value_buf)?;
                 at += used;
                 let value: &[u8] = match value {
                     Str::Raw(a, b) => &block[a..b],
@@ -355,6 +385,31 @@ mod tests {
             decode_all(&mut d, &[0x82, 0x20]).is_err(),
             "update after a field"
         );
+    }
+
+    /// A Huffman string seen before decodes the same from the remembered ones, and a
+    /// different one is not mistaken for it.
+    #[test]
+    fn remembered_huffman_strings_decode_the_same() {
+        // "www.example.com" and "no-cache", Huffman-coded, as literals without indexing
+        // (name index 1, :authority).
+        let www = [0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff];
+        let nc = [0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf];
+        let mut d = Decoder::new(4096);
+        for _ in 0..3 {
+            for (s, want) in [(&www[..], "www.example.com"), (&nc[..], "no-cache")] {
+                let block = [&[0x01][..], s].concat();
+                assert_eq!(decode_all(&mut d, &block).unwrap()[0].1, want);
+            }
+        }
+        assert_eq!(d.recent.len(), 2);
+        for i in 0..RECENT_STRINGS + 3 {
+            // Raw-coded literals are not remembered; short Huffman ones replace the oldest.
+            let v = format!("v{i}");
+            let block = [&[0x01, v.len() as u8][..], v.as_bytes()].concat();
+            assert_eq!(decode_all(&mut d, &block).unwrap()[0].1, v);
+        }
+        assert_eq!(d.recent.len(), 2);
     }
 
     #[test]
