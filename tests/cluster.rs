@@ -88,7 +88,8 @@ fn three_members_replicate_and_etcdctl_sees_one_cluster() {
         "{out:?}"
     );
     // With `--cluster` (and with http:// endpoints) etcdctl 3.4 sends each member's client
-    // URL, scheme included, as the HTTP/2 :authority; ferrocd mends it (server/authority.rs).
+    // URL, scheme included, as the HTTP/2 :authority, which ferrocd's HTTP/2 layer accepts
+    // (the h2 crate refused it).
     let urls = c
         .members
         .iter()

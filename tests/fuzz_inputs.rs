@@ -55,6 +55,26 @@ proptest! {
         }
     }
 
+    /// Arbitrary HTTP/2 frames (plausible heads, arbitrary payloads) and arbitrary bytes on a
+    /// client connection: answered or refused, never a panic (`h2srv::fuzz_frames`).
+    #[test]
+    fn arbitrary_http2_frames_never_panic(
+        frames in prop::collection::vec((0u8..10, any::<u8>(), 0u32..16, prop::collection::vec(any::<u8>(), 0..64)), 0..24),
+        raw in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut input = Vec::new();
+        for (kind, flags, id, payload) in &frames {
+            input.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+            input.extend_from_slice(&[*kind, *flags]);
+            input.extend_from_slice(&id.to_be_bytes());
+            input.extend_from_slice(payload);
+        }
+        ferrocd::server::fuzz_http2_frames(&input);
+        input.extend_from_slice(&raw);
+        ferrocd::server::fuzz_http2_frames(&input);
+        ferrocd::server::fuzz_http2_frames(&raw);
+    }
+
     #[test]
     fn arbitrary_log_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), first in 0u64..4) {
         let _ = record::scan(&bytes, first);

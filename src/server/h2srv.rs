@@ -1630,6 +1630,25 @@ impl<S> Drop for Connection<S> {
     }
 }
 
+/// Arbitrary bytes after a client's SETTINGS, as frames of one connection: its state machine
+/// and HPACK decoder must answer with frames or a connection error, never panic (the
+/// `http2_frames` fuzz target, and `tests/fuzz_inputs.rs`). Every request it accepts is
+/// answered, then a WINDOW_UPDATE lets queued answers out.
+pub fn fuzz_frames(data: &[u8]) {
+    let sh = Rc::new_cyclic(|me| RefCell::new(Shared::new(me.clone())));
+    let settings = [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    let _ = sh.borrow_mut().recv_frames(&settings);
+    let _ = sh.borrow_mut().recv_frames(data);
+    let accepted: Vec<Accepted> = sh.borrow_mut().accepted.drain(..).collect();
+    for (req, mut respond) in accepted {
+        let mut body = req.into_body();
+        let _ = body.poll_data(&mut Context::from_waker(Waker::noop()));
+        let _ = respond.send_grpc_message(Bytes::from_static(b"\0\0\0\0\0"));
+    }
+    let more = [0, 0, 4, WINDOW_UPDATE, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    let _ = sh.borrow_mut().recv_frames(&more);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ mod conn;
 mod deadline;
 mod gateway;
 mod grpc;
-mod h2srv;
+pub(crate) mod h2srv;
 mod hpack;
 mod http1;
 mod http2;
@@ -29,6 +29,7 @@ mod watch;
 
 pub use gateway::{decode_gateway_request, gateway_paths};
 pub use snapshot::SNAPSHOT_MAGIC;
+pub use h2srv::fuzz_frames as fuzz_http2_frames;
 
 pub use grpc::{
     decode_request, encode_response, frame, parse_timeout, percent_decode, percent_encode,
