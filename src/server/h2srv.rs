@@ -76,6 +76,8 @@ const MAX_HEADER_BLOCK: usize = 64 << 10;
 /// Past this much output not yet written, the connection reads no more frames and streams'
 /// data waits in their queues.
 pub(crate) const OUT_HIGH_WATER: usize = 1 << 20;
+/// DATA payloads under this are gathered into one buffer per stream.
+const SMALL_DATA: usize = 1024;
 /// The read buffer: a frame (at most 16 KiB and its head) always fits.
 const READ_BUF: usize = 64 << 10;
 
@@ -166,6 +168,9 @@ struct Stream {
     refs: u8,
     recv_dropped: bool,
     recv: VecDeque<Bytes>,
+    /// Small DATA payloads, gathered after `recv` (so that a client sending one-byte frames
+    /// costs a byte each, not an allocation each).
+    recv_tail: BytesMut,
     /// END_STREAM received (or the stream reset).
     recv_closed: bool,
     recv_waker: Option<Waker>,
@@ -194,6 +199,7 @@ impl Stream {
             refs: 2,
             recv_dropped: false,
             recv: VecDeque::new(),
+            recv_tail: BytesMut::new(),
             recv_closed,
             recv_waker: None,
             recv_window: H2_STREAM_WINDOW_BYTES as i64,
@@ -207,6 +213,19 @@ impl Stream {
             reset: None,
             send_waker: None,
         }
+    }
+
+    /// Bytes received and not read.
+    fn unread(&self) -> usize {
+        self.recv.iter().map(Bytes::len).sum::<usize>() + self.recv_tail.len()
+    }
+
+    /// Drops what was received and not read; returns how much it was.
+    fn take_unread(&mut self) -> usize {
+        let n = self.unread();
+        self.recv.clear();
+        self.recv_tail.clear();
+        n
     }
 
     fn wake_all(&mut self) {
@@ -248,9 +267,11 @@ struct Shared {
     going_away: bool,
     /// The connection is over: every handle's operation fails.
     dead: bool,
-    /// A call waits for capacity that the connection's window or its output's room holds
-    /// back (not its stream's window): woken when either grows.
-    senders_blocked: bool,
+    /// A call waits for capacity that the connection's window holds back (not its stream's):
+    /// woken by a WINDOW_UPDATE on the connection.
+    blocked_on_window: bool,
+    /// A call waits for room in the output: woken once the output is under its mark.
+    blocked_on_room: bool,
     block: Option<Block>,
     decoder: super::hpack::Decoder,
     accepted: VecDeque<Accepted>,
@@ -352,7 +373,8 @@ impl Shared {
             got_settings: false,
             going_away: false,
             dead: false,
-            senders_blocked: false,
+            blocked_on_window: false,
+            blocked_on_room: false,
             block: None,
             decoder,
             accepted: VecDeque::new(),
@@ -381,11 +403,8 @@ impl Shared {
         }
     }
 
-    /// Wakes the calls waiting for the connection's window or output room.
-    fn wake_blocked_senders(&mut self) {
-        if !std::mem::take(&mut self.senders_blocked) {
-            return;
-        }
+    /// Wakes the calls waiting for capacity (each checks again what it waits for).
+    fn wake_senders(&mut self) {
         for s in self.streams.values_mut() {
             if let Some(w) = s.send_waker.take() {
                 w.wake();
@@ -396,6 +415,27 @@ impl Shared {
     fn window_update(&mut self, id: u32, n: usize) {
         frame_head(&mut self.out, 4, WINDOW_UPDATE, 0, id);
         self.out.put_u32(n as u32);
+    }
+
+    /// A stream error of ours: the stream is reset (RST_STREAM sent), what it queued both
+    /// ways dropped, its calls woken, and it is forgotten once no handle holds it.
+    fn stream_error(&mut self, id: u32, reason: Reason) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            self.rst(id, reason);
+            return;
+        };
+        if s.reset.is_some() {
+            return;
+        }
+        s.reset = Some(reason);
+        s.recv_closed = true;
+        s.pending.clear();
+        s.pending_bytes = 0;
+        let unread = s.take_unread();
+        s.wake_all();
+        self.rst(id, reason);
+        self.give_back_conn(unread);
+        self.maybe_finish(id);
     }
 
     fn rst(&mut self, id: u32, reason: Reason) {
@@ -530,7 +570,7 @@ impl Shared {
             s.waiting = true;
             self.waiting.push_back(id);
         }
-        if s.sent_end {
+        if s.sent_end || s.reset.is_some() {
             self.maybe_finish(id);
         }
     }
@@ -575,7 +615,7 @@ impl Shared {
         }
         // What the call did not read goes back to the connection's window (what it read went
         // back as it released it).
-        let unread: usize = s.recv.iter().map(Bytes::len).sum();
+        let unread = s.unread();
         self.give_back_conn(unread);
         self.wake_conn();
     }
@@ -618,11 +658,12 @@ impl Shared {
             s.refs = s.refs.saturating_sub(1);
             if recv {
                 s.recv_dropped = true;
-                unread = s.recv.drain(..).map(|b| b.len()).sum();
+                unread = s.take_unread();
             }
         }
         self.give_back_conn(unread);
         self.maybe_finish(id);
+        self.wake_conn();
     }
 
     /// The connection is over: every call's next operation fails. Returns the requests not
@@ -714,7 +755,16 @@ impl Shared {
                     return Err(ConnError(Reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
                 }
                 if p.len() != 5 {
-                    self.rst(id, Reason::FRAME_SIZE_ERROR);
+                    if id > self.last_stream_id {
+                        // No RST_STREAM on an idle stream (RFC 9113, 6.4).
+                        return Err(ConnError(
+                            Reason::FRAME_SIZE_ERROR,
+                            "PRIORITY of a wrong size",
+                        ));
+                    }
+                    if self.streams.contains_key(&id) {
+                        self.stream_error(id, Reason::FRAME_SIZE_ERROR);
+                    }
                 }
                 Ok(())
             }
@@ -793,27 +843,33 @@ impl Shared {
             return Ok(());
         };
         if s.reset.is_some() || s.recv_dropped {
+            if end {
+                s.recv_closed = true;
+            }
             self.give_back_conn(total);
+            self.maybe_finish(id);
             return Ok(());
         }
         if s.recv_closed {
-            s.reset = Some(Reason::STREAM_CLOSED);
-            s.wake_all();
-            self.rst(id, Reason::STREAM_CLOSED);
             self.give_back_conn(total);
+            self.stream_error(id, Reason::STREAM_CLOSED);
             return Ok(());
         }
         if total as i64 > s.recv_window {
-            s.reset = Some(Reason::FLOW_CONTROL_ERROR);
-            s.wake_all();
-            self.rst(id, Reason::FLOW_CONTROL_ERROR);
             self.give_back_conn(total);
+            self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
             return Ok(());
         }
         s.recv_window -= total as i64;
         // Padding is consumed at once.
         let padding = total - data.len();
-        if !data.is_empty() {
+        if data.len() < SMALL_DATA {
+            s.recv_tail.extend_from_slice(data);
+        } else {
+            if !s.recv_tail.is_empty() {
+                let tail = s.recv_tail.split().freeze();
+                s.recv.push_back(tail);
+            }
             s.recv.push_back(Bytes::copy_from_slice(data));
         }
         if end {
@@ -874,9 +930,7 @@ impl Shared {
             // Trailers: they must end the stream; their content is not used.
             if s.recv_closed || !end_stream {
                 if s.reset.is_none() {
-                    s.reset = Some(Reason::PROTOCOL_ERROR);
-                    s.wake_all();
-                    self.rst(id, Reason::PROTOCOL_ERROR);
+                    self.stream_error(id, Reason::PROTOCOL_ERROR);
                 }
                 return Ok(());
             }
@@ -955,13 +1009,12 @@ impl Shared {
             }
             s.recv_closed = true;
             s.sent_end = true;
-            let unsent = s.pending_bytes;
             s.pending.clear();
             s.pending_bytes = 0;
-            let _ = unsent;
-            let unread: usize = s.recv.drain(..).map(|b| b.len()).sum();
+            let unread = s.take_unread();
             s.wake_all();
             self.give_back_conn(unread);
+            self.maybe_finish(id);
         }
         Ok(())
     }
@@ -1026,11 +1079,7 @@ impl Shared {
         frame_head(&mut self.out, 0, SETTINGS, ACK, 0);
         self.drain_waiting();
         // A larger initial window gives every stream room.
-        for st in self.streams.values_mut() {
-            if let Some(w) = st.send_waker.take() {
-                w.wake();
-            }
-        }
+        self.wake_senders();
         Ok(())
     }
 
@@ -1054,7 +1103,9 @@ impl Shared {
                 ));
             }
             self.drain_waiting();
-            self.wake_blocked_senders();
+            if std::mem::take(&mut self.blocked_on_window) {
+                self.wake_senders();
+            }
             return Ok(());
         }
         let Some(s) = self.streams.get_mut(&id) else {
@@ -1075,11 +1126,7 @@ impl Shared {
             } else {
                 Reason::FLOW_CONTROL_ERROR
             };
-            s.reset = Some(reason);
-            s.pending.clear();
-            s.pending_bytes = 0;
-            s.wake_all();
-            self.rst(id, reason);
+            self.stream_error(id, reason);
             return Ok(());
         }
         s.send_window += inc;
@@ -1177,7 +1224,10 @@ impl Head {
             HeaderName::from_static("hasleader"),
             HeaderName::from_static("token"),
         ];
-        let known = KNOWN.iter().find(|k| k.as_str().as_bytes() == name).cloned();
+        let known = KNOWN
+            .iter()
+            .find(|k| k.as_str().as_bytes() == name)
+            .cloned();
         let name = known.map_or_else(|| HeaderName::from_bytes(name), Ok);
         match (name, HeaderValue::from_bytes(value)) {
             (Ok(n), Ok(v)) => {
@@ -1230,6 +1280,9 @@ impl RecvStream {
         };
         if let Some(chunk) = s.recv.pop_front() {
             return Poll::Ready(Some(Ok(chunk)));
+        }
+        if !s.recv_tail.is_empty() {
+            return Poll::Ready(Some(Ok(s.recv_tail.split().freeze())));
         }
         if let Some(r) = s.reset {
             return Poll::Ready(Some(Err(Error::Reset(r))));
@@ -1377,7 +1430,11 @@ impl SendStream {
         s.send_waker = Some(cx.waker().clone());
         if stream_room > 0 && s.pending.is_empty() {
             // Held back by the connection, not by this stream.
-            sh.senders_blocked = true;
+            if full {
+                sh.blocked_on_room = true;
+            } else {
+                sh.blocked_on_window = true;
+            }
         }
         Poll::Pending
     }
@@ -1515,8 +1572,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if !sh.waiting.is_empty() {
                     sh.drain_waiting();
                 }
-                if sh.out.len() < OUT_HIGH_WATER {
-                    sh.wake_blocked_senders();
+                if sh.out.len() < OUT_HIGH_WATER && std::mem::take(&mut sh.blocked_on_room) {
+                    sh.wake_senders();
                 }
                 if sh.out.is_empty() {
                     break;
@@ -1850,6 +1907,53 @@ mod tests {
             s.recv_window as u64,
             H2_CONN_WINDOW_BYTES as u64 - s.recv_unacked as u64
         );
+    }
+
+    /// A stream whose call let go while its answer waited for the client's window, reset by
+    /// a stream error of the client's, is forgotten (it used to stay, counted against the
+    /// stream limit, until the connection ended).
+    #[test]
+    fn a_waiting_answer_reset_by_a_stream_error_is_forgotten() {
+        for bad in [
+            frame(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes()),
+            request(1, "/again", false),
+        ] {
+            let sh = shared();
+            let mut input = settings(&[(0x4, 0)]);
+            input.extend(request(1, "/etcdserverpb.KV/Range", true));
+            feed(&sh, &input).unwrap();
+            let (req, mut respond) = sh.borrow_mut().accepted.pop_front().unwrap();
+            respond
+                .send_grpc_message(Bytes::from_static(b"answer"))
+                .unwrap();
+            drop((req, respond));
+            assert_eq!(sh.borrow().streams.len(), 1, "kept for its answer");
+            written(&sh);
+            feed(&sh, &bad).unwrap();
+            assert!(sh.borrow().streams.is_empty());
+            let frames = written(&sh);
+            assert_eq!(frames.len(), 1);
+            assert_eq!((frames[0].0, frames[0].2), (RST_STREAM, 1));
+        }
+    }
+
+    /// One-byte DATA frames are gathered: a client cannot make each byte of its window cost
+    /// an allocation.
+    #[test]
+    fn tiny_data_frames_are_gathered() {
+        let (sh, req, _respond) = opened(65_535);
+        let mut body = req.into_body();
+        for i in 0..1000u32 {
+            let flags = if i == 999 { END_STREAM } else { 0 };
+            feed(&sh, &frame(DATA, flags, 1, &[i as u8])).unwrap();
+        }
+        assert!(sh.borrow().streams[&1].recv.is_empty());
+        let Poll::Ready(Some(Ok(all))) = body.poll_data(&mut cx()) else {
+            panic!("the data");
+        };
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all[999], (999u32 as u8));
+        assert!(matches!(body.poll_data(&mut cx()), Poll::Ready(None)));
     }
 
     struct Count(std::sync::atomic::AtomicUsize);

@@ -28,8 +28,8 @@ pub mod tls;
 mod watch;
 
 pub use gateway::{decode_gateway_request, gateway_paths};
-pub use snapshot::SNAPSHOT_MAGIC;
 pub use h2srv::fuzz_frames as fuzz_http2_frames;
+pub use snapshot::SNAPSHOT_MAGIC;
 
 pub use grpc::{
     decode_request, encode_response, frame, parse_timeout, percent_decode, percent_encode,
