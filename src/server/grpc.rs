@@ -353,14 +353,12 @@ async fn serve_call(
         }
         _ => {}
     }
-    let work = async {
-        let method = route(parts.uri.path())?;
-        let msg = reader.one().await?;
-        call(method, msg, cred, ctx).await
-    };
+    // Made in each arm, not kept in a local first: a future in a local and the same future
+    // moved into `with_deadline` would both take room in this task's state.
+    let path = parts.uri.path();
     let result = match deadline {
-        Some(d) => with_deadline(work, d).await,
-        None => work.await,
+        Some(d) => with_deadline(unary(path, &mut reader, cred, ctx), d).await,
+        None => unary(path, &mut reader, cred, ctx).await,
     };
     let code = result.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
     let sent = match result {
@@ -371,6 +369,18 @@ async fn serve_call(
         tracing::debug!(error = %e, "client went away before the response");
     }
     code
+}
+
+/// A unary call: its one request read, served, and its answer framed.
+async fn unary(
+    path: &str,
+    reader: &mut MessageReader,
+    cred: &access::Credentials,
+    ctx: &ShardCtx,
+) -> Result<Bytes, Status> {
+    let method = route(path)?;
+    let msg = reader.one().await?;
+    call(method, msg, cred, ctx).await
 }
 
 /// Completes when the client resets the stream (a canceled call) or the deadline passes, with
@@ -509,18 +519,20 @@ pub(super) async fn observe(
 
 /// `f`, or DEADLINE_EXCEEDED with grpc-go's message if it takes longer than `d` (noticed within
 /// `limits::DEADLINE_TICK`: `deadline::Deadline`).
-pub async fn with_deadline<T>(
+///
+/// Not an `async fn`: one would hold `f` and, once polled, the `or` that `f` was moved into,
+/// both in its state (a call's task future is moved whole when spawned).
+pub fn with_deadline<T>(
     f: impl std::future::Future<Output = Result<T, Status>>,
     d: Duration,
-) -> Result<T, Status> {
-    futures_lite::future::or(f, async {
+) -> impl std::future::Future<Output = Result<T, Status>> {
+    futures_lite::future::or(f, async move {
         super::deadline::Deadline::after(d).await;
         Err(Status::new(
             Code::DeadlineExceeded,
             "context deadline exceeded",
         ))
     })
-    .await
 }
 
 pub(super) fn decode_msg<M: Message + Default>(msg: Bytes) -> Result<M, Status> {
