@@ -553,7 +553,10 @@ async fn call(
     let req = decode(method, msg, ctx.max_request_bytes)?;
     let resp = access::call(ctx, cred, req).await?;
     match resp {
-        kv::Response::Range(r) if r.kvs.len() > ENCODE_STEP_KVS => frame_range_in_steps(r).await,
+        // Boxed: the rare path's state stays out of every call's task.
+        kv::Response::Range(r) if r.kvs.len() > ENCODE_STEP_KVS => {
+            Box::pin(frame_range_in_steps(r)).await
+        }
         kv::Response::Range(r) if r.kvs.len() > 1 => frame_checked(&r),
         resp => Ok(encode_response(&resp)),
     }

@@ -1669,7 +1669,7 @@ pub(crate) fn apply_report(state: &mut KvState, r: &LogReport, records: usize) {
     METRICS.records_per_fsync.observe(records as f64);
 }
 
-/// Removes a forwarded call's entry unless its request was sent (see `call_uncounted`).
+/// Removes a forwarded call's entry unless its request was sent (see `Owner::call`).
 struct Unsent<'a>(&'a Remote, u64);
 
 impl Drop for Unsent<'_> {
@@ -1720,15 +1720,18 @@ impl Owner {
         }
     }
 
-    /// Executes `req` on the owner shard.
+    /// Executes `req` on the owner shard. One async fn, not two: each layer of async fn keeps
+    /// its own copy of the request in a call's task, which is moved whole when spawned.
     pub async fn call(&self, req: Request) -> Answer {
+        // Counted until answered, or until the caller gives up (dropped).
+        struct InFlight;
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                METRICS.owner_in_flight(-1);
+            }
+        }
         METRICS.owner_in_flight(1);
-        let answer = self.call_uncounted(req).await;
-        METRICS.owner_in_flight(-1);
-        answer
-    }
-
-    async fn call_uncounted(&self, req: Request) -> Answer {
+        let _in_flight = InFlight;
         let (tx, rx) = answer_slot();
         match self {
             Owner::Local(queue) => {
