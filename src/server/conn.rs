@@ -217,9 +217,7 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let mut conn = h2srv::Connection::new(io);
     while let Some((req, respond)) = conn.accept().await {
         let cn = common_name.clone();
-        let f = grpc::handle(req, respond, ctx.clone(), cn);
-        eprintln!("FUTSIZE {} REQ {}", std::mem::size_of_val(&f), std::mem::size_of::<crate::kv::Request>());
-        glommio::spawn_local(f).detach();
+        glommio::spawn_local(grpc::handle(req, respond, ctx.clone(), cn)).detach();
     }
 }
 
