@@ -16,7 +16,6 @@ use super::balance::{Balance, Counted, Handed};
 use super::{grpc, h2srv, http1, ShardCtx};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes read before deciding the protocol.
 const SNIFF_BYTES: usize = 4;
 
@@ -198,7 +197,7 @@ async fn serve_any<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         prefix: Bytes::copy_from_slice(&head),
         inner: stream,
     };
-    if H2_PREFACE.starts_with(&head) && !ctx.metrics_only {
+    if h2srv::PREFACE.starts_with(&head) && !ctx.metrics_only {
         serve_h2(prefixed, ctx, common_name).await;
         Ok(())
     } else if http1::looks_like_request(&head) {

@@ -44,7 +44,8 @@ use crate::limits::{
     H2_CONN_WINDOW_BYTES, H2_MAX_HEADER_LIST_BYTES, H2_STREAM_WINDOW_BYTES, MAX_CONCURRENT_STREAMS,
 };
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The client connection preface (also what `conn` sniffs to tell HTTP/2 from HTTP/1.1).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -160,7 +161,7 @@ enum SendState {
 enum Pending {
     Data(Bytes, bool),
     /// An encoded header block that ends the stream.
-    Trailers(Vec<u8>),
+    Trailers(Bytes),
 }
 
 struct Stream {
@@ -397,7 +398,14 @@ impl Shared {
         sh
     }
 
+    /// Wakes the connection's task when it has something to do for the calls: output to
+    /// write, or a connection the client is leaving whose last stream ended. (Not for a
+    /// call that only gave back window too small to announce: at one chunk per unary call,
+    /// that woke the task for nothing once per call.)
     fn wake_conn(&mut self) {
+        if self.out.is_empty() && !(self.going_away && self.streams.is_empty()) {
+            return;
+        }
         if let Some(w) = self.conn_waker.take() {
             w.wake();
         }
@@ -1346,7 +1354,7 @@ impl SendResponse {
         sh.queue(self.id, Pending::Data(frame, false), false)?;
         sh.queue(
             self.id,
-            Pending::Trailers(GRPC_STATUS_OK_BLOCK.to_vec()),
+            Pending::Trailers(Bytes::from_static(GRPC_STATUS_OK_BLOCK)),
             true,
         )
     }
@@ -1404,12 +1412,8 @@ impl SendStream {
         let sh = &mut *cell;
         let mut hb = Vec::new();
         encode_headers(&mut hb, None, &trailers);
-        sh.queue(self.id, Pending::Trailers(hb), true)
+        sh.queue(self.id, Pending::Trailers(hb.into()), true)
     }
-
-    /// Kept for the shape of `h2`'s API: capacity here is what the windows allow beyond the
-    /// data already queued, whatever was reserved.
-    pub fn reserve_capacity(&mut self, _n: usize) {}
 
     /// How much may be sent now without queueing past the client's windows (at least 1), or
     /// the stream's end.

@@ -105,7 +105,6 @@ pub(crate) async fn send_flow_controlled(
     mut frame: Bytes,
 ) -> Result<(), h2srv::Error> {
     while !frame.is_empty() {
-        stream.reserve_capacity(frame.len());
         let granted = futures_lite::future::poll_fn(|cx| stream.poll_capacity(cx))
             .await
             .unwrap_or_else(|| Err(h2srv::Error::from(h2srv::Reason::CANCEL)))?;
